@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# deps.sh installs what podvirt's builds and tests need, idempotently:
+# Debian packages through apt-get, and tools built from the Go module proxy at
+# pinned versions into $PODVIRT_CACHE/bin/<tool>-<version>/.
+#
+#   test/deps/deps.sh            everything `make test` needs
+#   test/deps/deps.sh lint       golangci-lint only
+#   test/deps/deps.sh path TOOL  print TOOL's cached bin dir (builds it if missing)
+set -euo pipefail
+
+CACHE=${PODVIRT_CACHE:-$HOME/.cache/podvirt}
+
+# shellcheck source=versions.env
+. "$(dirname "$0")/versions.env"
+
+APT_PACKAGES=(
+	etcd-server containerd runc containernetworking-plugins iptables iproute2
+	ca-certificates
+)
+
+log() { printf '[deps %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+apt_install() {
+	local missing=() p
+	for p in "$@"; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+	done
+	[ ${#missing[@]} -eq 0 ] && return 0
+	log "installing Debian packages: ${missing[*]}"
+	if [ "$(id -u)" -ne 0 ]; then
+		echo "deps: installing ${missing[*]} needs root; run 'sudo make deps'" >&2
+		return 1
+	fi
+	DEBIAN_FRONTEND=noninteractive apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# build_wrapped NAME VERSION MODULE LDFLAGS REPLACES PKG...
+# Builds commands that `go install` cannot (replace directives, or a proxy
+# that refuses the version list) through a throwaway wrapper module. The
+# binaries are moved into place only after the build succeeds, so a
+# half-built tool is never mistaken for a cached one.
+build_wrapped() {
+	local name=$1 version=$2 module=$3 ldflags=$4 replaces=$5
+	shift 5
+	local out=$CACHE/bin/$name-$version
+	[ -d "$out" ] && return 0
+	local src=$CACHE/src/$name-$version
+	log "building $name $version from the module proxy (slow the first time; cached in $out)"
+	rm -rf "$src" "$out.tmp"
+	mkdir -p "$src" "$out.tmp"
+	{
+		echo "module podvirt.local/wrap/$name"
+		echo
+		echo "go 1.26.0"
+		echo
+		echo "require $module $version"
+		[ -n "$replaces" ] && printf '\nreplace (\n%s\n)\n' "$replaces"
+	} >"$src/go.mod"
+	{
+		echo '//go:build tools'
+		echo
+		echo 'package tools'
+		echo
+		echo 'import ('
+		local p
+		for p in "$@"; do echo "	_ \"$p\""; done
+		echo ')'
+	} >"$src/tools.go"
+	(cd "$src" && GOFLAGS=-mod=mod go mod tidy)
+	(cd "$src" && CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$out.tmp/" "$@")
+	mv "$out.tmp" "$out"
+}
+
+# upstream_replaces MODULE VERSION PATTERN: the module's own replace lines
+# that point into its tree (./staging/...), rewritten to the published
+# module at REPL_VERSION.
+staging_replaces() {
+	local module=$1 version=$2 repl_version=$3
+	local modfile
+	modfile=$(cd /tmp && GOFLAGS=-mod=mod go mod download -json "$module@$version" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+	sed -n 's#^[[:space:]]*\(k8s.io/[^ ]*\) => ./staging/.*#\1#p' "$modfile" |
+		grep -v -x -e k8s.io/sample-cli-plugin -e k8s.io/sample-controller |
+		while read -r m; do echo "	$m => $m $repl_version"; done
+}
+
+kubernetes() {
+	local v=$KUBERNETES_VERSION minor
+	minor=${v#v1.}
+	minor=${minor%%.*}
+	[ -d "$CACHE/bin/kubernetes-$v" ] && return 0
+	local ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$v -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean -X k8s.io/component-base/version.buildDate=1970-01-01T00:00:00Z"
+	ldflags+=" -X k8s.io/client-go/pkg/version.gitVersion=$v -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor"
+	build_wrapped kubernetes "$v" k8s.io/kubernetes "$ldflags" "$(staging_replaces k8s.io/kubernetes "$v" "v0.${v#v1.}")" \
+		k8s.io/kubernetes/cmd/kube-apiserver \
+		k8s.io/kubernetes/cmd/kube-controller-manager \
+		k8s.io/kubernetes/cmd/kube-scheduler \
+		k8s.io/kubernetes/cmd/kubelet \
+		k8s.io/kubernetes/cmd/kube-proxy \
+		k8s.io/kubernetes/cmd/kubectl
+}
+
+# cni_plugins: the upstream reference plugins (our tests' IPAM delegates and
+# the benchmark's peers) and cnitool, which drives a plugin like a runtime.
+cni_plugins() {
+	local p=github.com/containernetworking/plugins/plugins
+	build_wrapped cni-plugins "$CNI_PLUGINS_VERSION" github.com/containernetworking/plugins "-s -w" "" \
+		$p/main/bridge $p/main/macvlan $p/main/loopback \
+		$p/ipam/host-local $p/ipam/static $p/ipam/dhcp
+	build_wrapped cnitool "$CNITOOL_VERSION" github.com/containernetworking/cni "-s -w" "" \
+		github.com/containernetworking/cni/cnitool
+}
+
+multus() {
+	local m=gopkg.in/k8snetworkplumbingwg/multus-cni.v4
+	build_wrapped multus "$MULTUS_VERSION" $m "-s -w -X $m/pkg/multus.version=$MULTUS_VERSION" "" $m/cmd/multus
+}
+
+controller_gen() {
+	build_wrapped controller-gen "$CONTROLLER_GEN_VERSION" sigs.k8s.io/controller-tools "-s -w" "" \
+		sigs.k8s.io/controller-tools/cmd/controller-gen
+}
+
+golangci_lint() {
+	build_wrapped golangci-lint "$GOLANGCI_LINT_VERSION" github.com/golangci/golangci-lint/v2 "-s -w" "" \
+		github.com/golangci/golangci-lint/v2/cmd/golangci-lint
+}
+
+helm() {
+	build_wrapped helm "$HELM_VERSION" helm.sh/helm/v3 "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" "" \
+		helm.sh/helm/v3/cmd/helm
+}
+
+# build TOOL: build one tool by its name in versions.env.
+build() {
+	case "$1" in
+	kubernetes) kubernetes ;;
+	cni-plugins | cnitool) cni_plugins ;;
+	multus) multus ;;
+	controller-gen) controller_gen ;;
+	golangci-lint | lint) golangci_lint ;;
+	helm) helm ;;
+	*)
+		echo "deps: unknown tool '$1' (want: kubernetes, cni-plugins, cnitool, multus, controller-gen, golangci-lint, helm)" >&2
+		exit 2
+		;;
+	esac
+}
+
+main() {
+	mkdir -p "$CACHE/bin"
+	case "${1:-all}" in
+	all)
+		apt_install "${APT_PACKAGES[@]}"
+		cni_plugins
+		multus
+		controller_gen
+		kubernetes
+		;;
+	path)
+		[ $# -eq 2 ] || { echo "usage: deps.sh path TOOL" >&2; exit 2; }
+		build "$2" >&2
+		local var
+		var=$(echo "$2" | tr 'a-z-' 'A-Z_')_VERSION
+		echo "$CACHE/bin/$2-${!var}"
+		;;
+	*) build "$1" ;;
+	esac
+}
+
+main "$@"

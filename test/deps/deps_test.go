@@ -1,0 +1,40 @@
+package deps
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+func TestVersion(t *testing.T) {
+	for tool, want := range map[string]string{
+		"kubernetes":  "v1.36.",
+		"cni-plugins": "v1.10.0",
+		"multus":      "v4.2.2",
+		"nonexistent": "",
+	} {
+		if got := Version(tool); !strings.HasPrefix(got, want) || (want == "" && got != "") {
+			t.Errorf("Version(%q) = %q, want prefix %q", tool, got, want)
+		}
+	}
+}
+
+// The shell installer and this package read one file; a version the shell
+// reads must be the one Go reports.
+func TestShellAgrees(t *testing.T) {
+	out, err := exec.Command("bash", "-c", ". ./versions.env && echo $KUBERNETES_VERSION").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := strings.TrimSpace(string(out)), Version("kubernetes"); got != want {
+		t.Errorf("versions.env sourced by bash gives %q, Version gives %q", got, want)
+	}
+}
+
+func TestBinaryMissing(t *testing.T) {
+	t.Setenv("PODVIRT_CACHE", t.TempDir())
+	_, err := Binary("kubernetes", "kube-apiserver")
+	if err == nil || !strings.Contains(err.Error(), "make deps") {
+		t.Fatalf("Binary on an empty cache: err = %v, want one naming 'make deps'", err)
+	}
+}
