@@ -1,0 +1,284 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/podvirt/podvirt/test/image"
+)
+
+// PauseImage is the pod sandbox image of every local cluster, built by
+// code from test/cmd/podvirt-pause.
+const PauseImage = "podvirt.local/pause:1"
+
+func (c *Cluster) startContainerd(ctx context.Context) error {
+	dir := c.path("containerd")
+	config := fmt.Sprintf(`version = 2
+root = %[1]q
+state = %[2]q
+
+[grpc]
+  address = %[3]q
+
+[ttrpc]
+  address = %[4]q
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = %[5]q
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = %[6]q
+  # The sandbox lacks CAP_SYS_RESOURCE: without this runc fails to lower
+  # oom_score_adj below containerd's own.
+  restrict_oom_score_adj = true
+  # Pod network namespaces live under the state dir, so Down finds them.
+  netns_mounts_under_state_dir = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+
+[plugins."io.containerd.grpc.v1.cri".containerd]
+  snapshotter = "overlayfs"
+  default_runtime_name = "runc"
+
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+  BinaryName = %[7]q
+  SystemdCgroup = false
+
+[plugins."io.containerd.grpc.v1.cri".cni]
+  bin_dir = %[8]q
+  conf_dir = %[9]q
+`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), c.ContainerdSocket(), c.ContainerdSocket()+".ttrpc",
+		filepath.Join(dir, "opt"), PauseImage, c.bins.runc, c.CNIBinDir(), c.path("cni", "net.d"))
+	if err := writeFile(filepath.Join(dir, "config.toml"), config); err != nil {
+		return err
+	}
+	err := c.start(process{name: "containerd", path: c.bins.containerd, args: []string{
+		"--config", filepath.Join(dir, "config.toml"), "--log-level", "info",
+	}})
+	if err != nil {
+		return err
+	}
+	return c.waitFor(ctx, "containerd", "containerd", time.Minute, func(ctx context.Context) (bool, error) {
+		err := exec.CommandContext(ctx, c.bins.ctr, "--address", c.ContainerdSocket(), "version").Run()
+		return err == nil, err
+	})
+}
+
+func (c *Cluster) importPause(ctx context.Context) error {
+	return c.BuildAndImport(ctx, "github.com/podvirt/podvirt/test/cmd/podvirt-pause", PauseImage, []string{"/pause"})
+}
+
+// BuildAndImport builds the Go command pkg (an import path; the caller runs
+// inside this module) as a
+// static binary, wraps it in an image named ref with entrypoint (the binary
+// sits at entrypoint[0]) and imports it into the node's containerd.
+func (c *Cluster) BuildAndImport(ctx context.Context, pkg, ref string, entrypoint []string) error {
+	work, err := os.MkdirTemp(c.cfg.Dir, "image-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	bin := filepath.Join(work, "bin")
+	if err := image.GoBinary(ctx, pkg, bin); err != nil {
+		return err
+	}
+	img, err := image.Build(image.Spec{Ref: ref, Files: []image.File{{Path: entrypoint[0], Source: bin}}, Entrypoint: entrypoint})
+	if err != nil {
+		return err
+	}
+	tarPath := filepath.Join(work, "image.tar")
+	if err := image.WriteOCITar(img, ref, tarPath); err != nil {
+		return err
+	}
+	return image.Import(ctx, c.ContainerdSocket(), tarPath)
+}
+
+// writeCNIConfig installs the plugins into the node's CNI bin dir and
+// writes Multus as the only network config, delegating the default pod
+// network to Debian's bridge plugin with host-local IPAM.
+func (c *Cluster) writeCNIConfig(context.Context) error {
+	for name, src := range c.bins.cniPlugins {
+		if err := copyExecutable(src, filepath.Join(c.CNIBinDir(), name)); err != nil {
+			return fmt.Errorf("install CNI plugin %s: %w", name, err)
+		}
+	}
+	podNetwork := map[string]any{
+		"cniVersion": "0.4.0",
+		"name":       "pods",
+		"plugins": []any{map[string]any{
+			"type":        "bridge",
+			"bridge":      c.link("pods"),
+			"isGateway":   true,
+			"ipMasq":      false, // nothing leaves this machine, and no iptables rules to clean up
+			"hairpinMode": true,
+			"ipam": map[string]any{
+				"type":    "host-local",
+				"ranges":  [][]map[string]string{{{"subnet": c.cfg.PodSubnet}}},
+				"routes":  []map[string]string{{"dst": "0.0.0.0/0"}},
+				"dataDir": c.path("cni", "ipam"),
+			},
+		}},
+	}
+	multus := map[string]any{
+		"cniVersion": "0.4.0",
+		"name":       "multus-cni-network",
+		"type":       "multus",
+		"kubeconfig": c.path("kubeconfigs", "multus.kubeconfig"),
+		"cniDir":     c.path("cni", "multus"),
+		"binDir":     c.CNIBinDir(),
+		"logFile":    c.path("logs", "multus.log"),
+		"logLevel":   "verbose",
+		"delegates":  []any{podNetwork},
+	}
+	b, err := json.MarshalIndent(multus, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeFile(c.path("cni", "net.d", "00-multus.conf"), string(b))
+}
+
+func (c *Cluster) startKubelet(ctx context.Context) error {
+	if err := createCgroupRoot(c.cfg.Name); err != nil {
+		return err
+	}
+	p := c.cfg.ports()
+	config := fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+failCgroupV1: false
+cgroupDriver: cgroupfs
+cgroupRoot: /%s
+containerRuntimeEndpoint: unix://%s
+address: %s
+port: %d
+healthzBindAddress: 127.0.0.1
+healthzPort: %d
+readOnlyPort: 0
+tlsCertFile: %s
+tlsPrivateKeyFile: %s
+authentication:
+  anonymous:
+    enabled: false
+  webhook:
+    enabled: true
+  x509:
+    clientCAFile: %s
+authorization:
+  mode: Webhook
+clusterDomain: cluster.local
+# No cluster DNS: pods get no nameserver rather than the host's, so no
+# query ever leaves the machine.
+resolvConf: ""
+podLogsDir: %s
+failSwapOn: false
+serializeImagePulls: false
+# A developer machine's disk is shared with everything else: evict only
+# when it is nearly full, and never garbage-collect the imported images
+# (there is no registry to pull them back from).
+evictionHard:
+  memory.available: 100Mi
+  nodefs.available: 1%%
+  nodefs.inodesFree: 1%%
+  imagefs.available: 1%%
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+`, c.cfg.Name, c.ContainerdSocket(), c.cfg.NodeIP, p.kubelet, p.kubeletHealthz,
+		c.path("pki", "kubelet-serving.crt"), c.path("pki", "kubelet-serving.key"), c.path("pki", "ca.crt"), c.path("pod-logs"))
+	if err := writeFile(c.path("kubelet", "config.yaml"), config); err != nil {
+		return err
+	}
+	return c.start(process{name: "kubelet", path: c.bins.kubelet, args: []string{
+		"--config=" + c.path("kubelet", "config.yaml"),
+		"--kubeconfig=" + c.path("kubeconfigs", "kubelet.kubeconfig"),
+		"--root-dir=" + c.path("kubelet"),
+		"--node-ip=" + c.cfg.NodeIP.String(),
+		"--hostname-override=" + c.cfg.Name,
+		"--v=1",
+	}})
+}
+
+func (c *Cluster) startKubeProxy(context.Context) error {
+	if !c.cfg.KubeProxy {
+		c.progress("kube-proxy: disabled for this cluster")
+		return nil
+	}
+	p := c.cfg.ports()
+	config := fmt.Sprintf(`apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection:
+  kubeconfig: %s
+hostnameOverride: %s
+mode: iptables
+clusterCIDR: %s
+healthzBindAddress: 127.0.0.1:%d
+metricsBindAddress: 127.0.0.1:%d
+# NodePorts answer on the node IP only, never on the machine's uplink.
+nodePortAddresses: ["%s/32"]
+conntrack:
+  maxPerCore: 0
+  min: 0
+`, c.path("kubeconfigs", "kube-proxy.kubeconfig"), c.cfg.Name, c.cfg.PodSubnet, p.proxyHealthz, p.proxyMetrics, c.cfg.NodeIP)
+	if err := writeFile(c.path("kube-proxy", "config.yaml"), config); err != nil {
+		return err
+	}
+	return c.start(process{name: "kube-proxy", path: c.bins.kubeProxy, args: []string{
+		"--config=" + c.path("kube-proxy", "config.yaml"),
+	}})
+}
+
+func (c *Cluster) waitNodeReady(ctx context.Context) error {
+	cs, err := c.clientset()
+	if err != nil {
+		return err
+	}
+	return c.waitFor(ctx, "node "+c.cfg.Name+" Ready", "kubelet", 3*time.Minute, func(ctx context.Context) (bool, error) {
+		node, err := cs.CoreV1().Nodes().Get(ctx, c.cfg.Name, metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		for _, cond := range node.Status.Conditions {
+			if cond.Type == corev1.NodeReady {
+				if cond.Status != corev1.ConditionTrue {
+					return false, fmt.Errorf("node Ready=%s: %s", cond.Status, cond.Message)
+				}
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+}
+
+func copyExecutable(src, dst string) error {
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return err
+	}
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	tmp := dst + ".tmp"
+	out, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o755)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	if err := out.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, dst)
+}
