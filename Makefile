@@ -1,0 +1,61 @@
+# podvirt — see README.md. Every target installs what it needs through
+# `make deps` (idempotent; cached under $(PODVIRT_CACHE)).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+
+export PODVIRT_CACHE ?= $(HOME)/.cache/podvirt
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X github.com/podvirt/podvirt/cmd/internal/version.Version=$(VERSION)
+DEPS := test/deps/deps.sh
+CLUSTER := go run ./test/cmd/podvirt-cluster
+
+# End-to-end packages bring up a whole cluster: they run one at a time,
+# after the rest.
+E2E_PKGS := ./test/cluster/...
+
+.PHONY: all deps build test unit e2e bench lint generate up down demo kubectl-path clean
+
+all: build
+
+deps:
+	@$(DEPS) all
+
+build:
+	CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)' -o bin/ ./cmd/...
+
+# The README's test command: every package's tests on real parts, then e2e.
+test: deps
+	go test -count=1 -timeout 20m $$(go list ./... | grep -v -e /test/cluster)
+	$(MAKE) --no-print-directory e2e
+
+e2e: deps
+	go test -count=1 -timeout 20m -p 1 $(E2E_PKGS)
+
+bench: deps
+	go test -run '^$$' -bench . -benchtime 30x ./cni/
+
+lint:
+	@$(DEPS) lint
+	@out=$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	go vet ./...
+	$$($(DEPS) path golangci-lint)/golangci-lint run ./...
+
+generate:
+	$$($(DEPS) path controller-gen)/controller-gen object paths=./api/... crd output:crd:artifacts:config=charts/podvirt/crds
+
+up: deps
+	$(CLUSTER) up
+
+down:
+	$(CLUSTER) down
+
+# The README's main command.
+demo: deps
+	$(CLUSTER) demo
+
+kubectl-path:
+	@echo $(PODVIRT_CACHE)/bin/kubernetes-$$(. test/deps/versions.env; echo $$KUBERNETES_VERSION)/kubectl
+
+clean:
+	rm -rf bin/
