@@ -7,8 +7,8 @@ import (
 // binaries are the programs a cluster runs, all installed by `make deps`.
 type binaries struct {
 	etcd, apiserver, controllerManager, scheduler, kubelet, kubeProxy string
-	containerd, runc, ctr                                              string
-	multus                                                             string
+	containerd, runc, ctr                                             string
+	multus                                                            string
 	// cniPlugins maps a plugin name to the Debian-packaged binary that the
 	// node's CNI bin dir gets a copy of.
 	cniPlugins map[string]string

@@ -59,7 +59,7 @@ func (c *Cluster) writeCredentials(context.Context) error {
 		return err
 	}
 	configs := map[string]string{ // kubeconfig path → certificate base name
-		c.Kubeconfig():                                         "admin",
+		c.Kubeconfig(): "admin",
 		c.path("kubeconfigs", "controller-manager.kubeconfig"): "controller-manager",
 		c.path("kubeconfigs", "scheduler.kubeconfig"):          "scheduler",
 		c.path("kubeconfigs", "kube-proxy.kubeconfig"):         "kube-proxy",

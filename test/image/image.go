@@ -101,7 +101,7 @@ func WriteOCITar(img v1.Image, ref, path string) error {
 		return err
 	}
 	err = lp.AppendImage(img, layout.WithAnnotations(map[string]string{
-		"io.containerd.image.name":         tag.Name(),
+		"io.containerd.image.name":          tag.Name(),
 		"org.opencontainers.image.ref.name": tag.TagStr(),
 	}))
 	if err != nil {

@@ -1,0 +1,273 @@
+// Package cni is podvirt-l2, the CNI plugin that puts pod and VM NICs on a
+// shared L2 segment: a macvlan child of a node link ("macvlan" mode) or a
+// veth whose node end joins a Linux bridge ("bridge" mode), optionally on
+// a VLAN, with delegated IPAM. With "guest": "tap" it also prepares the
+// pod for a VM (see tap.go) so that the launcher needs no NET_ADMIN.
+package cni
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+
+	"github.com/containernetworking/cni/pkg/invoke"
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
+	"github.com/containernetworking/plugins/pkg/ip"
+	"github.com/containernetworking/plugins/pkg/ipam"
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/containernetworking/plugins/pkg/utils/sysctl"
+	"github.com/vishvananda/netlink"
+)
+
+// SupportedVersions are the CNI spec versions podvirt-l2 speaks.
+var SupportedVersions = version.PluginSupports("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+
+// Funcs returns the plugin's commands for skel.PluginMainFuncs.
+func Funcs() skel.CNIFuncs {
+	return skel.CNIFuncs{
+		Add:    cmdAdd,
+		Check:  cmdCheck,
+		Del:    cmdDel,
+		Status: cmdStatus,
+		GC:     cmdGC,
+	}
+}
+
+// undoStack runs, in reverse order, the undo steps of a failed ADD.
+type undoStack []func() error
+
+func (u *undoStack) push(f func() error) { *u = append(*u, f) }
+
+func (u undoStack) run() {
+	for i := len(u) - 1; i >= 0; i-- {
+		if err := u[i](); err != nil {
+			fmt.Fprintf(os.Stderr, "podvirt-l2: undoing failed ADD: %v\n", err)
+		}
+	}
+}
+
+func openNetNS(path string) (ns.NetNS, error) {
+	netns, err := ns.GetNS(path)
+	if err != nil {
+		return nil, types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("opening netns %q: %v", path, err), "")
+	}
+	return netns, nil
+}
+
+func cmdAdd(args *skel.CmdArgs) (err error) {
+	conf, err := loadConf(args.StdinData, args.Args)
+	if err != nil {
+		return err
+	}
+	netns, err := openNetNS(args.Netns)
+	if err != nil {
+		return err
+	}
+	defer netns.Close()
+
+	var undo undoStack
+	defer func() {
+		if err != nil {
+			undo.run()
+		}
+	}()
+
+	// The MAC asked for is the pod link's, except for a bridge-mode guest,
+	// which gets it (or a fresh one) while the pod's veth keeps a random
+	// MAC: a bridge port must not carry the MAC of a host behind it.
+	linkMAC, guestMAC := conf.mac, conf.mac
+	if conf.Guest == GuestTap && conf.Mode == ModeBridge {
+		linkMAC = nil
+		if guestMAC == nil {
+			if guestMAC, err = randomMAC(); err != nil {
+				return err
+			}
+		}
+	}
+
+	result := &current.Result{CNIVersion: current.ImplementedSpecVersion}
+	switch conf.Mode {
+	case ModeMacvlan:
+		parent, err := macvlanParent(conf)
+		if err != nil {
+			return err
+		}
+		podIf, err := addMacvlan(conf, parent, args.IfName, linkMAC, netns)
+		if err != nil {
+			return err
+		}
+		result.Interfaces = append(result.Interfaces, podIf)
+	case ModeBridge:
+		brIf, hostIf, podIf, err := addBridgePort(conf, args.IfName, linkMAC, netns)
+		if err != nil {
+			return err
+		}
+		result.Interfaces = append(result.Interfaces, brIf, hostIf, podIf)
+	}
+	undo.push(func() error {
+		return netns.Do(func(ns.NetNS) error { return ip.DelLinkByName(args.IfName) })
+	})
+
+	// The interface the IPs belong to: the pod link, or the guest's tap.
+	ipIdx := len(result.Interfaces) - 1
+	if conf.Guest == GuestTap {
+		guestIfs, err := addGuestTap(conf, args.IfName, guestMAC, netns)
+		if err != nil {
+			return err
+		}
+		undo.push(func() error {
+			return netns.Do(func(ns.NetNS) error { return delGuestLinks(args.IfName) })
+		})
+		result.Interfaces = append(result.Interfaces, guestIfs...)
+		ipIdx = len(result.Interfaces) - 1
+	}
+
+	if conf.IPAM.Type != "" {
+		r, err := ipam.ExecAdd(conf.IPAM.Type, args.StdinData)
+		if err != nil {
+			return err
+		}
+		undo.push(func() error { return ipam.ExecDel(conf.IPAM.Type, args.StdinData) })
+		ipamResult, err := current.NewResultFromResult(r)
+		if err != nil {
+			return fmt.Errorf("converting the result of IPAM %q: %w", conf.IPAM.Type, err)
+		}
+		if len(ipamResult.IPs) == 0 {
+			return types.NewError(types.ErrInternal, fmt.Sprintf("IPAM %q returned no IP", conf.IPAM.Type), "")
+		}
+		for _, ipc := range ipamResult.IPs {
+			ipc.Interface = current.Int(ipIdx)
+		}
+		result.IPs = ipamResult.IPs
+		result.Routes = ipamResult.Routes
+		result.DNS = ipamResult.DNS
+	}
+
+	if conf.Guest == GuestNone {
+		err = netns.Do(func(ns.NetNS) error {
+			if len(result.IPs) == 0 {
+				l, err := netlinksafe.LinkByName(args.IfName)
+				if err != nil {
+					return fmt.Errorf("looking up %q: %w", args.IfName, err)
+				}
+				return netlink.LinkSetUp(l)
+			}
+			_, _ = sysctl.Sysctl(fmt.Sprintf("net/ipv4/conf/%s/arp_notify", args.IfName), "1")
+			if err := ipam.ConfigureIface(args.IfName, result); err != nil {
+				return fmt.Errorf("configuring %q with the IPAM result: %w", args.IfName, err)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+
+	if conf.DNS.Nameservers != nil || conf.DNS.Search != nil || conf.DNS.Options != nil || conf.DNS.Domain != "" {
+		result.DNS = conf.DNS
+	}
+	return types.PrintResult(result, conf.CNIVersion)
+}
+
+// randomMAC returns a random locally administered unicast MAC.
+func randomMAC() (net.HardwareAddr, error) {
+	hw := make(net.HardwareAddr, 6)
+	if _, err := rand.Read(hw); err != nil {
+		return nil, fmt.Errorf("generating a MAC: %w", err)
+	}
+	hw[0] = hw[0]&^1 | 2
+	return hw, nil
+}
+
+// cmdDel removes the attachment's links and releases its IPAM lease. It is
+// idempotent: a missing netns or link is not an error.
+func cmdDel(args *skel.CmdArgs) error {
+	conf, err := loadConf(args.StdinData, args.Args)
+	if err != nil {
+		return err
+	}
+	if args.Netns != "" {
+		err := ns.WithNetNSPath(args.Netns, func(ns.NetNS) error {
+			var errs []error
+			if conf.Guest == GuestTap {
+				errs = append(errs, delGuestLinks(args.IfName))
+			}
+			// The node end of a bridge-mode veth goes with the pod end.
+			if err := ip.DelLinkByName(args.IfName); err != nil && !errors.Is(err, ip.ErrLinkNotFound) {
+				errs = append(errs, err)
+			}
+			return errors.Join(errs...)
+		})
+		var notExist ns.NSPathNotExistErr
+		var notNS ns.NSPathNotNSErr
+		if err != nil && !errors.As(err, &notExist) && !errors.As(err, &notNS) {
+			return err
+		}
+	}
+	if conf.IPAM.Type != "" {
+		return ipam.ExecDel(conf.IPAM.Type, args.StdinData)
+	}
+	return nil
+}
+
+// cmdStatus reports whether an ADD could succeed now: the master (macvlan
+// mode) exists and is up, the bridge (bridge mode) is a bridge or can be
+// created, and the IPAM plugin answers STATUS.
+func cmdStatus(args *skel.CmdArgs) error {
+	conf, err := loadConf(args.StdinData, "")
+	if err != nil {
+		return err
+	}
+	switch conf.Mode {
+	case ModeMacvlan:
+		m, err := netlinksafe.LinkByName(conf.Master)
+		if err != nil {
+			return types.NewError(types.ErrPluginNotAvailable, fmt.Sprintf("master %q: %v", conf.Master, err), "")
+		}
+		if m.Attrs().Flags&net.FlagUp == 0 {
+			return types.NewError(types.ErrLimitedConnectivity, fmt.Sprintf("master %q is down", conf.Master), "")
+		}
+	case ModeBridge:
+		l, err := netlinksafe.LinkByName(conf.Bridge)
+		var notFound netlink.LinkNotFoundError
+		switch {
+		case errors.As(err, &notFound):
+			// ADD creates it.
+		case err != nil:
+			return types.NewError(types.ErrPluginNotAvailable, fmt.Sprintf("bridge %q: %v", conf.Bridge, err), "")
+		case l.Type() != "bridge":
+			return types.NewError(types.ErrPluginNotAvailable, fmt.Sprintf("bridge %q: node link is a %s, not a bridge", conf.Bridge, l.Type()), "")
+		}
+	}
+	if conf.IPAM.Type != "" {
+		if err := ipam.ExecStatus(conf.IPAM.Type, args.StdinData); err != nil {
+			var e *types.Error
+			if errors.As(err, &e) {
+				return e
+			}
+			return types.NewError(types.ErrPluginNotAvailable, fmt.Sprintf("ipam %q: %v", conf.IPAM.Type, err), "")
+		}
+	}
+	return nil
+}
+
+// cmdGC releases the IPAM leases of attachments not in
+// cni.dev/valid-attachments. Links need no collecting: they live in pod
+// netns and go away with them (a bridge-mode node veth with its peer).
+func cmdGC(args *skel.CmdArgs) error {
+	conf, err := loadConf(args.StdinData, "")
+	if err != nil {
+		return err
+	}
+	if conf.IPAM.Type == "" {
+		return nil
+	}
+	return invoke.DelegateGC(context.TODO(), conf.IPAM.Type, args.StdinData, nil)
+}

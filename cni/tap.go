@@ -1,0 +1,235 @@
+package cni
+
+import (
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"net"
+
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/plugins/pkg/ip"
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/containernetworking/plugins/pkg/utils/sysctl"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// With guest "tap" the pod gets, besides its link ifName:
+//
+//   - bridge mode: an in-pod bridge PodBridgeName(ifName) with ifName and the
+//     tap TapName(ifName) as its ports; the guest has its own MAC.
+//   - macvlan mode: the tap, tied to ifName by tc mirred redirects both ways
+//     (ingress of one is sent out of the other); the guest uses the
+//     macvlan's MAC, the only unicast MAC a macvlan receives.
+//
+// None of these links has an IP (IPv6 is turned off on them, so the pod
+// does not even autoconfigure a link-local address that would clash with
+// the guest's); the IP in the result is the guest's.
+
+// TapName is the name of the guest tap that goes with pod link ifName.
+func TapName(ifName string) string { return derivedName("tap", ifName) }
+
+// PodBridgeName is the name of the in-pod bridge (bridge mode, guest "tap")
+// that goes with pod link ifName.
+func PodBridgeName(ifName string) string { return derivedName("br", ifName) }
+
+// derivedName is prefix+ifName, or prefix and a hash of ifName when that is
+// longer than a link name may be.
+func derivedName(prefix, ifName string) string {
+	if n := prefix + ifName; len(n) <= unix.IFNAMSIZ-1 {
+		return n
+	}
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(ifName))
+	return fmt.Sprintf("%s%08x", prefix, h.Sum32())
+}
+
+// ingressHandle is the handle of the ingress qdisc, ffff:.
+var ingressHandle = netlink.MakeHandle(0xffff, 0)
+
+// addGuestTap builds the guest path in netns for the pod link ifName (which
+// must exist, down) and returns the result interfaces it adds: the in-pod
+// bridge (bridge mode) and the tap, whose Mac is the guest's MAC. It brings
+// every link of the path, ifName included, up. On error it removes what it
+// created.
+func addGuestTap(conf *NetConf, ifName string, guestMAC net.HardwareAddr, netns ns.NetNS) (ifs []*current.Interface, err error) {
+	err = netns.Do(func(_ ns.NetNS) (err error) {
+		defer func() {
+			if err != nil {
+				_ = delGuestLinks(ifName)
+			}
+		}()
+		pod, err := netlinksafe.LinkByName(ifName)
+		if err != nil {
+			return fmt.Errorf("looking up %q: %w", ifName, err)
+		}
+		mtu := pod.Attrs().MTU
+
+		tap, err := addTap(conf, TapName(ifName), mtu)
+		if err != nil {
+			return err
+		}
+
+		switch conf.Mode {
+		case ModeBridge:
+			br, err := addPodBridge(PodBridgeName(ifName), mtu)
+			if err != nil {
+				return err
+			}
+			for _, port := range []netlink.Link{pod, tap} {
+				if err := netlink.LinkSetMaster(port, br); err != nil {
+					return fmt.Errorf("adding %q to in-pod bridge %q: %w", port.Attrs().Name, br.Name, err)
+				}
+			}
+			ifs = append(ifs, &current.Interface{Name: br.Name, Mac: br.HardwareAddr.String(), Mtu: mtu, Sandbox: netns.Path()})
+		case ModeMacvlan:
+			if guestMAC == nil {
+				guestMAC = pod.Attrs().HardwareAddr
+			}
+			// The tap's own MAC is never seen on the wire; give it the
+			// guest's so that the result's MAC is literally the tap's.
+			if err := netlink.LinkSetHardwareAddr(tap, guestMAC); err != nil {
+				return fmt.Errorf("setting MAC of %q: %w", tap.Attrs().Name, err)
+			}
+			if err := mirredBothWays(pod, tap); err != nil {
+				return err
+			}
+		}
+
+		disableIPv6(ifName)
+		for _, l := range []netlink.Link{tap, pod} {
+			if err := netlink.LinkSetUp(l); err != nil {
+				return fmt.Errorf("setting %q up: %w", l.Attrs().Name, err)
+			}
+		}
+		ifs = append(ifs, &current.Interface{Name: tap.Attrs().Name, Mac: guestMAC.String(), Mtu: mtu, Sandbox: netns.Path()})
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return ifs, nil
+}
+
+// addTap creates a persistent, single-queue tap in the calling thread's
+// netns (a tap is bound to the netns it is made in).
+func addTap(conf *NetConf, name string, mtu int) (netlink.Link, error) {
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name = name
+	tap := &netlink.Tuntap{
+		LinkAttrs: attrs,
+		Mode:      netlink.TUNTAP_MODE_TAP,
+		Flags:     netlink.TUNTAP_NO_PI | netlink.TUNTAP_VNET_HDR | netlink.TUNTAP_ONE_QUEUE,
+	}
+	if conf.TapOwner != nil {
+		tap.Owner = *conf.TapOwner
+	}
+	if conf.TapGroup != nil {
+		tap.Group = *conf.TapGroup
+	}
+	if err := netlink.LinkAdd(tap); err != nil {
+		return nil, fmt.Errorf("creating tap %q: %w", name, err)
+	}
+	l, err := netlinksafe.LinkByName(name)
+	if err != nil {
+		return nil, fmt.Errorf("looking up tap %q: %w", name, err)
+	}
+	disableIPv6(name)
+	if err := netlink.LinkSetMTU(l, mtu); err != nil {
+		return nil, fmt.Errorf("setting MTU %d on tap %q: %w", mtu, name, err)
+	}
+	return l, nil
+}
+
+func addPodBridge(name string, mtu int) (*netlink.Bridge, error) {
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name = name
+	attrs.MTU = mtu
+	if err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: attrs}); err != nil {
+		return nil, fmt.Errorf("creating in-pod bridge %q: %w", name, err)
+	}
+	l, err := netlinksafe.LinkByName(name)
+	if err != nil {
+		return nil, fmt.Errorf("looking up in-pod bridge %q: %w", name, err)
+	}
+	br, ok := l.(*netlink.Bridge)
+	if !ok {
+		return nil, fmt.Errorf("in-pod bridge %q is a %s", name, l.Type())
+	}
+	disableIPv6(name)
+	if err := netlink.LinkSetUp(br); err != nil {
+		return nil, fmt.Errorf("setting in-pod bridge %q up: %w", name, err)
+	}
+	return br, nil
+}
+
+// mirredBothWays redirects every frame received on a out of b and every
+// frame received on b out of a.
+func mirredBothWays(a, b netlink.Link) error {
+	for _, p := range [][2]netlink.Link{{a, b}, {b, a}} {
+		from, to := p[0], p[1]
+		qdisc := &netlink.Ingress{QdiscAttrs: netlink.QdiscAttrs{
+			LinkIndex: from.Attrs().Index,
+			Handle:    ingressHandle,
+			Parent:    netlink.HANDLE_INGRESS,
+		}}
+		if err := netlink.QdiscAdd(qdisc); err != nil {
+			return fmt.Errorf("adding ingress qdisc to %q: %w", from.Attrs().Name, err)
+		}
+		// u32 with no selector matches everything; unlike matchall it is
+		// in every kernel that has tc.
+		filter := &netlink.U32{
+			FilterAttrs: netlink.FilterAttrs{
+				LinkIndex: from.Attrs().Index,
+				Parent:    ingressHandle,
+				Priority:  1,
+				Protocol:  unix.ETH_P_ALL,
+			},
+			Actions: []netlink.Action{netlink.NewMirredAction(to.Attrs().Index)},
+		}
+		if err := netlink.FilterAdd(filter); err != nil {
+			return fmt.Errorf("redirecting %q to %q: %w", from.Attrs().Name, to.Attrs().Name, err)
+		}
+	}
+	return nil
+}
+
+// mirredTarget returns the ifindex that l's ingress frames are redirected
+// to, or 0 when there is no such redirect.
+func mirredTarget(l netlink.Link) (int, error) {
+	filters, err := netlinksafe.FilterList(l, ingressHandle)
+	if err != nil {
+		return 0, fmt.Errorf("listing ingress filters of %q: %w", l.Attrs().Name, err)
+	}
+	for _, f := range filters {
+		u, ok := f.(*netlink.U32)
+		if !ok {
+			continue
+		}
+		for _, a := range u.Actions {
+			if m, ok := a.(*netlink.MirredAction); ok && m.MirredAction == netlink.TCA_EGRESS_REDIR {
+				return m.Ifindex, nil
+			}
+		}
+	}
+	return 0, nil
+}
+
+// delGuestLinks removes the tap and in-pod bridge of pod link ifName from
+// the calling thread's netns; missing links are fine.
+func delGuestLinks(ifName string) error {
+	var errs []error
+	for _, name := range []string{TapName(ifName), PodBridgeName(ifName)} {
+		if err := ip.DelLinkByName(name); err != nil && !errors.Is(err, ip.ErrLinkNotFound) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// disableIPv6 keeps the pod's stack off a link that belongs to the guest.
+// Best effort: a kernel without IPv6 has nothing to turn off.
+func disableIPv6(name string) {
+	_, _ = sysctl.Sysctl(fmt.Sprintf("net/ipv6/conf/%s/disable_ipv6", name), "1")
+}
