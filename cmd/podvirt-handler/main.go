@@ -3,4 +3,6 @@ package main
 
 import "github.com/podvirt/podvirt/cmd/internal/pending"
 
-func main() { pending.Main("podvirt-handler", "the node daemon: keeps each VMI's domain and the cluster in sync") }
+func main() {
+	pending.Main("podvirt-handler", "the node daemon: keeps each VMI's domain and the cluster in sync")
+}

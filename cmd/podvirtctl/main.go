@@ -3,4 +3,6 @@ package main
 
 import "github.com/podvirt/podvirt/cmd/internal/pending"
 
-func main() { pending.Main("podvirtctl", "starts, stops and reaches VMs (also usable as kubectl virt)") }
+func main() {
+	pending.Main("podvirtctl", "starts, stops and reaches VMs (also usable as kubectl virt)")
+}
