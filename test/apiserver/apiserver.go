@@ -63,6 +63,9 @@ func Start(opts Options) (*Server, error) {
 	}
 	cfg, err := env.Start()
 	if err != nil {
+		// envtest returns errors after the control plane is up (installing
+		// CRDs, say) without stopping it.
+		_ = env.Stop()
 		s.cleanAssets()
 		return nil, fmt.Errorf("start etcd + kube-apiserver for tests: %w", err)
 	}

@@ -14,11 +14,23 @@ CACHE=${PODVIRT_CACHE:-$HOME/.cache/podvirt}
 . "$(dirname "$0")/versions.env"
 
 APT_PACKAGES=(
-	etcd-server containerd runc containernetworking-plugins iptables iproute2
-	ca-certificates
+	# the local cluster
+	etcd-server containerd runc containernetworking-plugins iptables iproute2 ca-certificates
+	# VMs: QEMU + libvirt (cgo bindings need libvirt-dev and pkg-config)
+	qemu-system-x86 qemu-utils ovmf libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
+	# the test guest: busybox, a bootloader, FAT and ext4 tools
+	busybox-static syslinux syslinux-common extlinux dosfstools mtools e2fsprogs
 )
 
 log() { printf '[deps %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# apt_lists_current: the test guest downloads its kernel with apt-get, which
+# needs package lists even when every package above is installed.
+apt_lists_current() {
+	compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null && return 0
+	log "apt-get update (no package lists yet)"
+	DEBIAN_FRONTEND=noninteractive apt-get update -qq
+}
 
 apt_install() {
 	local missing=() p
@@ -152,6 +164,7 @@ main() {
 	case "${1:-all}" in
 	all)
 		apt_install "${APT_PACKAGES[@]}"
+		apt_lists_current
 		cni_plugins
 		multus
 		controller_gen
