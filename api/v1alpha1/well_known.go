@@ -1,0 +1,102 @@
+package v1alpha1
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"path"
+)
+
+// Extended resources the node daemon's device plugin advertises, one per
+// device node the launcher needs. The launcher pod requests 1 of each, so it
+// gets the devices without being privileged.
+const (
+	// KVMDevice gives the pod /dev/kvm.
+	KVMDevice = "devices.podvirt.io/kvm"
+	// TunDevice gives the pod /dev/net/tun.
+	TunDevice = "devices.podvirt.io/tun"
+	// VhostNetDevice gives the pod /dev/vhost-net.
+	VhostNetDevice = "devices.podvirt.io/vhost-net"
+)
+
+// Labels the controller puts on launcher pods, VMIs and PVCs.
+const (
+	// AppLabel marks launcher pods: podvirt.io/app=launcher.
+	AppLabel = "podvirt.io/app"
+	// AppLauncher is the AppLabel value of launcher pods.
+	AppLauncher = "launcher"
+	// CreatedByLabel is the UID of the VMI a launcher pod belongs to.
+	CreatedByLabel = "podvirt.io/created-by"
+	// VMINameLabel is the name of the VMI a launcher pod belongs to.
+	VMINameLabel = "podvirt.io/vmi"
+	// VMNameLabel is the name of the VM a VMI or disk-template PVC
+	// belongs to.
+	VMNameLabel = "podvirt.io/vm"
+)
+
+// Annotations.
+const (
+	// DiskSourceAnnotation on a PVC is the image the CSI driver fills it
+	// with: docker://registry/repo:tag or https://host/disk.qcow2.
+	DiskSourceAnnotation = "disk.podvirt.io/source"
+	// DiskChecksumAnnotation on a PVC is the expected checksum of the
+	// source image, e.g. sha256:<hex>.
+	DiskChecksumAnnotation = "disk.podvirt.io/checksum"
+	// MultusNetworksAnnotation lists a pod's Multus networks.
+	MultusNetworksAnnotation = "k8s.v1.cni.cncf.io/networks"
+	// MultusNetworkStatusAnnotation is where Multus reports the pod's
+	// attachments (interface names, IPs, MACs).
+	MultusNetworkStatusAnnotation = "k8s.v1.cni.cncf.io/network-status"
+)
+
+// Finalizers.
+const (
+	// VMIFinalizer keeps a VMI until its launcher pod is gone or finished.
+	VMIFinalizer = "podvirt.io/launcher-cleanup"
+	// VMFinalizer keeps a VM until its VMI is gone and its disks are
+	// retained or deleted as its DiskRetentionPolicy says.
+	VMFinalizer = "podvirt.io/vm-cleanup"
+)
+
+// The launcher pod's layout: what the controller mounts where, so the
+// launcher finds it.
+const (
+	// LauncherContainerName is the launcher pod's container that runs the
+	// launcher (libvirtd and QEMU).
+	LauncherContainerName = "compute"
+	// DiskDir holds one directory per Filesystem-mode volume (the disk is
+	// DiskDir/<volume>/disk.img) and one device node per Block-mode
+	// volume (DiskDir/<volume>.dev).
+	DiskDir = "/var/run/podvirt/disks"
+	// DiskImageName is the disk image file on a Filesystem-mode volume.
+	DiskImageName = "disk.img"
+	// SocketDir is an emptyDir holding the launcher's unix socket; the
+	// node daemon reaches it through the kubelet's pod volume directory.
+	SocketDir = "/var/run/podvirt/sockets"
+	// SocketVolumeName is the name of that emptyDir in the pod spec.
+	SocketVolumeName = "podvirt-sockets"
+	// PrivateDir is an emptyDir for the launcher's own files (libvirt
+	// state, the cloud-init seed image).
+	PrivateDir = "/var/run/podvirt/private"
+	// PrivateVolumeName is the name of that emptyDir in the pod spec.
+	PrivateVolumeName = "podvirt-private"
+)
+
+// FilesystemDiskPath is the disk image of volume on a Filesystem-mode PVC,
+// inside the launcher pod.
+func FilesystemDiskPath(volume string) string {
+	return path.Join(DiskDir, volume, DiskImageName)
+}
+
+// BlockDiskPath is the device node of volume on a Block-mode PVC, inside
+// the launcher pod.
+func BlockDiskPath(volume string) string {
+	return path.Join(DiskDir, volume+".dev")
+}
+
+// PodInterfaceName is the name, inside the launcher pod, of the interface
+// Multus attaches for network: "pv" and 10 hex digits of its hash, so it is
+// stable, unique per network and fits IFNAMSIZ.
+func PodInterfaceName(network string) string {
+	sum := sha256.Sum256([]byte(network))
+	return "pv" + hex.EncodeToString(sum[:])[:10]
+}
