@@ -1,8 +1,132 @@
-// Command podvirt-controller turns VirtualMachines into VirtualMachineInstances and launcher pods.
+// Command podvirt-controller turns VirtualMachines into VirtualMachineInstances
+// and VirtualMachineInstances into launcher pods.
+//
+// It runs a controller-runtime manager with leader election, /healthz and
+// /readyz probes, and Prometheus metrics on /metrics.
 package main
 
-import "github.com/podvirt/podvirt/cmd/internal/pending"
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/go-logr/logr"
+	"k8s.io/apimachinery/pkg/api/resource"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/podvirt/podvirt/cmd/internal/version"
+	"github.com/podvirt/podvirt/controller"
+)
 
 func main() {
-	pending.Main("podvirt-controller", "turns VirtualMachines into VirtualMachineInstances and launcher pods")
+	if len(os.Args) > 1 && (os.Args[1] == "version" || os.Args[1] == "--version") {
+		fmt.Printf("podvirt-controller %s\n", version.Version)
+		return
+	}
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintf(os.Stderr, "podvirt-controller: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+func run(args []string) error {
+	cfg := controller.DefaultConfig()
+	fs := flag.NewFlagSet("podvirt-controller", flag.ContinueOnError)
+	var (
+		kubeconfig      = fs.String("kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig file; empty means in-cluster")
+		metricsAddr     = fs.String("metrics-bind-address", ":8080", "address of the Prometheus /metrics endpoint; 0 disables it")
+		probeAddr       = fs.String("health-probe-bind-address", ":8081", "address of the /healthz and /readyz endpoints")
+		leaderElect     = fs.Bool("leader-elect", true, "elect a leader so only one replica acts")
+		leaderNamespace = fs.String("leader-election-namespace", envOr("POD_NAMESPACE", ""), "namespace of the leader election lease; empty means the in-cluster namespace")
+		qps             = fs.Float64("kube-api-qps", 200, "API requests per second the controller may make")
+		burst           = fs.Int("kube-api-burst", 400, "API request burst")
+		launcherCommand = fs.String("launcher-command", strings.Join(controller.DefaultLauncherCommand, " "), "launcher pod command, space-separated")
+		containerDisk   = fs.String("container-disk-size", cfg.ContainerDiskSize.String(), "size of the ephemeral PVC of a containerDisk")
+		logLevel        = fs.Int("v", 0, "log verbosity (0 info, 1 debug)")
+	)
+	fs.StringVar(&cfg.LauncherImage, "launcher-image", envOr("PODVIRT_LAUNCHER_IMAGE", controller.DefaultLauncherImage), "launcher image (env PODVIRT_LAUNCHER_IMAGE)")
+	fs.BoolVar(&cfg.UseEmulation, "use-emulation", os.Getenv("PODVIRT_USE_EMULATION") == "true", "run guests under TCG: no devices.podvirt.io/kvm request (env PODVIRT_USE_EMULATION=true)")
+	fs.StringVar(&cfg.ContainerDiskStorageClass, "container-disk-storage-class", "", "StorageClass of containerDisk PVCs; empty means the cluster default")
+	fs.Int64Var(&cfg.CPUAllocationRatio, "cpu-allocation-ratio", cfg.CPUAllocationRatio, "vCPUs per requested CPU")
+	fs.DurationVar(&cfg.RestartBackoff, "restart-backoff", cfg.RestartBackoff, "wait after a VM's first failed VMI; doubles per further failure")
+	fs.DurationVar(&cfg.MaxRestartBackoff, "max-restart-backoff", cfg.MaxRestartBackoff, "longest restart back-off")
+	fs.IntVar(&cfg.VMWorkers, "vm-workers", cfg.VMWorkers, "concurrent VM reconciles")
+	fs.IntVar(&cfg.VMIWorkers, "vmi-workers", cfg.VMIWorkers, "concurrent VMI reconciles")
+	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	cfg.LauncherCommand = strings.Fields(*launcherCommand)
+	size, err := resource.ParseQuantity(*containerDisk)
+	if err != nil {
+		return fmt.Errorf("--container-disk-size %q: %w", *containerDisk, err)
+	}
+	cfg.ContainerDiskSize = size
+
+	level := slog.LevelInfo
+	if *logLevel > 0 {
+		level = slog.Level(-4 * *logLevel)
+	}
+	logger := logr.FromSlogHandler(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	ctrl.SetLogger(logger)
+
+	restCfg, err := loadConfig(*kubeconfig)
+	if err != nil {
+		return err
+	}
+	restCfg.QPS, restCfg.Burst = float32(*qps), *burst
+	restCfg.UserAgent = "podvirt-controller/" + version.Version
+
+	scheme, err := controller.Scheme()
+	if err != nil {
+		return err
+	}
+	renew := 10 * time.Second
+	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{
+		Scheme:                        scheme,
+		Logger:                        logger,
+		Cache:                         controller.CacheOptions(),
+		Metrics:                       metricsserver.Options{BindAddress: *metricsAddr},
+		HealthProbeBindAddress:        *probeAddr,
+		LeaderElection:                *leaderElect,
+		LeaderElectionID:              "podvirt-controller.podvirt.io",
+		LeaderElectionNamespace:       *leaderNamespace,
+		LeaderElectionReleaseOnCancel: true,
+		RenewDeadline:                 &renew,
+	})
+	if err != nil {
+		return fmt.Errorf("create manager: %w", err)
+	}
+	if err := controller.Setup(mgr, cfg); err != nil {
+		return err
+	}
+	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
+		return err
+	}
+	// Ready once the caches have synced.
+	if err := mgr.AddReadyzCheck("caches", func(req *http.Request) error {
+		if !mgr.GetCache().WaitForCacheSync(req.Context()) {
+			return fmt.Errorf("caches not synced")
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	logger.Info("starting", "version", version.Version, "launcherImage", cfg.LauncherImage, "useEmulation", cfg.UseEmulation, "leaderElection", *leaderElect)
+	return mgr.Start(ctrl.SetupSignalHandler())
 }

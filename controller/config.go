@@ -1,0 +1,82 @@
+// Package controller turns VirtualMachines into VirtualMachineInstances and
+// VirtualMachineInstances into launcher pods, with controller-runtime
+// against the real API server.
+//
+// The VM reconciler (vm.go) applies the run strategy and makes disks from
+// disk templates; the VMI reconciler (vmi.go) keeps exactly one launcher pod
+// per VMI (launcher.go) and derives the VMI's phase from that pod and from
+// what the node daemon reports in status.domain (phase.go).
+package controller
+
+import (
+	"fmt"
+	"time"
+
+	"k8s.io/apimachinery/pkg/api/resource"
+)
+
+// DefaultLauncherImage is the launcher image unless configured otherwise.
+const DefaultLauncherImage = "podvirt.local/podvirt-launcher:dev"
+
+// DefaultLauncherCommand runs the launcher inside the launcher image.
+var DefaultLauncherCommand = []string{"/usr/bin/podvirt-launcher"}
+
+// Config is what the reconcilers need to know beyond the API objects.
+type Config struct {
+	// LauncherImage is the image of every launcher pod.
+	LauncherImage string
+	// LauncherCommand is the launcher pod's command.
+	LauncherCommand []string
+	// UseEmulation leaves out the devices.podvirt.io/kvm request and adds
+	// the TCG memory overhead, for nodes without /dev/kvm.
+	UseEmulation bool
+	// ContainerDiskStorageClass is the StorageClass of the ephemeral PVCs
+	// that hold containerDisks; empty means the cluster's default.
+	ContainerDiskStorageClass string
+	// ContainerDiskSize is the size those PVCs request.
+	ContainerDiskSize resource.Quantity
+	// CPUAllocationRatio is vCPUs per requested CPU: a 4-vCPU VMI requests
+	// 4/ratio CPUs.
+	CPUAllocationRatio int64
+	// RestartBackoff is the wait after a VM's first failed VMI before the
+	// next starts (Always, RerunOnFailure); it doubles with every further
+	// failure in a row, up to MaxRestartBackoff.
+	RestartBackoff    time.Duration
+	MaxRestartBackoff time.Duration
+	// BackoffResetAfter is how long a VMI must run before its VM's
+	// failure count is cleared.
+	BackoffResetAfter time.Duration
+	// VMWorkers and VMIWorkers are the reconcilers' concurrency.
+	VMWorkers, VMIWorkers int
+}
+
+// DefaultConfig is the configuration with every default filled in.
+func DefaultConfig() Config {
+	return Config{
+		LauncherImage:      DefaultLauncherImage,
+		LauncherCommand:    DefaultLauncherCommand,
+		ContainerDiskSize:  resource.MustParse("10Gi"),
+		CPUAllocationRatio: 10,
+		RestartBackoff:     10 * time.Second,
+		MaxRestartBackoff:  5 * time.Minute,
+		BackoffResetAfter:  5 * time.Minute,
+		VMWorkers:          16,
+		VMIWorkers:         16,
+	}
+}
+
+func (c *Config) validate() error {
+	switch {
+	case c.LauncherImage == "":
+		return fmt.Errorf("controller config: launcher image is empty")
+	case len(c.LauncherCommand) == 0:
+		return fmt.Errorf("controller config: launcher command is empty")
+	case c.CPUAllocationRatio < 1:
+		return fmt.Errorf("controller config: cpu allocation ratio %d is below 1", c.CPUAllocationRatio)
+	case c.VMWorkers < 1 || c.VMIWorkers < 1:
+		return fmt.Errorf("controller config: workers must be at least 1 (vm %d, vmi %d)", c.VMWorkers, c.VMIWorkers)
+	case c.ContainerDiskSize.Sign() <= 0:
+		return fmt.Errorf("controller config: container disk size %s is not positive", c.ContainerDiskSize.String())
+	}
+	return nil
+}

@@ -1,0 +1,287 @@
+package controller
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/podvirt/podvirt/api/v1alpha1"
+)
+
+// Memory overhead of a launcher pod beyond the guest's memory, in MiB. The
+// pod requests guest + overhead, where
+//
+//	overhead = 208Mi                       fixed: launcher 32 + libvirtd 64 + virtlogd 16 + QEMU base 96
+//	         + 8Mi × vCPUs                 vCPU threads and per-vCPU state
+//	         + ⌈guest / 512⌉               guest page tables
+//	         + 16Mi if VNC                 video RAM
+//	         + 128Mi with emulation (TCG)  translation cache (the launcher caps QEMU's tb-size to fit)
+//
+// as KubeVirt's GetMemoryOverhead does, with podvirt's processes.
+const (
+	overheadFixedMiB   = 32 + 64 + 16 + 96
+	overheadPerVCPUMiB = 8
+	overheadVNCMiB     = 16
+	overheadTCGMiB     = 128
+	pageTableDivisor   = 512
+)
+
+// MemoryOverhead is the memory a launcher pod needs beyond the guest's.
+func MemoryOverhead(spec *v1alpha1.VirtualMachineInstanceSpec, emulation bool) resource.Quantity {
+	const mi = 1 << 20
+	bytes := int64(overheadFixedMiB) * mi
+	bytes += spec.Domain.CPU.VCPUs() * overheadPerVCPUMiB * mi
+	guest := spec.Domain.Memory.Guest.Value()
+	bytes += (guest + pageTableDivisor - 1) / pageTableDivisor
+	if spec.Domain.Devices.VNC != nil && *spec.Domain.Devices.VNC {
+		bytes += overheadVNCMiB * mi
+	}
+	if emulation {
+		bytes += overheadTCGMiB * mi
+	}
+	// Round up to whole MiB so the request reads well.
+	bytes = (bytes + mi - 1) / mi * mi
+	return *resource.NewQuantity(bytes, resource.BinarySI)
+}
+
+// launcherPodName is the name of a VMI's launcher pod. It is fixed by the
+// VMI's name and UID, so creating it twice fails instead of making a second
+// pod, and a new VMI of the same name never collides with an old pod still
+// terminating.
+func launcherPodName(vmi *v1alpha1.VirtualMachineInstance) string {
+	const prefix = "virt-launcher-"
+	suffix := "-" + strings.ReplaceAll(string(vmi.UID), "-", "")[:5]
+	name := vmi.Name
+	if max := validation.DNS1123SubdomainMaxLength - len(prefix) - len(suffix) - len(v1alpha1.PrivateVolumeName) - 1; len(name) > max {
+		name = strings.TrimRight(name[:max], "-.")
+	}
+	return prefix + name + suffix
+}
+
+// volumeClaim is what the VMI reconciler found out about a PVC a volume
+// names.
+type volumeClaim struct {
+	mode     corev1.PersistentVolumeMode
+	readOnly bool
+}
+
+// multusSelection is one entry of the k8s.v1.cni.cncf.io/networks
+// annotation (Multus's NetworkSelectionElement).
+type multusSelection struct {
+	Name      string `json:"name"`
+	Namespace string `json:"namespace,omitempty"`
+	Interface string `json:"interface,omitempty"`
+	MAC       string `json:"mac,omitempty"`
+}
+
+// launcherPod builds the launcher pod of vmi. claims holds the volume mode of
+// every PVC a volume names (keyed by claim name). It also returns where each
+// volume's disk is inside the pod, for the VMI's status.
+func launcherPod(vmi *v1alpha1.VirtualMachineInstance, claims map[string]volumeClaim, cfg *Config) (*corev1.Pod, []v1alpha1.VolumeStatus, error) {
+	name := launcherPodName(vmi)
+	spec := &vmi.Spec
+
+	labels := map[string]string{}
+	for k, v := range vmi.Labels {
+		labels[k] = v
+	}
+	labels[v1alpha1.AppLabel] = v1alpha1.AppLauncher
+	labels[v1alpha1.VMINameLabel] = vmi.Name
+	labels[v1alpha1.CreatedByLabel] = string(vmi.UID)
+
+	annotations := map[string]string{"kubectl.kubernetes.io/default-container": v1alpha1.LauncherContainerName}
+	networks, err := multusNetworks(vmi)
+	if err != nil {
+		return nil, nil, err
+	}
+	if networks != "" {
+		annotations[v1alpha1.MultusNetworksAnnotation] = networks
+	}
+
+	volumes := []corev1.Volume{
+		{Name: v1alpha1.SocketVolumeName, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
+		{Name: v1alpha1.PrivateVolumeName, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
+	}
+	mounts := []corev1.VolumeMount{
+		{Name: v1alpha1.SocketVolumeName, MountPath: v1alpha1.SocketDir},
+		{Name: v1alpha1.PrivateVolumeName, MountPath: v1alpha1.PrivateDir},
+	}
+	var devices []corev1.VolumeDevice
+	var statuses []v1alpha1.VolumeStatus
+	filesystem := corev1.PersistentVolumeFilesystem
+	for _, v := range spec.Volumes {
+		switch {
+		case v.PersistentVolumeClaim != nil:
+			claim, ok := claims[v.PersistentVolumeClaim.ClaimName]
+			if !ok {
+				return nil, nil, fmt.Errorf("volume %s: PVC %s/%s not found", v.Name, vmi.Namespace, v.PersistentVolumeClaim.ClaimName)
+			}
+			readOnly := v.PersistentVolumeClaim.ReadOnly || claim.readOnly
+			volumes = append(volumes, corev1.Volume{Name: v.Name, VolumeSource: corev1.VolumeSource{
+				PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: v.PersistentVolumeClaim.ClaimName, ReadOnly: readOnly},
+			}})
+			mode := claim.mode
+			status := v1alpha1.VolumeStatus{Name: v.Name, ClaimName: v.PersistentVolumeClaim.ClaimName, VolumeMode: &mode}
+			if mode == corev1.PersistentVolumeBlock {
+				devices = append(devices, corev1.VolumeDevice{Name: v.Name, DevicePath: v1alpha1.BlockDiskPath(v.Name)})
+				status.Path = v1alpha1.BlockDiskPath(v.Name)
+			} else {
+				mounts = append(mounts, corev1.VolumeMount{Name: v.Name, MountPath: v1alpha1.DiskDir + "/" + v.Name, ReadOnly: readOnly})
+				status.Path = v1alpha1.FilesystemDiskPath(v.Name)
+			}
+			statuses = append(statuses, status)
+		case v.ContainerDisk != nil:
+			// An ephemeral PVC the disk.podvirt.io CSI driver fills from the
+			// image (an overlay on its node cache), deleted with the pod.
+			var class *string
+			if cfg.ContainerDiskStorageClass != "" {
+				class = &cfg.ContainerDiskStorageClass
+			}
+			volumes = append(volumes, corev1.Volume{Name: v.Name, VolumeSource: corev1.VolumeSource{
+				Ephemeral: &corev1.EphemeralVolumeSource{VolumeClaimTemplate: &corev1.PersistentVolumeClaimTemplate{
+					ObjectMeta: metav1.ObjectMeta{
+						Labels:      map[string]string{v1alpha1.VMINameLabel: vmi.Name, v1alpha1.CreatedByLabel: string(vmi.UID)},
+						Annotations: map[string]string{v1alpha1.DiskSourceAnnotation: containerDiskSource(v.ContainerDisk.Image)},
+					},
+					Spec: corev1.PersistentVolumeClaimSpec{
+						AccessModes:      []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+						VolumeMode:       &filesystem,
+						StorageClassName: class,
+						Resources: corev1.VolumeResourceRequirements{
+							Requests: corev1.ResourceList{corev1.ResourceStorage: cfg.ContainerDiskSize},
+						},
+					},
+				}},
+			}})
+			mounts = append(mounts, corev1.VolumeMount{Name: v.Name, MountPath: v1alpha1.DiskDir + "/" + v.Name})
+			statuses = append(statuses, v1alpha1.VolumeStatus{
+				Name:       v.Name,
+				ClaimName:  name + "-" + v.Name, // the name Kubernetes gives a generic ephemeral volume's PVC
+				VolumeMode: &filesystem,
+				Path:       v1alpha1.FilesystemDiskPath(v.Name),
+			})
+		case v.CloudInitNoCloud != nil:
+			// The launcher writes the seed image under PrivateDir itself.
+			statuses = append(statuses, v1alpha1.VolumeStatus{Name: v.Name})
+		}
+	}
+
+	vcpus := spec.Domain.CPU.VCPUs()
+	memory := spec.Domain.Memory.Guest.DeepCopy()
+	memory.Add(MemoryOverhead(spec, cfg.UseEmulation))
+	cpu := resource.NewMilliQuantity(vcpus*1000/cfg.CPUAllocationRatio, resource.DecimalSI)
+	if cpu.MilliValue() < 10 {
+		cpu = resource.NewMilliQuantity(10, resource.DecimalSI)
+	}
+	one := resource.MustParse("1")
+	deviceLimits := corev1.ResourceList{
+		v1alpha1.TunDevice:      one,
+		v1alpha1.VhostNetDevice: one,
+	}
+	if !cfg.UseEmulation {
+		deviceLimits[v1alpha1.KVMDevice] = one
+	}
+	requests := corev1.ResourceList{corev1.ResourceCPU: *cpu, corev1.ResourceMemory: memory}
+	for k, v := range deviceLimits {
+		requests[k] = v
+	}
+
+	grace := int64(30)
+	if spec.TerminationGracePeriodSeconds != nil {
+		grace = *spec.TerminationGracePeriodSeconds
+	}
+	// The launcher needs the guest's grace period plus time to stop
+	// libvirt and report.
+	podGrace := grace + 15
+
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:        name,
+			Namespace:   vmi.Namespace,
+			Labels:      labels,
+			Annotations: annotations,
+			OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(vmi,
+				v1alpha1.GroupVersion.WithKind("VirtualMachineInstance"))},
+		},
+		Spec: corev1.PodSpec{
+			RestartPolicy:                 corev1.RestartPolicyNever,
+			TerminationGracePeriodSeconds: &podGrace,
+			AutomountServiceAccountToken:  new(false),
+			EnableServiceLinks:            new(false),
+			NodeSelector:                  spec.NodeSelector,
+			Affinity:                      spec.Affinity,
+			Tolerations:                   spec.Tolerations,
+			Volumes:                       volumes,
+			Containers: []corev1.Container{{
+				Name:    v1alpha1.LauncherContainerName,
+				Image:   cfg.LauncherImage,
+				Command: cfg.LauncherCommand,
+				Env: []corev1.EnvVar{
+					{Name: "PODVIRT_VMI_NAMESPACE", Value: vmi.Namespace},
+					{Name: "PODVIRT_VMI_NAME", Value: vmi.Name},
+					{Name: "PODVIRT_VMI_UID", Value: string(vmi.UID)},
+					{Name: "PODVIRT_POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
+					{Name: "PODVIRT_NODE_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "spec.nodeName"}}},
+				},
+				Resources: corev1.ResourceRequirements{
+					Requests: requests,
+					Limits:   deviceLimits,
+				},
+				VolumeMounts:  mounts,
+				VolumeDevices: devices,
+				SecurityContext: &corev1.SecurityContext{
+					Privileged: new(false),
+				},
+			}},
+		},
+	}
+	if len(validation.IsDNS1123Label(vmi.Name)) == 0 {
+		pod.Spec.Hostname = vmi.Name
+	}
+	return pod, statuses, nil
+}
+
+// multusNetworks is the k8s.v1.cni.cncf.io/networks annotation for vmi's
+// Multus networks, in interface order, or "" when it has none.
+func multusNetworks(vmi *v1alpha1.VirtualMachineInstance) (string, error) {
+	byName := map[string]*v1alpha1.MultusNetwork{}
+	for i := range vmi.Spec.Networks {
+		if m := vmi.Spec.Networks[i].Multus; m != nil {
+			byName[vmi.Spec.Networks[i].Name] = m
+		}
+	}
+	var selections []multusSelection
+	for _, iface := range vmi.Spec.Domain.Devices.Interfaces {
+		m, ok := byName[iface.Name]
+		if !ok {
+			continue
+		}
+		sel := multusSelection{Name: m.NetworkName, Interface: v1alpha1.PodInterfaceName(iface.Name), MAC: iface.MACAddress}
+		if ns, n, ok := strings.Cut(m.NetworkName, "/"); ok {
+			sel.Namespace, sel.Name = ns, n
+		}
+		selections = append(selections, sel)
+	}
+	if len(selections) == 0 {
+		return "", nil
+	}
+	out, err := json.Marshal(selections)
+	if err != nil {
+		return "", fmt.Errorf("multus networks of %s/%s: %w", vmi.Namespace, vmi.Name, err)
+	}
+	return string(out), nil
+}
+
+// containerDiskSource is the disk.podvirt.io/source of a containerDisk
+// image: docker:// unless the reference names its scheme.
+func containerDiskSource(image string) string {
+	if strings.Contains(image, "://") {
+		return image
+	}
+	return "docker://" + image
+}

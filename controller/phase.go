@@ -1,0 +1,157 @@
+package controller
+
+import (
+	"fmt"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/podvirt/podvirt/api/v1alpha1"
+)
+
+// VMI condition types and reasons the controller writes.
+const (
+	ConditionReady        = "Ready"
+	ConditionPodScheduled = "PodScheduled"
+	ConditionSynchronized = "Synchronized"
+
+	ReasonPodCreated         = "LauncherPodCreated"
+	ReasonPodCreateFailed    = "FailedCreate"
+	ReasonPVCNotFound        = "PVCNotFound"
+	ReasonPodDeleted         = "LauncherPodDeleted"
+	ReasonPodFailed          = "LauncherFailed"
+	ReasonPodSucceeded       = "LauncherSucceeded"
+	ReasonDomainCrashed      = "DomainCrashed"
+	ReasonDomainShutdown     = "DomainShutdown"
+	ReasonGuestNotRunning    = "GuestNotRunning"
+	ReasonGuestRunning       = "GuestRunning"
+	ReasonPodNotReady        = "LauncherPodNotReady"
+	ReasonUnschedulable      = corev1.PodReasonUnschedulable
+	ReasonVMIFinal           = "VMIFinished"
+	ReasonWaitingForPod      = "WaitingForLauncherPod"
+	ReasonNoLauncherPodFound = "NoLauncherPod"
+)
+
+// phaseRank orders the phases a VMI moves through; it never moves back.
+var phaseRank = map[v1alpha1.VirtualMachineInstancePhase]int{
+	v1alpha1.VMIPhaseUnset: 0,
+	v1alpha1.Pending:       1,
+	v1alpha1.Scheduling:    2,
+	v1alpha1.Scheduled:     3,
+	v1alpha1.Running:       4,
+	v1alpha1.Succeeded:     5,
+	v1alpha1.Failed:        5,
+}
+
+// observation is the VMI's next phase with its reason, derived from the
+// launcher pod and the node daemon's report.
+type observation struct {
+	phase   v1alpha1.VirtualMachineInstancePhase
+	reason  string
+	message string
+}
+
+// observe derives the VMI's phase from its launcher pod (nil when the pod is
+// gone) and status.domain (written by the node daemon).
+func observe(vmi *v1alpha1.VirtualMachineInstance, pod *corev1.Pod) observation {
+	domain := vmi.Status.Domain
+	if pod == nil {
+		return observation{v1alpha1.Failed, ReasonPodDeleted, "the launcher pod disappeared while the VMI was running"}
+	}
+	if domain != nil {
+		switch domain.State {
+		case v1alpha1.DomainCrashed:
+			return observation{v1alpha1.Failed, ReasonDomainCrashed, joinMessage("the domain crashed", domain.Message)}
+		case v1alpha1.DomainShutdown:
+			return observation{v1alpha1.Succeeded, ReasonDomainShutdown, ""}
+		}
+	}
+	switch pod.Status.Phase {
+	case corev1.PodFailed:
+		return observation{v1alpha1.Failed, ReasonPodFailed, joinMessage("the launcher pod failed", podMessage(pod))}
+	case corev1.PodSucceeded:
+		return observation{v1alpha1.Succeeded, ReasonPodSucceeded, ""}
+	}
+	if pod.DeletionTimestamp != nil {
+		return observation{v1alpha1.Failed, ReasonPodDeleted, "the launcher pod was deleted while the VMI was running"}
+	}
+	switch pod.Status.Phase {
+	case corev1.PodRunning:
+		if domain != nil && (domain.State == v1alpha1.DomainRunning || domain.State == v1alpha1.DomainPaused) {
+			return observation{phase: v1alpha1.Running}
+		}
+		return observation{phase: v1alpha1.Scheduled}
+	default:
+		return observation{phase: v1alpha1.Scheduling}
+	}
+}
+
+// advance returns the phase a VMI in current moves to when next is
+// observed: phases only move forward, and a final phase is kept.
+func advance(current, next v1alpha1.VirtualMachineInstancePhase) v1alpha1.VirtualMachineInstancePhase {
+	if current.IsFinal() || phaseRank[next] < phaseRank[current] {
+		return current
+	}
+	return next
+}
+
+func podMessage(pod *corev1.Pod) string {
+	for _, cs := range pod.Status.ContainerStatuses {
+		if t := cs.State.Terminated; t != nil && cs.Name == v1alpha1.LauncherContainerName {
+			return joinMessage(fmt.Sprintf("launcher exited with code %d (%s)", t.ExitCode, t.Reason), t.Message)
+		}
+	}
+	return joinMessage(pod.Status.Reason, pod.Status.Message)
+}
+
+func joinMessage(a, b string) string {
+	switch {
+	case a == "":
+		return b
+	case b == "":
+		return a
+	}
+	return a + ": " + b
+}
+
+// podCondition returns pod's condition of type t, or nil.
+func podCondition(pod *corev1.Pod, t corev1.PodConditionType) *corev1.PodCondition {
+	if pod == nil {
+		return nil
+	}
+	for i := range pod.Status.Conditions {
+		if pod.Status.Conditions[i].Type == t {
+			return &pod.Status.Conditions[i]
+		}
+	}
+	return nil
+}
+
+// vmiConditions computes the Ready and PodScheduled conditions of a VMI in
+// phase, with launcher pod (nil when gone).
+func vmiConditions(phase v1alpha1.VirtualMachineInstancePhase, pod *corev1.Pod, generation int64) []metav1.Condition {
+	var out []metav1.Condition
+	if c := podCondition(pod, corev1.PodScheduled); c != nil {
+		reason := c.Reason
+		if reason == "" {
+			reason = "Scheduled"
+		}
+		out = append(out, metav1.Condition{
+			Type: ConditionPodScheduled, Status: metav1.ConditionStatus(c.Status),
+			Reason: reason, Message: c.Message, ObservedGeneration: generation,
+		})
+	}
+	ready := metav1.Condition{Type: ConditionReady, Status: metav1.ConditionFalse, ObservedGeneration: generation}
+	podReady := podCondition(pod, corev1.PodReady)
+	switch {
+	case phase.IsFinal():
+		ready.Reason, ready.Message = ReasonVMIFinal, "the VMI has finished"
+	case phase != v1alpha1.Running:
+		ready.Reason, ready.Message = ReasonGuestNotRunning, "the guest is not running yet"
+	case podReady == nil || podReady.Status != corev1.ConditionTrue:
+		ready.Reason, ready.Message = ReasonPodNotReady, "the launcher pod is not ready"
+	default:
+		ready.Status, ready.Reason = metav1.ConditionTrue, ReasonGuestRunning
+	}
+	return append(out, ready)
+}
