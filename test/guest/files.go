@@ -1,0 +1,147 @@
+package guest
+
+// initramfsInit is /init of the initramfs: load the virtio modules (they
+// are modular in every Debian kernel), find the root named by root= on the
+// kernel command line and switch to it.
+const initramfsInit = `#!/bin/busybox sh
+/bin/busybox mkdir -p /proc /sys /dev /newroot /sbin /usr/bin /usr/sbin
+/bin/busybox --install -s
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk failover net_failover virtio_net; do
+	[ -f /lib/modules/$m.ko ] && insmod /lib/modules/$m.ko 2>/dev/null
+done
+root=
+for a in $(cat /proc/cmdline); do
+	case "$a" in root=*) root=${a#root=} ;; esac
+done
+i=0
+while :; do
+	dev=$root
+	case "$root" in LABEL=*|UUID=*) dev=$(findfs "$root" 2>/dev/null) ;; esac
+	[ -n "$dev" ] && [ -b "$dev" ] && break
+	i=$((i+1))
+	if [ $i -gt 1500 ]; then echo "podvirt-initramfs: root $root not found"; exec sh; fi
+	usleep 20000
+done
+mount -t ext4 -o rw "$dev" /newroot || { echo "podvirt-initramfs: mounting $dev failed"; exec sh; }
+umount /proc /sys
+mount --move /dev /newroot/dev
+exec switch_root /newroot /sbin/init
+`
+
+// rootFile is one file written into the root filesystem.
+type rootFile struct {
+	path string
+	mode uint32
+	data string
+}
+
+// rootFiles are the root filesystem's own files (busybox and its applet
+// links are added separately).
+func rootFiles() []rootFile {
+	return []rootFile{
+		{"etc/inittab", 0o644, `::sysinit:/etc/init.d/rcS
+ttyS0::respawn:-/bin/sh
+::ctrlaltdel:/sbin/poweroff
+::shutdown:/bin/umount -a -r
+`},
+		{"etc/init.d/rcS", 0o755, `#!/bin/sh
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+grep -q ' /dev ' /proc/mounts || mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts /run /tmp
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /tmp
+hostname podvirt-guest
+for m in evdev button fat vfat isofs nls_cp437 nls_ascii nls_utf8 nls_iso8859-1; do
+	[ -f /lib/modules/$m.ko ] && insmod /lib/modules/$m.ko 2>/dev/null
+done
+echo "` + BootMarker + ` uptime=$(cut -d' ' -f1 /proc/uptime)"
+acpid -c /etc/acpi -l /dev/null
+ip link set lo up
+/etc/cloud-init.sh
+for d in /sys/class/net/*; do
+	n=${d##*/}
+	[ "$n" = lo ] && continue
+	ip link set "$n" up
+	udhcpc -f -S -i "$n" -s /etc/udhcpc.script -T 1 -t 100000 -x hostname:"$(hostname)" >/dev/null 2>&1 &
+done
+`},
+		{"etc/udhcpc.script", 0o755, `#!/bin/sh
+case "$1" in
+deconfig)
+	ip -4 addr flush dev "$interface"
+	ip link set "$interface" up
+	;;
+bound|renew)
+	ip -4 addr flush dev "$interface"
+	ifconfig "$interface" "$ip" netmask "${subnet:-255.255.255.0}" up
+	if [ -n "$staticroutes" ]; then
+		set -- $staticroutes
+		while [ $# -ge 2 ]; do ip route add "$1" via "$2" dev "$interface" 2>/dev/null; shift 2; done
+	fi
+	for r in $router; do ip route add default via "$r" dev "$interface" 2>/dev/null; break; done
+	if [ -n "$dns" ]; then
+		: > /etc/resolv.conf
+		[ -n "$domain" ] && echo "search $domain" >> /etc/resolv.conf
+		for s in $dns; do echo "nameserver $s" >> /etc/resolv.conf; done
+	fi
+	echo "` + IPMarker + ` $interface $(ip -4 -o addr show dev "$interface" | awk '{print $4}')" > /dev/console
+	;;
+esac
+`},
+		{"etc/cloud-init.sh", 0o755, `#!/bin/sh
+# NoCloud: a filesystem labelled cidata with meta-data and user-data.
+mkdir -p /run/cidata
+dev=$(findfs LABEL=cidata 2>/dev/null) || dev=$(findfs LABEL=CIDATA 2>/dev/null) || dev=
+found=
+for d in $dev /dev/vd? /dev/sd?; do
+	[ -b "$d" ] || continue
+	for fs in iso9660 vfat; do
+		if mount -t $fs -o ro "$d" /run/cidata 2>/dev/null; then
+			[ -f /run/cidata/meta-data ] && { found=$d; break 2; }
+			umount /run/cidata
+		fi
+	done
+done
+[ -n "$found" ] || exit 0
+h=$(sed -n 's/^local-hostname:[ ]*//p' /run/cidata/meta-data 2>/dev/null | head -n 1 | tr -d "\"' ")
+[ -n "$h" ] && hostname "$h"
+if head -n 1 /run/cidata/user-data 2>/dev/null | grep -q '^#!'; then
+	cp /run/cidata/user-data /run/user-data
+	chmod +x /run/user-data
+	/run/user-data
+fi
+echo "` + CloudInitMarker + ` hostname=$(hostname)"
+`},
+		{"etc/acpi/PWRF/00000080", 0o755, `#!/bin/sh
+echo "` + ShutdownMarker + `" > /dev/console
+poweroff
+`},
+		{"etc/profile", 0o644, "export PS1='podvirt# '\nexport HOME=/root\n"},
+		{"etc/passwd", 0o644, "root:x:0:0:root:/root:/bin/sh\n"},
+		{"etc/group", 0o644, "root:x:0:\n"},
+		{"etc/hostname", 0o644, "podvirt-guest\n"},
+		{"etc/resolv.conf", 0o644, ""},
+	}
+}
+
+// syslinuxCfg boots the kernel on the boot partition straight away.
+const syslinuxCfg = `DEFAULT linux
+PROMPT 0
+TIMEOUT 0
+LABEL linux
+  KERNEL /vmlinuz
+  INITRD /initrd.gz
+  APPEND ` + Cmdline + `
+`
+
+// Kernel modules: in the initramfs (to reach the root disk and the NICs)
+// and in the root filesystem (power button, cloud-init disk formats).
+var (
+	initrdModules = []string{"virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci", "virtio_blk", "failover", "net_failover", "virtio_net"}
+	rootModules   = []string{"evdev", "button", "fat", "vfat", "isofs", "nls_cp437", "nls_ascii", "nls_utf8", "nls_iso8859-1"}
+)

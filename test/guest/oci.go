@@ -1,0 +1,24 @@
+package guest
+
+import (
+	"fmt"
+
+	"github.com/podvirt/podvirt/test/image"
+)
+
+// ContainerDiskPath is where a containerDisk image holds its disk.
+const ContainerDiskPath = "disk/disk.qcow2"
+
+// WriteContainerDisk writes the guest's disk as a containerDisk OCI image
+// (the qcow2 at /disk/disk.qcow2, nothing else) in an OCI image-layout tar
+// at path, tagged ref.
+func WriteContainerDisk(art Artifacts, ref, path string) error {
+	img, err := image.Build(image.Spec{
+		Ref:   ref,
+		Files: []image.File{{Path: ContainerDiskPath, Source: art.Disk, Mode: 0o444}},
+	})
+	if err != nil {
+		return fmt.Errorf("containerDisk %s: %w", ref, err)
+	}
+	return image.WriteOCITar(img, ref, path)
+}
