@@ -1,0 +1,388 @@
+// Package launcher drives one VM's domain through a libvirt connection:
+// define and start it, follow its lifecycle events, shut it down
+// gracefully (ACPI, then destroy after the grace period), pause, resume,
+// reboot, and stream its serial console. Done is closed when the domain
+// is gone, which is when the launcher process exits.
+package launcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"libvirt.org/go/libvirt"
+)
+
+// State is the domain's state as the rest of podvirt sees it.
+type State string
+
+// States.
+const (
+	StateStarting State = "Starting"
+	StateRunning  State = "Running"
+	StatePaused   State = "Paused"
+	StateShutdown State = "Shutdown" // the guest powered off or was shut down
+	StateCrashed  State = "Crashed"  // QEMU died or the guest crashed
+)
+
+// Event is one lifecycle change of the domain.
+type Event struct {
+	State  State
+	Reason string
+	Time   time.Time
+}
+
+var (
+	eventLoopOnce sync.Once
+	eventLoopErr  error
+)
+
+// startEventLoop runs libvirt's default event loop for the process; it
+// must be registered before the first connection is opened.
+func startEventLoop() error {
+	eventLoopOnce.Do(func() {
+		if eventLoopErr = libvirt.EventRegisterDefaultImpl(); eventLoopErr != nil {
+			return
+		}
+		go func() {
+			for {
+				if err := libvirt.EventRunDefaultImpl(); err != nil {
+					slog.Error("libvirt event loop", "err", err)
+				}
+			}
+		}()
+	})
+	return eventLoopErr
+}
+
+// Launcher owns one domain.
+type Launcher struct {
+	conn *libvirt.Connect
+	name string
+
+	mu      sync.Mutex // guards the fields below
+	dom     *libvirt.Domain
+	state   State
+	reason  string
+	events  []Event
+	watch   chan struct{} // closed and replaced on every event
+	done    chan struct{}
+	gone    bool
+	cbID    int
+	started time.Time
+
+	dhcp dhcpServers // has its own lock
+}
+
+// New connects to the libvirt daemon at uri for the domain called name.
+func New(uri, name string) (*Launcher, error) {
+	if err := startEventLoop(); err != nil {
+		return nil, fmt.Errorf("libvirt event loop: %w", err)
+	}
+	conn, err := libvirt.NewConnect(uri)
+	if err != nil {
+		return nil, fmt.Errorf("connect %s: %w", uri, err)
+	}
+	return &Launcher{conn: conn, name: name, watch: make(chan struct{}), done: make(chan struct{}), cbID: -1}, nil
+}
+
+// Start defines the domain from xml and starts it.
+func (l *Launcher) Start(xml string) error {
+	id, err := l.conn.DomainEventLifecycleRegister(nil, l.onLifecycle)
+	if err != nil {
+		return fmt.Errorf("domain %s: register events: %w", l.name, err)
+	}
+	l.mu.Lock()
+	l.cbID = id
+	l.mu.Unlock()
+	dom, err := l.conn.DomainDefineXML(xml)
+	if err != nil {
+		return fmt.Errorf("domain %s: define: %w", l.name, err)
+	}
+	l.mu.Lock()
+	l.dom = dom
+	l.started = time.Now()
+	l.setLocked(StateStarting, "defined")
+	l.mu.Unlock()
+	if err := dom.Create(); err != nil {
+		_ = dom.Undefine()
+		return fmt.Errorf("domain %s: start: %w", l.name, err)
+	}
+	// The started event may have come before l.dom was set; read the state.
+	if st, reason, err := dom.GetState(); err == nil {
+		l.mu.Lock()
+		if !l.gone {
+			l.setLocked(stateOf(st), fmt.Sprintf("reason %d", reason))
+		}
+		l.mu.Unlock()
+	}
+	return nil
+}
+
+func stateOf(s libvirt.DomainState) State {
+	switch s {
+	case libvirt.DOMAIN_RUNNING:
+		return StateRunning
+	case libvirt.DOMAIN_PAUSED, libvirt.DOMAIN_PMSUSPENDED:
+		return StatePaused
+	case libvirt.DOMAIN_CRASHED:
+		return StateCrashed
+	case libvirt.DOMAIN_SHUTOFF, libvirt.DOMAIN_SHUTDOWN:
+		return StateShutdown
+	}
+	return StateStarting
+}
+
+func (l *Launcher) onLifecycle(_ *libvirt.Connect, d *libvirt.Domain, ev *libvirt.DomainEventLifecycle) {
+	name, err := d.GetName()
+	if err != nil || name != l.name {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch ev.Event {
+	case libvirt.DOMAIN_EVENT_STARTED, libvirt.DOMAIN_EVENT_RESUMED:
+		l.setLocked(StateRunning, eventName(ev))
+	case libvirt.DOMAIN_EVENT_SUSPENDED:
+		l.setLocked(StatePaused, eventName(ev))
+	case libvirt.DOMAIN_EVENT_CRASHED:
+		l.setLocked(StateCrashed, eventName(ev))
+	case libvirt.DOMAIN_EVENT_STOPPED:
+		st := StateShutdown
+		switch libvirt.DomainEventStoppedDetailType(ev.Detail) {
+		case libvirt.DOMAIN_EVENT_STOPPED_CRASHED, libvirt.DOMAIN_EVENT_STOPPED_FAILED:
+			st = StateCrashed
+		}
+		l.setLocked(st, eventName(ev))
+		l.goneLocked()
+	case libvirt.DOMAIN_EVENT_UNDEFINED:
+		l.goneLocked()
+	}
+}
+
+func eventName(ev *libvirt.DomainEventLifecycle) string {
+	return fmt.Sprintf("event %d detail %d", ev.Event, ev.Detail)
+}
+
+func (l *Launcher) setLocked(s State, reason string) {
+	l.state, l.reason = s, reason
+	l.events = append(l.events, Event{State: s, Reason: reason, Time: time.Now()})
+	close(l.watch)
+	l.watch = make(chan struct{})
+}
+
+func (l *Launcher) goneLocked() {
+	if !l.gone {
+		l.gone = true
+		close(l.done)
+	}
+}
+
+// Done is closed when the domain has stopped.
+func (l *Launcher) Done() <-chan struct{} { return l.done }
+
+// State returns the current state and what caused it.
+func (l *Launcher) State() (State, string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.state, l.reason
+}
+
+// Events returns the lifecycle changes so far.
+func (l *Launcher) Events() []Event {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]Event(nil), l.events...)
+}
+
+// WaitState waits until the domain is in state s.
+func (l *Launcher) WaitState(ctx context.Context, s State) error {
+	for {
+		l.mu.Lock()
+		cur, w := l.state, l.watch
+		l.mu.Unlock()
+		if cur == s {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("domain %s: waiting for %s (now %s): %w", l.name, s, cur, ctx.Err())
+		case <-w:
+		}
+	}
+}
+
+func (l *Launcher) domain() (*libvirt.Domain, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.dom == nil {
+		return nil, fmt.Errorf("domain %s: not started", l.name)
+	}
+	return l.dom, nil
+}
+
+// Pause suspends the guest's vCPUs.
+func (l *Launcher) Pause() error {
+	d, err := l.domain()
+	if err != nil {
+		return err
+	}
+	if err := d.Suspend(); err != nil {
+		return fmt.Errorf("domain %s: pause: %w", l.name, err)
+	}
+	return nil
+}
+
+// Resume runs a paused guest again.
+func (l *Launcher) Resume() error {
+	d, err := l.domain()
+	if err != nil {
+		return err
+	}
+	if err := d.Resume(); err != nil {
+		return fmt.Errorf("domain %s: resume: %w", l.name, err)
+	}
+	return nil
+}
+
+// Reboot asks the guest to reboot (ACPI).
+func (l *Launcher) Reboot() error {
+	d, err := l.domain()
+	if err != nil {
+		return err
+	}
+	if err := d.Reboot(libvirt.DOMAIN_REBOOT_ACPI_POWER_BTN); err != nil {
+		return fmt.Errorf("domain %s: reboot: %w", l.name, err)
+	}
+	return nil
+}
+
+// Shutdown presses the ACPI power button and waits up to grace for the
+// guest to power off, then destroys the domain. It returns whether the
+// guest went down by itself. ACPI presses are repeated: a guest still
+// booting may miss the first.
+func (l *Launcher) Shutdown(ctx context.Context, grace time.Duration) (graceful bool, err error) {
+	d, err := l.domain()
+	if err != nil {
+		return false, err
+	}
+	deadline := time.NewTimer(grace)
+	defer deadline.Stop()
+	press := time.NewTicker(2 * time.Second)
+	defer press.Stop()
+	for {
+		if err := d.ShutdownFlags(libvirt.DOMAIN_SHUTDOWN_ACPI_POWER_BTN); err != nil && !l.isGone() {
+			slog.Warn("ACPI shutdown", "domain", l.name, "err", err)
+		}
+		select {
+		case <-l.done:
+			return true, nil
+		case <-ctx.Done():
+			return false, l.destroy(d)
+		case <-deadline.C:
+			return false, l.destroy(d)
+		case <-press.C:
+		}
+	}
+}
+
+func (l *Launcher) isGone() bool {
+	select {
+	case <-l.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func (l *Launcher) destroy(d *libvirt.Domain) error {
+	if err := d.Destroy(); err != nil && !l.isGone() {
+		return fmt.Errorf("domain %s: destroy: %w", l.name, err)
+	}
+	select {
+	case <-l.done:
+	case <-time.After(30 * time.Second):
+		return fmt.Errorf("domain %s: no stop event 30s after destroy", l.name)
+	}
+	return nil
+}
+
+// Console opens the guest's serial console as a byte stream. Close it to
+// let someone else attach; a new Console takes it over.
+func (l *Launcher) Console() (io.ReadWriteCloser, error) {
+	d, err := l.domain()
+	if err != nil {
+		return nil, err
+	}
+	st, err := l.conn.NewStream(0)
+	if err != nil {
+		return nil, fmt.Errorf("domain %s: console stream: %w", l.name, err)
+	}
+	if err := d.OpenConsole("", st, libvirt.DOMAIN_CONSOLE_FORCE); err != nil {
+		_ = st.Free()
+		return nil, fmt.Errorf("domain %s: open console: %w", l.name, err)
+	}
+	return &console{st: st}, nil
+}
+
+type console struct {
+	st   *libvirt.Stream
+	once sync.Once
+}
+
+func (c *console) Read(p []byte) (int, error) {
+	n, err := c.st.Recv(p)
+	if err != nil {
+		return 0, err
+	}
+	if n == 0 {
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+func (c *console) Write(p []byte) (int, error) { return c.st.Send(p) }
+
+func (c *console) Close() error {
+	var err error
+	c.once.Do(func() {
+		err = c.st.Abort()
+		_ = c.st.Free()
+	})
+	return err
+}
+
+// Close undefines the domain (destroying it if still running), stops the
+// DHCP servers and closes the connection.
+func (l *Launcher) Close() error {
+	var errs []error
+	l.mu.Lock()
+	d, id := l.dom, l.cbID
+	l.mu.Unlock()
+	if d != nil {
+		if active, err := d.IsActive(); err == nil && active {
+			if err := d.Destroy(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if err := d.UndefineFlags(libvirt.DOMAIN_UNDEFINE_NVRAM); err != nil {
+			var lerr libvirt.Error
+			if !errors.As(err, &lerr) || lerr.Code != libvirt.ERR_NO_DOMAIN {
+				errs = append(errs, err)
+			}
+		}
+		_ = d.Free()
+	}
+	if id >= 0 {
+		_ = l.conn.DomainEventDeregister(id)
+	}
+	if _, err := l.conn.Close(); err != nil {
+		errs = append(errs, err)
+	}
+	errs = append(errs, l.stopDHCP())
+	return errors.Join(errs...)
+}
