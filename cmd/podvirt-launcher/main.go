@@ -1,15 +1,18 @@
 // Command podvirt-launcher runs one VM's QEMU through libvirt inside its launcher pod.
 //
-//	podvirt-launcher --vmi vmi.json [--networks networks.json] [--run-dir DIR] [--private-mounts] [--domain-type qemu]
+//	podvirt-launcher --vmi vmi.json [--networks networks.json] [--run-dir DIR] [--socket-dir DIR] [--private-mounts] [--domain-type qemu]
 //
 // It starts a private libvirtd under the run dir, renders the VMI as a
-// domain, starts it, and on SIGTERM shuts the guest down gracefully
+// domain, serves the command socket <socket dir>/<vmi-uid>.sock
+// (runtime/cmdserver: status, pause, resume, shutdown, console) for the
+// node daemon, starts the domain, and on SIGTERM shuts the guest down gracefully
 // (ACPI, then destroy after the VMI's grace period). With --networks (the
 // CNI results of the pod's L2 attachments, see runtime/network) it plugs
 // each tap-bound NIC into the tap podvirt-l2 made, with the guest MAC the
 // plugin chose, and serves the guest its address over DHCP on that tap
 // while the domain runs. It exits when the
-// domain is gone: 0 when the guest shut down, 1 when it crashed.
+// domain is gone, removing its socket: 0 when the guest shut down, 1 when
+// it crashed.
 package main
 
 import (
@@ -26,6 +29,7 @@ import (
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/cmd/internal/version"
+	"github.com/podvirt/podvirt/runtime/cmdserver"
 	"github.com/podvirt/podvirt/runtime/converter"
 	"github.com/podvirt/podvirt/runtime/launcher"
 	"github.com/podvirt/podvirt/runtime/libvirtd"
@@ -42,14 +46,15 @@ func main() {
 	private := flag.Bool("private-mounts", false, "run libvirtd in its own mount namespace (root; outside a pod)")
 	domainType := flag.String("domain-type", "", "kvm or qemu (default: kvm when /dev/kvm exists)")
 	networks := flag.String("networks", "", "CNI results of the pod's L2 attachments as JSON (runtime/network.Status)")
+	socketDir := flag.String("socket-dir", v1.SocketDir, "directory of the command socket <vmi-uid>.sock")
 	flag.Parse()
-	if err := run(*vmiPath, *networks, *runDir, *private, *domainType); err != nil {
+	if err := run(*vmiPath, *networks, *runDir, *socketDir, *private, *domainType); err != nil {
 		slog.Error("launcher", "err", err)
 		os.Exit(1)
 	}
 }
 
-func run(vmiPath, networksPath, runDir string, private bool, domainType string) error {
+func run(vmiPath, networksPath, runDir, socketDir string, private bool, domainType string) error {
 	if vmiPath == "" {
 		return fmt.Errorf("--vmi is required")
 	}
@@ -60,6 +65,13 @@ func run(vmiPath, networksPath, runDir string, private bool, domainType string) 
 	vmi := &v1.VirtualMachineInstance{}
 	if err := json.Unmarshal(b, vmi); err != nil {
 		return fmt.Errorf("decoding %s: %w", vmiPath, err)
+	}
+	if vmi.UID == "" {
+		return fmt.Errorf("%s: the VMI has no UID (the command socket is named after it)", vmiPath)
+	}
+	grace := 30 * time.Second
+	if g := vmi.Spec.TerminationGracePeriodSeconds; g != nil {
+		grace = time.Duration(*g) * time.Second
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -109,6 +121,23 @@ func run(vmiPath, networksPath, runDir string, private bool, domainType string) 
 		return err
 	}
 	defer l.Close()
+	srv := cmdserver.New(l, cmdserver.Config{
+		VMI:        vmi.Namespace + "/" + vmi.Name,
+		UID:        string(vmi.UID),
+		DomainName: converter.DomainName(vmi),
+		Grace:      grace,
+	})
+	sock := cmdserver.SocketPath(socketDir, string(vmi.UID))
+	if err := srv.ListenAndServe(sock); err != nil {
+		return err
+	}
+	defer func() {
+		// Lets a Shutdown call in flight get its answer; removes the socket.
+		if err := srv.Stop(5 * time.Second); err != nil {
+			slog.Error("stop command server", "err", err)
+		}
+	}()
+	slog.Info("serving commands", "socket", sock)
 	if err := l.ServeDHCP(nics); err != nil {
 		return err
 	}
@@ -119,10 +148,6 @@ func run(vmiPath, networksPath, runDir string, private bool, domainType string) 
 	select {
 	case <-l.Done():
 	case <-ctx.Done():
-		grace := 30 * time.Second
-		if g := vmi.Spec.TerminationGracePeriodSeconds; g != nil {
-			grace = time.Duration(*g) * time.Second
-		}
 		graceful, err := l.Shutdown(context.Background(), grace)
 		slog.Info("domain shut down", "graceful", graceful, "err", err)
 	}

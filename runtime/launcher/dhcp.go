@@ -14,6 +14,7 @@ import (
 type dhcpServers struct {
 	mu      sync.Mutex
 	servers []*dhcp.Server
+	nics    []nicServer // every NIC ServeDHCP was given, for Interfaces
 	wg      sync.WaitGroup
 	stopped bool
 }
@@ -25,8 +26,10 @@ type dhcpServers struct {
 // (L2-only networks) are skipped. On error no server is left running.
 func (l *Launcher) ServeDHCP(nics []network.GuestNIC) error {
 	var started []*dhcp.Server
+	var served []nicServer
 	for _, nic := range nics {
 		if nic.Lease == nil {
+			served = append(served, nicServer{nic: nic})
 			continue
 		}
 		s, err := dhcp.Listen(dhcp.Config{
@@ -42,6 +45,7 @@ func (l *Launcher) ServeDHCP(nics []network.GuestNIC) error {
 			return fmt.Errorf("domain %s: DHCP for network %q: %w", l.name, nic.Network, err)
 		}
 		started = append(started, s)
+		served = append(served, nicServer{nic: nic, server: s})
 	}
 	d := &l.dhcp
 	d.mu.Lock()
@@ -52,6 +56,7 @@ func (l *Launcher) ServeDHCP(nics []network.GuestNIC) error {
 		}
 		return fmt.Errorf("domain %s: DHCP: launcher closed", l.name)
 	}
+	d.nics = append(d.nics, served...)
 	for _, s := range started {
 		d.servers = append(d.servers, s)
 		d.wg.Add(1)

@@ -349,6 +349,9 @@ func TestL2GuestTap(t *testing.T) {
 				if r := vm.l.DHCPReplies(); r[dhcp.Ack] < 1 {
 					t.Errorf("%s: DHCP replies %v, want an ACK", vm.name, r)
 				}
+				if ifs := vm.l.Interfaces(); len(ifs) != 1 || ifs[0].Network != l2Net || ifs[0].Addr.String() != vm.ip || !ifs[0].Acked || ifs[0].MAC == nil {
+					t.Errorf("%s: interfaces %+v, want %s %s acked", vm.name, ifs, l2Net, vm.ip)
+				}
 			}
 			if t.Failed() {
 				return

@@ -1,0 +1,386 @@
+package cmdserver
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	v1 "github.com/podvirt/podvirt/api/v1alpha1"
+	"github.com/podvirt/podvirt/runtime/cmdserver/cmdpb"
+	"github.com/podvirt/podvirt/runtime/launcher"
+)
+
+// fakeDomain is a Domain whose state the test sets.
+type fakeDomain struct {
+	mu         sync.Mutex
+	state      launcher.State
+	reason     string
+	watch      chan struct{}
+	done       chan struct{}
+	pauseErr   error
+	stuck      bool // Pause and Resume succeed but the state never changes
+	consoleErr error
+	opened     chan net.Conn // the guest's end of each console opened
+	ifaces     []launcher.Interface
+
+	release       chan struct{} // Shutdown waits for it when set
+	shutdownCalls int
+	grace         time.Duration
+}
+
+func newFake(st launcher.State) *fakeDomain {
+	return &fakeDomain{state: st, reason: "test", watch: make(chan struct{}), done: make(chan struct{}), opened: make(chan net.Conn, 10)}
+}
+
+func (f *fakeDomain) set(st launcher.State) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.state = st
+	close(f.watch)
+	f.watch = make(chan struct{})
+	if st == launcher.StateShutdown || st == launcher.StateCrashed {
+		select {
+		case <-f.done:
+		default:
+			close(f.done)
+		}
+	}
+}
+
+func (f *fakeDomain) State() (launcher.State, string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.state, f.reason
+}
+
+func (f *fakeDomain) WaitState(ctx context.Context, s launcher.State) error {
+	for {
+		f.mu.Lock()
+		cur, w := f.state, f.watch
+		f.mu.Unlock()
+		if cur == s {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-w:
+		}
+	}
+}
+
+func (f *fakeDomain) Pause() error {
+	if f.pauseErr != nil {
+		return f.pauseErr
+	}
+	if !f.stuck {
+		f.set(launcher.StatePaused)
+	}
+	return nil
+}
+
+func (f *fakeDomain) Resume() error {
+	f.set(launcher.StateRunning)
+	return nil
+}
+
+func (f *fakeDomain) Shutdown(ctx context.Context, grace time.Duration) (bool, error) {
+	f.mu.Lock()
+	f.shutdownCalls++
+	f.grace = grace
+	release := f.release
+	f.mu.Unlock()
+	if release != nil {
+		select {
+		case <-release:
+		case <-ctx.Done():
+			return false, errors.New("shutdown context canceled")
+		}
+	}
+	f.set(launcher.StateShutdown)
+	return true, nil
+}
+
+func (f *fakeDomain) Console() (io.ReadWriteCloser, error) {
+	if f.consoleErr != nil {
+		return nil, f.consoleErr
+	}
+	a, b := net.Pipe()
+	f.opened <- b
+	return a, nil
+}
+
+func (f *fakeDomain) Interfaces() []launcher.Interface { return f.ifaces }
+func (f *fakeDomain) Done() <-chan struct{}            { return f.done }
+
+// serve runs a server for d on a socket in a temp dir and returns a
+// client of it.
+func serve(t *testing.T, d Domain) (cmdpb.CommandClient, string) {
+	t.Helper()
+	path := SocketPath(t.TempDir(), "uid-1")
+	s := New(d, Config{VMI: "test/vm", UID: "uid-1", DomainName: "test_vm", Grace: 42 * time.Second})
+	if err := s.ListenAndServe(path); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.Stop(5 * time.Second); err != nil {
+			t.Error(err)
+		}
+	})
+	c, cc, err := Dial(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cc.Close() })
+	return c, path
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func wantStatus(t *testing.T, err error, code codes.Code, msg string) {
+	t.Helper()
+	st, ok := status.FromError(err)
+	if !ok || st.Code() != code || st.Message() != msg {
+		t.Fatalf("got error %v, want %s %q", err, code, msg)
+	}
+}
+
+func TestStatus(t *testing.T) {
+	f := newFake(launcher.StateRunning)
+	mac, _ := net.ParseMAC("02:00:00:00:00:01")
+	f.ifaces = []launcher.Interface{
+		{Network: "net1", Tap: "tap0", MAC: mac, Addr: netip.MustParsePrefix("10.0.0.5/24"), Acked: true},
+		{Network: "l2", Tap: "tap1", MAC: mac},
+	}
+	c, _ := serve(t, f)
+	resp, err := c.Status(ctxT(t), &cmdpb.StatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetVmi() != "test/vm" || resp.GetUid() != "uid-1" || resp.GetDomain() != "test_vm" || resp.GetState() != "Running" || resp.GetReason() != "test" {
+		t.Fatalf("status %v", resp)
+	}
+	ifs := resp.GetInterfaces()
+	if len(ifs) != 2 ||
+		ifs[0].GetNetwork() != "net1" || ifs[0].GetMac() != "02:00:00:00:00:01" || ifs[0].GetIp() != "10.0.0.5/24" || !ifs[0].GetAcked() ||
+		ifs[1].GetNetwork() != "l2" || ifs[1].GetIp() != "" || ifs[1].GetAcked() {
+		t.Fatalf("interfaces %v", ifs)
+	}
+}
+
+func TestPauseResume(t *testing.T) {
+	f := newFake(launcher.StateRunning)
+	c, _ := serve(t, f)
+	ctx := ctxT(t)
+	if _, err := c.Pause(ctx, &cmdpb.PauseRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := c.Status(ctx, &cmdpb.StatusRequest{}); err != nil || resp.GetState() != "Paused" {
+		t.Fatalf("status after pause: %v %v", resp, err)
+	}
+	_, err := c.Pause(ctx, &cmdpb.PauseRequest{})
+	wantStatus(t, err, codes.FailedPrecondition, "pause vmi test/vm: domain is Paused")
+	if _, err := c.Resume(ctx, &cmdpb.ResumeRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Resume(ctx, &cmdpb.ResumeRequest{})
+	wantStatus(t, err, codes.FailedPrecondition, "resume vmi test/vm: domain is Running")
+}
+
+func TestErrors(t *testing.T) {
+	t.Run("pause-shutdown", func(t *testing.T) {
+		c, _ := serve(t, newFake(launcher.StateShutdown))
+		_, err := c.Pause(ctxT(t), &cmdpb.PauseRequest{})
+		wantStatus(t, err, codes.FailedPrecondition, "pause vmi test/vm: domain is Shutdown")
+	})
+	t.Run("pause-libvirt", func(t *testing.T) {
+		f := newFake(launcher.StateRunning)
+		f.pauseErr = errors.New("domain test_vm: pause: boom")
+		c, _ := serve(t, f)
+		_, err := c.Pause(ctxT(t), &cmdpb.PauseRequest{})
+		wantStatus(t, err, codes.Internal, "pause vmi test/vm: domain test_vm: pause: boom")
+	})
+	t.Run("pause-deadline", func(t *testing.T) {
+		f := newFake(launcher.StateRunning)
+		f.stuck = true
+		c, _ := serve(t, f)
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		defer cancel()
+		_, err := c.Pause(ctx, &cmdpb.PauseRequest{})
+		if status.Code(err) != codes.DeadlineExceeded {
+			t.Fatalf("got %v, want DeadlineExceeded", err)
+		}
+	})
+	t.Run("resume-not-started", func(t *testing.T) {
+		c, _ := serve(t, newFake(""))
+		_, err := c.Resume(ctxT(t), &cmdpb.ResumeRequest{})
+		wantStatus(t, err, codes.FailedPrecondition, "resume vmi test/vm: domain is not started")
+	})
+	t.Run("shutdown-crashed", func(t *testing.T) {
+		c, _ := serve(t, newFake(launcher.StateCrashed))
+		_, err := c.Shutdown(ctxT(t), &cmdpb.ShutdownRequest{})
+		wantStatus(t, err, codes.FailedPrecondition, "shutdown vmi test/vm: domain is Crashed")
+	})
+	t.Run("console-shutdown", func(t *testing.T) {
+		f := newFake(launcher.StateShutdown)
+		f.consoleErr = errors.New("domain test_vm: open console: no domain")
+		c, _ := serve(t, f)
+		s, err := c.Console(ctxT(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = s.Recv()
+		wantStatus(t, err, codes.FailedPrecondition, "console vmi test/vm: domain is Shutdown: domain test_vm: open console: no domain")
+	})
+}
+
+// TestShutdown: concurrent calls share one shutdown with the configured
+// grace period, which goes on when a caller hangs up.
+func TestShutdown(t *testing.T) {
+	f := newFake(launcher.StateRunning)
+	f.release = make(chan struct{})
+	c, _ := serve(t, f)
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	_, err := c.Shutdown(ctx, &cmdpb.ShutdownRequest{})
+	if status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("got %v, want DeadlineExceeded", err)
+	}
+	type result struct {
+		resp *cmdpb.ShutdownResponse
+		err  error
+	}
+	results := make(chan result, 2)
+	for range 2 {
+		go func() {
+			resp, err := c.Shutdown(ctxT(t), &cmdpb.ShutdownRequest{})
+			results <- result{resp, err}
+		}()
+	}
+	close(f.release)
+	for range 2 {
+		r := <-results
+		if r.err != nil || !r.resp.GetGraceful() || r.resp.GetState() != "Shutdown" {
+			t.Fatalf("shutdown: %v %v", r.resp, r.err)
+		}
+	}
+	f.mu.Lock()
+	calls, grace := f.shutdownCalls, f.grace
+	f.mu.Unlock()
+	if calls != 1 || grace != 42*time.Second {
+		t.Fatalf("launcher Shutdown called %d times with grace %s, want once with 42s", calls, grace)
+	}
+	_, err = c.Shutdown(ctxT(t), &cmdpb.ShutdownRequest{})
+	if err != nil {
+		t.Fatalf("shutdown after shutdown: %v", err)
+	}
+}
+
+func TestConsole(t *testing.T) {
+	f := newFake(launcher.StateRunning)
+	c, _ := serve(t, f)
+	ctx := ctxT(t)
+	s, err := c.Console(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(&cmdpb.ConsoleData{Data: []byte("ls\n")}); err != nil {
+		t.Fatal(err)
+	}
+	var guest net.Conn
+	select {
+	case guest = <-f.opened:
+	case <-ctx.Done():
+		t.Fatal("console not opened")
+	}
+	_ = guest.SetDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 3)
+	if _, err := io.ReadFull(guest, buf); err != nil || string(buf) != "ls\n" {
+		t.Fatalf("guest read %q %v", buf, err)
+	}
+	if _, err := guest.Write([]byte("bin etc\n")); err != nil {
+		t.Fatal(err)
+	}
+	var got strings.Builder
+	for got.String() != "bin etc\n" {
+		m, err := s.Recv()
+		if err != nil {
+			t.Fatalf("recv after %q: %v", got.String(), err)
+		}
+		got.Write(m.GetData())
+	}
+	// Closing the client side closes the console.
+	if err := s.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Recv(); !errors.Is(err, io.EOF) {
+		t.Fatalf("recv after CloseSend: %v, want EOF", err)
+	}
+	if _, err := guest.Read(buf); !errors.Is(err, io.EOF) {
+		t.Fatalf("guest read after CloseSend: %v, want EOF", err)
+	}
+
+	// A second console ends when the domain goes.
+	s2, err := c.Console(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s2.Send(&cmdpb.ConsoleData{Data: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	f.set(launcher.StateShutdown)
+	if _, err := s2.Recv(); !errors.Is(err, io.EOF) {
+		t.Fatalf("recv after the domain went: %v, want EOF", err)
+	}
+}
+
+func TestSocket(t *testing.T) {
+	if got, want := SocketPath("", "abc"), filepath.Join(v1.SocketDir, "abc.sock"); got != want {
+		t.Fatalf("SocketPath %s, want %s", got, want)
+	}
+	dir := filepath.Join(t.TempDir(), "sockets")
+	path := SocketPath(dir, "uid-2")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, nil, 0o644); err != nil { // stale
+		t.Fatal(err)
+	}
+	s := New(newFake(launcher.StateRunning), Config{VMI: "test/vm"})
+	if err := s.ListenAndServe(path); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil || fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("socket %v %v", fi, err)
+	}
+	c, cc, err := Dial(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	if _, err := c.Status(ctxT(t), &cmdpb.StatusRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Stop(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("socket left after Stop: %v", err)
+	}
+}
