@@ -21,6 +21,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/podvirt/podvirt/test/deps"
+	"github.com/podvirt/podvirt/test/netnstest"
 )
 
 // Spec versions every mode is tested with.
@@ -114,18 +115,7 @@ func joinPath(dirs ...string) string {
 	return strings.Join(dirs, string(os.PathListSeparator))
 }
 
-func newNS(t testing.TB) ns.NetNS {
-	t.Helper()
-	n, err := testutils.NewNS()
-	if err != nil {
-		t.Fatalf("creating netns: %v", err)
-	}
-	t.Cleanup(func() {
-		_ = n.Close()
-		_ = testutils.UnmountNS(n)
-	})
-	return n
-}
+func newNS(t testing.TB) ns.NetNS { return netnstest.New(t) }
 
 // node is a netns standing in for a Kubernetes node: plugins run in it, so
 // masters, bridges and VLAN links never touch the real host, and a veth
@@ -135,29 +125,7 @@ type node struct {
 }
 
 func newNode(t testing.TB) *node {
-	t.Helper()
-	n := &node{newNS(t)}
-	err := n.Do(func(ns.NetNS) error {
-		attrs := netlink.NewLinkAttrs()
-		attrs.Name = testMaster
-		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: attrs, PeerName: testPeer}); err != nil {
-			return err
-		}
-		for _, name := range []string{testMaster, testPeer} {
-			l, err := netlinksafe.LinkByName(name)
-			if err != nil {
-				return err
-			}
-			if err := netlink.LinkSetUp(l); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatalf("setting up node netns: %v", err)
-	}
-	return n
+	return &node{netnstest.NewNode(t, testMaster, testPeer)}
 }
 
 // conf builds a podvirt-l2 network config of the given spec version.

@@ -13,22 +13,10 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/vishvananda/netlink"
-)
 
-func newNS(t *testing.T) ns.NetNS {
-	t.Helper()
-	n, err := testutils.NewNS()
-	if err != nil {
-		t.Fatalf("creating netns: %v", err)
-	}
-	t.Cleanup(func() {
-		_ = n.Close()
-		_ = testutils.UnmountNS(n)
-	})
-	return n
-}
+	"github.com/podvirt/podvirt/test/netnstest"
+)
 
 // link is a veth pair srv0 (in the server's netns) – cli0 (in the
 // client's), both up; it returns cli0's MAC.
@@ -133,7 +121,7 @@ func TestServeUdhcpc(t *testing.T) {
 		t.Fatal("needs root: creates network namespaces and links; run the tests as root")
 	}
 	t.Run("lease", func(t *testing.T) {
-		srv, cli := newNS(t), newNS(t)
+		srv, cli := netnstest.New(t), netnstest.New(t)
 		lease := *testLease()
 		lease.MAC = link(t, srv, cli)
 		lease.Hostname = "vm-a"
@@ -170,7 +158,7 @@ func TestServeUdhcpc(t *testing.T) {
 	// redirect (macvlan mode's tap) the kernel takes frames before
 	// protocol-specific packet sockets see them; the server must still.
 	t.Run("bridge-port", func(t *testing.T) {
-		srv, cli := newNS(t), newNS(t)
+		srv, cli := netnstest.New(t), netnstest.New(t)
 		lease := *testLease()
 		lease.MAC = link(t, srv, cli)
 		err := srv.Do(func(ns.NetNS) error {
@@ -205,7 +193,7 @@ func TestServeUdhcpc(t *testing.T) {
 		}
 	})
 	t.Run("other-mac", func(t *testing.T) {
-		srv, cli := newNS(t), newNS(t)
+		srv, cli := netnstest.New(t), netnstest.New(t)
 		link(t, srv, cli)
 		lease := *testLease() // for guestMAC, not cli0's
 		s := serve(t, Config{Interface: "srv0", NetNS: srv.Path(), Lease: lease})
@@ -217,7 +205,7 @@ func TestServeUdhcpc(t *testing.T) {
 		}
 	})
 	t.Run("missing-interface", func(t *testing.T) {
-		srv := newNS(t)
+		srv := netnstest.New(t)
 		if _, err := Listen(Config{Interface: "nope0", NetNS: srv.Path(), Lease: *testLease()}); err == nil {
 			t.Fatal("listening on a missing interface worked")
 		}

@@ -15,10 +15,8 @@ import (
 
 	"github.com/containernetworking/cni/pkg/skel"
 	current "github.com/containernetworking/cni/pkg/types/100"
-	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
-	"github.com/vishvananda/netlink"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -31,6 +29,7 @@ import (
 	"github.com/podvirt/podvirt/runtime/network"
 	"github.com/podvirt/podvirt/test/deps"
 	"github.com/podvirt/podvirt/test/guest"
+	"github.com/podvirt/podvirt/test/netnstest"
 )
 
 // The L2 network the guests share, and the names in the throwaway node
@@ -45,47 +44,9 @@ const (
 	bootLimit = 5 * time.Minute // two TCG guests boot side by side on a loaded host
 )
 
-// newNetNS makes a netns removed at cleanup.
-func newNetNS(t *testing.T) ns.NetNS {
-	t.Helper()
-	n, err := testutils.NewNS()
-	if err != nil {
-		t.Fatalf("creating netns: %v", err)
-	}
-	t.Cleanup(func() {
-		_ = n.Close()
-		_ = testutils.UnmountNS(n)
-	})
-	return n
-}
-
 // newNodeNS is a netns standing in for the node, with the veth pair
 // l2Master–l2Peer up, so nothing touches the host's links.
-func newNodeNS(t *testing.T) ns.NetNS {
-	t.Helper()
-	n := newNetNS(t)
-	err := n.Do(func(ns.NetNS) error {
-		attrs := netlink.NewLinkAttrs()
-		attrs.Name = l2Master
-		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: attrs, PeerName: l2Peer}); err != nil {
-			return err
-		}
-		for _, name := range []string{l2Master, l2Peer} {
-			l, err := netlinksafe.LinkByName(name)
-			if err != nil {
-				return err
-			}
-			if err := netlink.LinkSetUp(l); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatalf("setting up node netns: %v", err)
-	}
-	return n
-}
+func newNodeNS(t *testing.T) ns.NetNS { return netnstest.NewNode(t, l2Master, l2Peer) }
 
 // l2Conf is the podvirt-l2 network config of mode with guest "tap" and
 // host-local IPAM in dataDir.
@@ -181,7 +142,7 @@ type l2VM struct {
 
 func startL2VM(t *testing.T, art guest.Artifacts, node ns.NetNS, conf []byte, name string) *l2VM {
 	t.Helper()
-	pod := newNetNS(t)
+	pod := netnstest.New(t)
 	raw, res := cniAdd(t, node, pod, "ctr-"+name, v1.PodInterfaceName(l2Net), conf)
 	if len(res.IPs) == 0 {
 		t.Fatalf("CNI result has no IP: %s", raw)
