@@ -172,6 +172,7 @@ func (c *Cluster) Up(ctx context.Context) error {
 		{"kubelet", c.startKubelet},
 		{"kube-proxy", c.startKubeProxy},
 		{"node Ready", c.waitNodeReady},
+		{"default ServiceAccount", c.waitDefaultServiceAccount},
 	}
 	for _, s := range steps {
 		t := time.Now()

@@ -259,6 +259,20 @@ func (c *Cluster) waitNodeReady(ctx context.Context) error {
 	})
 }
 
+// waitDefaultServiceAccount waits for the controller-manager to create the
+// ServiceAccount every pod of the default namespace runs as; until then the
+// API server refuses those pods.
+func (c *Cluster) waitDefaultServiceAccount(ctx context.Context) error {
+	cs, err := c.clientset()
+	if err != nil {
+		return err
+	}
+	return c.waitFor(ctx, "ServiceAccount default/default", "kube-controller-manager", 2*time.Minute, func(ctx context.Context) (bool, error) {
+		_, err := cs.CoreV1().ServiceAccounts("default").Get(ctx, "default", metav1.GetOptions{})
+		return err == nil, err
+	})
+}
+
 func copyExecutable(src, dst string) error {
 	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 		return err
