@@ -101,36 +101,6 @@ func cniAdd(t *testing.T, node, pod ns.NetNS, id, ifName string, conf []byte) ([
 	return raw, res
 }
 
-// startDaemonIn runs a private libvirtd inside netns pod, as a launcher
-// pod does: QEMU then opens the pod's tap by name.
-func startDaemonIn(t *testing.T, pod ns.NetNS) *libvirtd.Daemon {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "podvirt-libvirtd-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	var d *libvirtd.Daemon
-	// The daemon is forked from a thread inside the pod's netns.
-	err = pod.Do(func(ns.NetNS) error {
-		var err error
-		d, err = libvirtd.Start(ctx, libvirtd.Config{Dir: dir, Private: true})
-		return err
-	})
-	if err != nil {
-		_ = os.RemoveAll(dir)
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := d.Stop(); err != nil {
-			t.Errorf("stopping libvirtd: %v", err)
-		}
-		_ = os.RemoveAll(dir)
-	})
-	return d
-}
-
 // l2VM is one launcher pod: its netns, CNI result, libvirtd and domain.
 type l2VM struct {
 	name    string

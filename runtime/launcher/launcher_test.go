@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containernetworking/plugins/pkg/ns"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -21,7 +22,12 @@ import (
 )
 
 // startDaemon runs a private libvirtd for the test, stopped at cleanup.
-func startDaemon(t *testing.T) *libvirtd.Daemon {
+func startDaemon(t *testing.T) *libvirtd.Daemon { return startDaemonIn(t, nil) }
+
+// startDaemonIn runs a private libvirtd for the test, stopped at cleanup.
+// With a pod netns it runs inside it, as in a launcher pod: QEMU then opens
+// the pod's tap by name.
+func startDaemonIn(t *testing.T, pod ns.NetNS) *libvirtd.Daemon {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Fatal("needs root: runs a private libvirtd in its own mount namespace")
@@ -35,8 +41,20 @@ func startDaemon(t *testing.T) *libvirtd.Daemon {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	d, err := libvirtd.Start(ctx, libvirtd.Config{Dir: dir, Private: true})
+	var d *libvirtd.Daemon
+	start := func(ns.NetNS) error {
+		var err error
+		d, err = libvirtd.Start(ctx, libvirtd.Config{Dir: dir, Private: true})
+		return err
+	}
+	if pod != nil {
+		// The daemon is forked from a thread inside the pod's netns.
+		err = pod.Do(start)
+	} else {
+		err = start(nil)
+	}
 	if err != nil {
+		_ = os.RemoveAll(dir)
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
