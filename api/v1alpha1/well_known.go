@@ -46,6 +46,11 @@ const (
 	// MultusNetworkStatusAnnotation is where Multus reports the pod's
 	// attachments (interface names, IPs, MACs).
 	MultusNetworkStatusAnnotation = "k8s.v1.cni.cncf.io/network-status"
+	// PausedAnnotation on a VMI, set to "true", asks the node daemon to
+	// pause the guest; removing it resumes the guest. podvirtctl
+	// pause/unpause set it: there is no aggregated API server to carry a
+	// pause subresource, and the spec stays the user's.
+	PausedAnnotation = "podvirt.io/paused"
 )
 
 // Finalizers.
