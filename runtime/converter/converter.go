@@ -8,11 +8,11 @@ package converter
 
 import (
 	"fmt"
-	"os"
 
 	"libvirt.org/go/libvirtxml"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
+	"github.com/podvirt/podvirt/runtime/kvm"
 )
 
 // Domain types.
@@ -32,7 +32,8 @@ type DiskSource struct {
 
 // Options are what the launcher knows beyond the VMI.
 type Options struct {
-	// DomainType is kvm or qemu; empty picks kvm when /dev/kvm exists.
+	// DomainType is kvm or qemu; empty picks kvm when KVM really works
+	// here (see DefaultDomainType).
 	DomainType string
 	// Disks maps volume name to its disk; volumes missing here get the
 	// defaults of their source (see DefaultDiskSource).
@@ -56,12 +57,14 @@ type Options struct {
 	VNCSocket string
 }
 
-// KVMDevice is the device whose presence makes kvm the default domain type.
-var KVMDevice = "/dev/kvm"
+// KVMDevice is the device kvm.Probe tries to decide the default domain type.
+var KVMDevice = kvm.DevicePath
 
-// DefaultDomainType is kvm when KVMDevice exists, qemu otherwise.
+// DefaultDomainType is kvm when kvm.Probe(KVMDevice) succeeds — the device
+// exists, the CPU has VMX/SVM and a throwaway VM runs — qemu (TCG)
+// otherwise.
 func DefaultDomainType() string {
-	if _, err := os.Stat(KVMDevice); err == nil {
+	if kvm.Probe(KVMDevice) == nil {
 		return DomainKVM
 	}
 	return DomainQEMU

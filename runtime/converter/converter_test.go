@@ -11,6 +11,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
+	"github.com/podvirt/podvirt/runtime/kvm"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
@@ -118,10 +119,20 @@ func TestDefaultDomainType(t *testing.T) {
 	if got := DefaultDomainType(); got != DomainQEMU {
 		t.Fatalf("without %s: %s", KVMDevice, got)
 	}
+	// A device node that exists is not enough: it must be a KVM that runs
+	// guests.
 	if err := os.WriteFile(KVMDevice, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if got := DefaultDomainType(); got != DomainKVM {
-		t.Fatalf("with %s: %s", KVMDevice, got)
+	if got := DefaultDomainType(); got != DomainQEMU {
+		t.Fatalf("with a regular file at %s: %s", KVMDevice, got)
+	}
+	KVMDevice = kvm.DevicePath
+	want := DomainQEMU
+	if kvm.Probe(kvm.DevicePath) == nil {
+		want = DomainKVM
+	}
+	if got := DefaultDomainType(); got != want {
+		t.Fatalf("on this host (kvm.Probe: %v): %s, want %s", kvm.Probe(kvm.DevicePath), got, want)
 	}
 }
