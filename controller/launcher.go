@@ -180,11 +180,13 @@ func launcherPod(vmi *v1alpha1.VirtualMachineInstance, claims map[string]volumeC
 	}
 	one := resource.MustParse("1")
 	deviceLimits := corev1.ResourceList{
-		v1alpha1.TunDevice:      one,
-		v1alpha1.VhostNetDevice: one,
+		v1alpha1.TunDevice: one,
 	}
 	if !cfg.UseEmulation {
+		// Emulation is for nodes without KVM (developer machines), which
+		// often lack vhost-net too; QEMU's virtio-net works without it.
 		deviceLimits[v1alpha1.KVMDevice] = one
+		deviceLimits[v1alpha1.VhostNetDevice] = one
 	}
 	requests := corev1.ResourceList{corev1.ResourceCPU: *cpu, corev1.ResourceMemory: memory}
 	for k, v := range deviceLimits {

@@ -71,6 +71,9 @@ func TestLauncherPodWithoutKVM(t *testing.T) {
 	if _, ok := limits[v1alpha1.KVMDevice]; ok {
 		t.Error("emulation still requests /dev/kvm")
 	}
+	if _, ok := limits[v1alpha1.VhostNetDevice]; ok {
+		t.Error("emulation still requests /dev/vhost-net")
+	}
 	if _, ok := limits[v1alpha1.TunDevice]; !ok {
 		t.Error("emulation dropped /dev/net/tun")
 	}

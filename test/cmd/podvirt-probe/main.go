@@ -2,7 +2,9 @@
 // marker, the pod's hostname and every network interface with its MAC and
 // addresses, then exits 0. Tests read this through the pod's logs. With
 // PROBE_CONNECT=host:port it also opens a TCP connection there and reports
-// the outcome (a pod reaching a Service through kube-proxy, say).
+// the outcome (a pod reaching a Service through kube-proxy, say). With
+// PROBE_DEVICES=/dev/a,/dev/b it reports, for each, whether it is a device
+// node and opens read-write (a device plugin's allocation, say).
 package main
 
 import (
@@ -10,6 +12,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -32,6 +35,11 @@ func main() {
 		}
 		fmt.Printf("iface %s mac=%s addrs=%s\n", iface.Name, iface.HardwareAddr, strings.Join(list, ","))
 	}
+	for _, dev := range strings.Split(os.Getenv("PROBE_DEVICES"), ",") {
+		if dev != "" {
+			fmt.Printf("device %s: %s\n", dev, deviceReport(dev))
+		}
+	}
 	if addr := os.Getenv("PROBE_CONNECT"); addr != "" {
 		conn, err := net.DialTimeout("tcp", addr, 10*time.Second)
 		if err != nil {
@@ -41,4 +49,29 @@ func main() {
 		fmt.Printf("connect %s: ok from %s\n", addr, conn.LocalAddr())
 		conn.Close()
 	}
+}
+
+// deviceReport says what path is ("char 10:200") and whether it opens
+// read-write ("open rw ok"), or why not.
+func deviceReport(path string) string {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return "missing: " + err.Error()
+	}
+	kind := "not a device"
+	switch st.Mode & syscall.S_IFMT {
+	case syscall.S_IFCHR:
+		kind = "char"
+	case syscall.S_IFBLK:
+		kind = "block"
+	}
+	// Linux's encoding of a dev_t.
+	major := (st.Rdev>>8)&0xfff | (st.Rdev>>32)&^0xfff
+	minor := st.Rdev&0xff | (st.Rdev>>12)&^0xff
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Sprintf("%s %d:%d open rw failed: %v", kind, major, minor, err)
+	}
+	f.Close()
+	return fmt.Sprintf("%s %d:%d open rw ok", kind, major, minor)
 }
