@@ -185,6 +185,12 @@ func checkGuestPath(conf *NetConf, pod netlink.Link, tapIf *current.Interface, p
 		}
 	}
 
+	if ok, err := dropsGuestDHCP(tap); err != nil {
+		return err
+	} else if !ok {
+		return fmt.Errorf("tap %q does not drop the guest's DHCP requests (UDP to port %d) on ingress", tapIf.Name, dhcpServerPort)
+	}
+
 	onPath := []netlink.Link{pod, tap}
 	switch conf.Mode {
 	case ModeBridge:

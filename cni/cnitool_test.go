@@ -35,6 +35,8 @@ func TestCnitool(t *testing.T) {
 			plugin := modeFields(mode, 0)
 			plugin["type"] = "podvirt-l2"
 			plugin["guest"] = GuestTap
+			resultsDir := t.TempDir()
+			plugin["resultsDir"] = resultsDir
 			plugin["ipam"] = map[string]any{"type": "host-local", "dataDir": dataDir, "ranges": [][]map[string]any{{{"subnet": "10.9.0.0/24"}}}}
 			list, _ := json.Marshal(map[string]any{"cniVersion": "1.1.0", "name": netName, "plugins": []any{plugin}})
 			if err := os.WriteFile(filepath.Join(confDir, "10-l2.conflist"), list, 0o644); err != nil {
@@ -76,6 +78,10 @@ func TestCnitool(t *testing.T) {
 			}
 			if got := linkNames(t, pod); !slices.Contains(got, TapName("net1")) {
 				t.Errorf("pod links %v, want the tap", got)
+			}
+			// cnitool passes no K8S_POD_UID: nothing to save the result for.
+			if entries, _ := os.ReadDir(resultsDir); len(entries) != 0 {
+				t.Errorf("results saved without K8S_POD_UID: %d entries in %s", len(entries), resultsDir)
 			}
 
 			if _, err := cnitool("check"); err != nil {

@@ -4,10 +4,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"path/filepath"
 
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/utils"
 	"github.com/vishvananda/netlink"
+
+	"github.com/podvirt/podvirt/cni/results"
 )
 
 // Modes: how the pod's link reaches the shared L2.
@@ -52,6 +55,10 @@ type NetConf struct {
 	// without CAP_NET_ADMIN (guest "tap" only; both default to 0).
 	TapOwner *uint32 `json:"tapOwner,omitempty"`
 	TapGroup *uint32 `json:"tapGroup,omitempty"`
+	// ResultsDir is where, with guest "tap", ADD saves its result for the
+	// node daemon, keyed by pod UID and interface (see package
+	// cni/results); default results.DefaultDir.
+	ResultsDir string `json:"resultsDir,omitempty"`
 
 	RuntimeConfig struct {
 		MAC string `json:"mac,omitempty"`
@@ -65,10 +72,12 @@ type NetConf struct {
 	// Resolved by loadConf.
 	macvlanMode netlink.MacvlanMode
 	mac         net.HardwareAddr
+	podUID      string // CNI_ARGS K8S_POD_UID, which Multus passes
 }
 
 // envArgs are the CNI_ARGS keys podvirt-l2 understands; the K8S_* ones are
-// what kubelet and Multus pass, accepted and ignored.
+// what kubelet and Multus pass: K8S_POD_UID keys the saved result of a
+// guest "tap" ADD, the others are accepted and ignored.
 type envArgs struct {
 	types.CommonArgs
 	MAC                        types.UnmarshallableString `json:"mac,omitempty"`
@@ -145,6 +154,12 @@ func loadConf(stdin []byte, cniArgs string) (*NetConf, error) {
 		return nil, configError("mtu", "must be at least 68, got %d", n.MTU)
 	}
 
+	if n.ResultsDir == "" {
+		n.ResultsDir = results.DefaultDir
+	}
+	if !filepath.IsAbs(n.ResultsDir) {
+		return nil, configError("resultsDir", "must be an absolute path, got %q", n.ResultsDir)
+	}
 	switch n.Guest {
 	case GuestNone:
 		if n.TapOwner != nil || n.TapGroup != nil {
@@ -165,6 +180,7 @@ func loadConf(stdin []byte, cniArgs string) (*NetConf, error) {
 		if e.MAC != "" {
 			macField, mac = "CNI_ARGS MAC", string(e.MAC)
 		}
+		n.podUID = string(e.K8S_POD_UID)
 	}
 	if n.Args.CNI.MAC != "" {
 		macField, mac = "args.cni.mac", n.Args.CNI.MAC

@@ -16,6 +16,9 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/podvirt/podvirt/cni/results"
 )
 
 // failingIPAM writes an IPAM plugin "failipam" that fails every ADD with
@@ -63,6 +66,69 @@ func TestAddFailureLeavesNothing(t *testing.T) {
 			a := newAttachment(n, newNS(t), "ctr-fail", "net1", conf("1.1.0", fields))
 			expectCleanFailure(t, a, dataDir, types.ErrInternal, `configuring "net1" with the IPAM result: failed to add route`)
 		})
+		// The guest's result cannot be saved (resultsDir is under a
+		// file): ADD fails last, and still undoes everything.
+		t.Run(fmt.Sprintf("results-not-saved/%s", mode), func(t *testing.T) {
+			n := newNode(t)
+			dataDir := t.TempDir()
+			file := filepath.Join(t.TempDir(), "file")
+			if err := os.WriteFile(file, nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			fields := modeFields(mode, 0)
+			fields["guest"] = GuestTap
+			fields["ipam"] = hostLocal(dataDir, "10.5.1.0/24")
+			fields["resultsDir"] = filepath.Join(file, "results")
+			a := newAttachment(n, newNS(t), "ctr-fail", "net1", conf("1.1.0", fields))
+			a.args.Args = "K8S_POD_UID=uid-1"
+			expectCleanFailure(t, a, dataDir, types.ErrIOFailure, "saving CNI result")
+		})
+	}
+}
+
+// TestGCResults keeps the saved results of valid attachments of the
+// network being collected and removes its others; other networks' results
+// stay.
+func TestGCResults(t *testing.T) {
+	requireRoot(t)
+	plugins := upstreamPluginDir(t)
+	useCNIPath(t, plugins)
+
+	n := newNode(t)
+	resultsDir := t.TempDir()
+	attach := func(network, containerID, podUID string) *attachment {
+		fields := modeFields(ModeBridge, 0)
+		fields["guest"] = GuestTap
+		fields["resultsDir"] = resultsDir
+		fields["name"] = network
+		a := newAttachment(n, newNS(t), containerID, "net1", conf("1.1.0", fields))
+		a.args.Args = "K8S_POD_UID=" + podUID
+		a.addOK(t)
+		t.Cleanup(func() { _ = a.del() })
+		return a
+	}
+	attach("l2a", "ctr-keep", "uid-keep")
+	attach("l2a", "ctr-gone", "uid-gone")
+	attach("l2b", "ctr-other", "uid-other")
+
+	fields := modeFields(ModeBridge, 0)
+	fields["guest"] = GuestTap
+	fields["resultsDir"] = resultsDir
+	fields["name"] = "l2a"
+	fields["cni.dev/valid-attachments"] = []types.GCAttachment{{ContainerID: "ctr-keep", IfName: "net1"}}
+	t.Setenv("CNI_COMMAND", "GC")
+	t.Setenv("CNI_PATH", plugins)
+	if err := cmdGC(&skel.CmdArgs{StdinData: conf("1.1.0", fields)}); err != nil {
+		t.Fatalf("GC: %v", err)
+	}
+	for uid, want := range map[string]int{"uid-keep": 1, "uid-gone": 0, "uid-other": 1} {
+		got, err := results.Load(resultsDir, uid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != want {
+			t.Errorf("after GC, pod %s has %d results, want %d", uid, len(got), want)
+		}
 	}
 }
 
@@ -166,6 +232,15 @@ func TestCheckDetectsDrift(t *testing.T) {
 				return err
 			}
 			return netlink.QdiscDel(&netlink.Ingress{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: l.Attrs().Index, Handle: ingressHandle, Parent: netlink.HANDLE_INGRESS}})
+		}},
+		{"dhcp-filter-removed", ModeBridge, GuestTap, func() error {
+			l, err := netlinksafe.LinkByName(TapName("net1"))
+			if err != nil {
+				return err
+			}
+			return netlink.FilterDel(&netlink.U32{FilterAttrs: netlink.FilterAttrs{
+				LinkIndex: l.Attrs().Index, Parent: ingressHandle, Priority: dhcpDropPriority, Protocol: unix.ETH_P_IP,
+			}})
 		}},
 		{"pod-got-address", ModeBridge, GuestTap, func() error {
 			l, err := netlinksafe.LinkByName(PodBridgeName("net1"))

@@ -8,6 +8,7 @@ package cni
 import (
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -24,6 +25,8 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/utils/sysctl"
 	"github.com/vishvananda/netlink"
+
+	"github.com/podvirt/podvirt/cni/results"
 )
 
 // SupportedVersions are the CNI spec versions podvirt-l2 speaks.
@@ -173,7 +176,36 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	if conf.DNS.Nameservers != nil || conf.DNS.Search != nil || conf.DNS.Options != nil || conf.DNS.Domain != "" {
 		result.DNS = conf.DNS
 	}
+
+	if conf.Guest == GuestTap && conf.podUID != "" {
+		if err := saveResult(conf, args, result); err != nil {
+			return err
+		}
+		undo.push(func() error { return results.Remove(conf.ResultsDir, conf.podUID, args.IfName) })
+	}
 	return types.PrintResult(result, conf.CNIVersion)
+}
+
+// saveResult keeps the result, as the plugin prints it, for the node
+// daemon: the launcher needs the guest's prefix, routes and DNS, which the
+// Multus network-status annotation does not carry. Without K8S_POD_UID
+// (cnitool, say) there is no one to give it to, and nothing is saved.
+func saveResult(conf *NetConf, args *skel.CmdArgs, result *current.Result) error {
+	r, err := result.GetAsVersion(conf.CNIVersion)
+	if err != nil {
+		return fmt.Errorf("converting the result to version %s: %w", conf.CNIVersion, err)
+	}
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	err = results.Save(conf.ResultsDir, results.Record{
+		PodUID: conf.podUID, IfName: args.IfName, ContainerID: args.ContainerID, Network: conf.Name, Result: b,
+	})
+	if err != nil {
+		return types.NewError(types.ErrIOFailure, fmt.Sprintf("%v (check resultsDir in the network config and that the node path is writable)", err), "")
+	}
+	return nil
 }
 
 // randomMAC returns a random locally administered unicast MAC.
@@ -209,6 +241,11 @@ func cmdDel(args *skel.CmdArgs) error {
 		var notNS ns.NSPathNotNSErr
 		if err != nil && !errors.As(err, &notExist) && !errors.As(err, &notNS) {
 			return err
+		}
+	}
+	if conf.podUID != "" {
+		if err := results.Remove(conf.ResultsDir, conf.podUID, args.IfName); err != nil {
+			return types.NewError(types.ErrIOFailure, err.Error(), "")
 		}
 	}
 	if conf.IPAM.Type != "" {
@@ -258,16 +295,42 @@ func cmdStatus(args *skel.CmdArgs) error {
 	return nil
 }
 
-// cmdGC releases the IPAM leases of attachments not in
-// cni.dev/valid-attachments. Links need no collecting: they live in pod
-// netns and go away with them (a bridge-mode node veth with its peer).
+// cmdGC removes the saved results and releases the IPAM leases of this
+// network's attachments not in cni.dev/valid-attachments. Links need no
+// collecting: they live in pod netns and go away with them (a bridge-mode
+// node veth with its peer).
 func cmdGC(args *skel.CmdArgs) error {
 	conf, err := loadConf(args.StdinData, "")
 	if err != nil {
+		return err
+	}
+	if err := gcResults(conf); err != nil {
 		return err
 	}
 	if conf.IPAM.Type == "" {
 		return nil
 	}
 	return invoke.DelegateGC(context.TODO(), conf.IPAM.Type, args.StdinData, nil)
+}
+
+func gcResults(conf *NetConf) error {
+	recs, err := results.List(conf.ResultsDir)
+	if err != nil {
+		return types.NewError(types.ErrIOFailure, err.Error(), "")
+	}
+	valid := map[types.GCAttachment]bool{}
+	for _, a := range conf.ValidAttachments {
+		valid[a] = true
+	}
+	var errs []error
+	for _, r := range recs {
+		if r.Network != conf.Name || valid[types.GCAttachment{ContainerID: r.ContainerID, IfName: r.IfName}] {
+			continue
+		}
+		errs = append(errs, results.Remove(conf.ResultsDir, r.PodUID, r.IfName))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return types.NewError(types.ErrIOFailure, err.Error(), "")
+	}
+	return nil
 }

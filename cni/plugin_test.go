@@ -1,8 +1,11 @@
 package cni
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -13,6 +16,8 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/vishvananda/netlink"
+
+	"github.com/podvirt/podvirt/cni/results"
 )
 
 // modeFields is the mode-specific part of a test config.
@@ -59,7 +64,11 @@ func testAddCheckDel(t *testing.T, mode, guest string, vlan int, ver string) {
 	fields["ipam"] = hostLocal(dataDir, "10.1.2.0/24")
 	const mac = "02:00:00:aa:bb:01"
 	fields["mac"] = mac
+	resultsDir := filepath.Join(t.TempDir(), "cni-results")
+	fields["resultsDir"] = resultsDir
 	a := newAttachment(n, pod, "ctr-"+mode, "net1", conf(ver, fields))
+	const podUID = "0b7e4f52-1d3a-4c1e-9f4e-6a1de0c0ffee"
+	a.args.Args = "K8S_POD_UID=" + podUID
 
 	if vlan != 0 && !vlanSupported(t, mode) {
 		expectCleanFailure(t, a, dataDir, types.ErrInvalidNetworkConfig, "vlan: ")
@@ -92,6 +101,20 @@ func testAddCheckDel(t *testing.T, mode, guest string, vlan int, ver string) {
 	}
 	if got := leases(t, dataDir); len(got) != 1 || got[0] != ip.String() {
 		t.Errorf("host-local leases %v, want [%s]", got, ip)
+	}
+	// A guest's result is saved for the node daemon, as printed.
+	saved, err := results.Load(resultsDir, podUID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if guest == GuestNone && len(saved) != 0 {
+		t.Errorf("guest none: results saved: %s", saved)
+	}
+	if guest == GuestTap {
+		printed, _ := json.Marshal(r)
+		if !jsonEqual(saved["net1"], printed) {
+			t.Errorf("saved result for net1:\n%s\nwant what ADD printed:\n%s", saved["net1"], printed)
+		}
 	}
 
 	err = pod.Do(func(ns.NetNS) error {
@@ -162,9 +185,21 @@ func testAddCheckDel(t *testing.T, mode, guest string, vlan int, ver string) {
 	if got := leases(t, dataDir); len(got) != 0 {
 		t.Errorf("leases left after DEL: %v", got)
 	}
+	if saved, err := results.Load(resultsDir, podUID); err != nil || len(saved) != 0 {
+		t.Errorf("results left after DEL: %s (%v)", saved, err)
+	}
 	if err := a.del(); err != nil {
 		t.Errorf("second DEL: %v", err)
 	}
+}
+
+// jsonEqual reports whether a and b are the same JSON value.
+func jsonEqual(a, b []byte) bool {
+	var va, vb any
+	if json.Unmarshal(a, &va) != nil || json.Unmarshal(b, &vb) != nil {
+		return false
+	}
+	return reflect.DeepEqual(va, vb)
 }
 
 // expectCleanFailure runs an ADD that must fail with CNI error code and a

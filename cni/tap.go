@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"net"
+	"slices"
 
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/ip"
@@ -22,6 +23,12 @@ import (
 //   - macvlan mode: the tap, tied to ifName by tc mirred redirects both ways
 //     (ingress of one is sent out of the other); the guest uses the
 //     macvlan's MAC, the only unicast MAC a macvlan receives.
+//
+// In both modes a tc filter on the tap's ingress takes the guest's DHCP
+// requests (UDP to port 67) away before they reach the pod link: the
+// launcher answers them on the tap (its AF_PACKET socket sees frames
+// before tc does), and they must not reach other DHCP servers on the
+// shared L2.
 //
 // None of these links has an IP (IPv6 is turned off on them, so the pod
 // does not even autoconfigure a link-local address that would clash with
@@ -47,6 +54,16 @@ func derivedName(prefix, ifName string) string {
 
 // ingressHandle is the handle of the ingress qdisc, ffff:.
 var ingressHandle = netlink.MakeHandle(0xffff, 0)
+
+// Priorities of the tap's ingress filters: the DHCP drop is tried before
+// the mirred redirect (macvlan mode) that sends everything else on.
+const (
+	dhcpDropPriority = 1
+	mirredPriority   = 2
+)
+
+// dhcpServerPort is the UDP port DHCP requests go to.
+const dhcpServerPort = 67
 
 // addGuestTap builds the guest path in netns for the pod link ifName (which
 // must exist, down) and returns the result interfaces it adds: the in-pod
@@ -95,6 +112,9 @@ func addGuestTap(conf *NetConf, ifName string, guestMAC net.HardwareAddr, netns 
 			if err := mirredBothWays(pod, tap); err != nil {
 				return err
 			}
+		}
+		if err := dropGuestDHCP(tap); err != nil {
+			return err
 		}
 
 		disableIPv6(ifName)
@@ -169,13 +189,8 @@ func addPodBridge(name string, mtu int) (*netlink.Bridge, error) {
 func mirredBothWays(a, b netlink.Link) error {
 	for _, p := range [][2]netlink.Link{{a, b}, {b, a}} {
 		from, to := p[0], p[1]
-		qdisc := &netlink.Ingress{QdiscAttrs: netlink.QdiscAttrs{
-			LinkIndex: from.Attrs().Index,
-			Handle:    ingressHandle,
-			Parent:    netlink.HANDLE_INGRESS,
-		}}
-		if err := netlink.QdiscAdd(qdisc); err != nil {
-			return fmt.Errorf("adding ingress qdisc to %q: %w", from.Attrs().Name, err)
+		if err := ensureIngressQdisc(from); err != nil {
+			return err
 		}
 		// u32 with no selector matches everything; unlike matchall it is
 		// in every kernel that has tc.
@@ -183,7 +198,7 @@ func mirredBothWays(a, b netlink.Link) error {
 			FilterAttrs: netlink.FilterAttrs{
 				LinkIndex: from.Attrs().Index,
 				Parent:    ingressHandle,
-				Priority:  1,
+				Priority:  mirredPriority,
 				Protocol:  unix.ETH_P_ALL,
 			},
 			Actions: []netlink.Action{netlink.NewMirredAction(to.Attrs().Index)},
@@ -195,6 +210,82 @@ func mirredBothWays(a, b netlink.Link) error {
 	return nil
 }
 
+// ensureIngressQdisc gives l an ingress qdisc unless it has one.
+func ensureIngressQdisc(l netlink.Link) error {
+	qdisc := &netlink.Ingress{QdiscAttrs: netlink.QdiscAttrs{
+		LinkIndex: l.Attrs().Index,
+		Handle:    ingressHandle,
+		Parent:    netlink.HANDLE_INGRESS,
+	}}
+	if err := netlink.QdiscAdd(qdisc); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("adding ingress qdisc to %q: %w", l.Attrs().Name, err)
+	}
+	return nil
+}
+
+// dhcpDropKeys are the u32 keys of an IPv4 packet to UDP port 67, at
+// offsets from the IP header. They assume a 20-byte header (IHL 5, which
+// they check) and a first fragment: DHCP clients send no IP options.
+var dhcpDropKeys = []netlink.TcU32Key{
+	{Off: 0, Mask: 0x0f000000, Val: 0x05000000},             // IHL 5
+	{Off: 4, Mask: 0x00001fff, Val: 0},                      // fragment offset 0
+	{Off: 8, Mask: 0x00ff0000, Val: unix.IPPROTO_UDP << 16}, // protocol
+	{Off: 20, Mask: 0x0000ffff, Val: dhcpServerPort},        // UDP destination port
+}
+
+// dropGuestDHCP takes IPv4 UDP to port 67 off tap's ingress (frames from
+// the guest). The action is a mirred redirect to the pod's lo, where the
+// pod's stack discards the frame (the launcher's DHCP server reads the tap
+// with AF_PACKET, not a UDP socket): kernels with tc always have mirred,
+// which the macvlan path needs anyway, but not always gact's drop.
+func dropGuestDHCP(tap netlink.Link) error {
+	if err := ensureIngressQdisc(tap); err != nil {
+		return err
+	}
+	lo, err := netlinksafe.LinkByName("lo")
+	if err != nil {
+		return fmt.Errorf("looking up the pod's lo: %w", err)
+	}
+	filter := &netlink.U32{
+		FilterAttrs: netlink.FilterAttrs{
+			LinkIndex: tap.Attrs().Index,
+			Parent:    ingressHandle,
+			Priority:  dhcpDropPriority,
+			Protocol:  unix.ETH_P_IP,
+		},
+		Sel:     &netlink.TcU32Sel{Flags: netlink.TC_U32_TERMINAL, Keys: dhcpDropKeys},
+		Actions: []netlink.Action{netlink.NewMirredAction(lo.Attrs().Index)},
+	}
+	if err := netlink.FilterAdd(filter); err != nil {
+		return fmt.Errorf("adding the filter that keeps the guest's DHCP requests off the L2 to %q: %w", tap.Attrs().Name, err)
+	}
+	return nil
+}
+
+// dropsGuestDHCP reports whether tap has dropGuestDHCP's filter.
+func dropsGuestDHCP(tap netlink.Link) (bool, error) {
+	filters, err := netlinksafe.FilterList(tap, ingressHandle)
+	if err != nil {
+		return false, fmt.Errorf("listing ingress filters of %q: %w", tap.Attrs().Name, err)
+	}
+	lo, err := netlinksafe.LinkByName("lo")
+	if err != nil {
+		return false, fmt.Errorf("looking up the pod's lo: %w", err)
+	}
+	for _, f := range filters {
+		u, ok := f.(*netlink.U32)
+		if !ok || u.Protocol != unix.ETH_P_IP || u.Sel == nil || !slices.Equal(u.Sel.Keys, dhcpDropKeys) {
+			continue
+		}
+		for _, a := range u.Actions {
+			if m, ok := a.(*netlink.MirredAction); ok && m.MirredAction == netlink.TCA_EGRESS_REDIR && m.Ifindex == lo.Attrs().Index {
+				return true, nil
+			}
+		}
+	}
+	return false, nil
+}
+
 // mirredTarget returns the ifindex that l's ingress frames are redirected
 // to, or 0 when there is no such redirect.
 func mirredTarget(l netlink.Link) (int, error) {
@@ -203,8 +294,9 @@ func mirredTarget(l netlink.Link) (int, error) {
 		return 0, fmt.Errorf("listing ingress filters of %q: %w", l.Attrs().Name, err)
 	}
 	for _, f := range filters {
+		// The match-all redirect, not the guest's DHCP one (ETH_P_IP).
 		u, ok := f.(*netlink.U32)
-		if !ok {
+		if !ok || u.Protocol != unix.ETH_P_ALL {
 			continue
 		}
 		for _, a := range u.Actions {
