@@ -1,11 +1,12 @@
 // Package cmdserver is the launcher's command server: the gRPC service of
 // cmdpb on a unix socket at <socket dir>/<vmi-uid>.sock, through which the
-// node daemon reads the domain's status, pauses, resumes and shuts it
-// down, and attaches to its serial console.
+// node daemon starts the domain, follows and reads its status, pauses,
+// resumes and shuts it down, and attaches to its serial console.
 package cmdserver
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -17,18 +18,21 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
+	"github.com/podvirt/podvirt/runtime/cmdclient"
 	"github.com/podvirt/podvirt/runtime/cmdserver/cmdpb"
 	"github.com/podvirt/podvirt/runtime/launcher"
+	"github.com/podvirt/podvirt/runtime/network"
 )
 
 // Domain is what the server needs of the launcher (*launcher.Launcher).
 type Domain interface {
 	State() (launcher.State, string)
 	WaitState(ctx context.Context, s launcher.State) error
+	Changed() <-chan struct{}
 	Pause() error
 	Resume() error
 	Shutdown(ctx context.Context, grace time.Duration) (graceful bool, err error)
@@ -51,20 +55,30 @@ type Config struct {
 	Grace time.Duration
 }
 
+// StartFunc renders vmi as a domain and starts it, with the CNI results
+// of the pod's L2 attachments (nil when there are none). It returns the
+// running domain and the server's Config for it.
+type StartFunc func(ctx context.Context, vmi *v1.VirtualMachineInstance, networks *network.Status) (Domain, Config, error)
+
 // SocketPath is the command socket of the VMI with uid in dir (empty:
 // v1alpha1.SocketDir).
-func SocketPath(dir, uid string) string {
-	if dir == "" {
-		dir = v1.SocketDir
-	}
-	return filepath.Join(dir, uid+".sock")
-}
+func SocketPath(dir, uid string) string { return cmdclient.SocketPath(dir, uid) }
+
+// statusPoll is how often Watch looks for changes no lifecycle event
+// announces (a DHCP lease acknowledged).
+const statusPoll = 2 * time.Second
 
 // Server serves the Command service for one domain.
 type Server struct {
 	cmdpb.UnimplementedCommandServer
-	d   Domain
-	cfg Config
+
+	startFn StartFunc
+	startMu sync.Mutex // serializes Start
+
+	mu      sync.Mutex // guards d, cfg, started
+	d       Domain     // nil until started
+	cfg     Config
+	started chan struct{} // closed once d is set
 
 	shutdownMu   sync.Mutex
 	shutdownDone chan struct{} // set by the first Shutdown, closed when it has finished
@@ -77,12 +91,47 @@ type Server struct {
 	path string
 }
 
-// New returns a server for d.
+// New returns a server for d, a domain already started.
 func New(d Domain, cfg Config) *Server {
-	s := &Server{d: d, cfg: cfg}
+	s := &Server{d: d, cfg: cfg, started: make(chan struct{})}
+	close(s.started)
 	s.grpc = grpc.NewServer()
 	cmdpb.RegisterCommandServer(s.grpc, s)
 	return s
+}
+
+// NewWaiting returns a server for the VMI with uid whose domain does not
+// exist yet: the first Start call runs start.
+func NewWaiting(uid string, start StartFunc) *Server {
+	s := &Server{startFn: start, cfg: Config{UID: uid}, started: make(chan struct{})}
+	s.grpc = grpc.NewServer()
+	cmdpb.RegisterCommandServer(s.grpc, s)
+	return s
+}
+
+// Started is closed once the domain has been started.
+func (s *Server) Started() <-chan struct{} { return s.started }
+
+// Config is the server's configuration: the UID alone until Start.
+func (s *Server) Config() Config {
+	_, cfg := s.domain()
+	return cfg
+}
+
+// domain returns the domain (nil before Start) and the config.
+func (s *Server) domain() (Domain, Config) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.d, s.cfg
+}
+
+// startedDomain returns the domain, or FailedPrecondition while there is none.
+func (s *Server) startedDomain(op string) (Domain, error) {
+	d, _ := s.domain()
+	if d == nil {
+		return nil, s.errorf(codes.FailedPrecondition, op, "domain is not started (the launcher waits for the node daemon's Start)")
+	}
+	return d, nil
 }
 
 // Listen opens the socket at path, replacing a stale one (from an
@@ -146,32 +195,121 @@ func (s *Server) Stop(timeout time.Duration) error {
 	return nil
 }
 
-// Dial connects to the command socket at path.
+// Dial connects to the command socket at path (see cmdclient.Dial).
 func Dial(path string) (cmdpb.CommandClient, *grpc.ClientConn, error) {
-	cc, err := grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return nil, nil, fmt.Errorf("command socket %s: %w", path, err)
+	return cmdclient.Dial(path)
+}
+
+// Start renders the VMI and starts its domain, once.
+func (s *Server) Start(ctx context.Context, req *cmdpb.StartRequest) (*cmdpb.StatusResponse, error) {
+	vmi := &v1.VirtualMachineInstance{}
+	if err := json.Unmarshal(req.GetVmi(), vmi); err != nil {
+		return nil, s.errorf(codes.InvalidArgument, "start", "decoding the VMI: %v", err)
 	}
-	return cmdpb.NewCommandClient(cc), cc, nil
+	_, cfg := s.domain()
+	if string(vmi.UID) != cfg.UID {
+		return nil, s.errorf(codes.InvalidArgument, "start", "VMI %s/%s has UID %q, this launcher serves %q", vmi.Namespace, vmi.Name, vmi.UID, cfg.UID)
+	}
+	var networks *network.Status
+	if len(req.GetNetworks()) > 0 {
+		networks = &network.Status{}
+		if err := json.Unmarshal(req.GetNetworks(), networks); err != nil {
+			return nil, s.errorf(codes.InvalidArgument, "start", "decoding the network status: %v", err)
+		}
+	}
+	s.startMu.Lock()
+	defer s.startMu.Unlock()
+	if d, _ := s.domain(); d == nil {
+		if s.startFn == nil {
+			return nil, s.errorf(codes.FailedPrecondition, "start", "this launcher was started with its VMI and cannot start another")
+		}
+		d, cfg, err := s.startFn(ctx, vmi, networks)
+		if err != nil {
+			return nil, s.errorf(codes.Internal, "start", "%v", err)
+		}
+		cfg.UID = string(vmi.UID)
+		s.mu.Lock()
+		s.d, s.cfg = d, cfg
+		close(s.started)
+		s.mu.Unlock()
+	}
+	return s.status(), nil
 }
 
 // Status reports the domain's state and interfaces.
 func (s *Server) Status(context.Context, *cmdpb.StatusRequest) (*cmdpb.StatusResponse, error) {
-	st, reason := s.d.State()
-	resp := &cmdpb.StatusResponse{Vmi: s.cfg.VMI, Uid: s.cfg.UID, Domain: s.cfg.DomainName, State: string(st), Reason: reason}
-	for _, i := range s.d.Interfaces() {
+	return s.status(), nil
+}
+
+func (s *Server) status() *cmdpb.StatusResponse {
+	d, cfg := s.domain()
+	resp := &cmdpb.StatusResponse{Vmi: cfg.VMI, Uid: cfg.UID, Domain: cfg.DomainName}
+	if d == nil {
+		return resp
+	}
+	st, reason := d.State()
+	resp.State, resp.Reason = string(st), reason
+	for _, i := range d.Interfaces() {
 		pi := &cmdpb.Interface{Network: i.Network, Mac: i.MAC.String(), Acked: i.Acked}
 		if i.Addr.IsValid() {
 			pi.Ip = i.Addr.String()
 		}
 		resp.Interfaces = append(resp.Interfaces, pi)
 	}
-	return resp, nil
+	return resp
+}
+
+// Watch sends the status whenever it changes, and ends after the domain
+// is gone.
+func (s *Server) Watch(_ *cmdpb.WatchRequest, stream cmdpb.Command_WatchServer) error {
+	ctx := stream.Context()
+	tick := time.NewTicker(statusPoll)
+	defer tick.Stop()
+	var last *cmdpb.StatusResponse
+	for {
+		// Take the change channel before reading the status, so no change
+		// falls between the two.
+		d, _ := s.domain()
+		var changed, done <-chan struct{} = s.started, nil
+		if d != nil {
+			changed, done = d.Changed(), d.Done()
+		}
+		cur := s.status()
+		if last == nil || !proto.Equal(cur, last) {
+			if err := stream.Send(cur); err != nil {
+				return err
+			}
+			last = cur
+		}
+		if done != nil && isClosed(done) {
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-done:
+		case <-tick.C:
+		case <-ctx.Done():
+			return s.ctxError(ctx, "watch", ctx.Err())
+		}
+	}
+}
+
+func isClosed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
 }
 
 // Pause suspends a Running guest and waits until it is Paused.
 func (s *Server) Pause(ctx context.Context, _ *cmdpb.PauseRequest) (*cmdpb.PauseResponse, error) {
-	if err := s.transition(ctx, "pause", launcher.StateRunning, launcher.StatePaused, s.d.Pause); err != nil {
+	d, err := s.startedDomain("pause")
+	if err != nil {
+		return nil, err
+	}
+	if err := s.transition(ctx, d, "pause", launcher.StateRunning, launcher.StatePaused, d.Pause); err != nil {
 		return nil, err
 	}
 	return &cmdpb.PauseResponse{}, nil
@@ -179,28 +317,32 @@ func (s *Server) Pause(ctx context.Context, _ *cmdpb.PauseRequest) (*cmdpb.Pause
 
 // Resume runs a Paused guest again and waits until it is Running.
 func (s *Server) Resume(ctx context.Context, _ *cmdpb.ResumeRequest) (*cmdpb.ResumeResponse, error) {
-	if err := s.transition(ctx, "resume", launcher.StatePaused, launcher.StateRunning, s.d.Resume); err != nil {
+	d, err := s.startedDomain("resume")
+	if err != nil {
+		return nil, err
+	}
+	if err := s.transition(ctx, d, "resume", launcher.StatePaused, launcher.StateRunning, d.Resume); err != nil {
 		return nil, err
 	}
 	return &cmdpb.ResumeResponse{}, nil
 }
 
-func (s *Server) transition(ctx context.Context, op string, from, to launcher.State, do func() error) error {
-	if err := s.require(op, from); err != nil {
+func (s *Server) transition(ctx context.Context, d Domain, op string, from, to launcher.State, do func() error) error {
+	if err := s.require(d, op, from); err != nil {
 		return err
 	}
 	if err := do(); err != nil {
 		return s.errorf(codes.Internal, op, "%v", err)
 	}
-	if err := s.d.WaitState(ctx, to); err != nil {
+	if err := d.WaitState(ctx, to); err != nil {
 		return s.ctxError(ctx, op, err)
 	}
 	return nil
 }
 
 // require fails with FailedPrecondition unless the domain is in state want.
-func (s *Server) require(op string, want launcher.State) error {
-	if st, _ := s.d.State(); st != want {
+func (s *Server) require(d Domain, op string, want launcher.State) error {
+	if st, _ := d.State(); st != want {
 		return s.errorf(codes.FailedPrecondition, op, "domain is %s", stateName(st))
 	}
 	return nil
@@ -217,17 +359,21 @@ func stateName(st launcher.State) string {
 // period). Concurrent calls share one shutdown; it goes on even if the
 // caller hangs up.
 func (s *Server) Shutdown(ctx context.Context, _ *cmdpb.ShutdownRequest) (*cmdpb.ShutdownResponse, error) {
+	d, err := s.startedDomain("shutdown")
+	if err != nil {
+		return nil, err
+	}
 	s.shutdownMu.Lock()
 	started := s.shutdownDone != nil
 	if !started {
-		switch st, _ := s.d.State(); st {
+		switch st, _ := d.State(); st {
 		case launcher.StateShutdown, launcher.StateCrashed, "":
 			s.shutdownMu.Unlock()
 			return nil, s.errorf(codes.FailedPrecondition, "shutdown", "domain is %s", stateName(st))
 		}
 		s.shutdownDone = make(chan struct{})
 		// The shutdown goes on when this caller hangs up.
-		go s.shutdown(context.WithoutCancel(ctx), s.shutdownDone)
+		go s.shutdown(context.WithoutCancel(ctx), d, s.shutdownDone)
 	}
 	done := s.shutdownDone
 	s.shutdownMu.Unlock()
@@ -244,14 +390,15 @@ func (s *Server) Shutdown(ctx context.Context, _ *cmdpb.ShutdownRequest) (*cmdpb
 
 // shutdown runs the one shutdown and closes done when it is over. ctx
 // is never canceled: canceling it would destroy the domain at once.
-func (s *Server) shutdown(ctx context.Context, done chan struct{}) {
+func (s *Server) shutdown(ctx context.Context, d Domain, done chan struct{}) {
 	defer close(done)
-	graceful, err := s.d.Shutdown(ctx, s.cfg.Grace)
+	_, cfg := s.domain()
+	graceful, err := d.Shutdown(ctx, cfg.Grace)
 	if err != nil {
 		s.shutdownErr = s.errorf(codes.Internal, "shutdown", "%v", err)
 		return
 	}
-	st, _ := s.d.State()
+	st, _ := d.State()
 	s.shutdownGraceful, s.shutdownState = graceful, string(st)
 }
 
@@ -262,9 +409,13 @@ const consoleChunk = 32 << 10
 // one goroutine reads the console, one receives from the client.
 func (s *Server) Console(stream cmdpb.Command_ConsoleServer) error {
 	ctx := stream.Context()
-	c, err := s.d.Console()
+	d, err := s.startedDomain("console")
 	if err != nil {
-		if st, _ := s.d.State(); st != launcher.StateRunning && st != launcher.StatePaused {
+		return err
+	}
+	c, err := d.Console()
+	if err != nil {
+		if st, _ := d.State(); st != launcher.StateRunning && st != launcher.StatePaused {
 			return s.errorf(codes.FailedPrecondition, "console", "domain is %s: %v", stateName(st), err)
 		}
 		return s.errorf(codes.Internal, "console", "%v", err)
@@ -320,7 +471,7 @@ func (s *Server) Console(stream cmdpb.Command_ConsoleServer) error {
 				return nil // the domain is gone
 			}
 			select {
-			case <-s.d.Done():
+			case <-d.Done():
 				return nil
 			default:
 			}
@@ -330,7 +481,7 @@ func (s *Server) Console(stream cmdpb.Command_ConsoleServer) error {
 				return nil // the client closed its side
 			}
 			return err
-		case <-s.d.Done():
+		case <-d.Done():
 			return nil
 		case <-ctx.Done():
 			return s.ctxError(ctx, "console", ctx.Err())
@@ -339,7 +490,12 @@ func (s *Server) Console(stream cmdpb.Command_ConsoleServer) error {
 }
 
 func (s *Server) errorf(code codes.Code, op, format string, args ...any) error {
-	return status.Errorf(code, "%s vmi %s: %s", op, s.cfg.VMI, fmt.Sprintf(format, args...))
+	_, cfg := s.domain()
+	who := cfg.VMI
+	if who == "" {
+		who = "uid " + cfg.UID
+	}
+	return status.Errorf(code, "%s vmi %s: %s", op, who, fmt.Sprintf(format, args...))
 }
 
 // ctxError is err as a status: the caller's deadline or cancellation when

@@ -19,6 +19,7 @@ import (
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/runtime/cmdserver/cmdpb"
 	"github.com/podvirt/podvirt/runtime/launcher"
+	"github.com/podvirt/podvirt/runtime/network"
 )
 
 // fakeDomain is a Domain whose state the test sets.
@@ -119,6 +120,12 @@ func (f *fakeDomain) Console() (io.ReadWriteCloser, error) {
 	a, b := net.Pipe()
 	f.opened <- b
 	return a, nil
+}
+
+func (f *fakeDomain) Changed() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.watch
 }
 
 func (f *fakeDomain) Interfaces() []launcher.Interface { return f.ifaces }
@@ -382,5 +389,110 @@ func TestSocket(t *testing.T) {
 	}
 	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("socket left after Stop: %v", err)
+	}
+}
+
+// TestStartWatch: a waiting server answers Status and Watch before Start,
+// refuses other commands, starts once for its own UID only, and Watch
+// follows the domain until it is gone.
+func TestStartWatch(t *testing.T) {
+	f := newFake(launcher.StateStarting)
+	var starts int
+	var gotNets *network.Status
+	s := NewWaiting("uid-1", func(_ context.Context, vmi *v1.VirtualMachineInstance, nets *network.Status) (Domain, Config, error) {
+		starts++
+		gotNets = nets
+		return f, Config{VMI: vmi.Namespace + "/" + vmi.Name, DomainName: "test_vm", Grace: time.Second}, nil
+	})
+	path := SocketPath(t.TempDir(), "uid-1")
+	if err := s.ListenAndServe(path); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Stop(5 * time.Second) })
+	c, cc, err := Dial(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cc.Close() })
+	ctx := ctxT(t)
+
+	resp, err := c.Status(ctx, &cmdpb.StatusRequest{})
+	if err != nil || resp.GetState() != "" || resp.GetUid() != "uid-1" {
+		t.Fatalf("status before start: %v %v", resp, err)
+	}
+	_, err = c.Pause(ctx, &cmdpb.PauseRequest{})
+	wantStatus(t, err, codes.FailedPrecondition, "pause vmi uid uid-1: domain is not started (the launcher waits for the node daemon's Start)")
+
+	w, err := c.Watch(ctx, &cmdpb.WatchRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := w.Recv(); err != nil || st.GetState() != "" {
+		t.Fatalf("first watch status: %v %v", st, err)
+	}
+
+	_, err = c.Start(ctx, &cmdpb.StartRequest{Vmi: []byte(`{"metadata":{"namespace":"test","name":"vm","uid":"uid-2"}}`)})
+	wantStatus(t, err, codes.InvalidArgument, `start vmi uid uid-1: VMI test/vm has UID "uid-2", this launcher serves "uid-1"`)
+	vmi := []byte(`{"metadata":{"namespace":"test","name":"vm","uid":"uid-1"}}`)
+	nets := []byte(`{"networks":[{"name":"l2","result":{"cniVersion":"1.1.0"}}]}`)
+	for range 2 {
+		resp, err := c.Start(ctx, &cmdpb.StartRequest{Vmi: vmi, Networks: nets})
+		if err != nil || resp.GetState() != "Starting" || resp.GetVmi() != "test/vm" || resp.GetDomain() != "test_vm" {
+			t.Fatalf("start: %v %v", resp, err)
+		}
+	}
+	if starts != 1 || gotNets == nil || len(gotNets.Networks) != 1 || gotNets.Networks[0].Name != "l2" {
+		t.Fatalf("start func ran %d times with networks %+v, want once with l2", starts, gotNets)
+	}
+	select {
+	case <-s.Started():
+	default:
+		t.Fatal("Started not closed after Start")
+	}
+
+	want := []string{"Starting", "Running", "Shutdown"}
+	for i, state := range want {
+		if i > 0 {
+			f.set(launcher.State(state))
+		}
+		st, err := w.Recv()
+		if err != nil || st.GetState() != state {
+			t.Fatalf("watch status %d: %v %v, want %s", i, st, err, state)
+		}
+	}
+	if st, err := w.Recv(); !errors.Is(err, io.EOF) {
+		t.Fatalf("watch after the domain is gone: %v %v, want the end of the stream", st, err)
+	}
+}
+
+// TestDialLongPath: the node reaches a pod's socket by a path longer than
+// a socket address may be (the kubelet's emptyDir path).
+func TestDialLongPath(t *testing.T) {
+	f := newFake(launcher.StateRunning)
+	short := t.TempDir()
+	s := New(f, Config{VMI: "test/vm", UID: "uid-1"})
+	if err := s.ListenAndServe(SocketPath(short, "uid-1")); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Stop(5 * time.Second) })
+	long := filepath.Join(t.TempDir(), "pods", strings.Repeat("0123456789abcdef", 5), "volumes", "kubernetes.io~empty-dir")
+	if err := os.MkdirAll(long, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(long, v1.SocketVolumeName)
+	if err := os.Symlink(short, link); err != nil {
+		t.Fatal(err)
+	}
+	path := SocketPath(link, "uid-1")
+	if len(path) <= 108 {
+		t.Fatalf("path %s is short enough for a plain socket address", path)
+	}
+	c, cc, err := Dial(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	if resp, err := c.Status(ctxT(t), &cmdpb.StatusRequest{}); err != nil || resp.GetState() != "Running" {
+		t.Fatalf("status over %d-byte path: %v %v", len(path), resp, err)
 	}
 }

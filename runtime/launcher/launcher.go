@@ -179,7 +179,17 @@ func (l *Launcher) goneLocked() {
 	if !l.gone {
 		l.gone = true
 		close(l.done)
+		close(l.watch)
+		l.watch = make(chan struct{})
 	}
+}
+
+// Changed returns a channel that is closed at the next lifecycle change
+// (a new state, or the domain going away).
+func (l *Launcher) Changed() <-chan struct{} {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.watch
 }
 
 // Done is closed when the domain has stopped.

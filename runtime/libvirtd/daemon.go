@@ -27,6 +27,10 @@ type Config struct {
 	Private bool   // own mount namespace with private libvirt dirs (root)
 	// Log receives libvirtd's and virtlogd's stderr; nil discards it.
 	Log *os.File
+	// SystemQEMUConf also writes qemu.conf to /etc/libvirt, where a root
+	// libvirtd reads it whatever -f says. For a launcher in its container
+	// (whose /etc is its own) without Private; never on a shared host.
+	SystemQEMUConf bool
 }
 
 // Daemon is a running private libvirtd.
@@ -67,6 +71,19 @@ var privateDirs = [][2]string{
 	{"log", "/var/log/libvirt"},
 }
 
+// qemuConf runs QEMU as root without ownership changes (libvirt must not
+// chown shared base images), without cgroups (the pod's cgroup bounds
+// QEMU already) and without a private mount namespace per QEMU, so an
+// unprivileged launcher container (no CAP_SYS_ADMIN) can run it.
+const qemuConf = `user = "root"
+group = "root"
+dynamic_ownership = 0
+remember_owner = 0
+security_driver = "none"
+cgroup_controllers = [ ]
+namespaces = [ ]
+`
+
 // Start writes the configuration under cfg.Dir, starts virtlogd and
 // libvirtd and waits until libvirtd answers on its socket.
 func Start(ctx context.Context, cfg Config) (*Daemon, error) {
@@ -99,19 +116,19 @@ host_uuid = %q
 log_outputs = "3:file:%s/libvirtd.log"
 `, run, uuid, logDir),
 		"virtlogd.conf": fmt.Sprintf("log_outputs = \"3:file:%s/virtlogd.log\"\n", logDir),
-		// root without ownership changes: libvirt must not chown shared
-		// base images; no cgroups: the pod's cgroup bounds QEMU already.
-		"qemu.conf": `user = "root"
-group = "root"
-dynamic_ownership = 0
-remember_owner = 0
-security_driver = "none"
-cgroup_controllers = [ ]
-`,
+		"qemu.conf":     qemuConf,
 	}
 	for name, data := range files {
 		if err := os.WriteFile(filepath.Join(etc, name), []byte(data), 0o644); err != nil {
 			return nil, err
+		}
+	}
+	if cfg.SystemQEMUConf {
+		if err := os.MkdirAll("/etc/libvirt", 0o755); err != nil {
+			return nil, fmt.Errorf("libvirt config: %w", err)
+		}
+		if err := os.WriteFile("/etc/libvirt/qemu.conf", []byte(qemuConf), 0o644); err != nil {
+			return nil, fmt.Errorf("libvirt config: %w (the launcher's container needs a writable /etc/libvirt)", err)
 		}
 	}
 	script := `set -e

@@ -34,6 +34,62 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type StartRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// vmi is the VirtualMachineInstance as JSON; its UID must be the one
+	// the launcher serves (PODVIRT_VMI_UID).
+	Vmi []byte `protobuf:"bytes,1,opt,name=vmi,proto3" json:"vmi,omitempty"`
+	// networks is the CNI results of the pod's L2 attachments as JSON
+	// (runtime/network.Status); empty when the VMI has none.
+	Networks      []byte `protobuf:"bytes,2,opt,name=networks,proto3" json:"networks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartRequest) Reset() {
+	*x = StartRequest{}
+	mi := &file_command_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartRequest) ProtoMessage() {}
+
+func (x *StartRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartRequest.ProtoReflect.Descriptor instead.
+func (*StartRequest) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *StartRequest) GetVmi() []byte {
+	if x != nil {
+		return x.Vmi
+	}
+	return nil
+}
+
+func (x *StartRequest) GetNetworks() []byte {
+	if x != nil {
+		return x.Networks
+	}
+	return nil
+}
+
 type StatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -42,7 +98,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_command_proto_msgTypes[0]
+	mi := &file_command_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -54,7 +110,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[0]
+	mi := &file_command_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -67,7 +123,43 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{0}
+	return file_command_proto_rawDescGZIP(), []int{1}
+}
+
+type WatchRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchRequest) Reset() {
+	*x = WatchRequest{}
+	mi := &file_command_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchRequest) ProtoMessage() {}
+
+func (x *WatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
+func (*WatchRequest) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{2}
 }
 
 type StatusResponse struct {
@@ -76,7 +168,8 @@ type StatusResponse struct {
 	Vmi    string `protobuf:"bytes,1,opt,name=vmi,proto3" json:"vmi,omitempty"`
 	Uid    string `protobuf:"bytes,2,opt,name=uid,proto3" json:"uid,omitempty"`
 	Domain string `protobuf:"bytes,3,opt,name=domain,proto3" json:"domain,omitempty"`
-	// state is Starting, Running, Paused, Shutdown or Crashed.
+	// state is Starting, Running, Paused, Shutdown or Crashed; empty while
+	// the launcher waits for Start.
 	State string `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"`
 	// reason is what caused the state (the libvirt event).
 	Reason        string       `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
@@ -87,7 +180,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_command_proto_msgTypes[1]
+	mi := &file_command_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -99,7 +192,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[1]
+	mi := &file_command_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -112,7 +205,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{1}
+	return file_command_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *StatusResponse) GetVmi() string {
@@ -174,7 +267,7 @@ type Interface struct {
 
 func (x *Interface) Reset() {
 	*x = Interface{}
-	mi := &file_command_proto_msgTypes[2]
+	mi := &file_command_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -186,7 +279,7 @@ func (x *Interface) String() string {
 func (*Interface) ProtoMessage() {}
 
 func (x *Interface) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[2]
+	mi := &file_command_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -199,7 +292,7 @@ func (x *Interface) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Interface.ProtoReflect.Descriptor instead.
 func (*Interface) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{2}
+	return file_command_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Interface) GetNetwork() string {
@@ -238,7 +331,7 @@ type ShutdownRequest struct {
 
 func (x *ShutdownRequest) Reset() {
 	*x = ShutdownRequest{}
-	mi := &file_command_proto_msgTypes[3]
+	mi := &file_command_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -250,7 +343,7 @@ func (x *ShutdownRequest) String() string {
 func (*ShutdownRequest) ProtoMessage() {}
 
 func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[3]
+	mi := &file_command_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -263,7 +356,7 @@ func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownRequest.ProtoReflect.Descriptor instead.
 func (*ShutdownRequest) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{3}
+	return file_command_proto_rawDescGZIP(), []int{5}
 }
 
 type ShutdownResponse struct {
@@ -279,7 +372,7 @@ type ShutdownResponse struct {
 
 func (x *ShutdownResponse) Reset() {
 	*x = ShutdownResponse{}
-	mi := &file_command_proto_msgTypes[4]
+	mi := &file_command_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -291,7 +384,7 @@ func (x *ShutdownResponse) String() string {
 func (*ShutdownResponse) ProtoMessage() {}
 
 func (x *ShutdownResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[4]
+	mi := &file_command_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -304,7 +397,7 @@ func (x *ShutdownResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownResponse.ProtoReflect.Descriptor instead.
 func (*ShutdownResponse) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{4}
+	return file_command_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ShutdownResponse) GetGraceful() bool {
@@ -329,7 +422,7 @@ type PauseRequest struct {
 
 func (x *PauseRequest) Reset() {
 	*x = PauseRequest{}
-	mi := &file_command_proto_msgTypes[5]
+	mi := &file_command_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -341,7 +434,7 @@ func (x *PauseRequest) String() string {
 func (*PauseRequest) ProtoMessage() {}
 
 func (x *PauseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[5]
+	mi := &file_command_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -354,7 +447,7 @@ func (x *PauseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseRequest.ProtoReflect.Descriptor instead.
 func (*PauseRequest) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{5}
+	return file_command_proto_rawDescGZIP(), []int{7}
 }
 
 type PauseResponse struct {
@@ -365,7 +458,7 @@ type PauseResponse struct {
 
 func (x *PauseResponse) Reset() {
 	*x = PauseResponse{}
-	mi := &file_command_proto_msgTypes[6]
+	mi := &file_command_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -377,7 +470,7 @@ func (x *PauseResponse) String() string {
 func (*PauseResponse) ProtoMessage() {}
 
 func (x *PauseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[6]
+	mi := &file_command_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -390,7 +483,7 @@ func (x *PauseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseResponse.ProtoReflect.Descriptor instead.
 func (*PauseResponse) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{6}
+	return file_command_proto_rawDescGZIP(), []int{8}
 }
 
 type ResumeRequest struct {
@@ -401,7 +494,7 @@ type ResumeRequest struct {
 
 func (x *ResumeRequest) Reset() {
 	*x = ResumeRequest{}
-	mi := &file_command_proto_msgTypes[7]
+	mi := &file_command_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -413,7 +506,7 @@ func (x *ResumeRequest) String() string {
 func (*ResumeRequest) ProtoMessage() {}
 
 func (x *ResumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[7]
+	mi := &file_command_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -426,7 +519,7 @@ func (x *ResumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeRequest.ProtoReflect.Descriptor instead.
 func (*ResumeRequest) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{7}
+	return file_command_proto_rawDescGZIP(), []int{9}
 }
 
 type ResumeResponse struct {
@@ -437,7 +530,7 @@ type ResumeResponse struct {
 
 func (x *ResumeResponse) Reset() {
 	*x = ResumeResponse{}
-	mi := &file_command_proto_msgTypes[8]
+	mi := &file_command_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -449,7 +542,7 @@ func (x *ResumeResponse) String() string {
 func (*ResumeResponse) ProtoMessage() {}
 
 func (x *ResumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[8]
+	mi := &file_command_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -462,7 +555,7 @@ func (x *ResumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeResponse.ProtoReflect.Descriptor instead.
 func (*ResumeResponse) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{8}
+	return file_command_proto_rawDescGZIP(), []int{10}
 }
 
 type ConsoleData struct {
@@ -474,7 +567,7 @@ type ConsoleData struct {
 
 func (x *ConsoleData) Reset() {
 	*x = ConsoleData{}
-	mi := &file_command_proto_msgTypes[9]
+	mi := &file_command_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -486,7 +579,7 @@ func (x *ConsoleData) String() string {
 func (*ConsoleData) ProtoMessage() {}
 
 func (x *ConsoleData) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[9]
+	mi := &file_command_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -499,7 +592,7 @@ func (x *ConsoleData) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsoleData.ProtoReflect.Descriptor instead.
 func (*ConsoleData) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{9}
+	return file_command_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ConsoleData) GetData() []byte {
@@ -513,8 +606,12 @@ var File_command_proto protoreflect.FileDescriptor
 
 const file_command_proto_rawDesc = "" +
 	"\n" +
-	"\rcommand.proto\x12\x19podvirt.launcher.v1alpha1\"\x0f\n" +
-	"\rStatusRequest\"\xc0\x01\n" +
+	"\rcommand.proto\x12\x19podvirt.launcher.v1alpha1\"<\n" +
+	"\fStartRequest\x12\x10\n" +
+	"\x03vmi\x18\x01 \x01(\fR\x03vmi\x12\x1a\n" +
+	"\bnetworks\x18\x02 \x01(\fR\bnetworks\"\x0f\n" +
+	"\rStatusRequest\"\x0e\n" +
+	"\fWatchRequest\"\xc0\x01\n" +
 	"\x0eStatusResponse\x12\x10\n" +
 	"\x03vmi\x18\x01 \x01(\tR\x03vmi\x12\x10\n" +
 	"\x03uid\x18\x02 \x01(\tR\x03uid\x12\x16\n" +
@@ -538,9 +635,11 @@ const file_command_proto_rawDesc = "" +
 	"\rResumeRequest\"\x10\n" +
 	"\x0eResumeResponse\"!\n" +
 	"\vConsoleData\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data2\xe7\x03\n" +
-	"\aCommand\x12]\n" +
-	"\x06Status\x12(.podvirt.launcher.v1alpha1.StatusRequest\x1a).podvirt.launcher.v1alpha1.StatusResponse\x12c\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data2\xa3\x05\n" +
+	"\aCommand\x12[\n" +
+	"\x05Start\x12'.podvirt.launcher.v1alpha1.StartRequest\x1a).podvirt.launcher.v1alpha1.StatusResponse\x12]\n" +
+	"\x06Status\x12(.podvirt.launcher.v1alpha1.StatusRequest\x1a).podvirt.launcher.v1alpha1.StatusResponse\x12]\n" +
+	"\x05Watch\x12'.podvirt.launcher.v1alpha1.WatchRequest\x1a).podvirt.launcher.v1alpha1.StatusResponse0\x01\x12c\n" +
 	"\bShutdown\x12*.podvirt.launcher.v1alpha1.ShutdownRequest\x1a+.podvirt.launcher.v1alpha1.ShutdownResponse\x12Z\n" +
 	"\x05Pause\x12'.podvirt.launcher.v1alpha1.PauseRequest\x1a(.podvirt.launcher.v1alpha1.PauseResponse\x12]\n" +
 	"\x06Resume\x12(.podvirt.launcher.v1alpha1.ResumeRequest\x1a).podvirt.launcher.v1alpha1.ResumeResponse\x12]\n" +
@@ -558,36 +657,42 @@ func file_command_proto_rawDescGZIP() []byte {
 	return file_command_proto_rawDescData
 }
 
-var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_command_proto_goTypes = []any{
-	(*StatusRequest)(nil),    // 0: podvirt.launcher.v1alpha1.StatusRequest
-	(*StatusResponse)(nil),   // 1: podvirt.launcher.v1alpha1.StatusResponse
-	(*Interface)(nil),        // 2: podvirt.launcher.v1alpha1.Interface
-	(*ShutdownRequest)(nil),  // 3: podvirt.launcher.v1alpha1.ShutdownRequest
-	(*ShutdownResponse)(nil), // 4: podvirt.launcher.v1alpha1.ShutdownResponse
-	(*PauseRequest)(nil),     // 5: podvirt.launcher.v1alpha1.PauseRequest
-	(*PauseResponse)(nil),    // 6: podvirt.launcher.v1alpha1.PauseResponse
-	(*ResumeRequest)(nil),    // 7: podvirt.launcher.v1alpha1.ResumeRequest
-	(*ResumeResponse)(nil),   // 8: podvirt.launcher.v1alpha1.ResumeResponse
-	(*ConsoleData)(nil),      // 9: podvirt.launcher.v1alpha1.ConsoleData
+	(*StartRequest)(nil),     // 0: podvirt.launcher.v1alpha1.StartRequest
+	(*StatusRequest)(nil),    // 1: podvirt.launcher.v1alpha1.StatusRequest
+	(*WatchRequest)(nil),     // 2: podvirt.launcher.v1alpha1.WatchRequest
+	(*StatusResponse)(nil),   // 3: podvirt.launcher.v1alpha1.StatusResponse
+	(*Interface)(nil),        // 4: podvirt.launcher.v1alpha1.Interface
+	(*ShutdownRequest)(nil),  // 5: podvirt.launcher.v1alpha1.ShutdownRequest
+	(*ShutdownResponse)(nil), // 6: podvirt.launcher.v1alpha1.ShutdownResponse
+	(*PauseRequest)(nil),     // 7: podvirt.launcher.v1alpha1.PauseRequest
+	(*PauseResponse)(nil),    // 8: podvirt.launcher.v1alpha1.PauseResponse
+	(*ResumeRequest)(nil),    // 9: podvirt.launcher.v1alpha1.ResumeRequest
+	(*ResumeResponse)(nil),   // 10: podvirt.launcher.v1alpha1.ResumeResponse
+	(*ConsoleData)(nil),      // 11: podvirt.launcher.v1alpha1.ConsoleData
 }
 var file_command_proto_depIdxs = []int32{
-	2, // 0: podvirt.launcher.v1alpha1.StatusResponse.interfaces:type_name -> podvirt.launcher.v1alpha1.Interface
-	0, // 1: podvirt.launcher.v1alpha1.Command.Status:input_type -> podvirt.launcher.v1alpha1.StatusRequest
-	3, // 2: podvirt.launcher.v1alpha1.Command.Shutdown:input_type -> podvirt.launcher.v1alpha1.ShutdownRequest
-	5, // 3: podvirt.launcher.v1alpha1.Command.Pause:input_type -> podvirt.launcher.v1alpha1.PauseRequest
-	7, // 4: podvirt.launcher.v1alpha1.Command.Resume:input_type -> podvirt.launcher.v1alpha1.ResumeRequest
-	9, // 5: podvirt.launcher.v1alpha1.Command.Console:input_type -> podvirt.launcher.v1alpha1.ConsoleData
-	1, // 6: podvirt.launcher.v1alpha1.Command.Status:output_type -> podvirt.launcher.v1alpha1.StatusResponse
-	4, // 7: podvirt.launcher.v1alpha1.Command.Shutdown:output_type -> podvirt.launcher.v1alpha1.ShutdownResponse
-	6, // 8: podvirt.launcher.v1alpha1.Command.Pause:output_type -> podvirt.launcher.v1alpha1.PauseResponse
-	8, // 9: podvirt.launcher.v1alpha1.Command.Resume:output_type -> podvirt.launcher.v1alpha1.ResumeResponse
-	9, // 10: podvirt.launcher.v1alpha1.Command.Console:output_type -> podvirt.launcher.v1alpha1.ConsoleData
-	6, // [6:11] is the sub-list for method output_type
-	1, // [1:6] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	4,  // 0: podvirt.launcher.v1alpha1.StatusResponse.interfaces:type_name -> podvirt.launcher.v1alpha1.Interface
+	0,  // 1: podvirt.launcher.v1alpha1.Command.Start:input_type -> podvirt.launcher.v1alpha1.StartRequest
+	1,  // 2: podvirt.launcher.v1alpha1.Command.Status:input_type -> podvirt.launcher.v1alpha1.StatusRequest
+	2,  // 3: podvirt.launcher.v1alpha1.Command.Watch:input_type -> podvirt.launcher.v1alpha1.WatchRequest
+	5,  // 4: podvirt.launcher.v1alpha1.Command.Shutdown:input_type -> podvirt.launcher.v1alpha1.ShutdownRequest
+	7,  // 5: podvirt.launcher.v1alpha1.Command.Pause:input_type -> podvirt.launcher.v1alpha1.PauseRequest
+	9,  // 6: podvirt.launcher.v1alpha1.Command.Resume:input_type -> podvirt.launcher.v1alpha1.ResumeRequest
+	11, // 7: podvirt.launcher.v1alpha1.Command.Console:input_type -> podvirt.launcher.v1alpha1.ConsoleData
+	3,  // 8: podvirt.launcher.v1alpha1.Command.Start:output_type -> podvirt.launcher.v1alpha1.StatusResponse
+	3,  // 9: podvirt.launcher.v1alpha1.Command.Status:output_type -> podvirt.launcher.v1alpha1.StatusResponse
+	3,  // 10: podvirt.launcher.v1alpha1.Command.Watch:output_type -> podvirt.launcher.v1alpha1.StatusResponse
+	6,  // 11: podvirt.launcher.v1alpha1.Command.Shutdown:output_type -> podvirt.launcher.v1alpha1.ShutdownResponse
+	8,  // 12: podvirt.launcher.v1alpha1.Command.Pause:output_type -> podvirt.launcher.v1alpha1.PauseResponse
+	10, // 13: podvirt.launcher.v1alpha1.Command.Resume:output_type -> podvirt.launcher.v1alpha1.ResumeResponse
+	11, // 14: podvirt.launcher.v1alpha1.Command.Console:output_type -> podvirt.launcher.v1alpha1.ConsoleData
+	8,  // [8:15] is the sub-list for method output_type
+	1,  // [1:8] is the sub-list for method input_type
+	1,  // [1:1] is the sub-list for extension type_name
+	1,  // [1:1] is the sub-list for extension extendee
+	0,  // [0:1] is the sub-list for field type_name
 }
 
 func init() { file_command_proto_init() }
@@ -601,7 +706,7 @@ func file_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_command_proto_rawDesc), len(file_command_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -32,7 +32,9 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
+	Command_Start_FullMethodName    = "/podvirt.launcher.v1alpha1.Command/Start"
 	Command_Status_FullMethodName   = "/podvirt.launcher.v1alpha1.Command/Status"
+	Command_Watch_FullMethodName    = "/podvirt.launcher.v1alpha1.Command/Watch"
 	Command_Shutdown_FullMethodName = "/podvirt.launcher.v1alpha1.Command/Shutdown"
 	Command_Pause_FullMethodName    = "/podvirt.launcher.v1alpha1.Command/Pause"
 	Command_Resume_FullMethodName   = "/podvirt.launcher.v1alpha1.Command/Resume"
@@ -48,8 +50,16 @@ const (
 // (e.g. "pause vmi ns/name: domain is Shutdown"), Internal when libvirt
 // failed, DeadlineExceeded/Canceled when the caller gave up.
 type CommandClient interface {
+	// Start renders the VMI as a libvirt domain and starts it. A launcher
+	// started without a VMI (in its pod) serves only Status and Watch until
+	// the node daemon calls Start. Calling Start again for the same VMI
+	// answers the current status; another VMI's UID is InvalidArgument.
+	Start(ctx context.Context, in *StartRequest, opts ...grpc.CallOption) (*StatusResponse, error)
 	// Status reports the domain's state and the guest's interfaces.
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
+	// Watch sends the status now and again whenever it changes. After the
+	// domain is gone it sends the final status and ends the stream.
+	Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[StatusResponse], error)
 	// Shutdown presses the ACPI power button until the guest powers off,
 	// and destroys it when the VMI's grace period is over. It returns when
 	// the domain is gone; the domain goes down even if the caller hangs up.
@@ -73,6 +83,16 @@ func NewCommandClient(cc grpc.ClientConnInterface) CommandClient {
 	return &commandClient{cc}
 }
 
+func (c *commandClient) Start(ctx context.Context, in *StartRequest, opts ...grpc.CallOption) (*StatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(StatusResponse)
+	err := c.cc.Invoke(ctx, Command_Start_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *commandClient) Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(StatusResponse)
@@ -82,6 +102,25 @@ func (c *commandClient) Status(ctx context.Context, in *StatusRequest, opts ...g
 	}
 	return out, nil
 }
+
+func (c *commandClient) Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[StatusResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Command_ServiceDesc.Streams[0], Command_Watch_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchRequest, StatusResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Command_WatchClient = grpc.ServerStreamingClient[StatusResponse]
 
 func (c *commandClient) Shutdown(ctx context.Context, in *ShutdownRequest, opts ...grpc.CallOption) (*ShutdownResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
@@ -115,7 +154,7 @@ func (c *commandClient) Resume(ctx context.Context, in *ResumeRequest, opts ...g
 
 func (c *commandClient) Console(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ConsoleData, ConsoleData], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &Command_ServiceDesc.Streams[0], Command_Console_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &Command_ServiceDesc.Streams[1], Command_Console_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -135,8 +174,16 @@ type Command_ConsoleClient = grpc.BidiStreamingClient[ConsoleData, ConsoleData]
 // (e.g. "pause vmi ns/name: domain is Shutdown"), Internal when libvirt
 // failed, DeadlineExceeded/Canceled when the caller gave up.
 type CommandServer interface {
+	// Start renders the VMI as a libvirt domain and starts it. A launcher
+	// started without a VMI (in its pod) serves only Status and Watch until
+	// the node daemon calls Start. Calling Start again for the same VMI
+	// answers the current status; another VMI's UID is InvalidArgument.
+	Start(context.Context, *StartRequest) (*StatusResponse, error)
 	// Status reports the domain's state and the guest's interfaces.
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
+	// Watch sends the status now and again whenever it changes. After the
+	// domain is gone it sends the final status and ends the stream.
+	Watch(*WatchRequest, grpc.ServerStreamingServer[StatusResponse]) error
 	// Shutdown presses the ACPI power button until the guest powers off,
 	// and destroys it when the VMI's grace period is over. It returns when
 	// the domain is gone; the domain goes down even if the caller hangs up.
@@ -160,8 +207,14 @@ type CommandServer interface {
 // pointer dereference when methods are called.
 type UnimplementedCommandServer struct{}
 
+func (UnimplementedCommandServer) Start(context.Context, *StartRequest) (*StatusResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Start not implemented")
+}
 func (UnimplementedCommandServer) Status(context.Context, *StatusRequest) (*StatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Status not implemented")
+}
+func (UnimplementedCommandServer) Watch(*WatchRequest, grpc.ServerStreamingServer[StatusResponse]) error {
+	return status.Error(codes.Unimplemented, "method Watch not implemented")
 }
 func (UnimplementedCommandServer) Shutdown(context.Context, *ShutdownRequest) (*ShutdownResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Shutdown not implemented")
@@ -196,6 +249,24 @@ func RegisterCommandServer(s grpc.ServiceRegistrar, srv CommandServer) {
 	s.RegisterService(&Command_ServiceDesc, srv)
 }
 
+func _Command_Start_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StartRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CommandServer).Start(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Command_Start_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CommandServer).Start(ctx, req.(*StartRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Command_Status_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(StatusRequest)
 	if err := dec(in); err != nil {
@@ -213,6 +284,17 @@ func _Command_Status_Handler(srv interface{}, ctx context.Context, dec func(inte
 	}
 	return interceptor(ctx, in, info, handler)
 }
+
+func _Command_Watch_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(CommandServer).Watch(m, &grpc.GenericServerStream[WatchRequest, StatusResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Command_WatchServer = grpc.ServerStreamingServer[StatusResponse]
 
 func _Command_Shutdown_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ShutdownRequest)
@@ -283,6 +365,10 @@ var Command_ServiceDesc = grpc.ServiceDesc{
 	HandlerType: (*CommandServer)(nil),
 	Methods: []grpc.MethodDesc{
 		{
+			MethodName: "Start",
+			Handler:    _Command_Start_Handler,
+		},
+		{
 			MethodName: "Status",
 			Handler:    _Command_Status_Handler,
 		},
@@ -300,6 +386,11 @@ var Command_ServiceDesc = grpc.ServiceDesc{
 		},
 	},
 	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Watch",
+			Handler:       _Command_Watch_Handler,
+			ServerStreams: true,
+		},
 		{
 			StreamName:    "Console",
 			Handler:       _Command_Console_Handler,
