@@ -1,0 +1,358 @@
+// Package handler is the node daemon's VMI sync: for every VMI whose
+// launcher pod runs on this node it connects to the launcher's command
+// socket (through the kubelet's directory of the pod's socket emptyDir),
+// sends the launcher the VMI and the CNI results of the pod's L2
+// attachments (Start), follows the domain (Watch), and writes what it
+// sees to the VMI: status.domain and status.interfaces, with a merge
+// patch of just those fields, and events. The controller derives the
+// VMI's phase and its Ready condition from that and from the pod
+// (controller/phase.go): Running or Paused → Running, Shutdown →
+// Succeeded, Crashed → Failed. A launcher that goes away before its
+// domain ended is reported as a Crashed domain, so the VMI fails and the
+// run strategy acts. The podvirt.io/paused annotation pauses and resumes
+// the guest.
+package handler
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	crhandler "sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	"sigs.k8s.io/controller-runtime/pkg/source"
+
+	v1 "github.com/podvirt/podvirt/api/v1alpha1"
+	"github.com/podvirt/podvirt/runtime/cmdclient"
+	"github.com/podvirt/podvirt/runtime/cmdserver/cmdpb"
+	"github.com/podvirt/podvirt/runtime/network"
+)
+
+// NetworkResults gives the CNI results of a launcher pod's L2
+// attachments: for each of the VMI's tap-bound (Multus) networks, the
+// podvirt-l2 ADD result of the pod interface v1.PodInterfaceName(network).
+type NetworkResults interface {
+	PodNetworks(ctx context.Context, pod *corev1.Pod, vmi *v1.VirtualMachineInstance) (*network.Status, error)
+}
+
+// Config is what the handler needs beyond the API server.
+type Config struct {
+	// NodeName is this node: only launcher pods bound to it are handled.
+	NodeName string
+	// KubeletRoot is the kubelet's root dir (/var/lib/kubelet), under
+	// which it keeps each pod's emptyDirs.
+	KubeletRoot string
+	// Networks gives the CNI results; nil means no VMI on this node may
+	// have a Multus network.
+	Networks NetworkResults
+	// SocketRetry is how often a launcher pod whose socket is not there
+	// yet is looked at again (default 1s).
+	SocketRetry time.Duration
+}
+
+// Event reasons the handler writes on VMIs.
+const (
+	ReasonStarted       = "Started"
+	ReasonStartFailed   = "StartFailed"
+	ReasonNetworkFailed = "NetworkResultsFailed"
+	ReasonPaused        = "Paused"
+	ReasonResumed       = "Resumed"
+	ReasonPauseFailed   = "PauseFailed"
+	ReasonDomainState   = "DomainStateChanged"
+	ReasonLauncherLost  = "LauncherLost"
+	ReasonDomainCrashed = "DomainCrashed"
+	ReasonShutdown      = "Shutdown"
+)
+
+// CacheOptions limits the manager's cache: of all pods, only launcher
+// pods bound to node; VMIs are watched cluster-wide (a VMI carries no
+// field a server-side selector could match its node by) and filtered here.
+func CacheOptions(node string) cache.Options {
+	return cache.Options{
+		ByObject: map[client.Object]cache.ByObject{
+			&corev1.Pod{}: {
+				Label: labels.SelectorFromSet(labels.Set{v1.AppLabel: v1.AppLauncher}),
+				Field: fields.OneTermEqualSelector("spec.nodeName", node),
+			},
+		},
+	}
+}
+
+// Scheme knows the Kubernetes types and podvirt's.
+func Scheme() (*runtime.Scheme, error) {
+	s := runtime.NewScheme()
+	if err := corev1.AddToScheme(s); err != nil {
+		return nil, err
+	}
+	if err := v1.AddToScheme(s); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// eventRecorder is the part of the events API the handler uses.
+type eventRecorder interface {
+	Eventf(regarding, related runtime.Object, eventtype, reason, action, note string, args ...any)
+}
+
+// Reconciler keeps the VMIs of this node and their launchers in sync.
+type Reconciler struct {
+	Client   client.Client
+	Recorder eventRecorder
+	Config   Config
+
+	sessions sessions
+	wake     chan event.TypedGenericEvent[*v1.VirtualMachineInstance]
+	stop     chan struct{}
+}
+
+// Setup registers the handler's reconciler with mgr; sessions close when
+// mgr stops.
+func Setup(mgr manager.Manager, cfg Config) (*Reconciler, error) {
+	if cfg.NodeName == "" {
+		return nil, errors.New("handler: no node name (set --node-name or $NODE_NAME)")
+	}
+	if cfg.KubeletRoot == "" {
+		cfg.KubeletRoot = "/var/lib/kubelet"
+	}
+	if cfg.SocketRetry == 0 {
+		cfg.SocketRetry = time.Second
+	}
+	registerMetrics()
+	r := &Reconciler{
+		Client:   mgr.GetClient(),
+		Recorder: mgr.GetEventRecorder("podvirt-handler"),
+		Config:   cfg,
+		wake:     make(chan event.TypedGenericEvent[*v1.VirtualMachineInstance], 64),
+		stop:     make(chan struct{}),
+	}
+	err := ctrl.NewControllerManagedBy(mgr).
+		Named("handler").
+		For(&v1.VirtualMachineInstance{}).
+		Watches(&corev1.Pod{}, crhandler.EnqueueRequestsFromMapFunc(podToVMI)).
+		WatchesRawSource(source.Channel(r.wake, &crhandler.TypedEnqueueRequestForObject[*v1.VirtualMachineInstance]{})).
+		Complete(r)
+	if err != nil {
+		return nil, fmt.Errorf("set up handler: %w", err)
+	}
+	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
+		<-ctx.Done()
+		close(r.stop)
+		r.sessions.closeAll()
+		return nil
+	})); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// podToVMI maps a launcher pod to its VMI.
+func podToVMI(_ context.Context, o client.Object) []ctrl.Request {
+	name := o.GetLabels()[v1.VMINameLabel]
+	if name == "" {
+		return nil
+	}
+	return []ctrl.Request{{NamespacedName: types.NamespacedName{Namespace: o.GetNamespace(), Name: name}}}
+}
+
+// notifier returns the function a session calls when the launcher's
+// status changes: it queues the VMI.
+func (r *Reconciler) notifier(key types.NamespacedName) func() {
+	return func() {
+		obj := &v1.VirtualMachineInstance{}
+		obj.Namespace, obj.Name = key.Namespace, key.Name
+		select {
+		case r.wake <- event.TypedGenericEvent[*v1.VirtualMachineInstance]{Object: obj}:
+		case <-r.stop:
+		}
+	}
+}
+
+// SocketPath is where the node sees the command socket of vmi in its
+// launcher pod: the pod's socket emptyDir in the kubelet's pod directory.
+func SocketPath(kubeletRoot string, pod *corev1.Pod, vmi *v1.VirtualMachineInstance) string {
+	return cmdclient.SocketPath(filepath.Join(kubeletRoot, "pods", string(pod.UID), "volumes", "kubernetes.io~empty-dir", v1.SocketVolumeName), string(vmi.UID))
+}
+
+// Reconcile brings one VMI's launcher and status in step.
+func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	key := req.NamespacedName.String()
+	vmi := &v1.VirtualMachineInstance{}
+	if err := r.Client.Get(ctx, req.NamespacedName, vmi); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.sessions.drop(key)
+		}
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	pod, err := r.launcherPod(ctx, vmi)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	sess := r.sessions.get(key)
+	if sess != nil && sess.uid != string(vmi.UID) {
+		r.sessions.drop(key) // a new VMI of the same name
+		sess = nil
+	}
+	if pod == nil || vmi.Status.Phase.IsFinal() {
+		// Not on this node, or over: the controller takes it from here.
+		if sess != nil && (pod == nil || sess.ended()) {
+			r.sessions.drop(key)
+		}
+		return ctrl.Result{}, nil
+	}
+	if sess == nil {
+		if pod.Status.Phase != corev1.PodRunning || pod.DeletionTimestamp != nil {
+			return ctrl.Result{}, nil // the pod's next update wakes us
+		}
+		sock := SocketPath(r.Config.KubeletRoot, pod, vmi)
+		if _, err := os.Stat(sock); err != nil {
+			log.FromContext(ctx).V(1).Info("waiting for the launcher's socket", "socket", sock)
+			return ctrl.Result{RequeueAfter: r.Config.SocketRetry}, nil
+		}
+		sess, err = openSession(key, string(vmi.UID), sock, r.notifier(req.NamespacedName))
+		if err != nil {
+			log.FromContext(ctx).Info("launcher not answering yet", "socket", sock, "err", err)
+			return ctrl.Result{RequeueAfter: r.Config.SocketRetry}, nil
+		}
+		r.sessions.put(sess)
+	}
+
+	last, lost := sess.snapshot()
+	if lost == "" && last.GetState() == "" {
+		if err := r.start(ctx, sess, vmi, pod); err != nil {
+			return ctrl.Result{}, err
+		}
+		last, lost = sess.snapshot()
+	}
+	if lost == "" {
+		if err := r.syncPause(ctx, sess, vmi, last); err != nil {
+			return ctrl.Result{}, err
+		}
+	}
+	return ctrl.Result{}, r.writeStatus(ctx, vmi, observe(last, lost, vmi.Status.Domain, metav1.Now()))
+}
+
+// launcherPod returns vmi's launcher pod on this node (the cache holds
+// no other), or nil.
+func (r *Reconciler) launcherPod(ctx context.Context, vmi *v1.VirtualMachineInstance) (*corev1.Pod, error) {
+	pods := &corev1.PodList{}
+	if err := r.Client.List(ctx, pods, client.InNamespace(vmi.Namespace), client.MatchingLabels{v1.CreatedByLabel: string(vmi.UID)}); err != nil {
+		return nil, fmt.Errorf("list launcher pods of VMI %s/%s: %w", vmi.Namespace, vmi.Name, err)
+	}
+	for i := range pods.Items {
+		p := &pods.Items[i]
+		if p.Spec.NodeName == r.Config.NodeName && metav1.IsControlledBy(p, vmi) {
+			return p, nil
+		}
+	}
+	return nil, nil
+}
+
+// start sends the launcher its VMI and the pod's network results.
+func (r *Reconciler) start(ctx context.Context, sess *session, vmi *v1.VirtualMachineInstance, pod *corev1.Pod) error {
+	sess.mu.Lock()
+	sent := sess.startSent
+	sess.mu.Unlock()
+	if sent {
+		return nil
+	}
+	var nets []byte
+	if needsNetworks(vmi) {
+		if r.Config.Networks == nil {
+			err := fmt.Errorf("VMI %s/%s has Multus networks, but this node daemon has no CNI results store (--cni-results-dir)", vmi.Namespace, vmi.Name)
+			r.Recorder.Eventf(vmi, pod, corev1.EventTypeWarning, ReasonNetworkFailed, "Start", "%v", err)
+			return err
+		}
+		st, err := r.Config.Networks.PodNetworks(ctx, pod, vmi)
+		if err != nil {
+			r.Recorder.Eventf(vmi, pod, corev1.EventTypeWarning, ReasonNetworkFailed, "Start", "CNI results of pod %s: %v", pod.Name, err)
+			return fmt.Errorf("VMI %s/%s: CNI results of pod %s: %w", vmi.Namespace, vmi.Name, pod.Name, err)
+		}
+		if nets, err = json.Marshal(st); err != nil {
+			return err
+		}
+	}
+	spec, err := json.Marshal(vmi)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	startsTotal.Inc()
+	resp, err := sess.client.Start(ctx, &cmdpb.StartRequest{Vmi: spec, Networks: nets})
+	if err != nil {
+		startFailures.Inc()
+		r.Recorder.Eventf(vmi, pod, corev1.EventTypeWarning, ReasonStartFailed, "Start", "launcher %s could not start the domain: %v", pod.Name, status.Convert(err).Message())
+		if status.Code(err) == codes.Internal {
+			// Rendering or starting the domain failed: that VMI will not
+			// run, so it fails and its run strategy acts.
+			return r.writeStatus(ctx, vmi, observed{Domain: &v1.DomainStatus{
+				State: v1.DomainCrashed, Reason: ReasonStartFailed, Message: status.Convert(err).Message(), LastTransitionTime: metav1.Now(),
+			}})
+		}
+		return fmt.Errorf("start VMI %s/%s in pod %s: %w", vmi.Namespace, vmi.Name, pod.Name, err)
+	}
+	sess.mu.Lock()
+	sess.startSent = true
+	if sess.last.GetState() == "" {
+		sess.last = resp
+	}
+	sess.mu.Unlock()
+	r.Recorder.Eventf(vmi, pod, corev1.EventTypeNormal, ReasonStarted, "Start", "launcher %s started domain %s", pod.Name, resp.GetDomain())
+	return nil
+}
+
+// needsNetworks reports whether vmi has a network reached through a tap.
+func needsNetworks(vmi *v1.VirtualMachineInstance) bool {
+	for _, n := range vmi.Spec.Networks {
+		if n.Multus != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// syncPause pauses or resumes the guest as the VMI's annotation says.
+func (r *Reconciler) syncPause(ctx context.Context, sess *session, vmi *v1.VirtualMachineInstance, last *cmdpb.StatusResponse) error {
+	want := vmi.Annotations[v1.PausedAnnotation] == "true"
+	state := v1.DomainState(last.GetState())
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	switch {
+	case want && state == v1.DomainRunning:
+		if _, err := sess.client.Pause(ctx, &cmdpb.PauseRequest{}); status.Code(err) == codes.FailedPrecondition {
+			return nil // the state changed meanwhile; the watch brings it
+		} else if err != nil {
+			r.Recorder.Eventf(vmi, nil, corev1.EventTypeWarning, ReasonPauseFailed, "Pause", "pause: %v", status.Convert(err).Message())
+			return fmt.Errorf("pause VMI %s/%s: %w", vmi.Namespace, vmi.Name, err)
+		}
+		r.Recorder.Eventf(vmi, nil, corev1.EventTypeNormal, ReasonPaused, "Pause", "the guest is paused")
+	case !want && state == v1.DomainPaused:
+		if _, err := sess.client.Resume(ctx, &cmdpb.ResumeRequest{}); status.Code(err) == codes.FailedPrecondition {
+			return nil
+		} else if err != nil {
+			r.Recorder.Eventf(vmi, nil, corev1.EventTypeWarning, ReasonPauseFailed, "Resume", "resume: %v", status.Convert(err).Message())
+			return fmt.Errorf("resume VMI %s/%s: %w", vmi.Namespace, vmi.Name, err)
+		}
+		r.Recorder.Eventf(vmi, nil, corev1.EventTypeNormal, ReasonResumed, "Resume", "the guest runs again")
+	}
+	return nil
+}

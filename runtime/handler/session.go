@@ -1,0 +1,183 @@
+package handler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+
+	v1 "github.com/podvirt/podvirt/api/v1alpha1"
+	"github.com/podvirt/podvirt/runtime/cmdclient"
+	"github.com/podvirt/podvirt/runtime/cmdserver/cmdpb"
+)
+
+// session is the handler's connection to one launcher: it follows the
+// launcher's status through Watch and remembers the last one, and whether
+// the launcher went away before its domain ended.
+type session struct {
+	key    string // the VMI's namespace/name
+	uid    string // the VMI's UID
+	socket string
+	client cmdpb.CommandClient
+	conn   *grpc.ClientConn
+	cancel context.CancelFunc
+	done   chan struct{} // closed when the watch has ended
+
+	mu   sync.Mutex // guards the fields below
+	last *cmdpb.StatusResponse
+	// lost says why the launcher went away while its domain was not
+	// finished; empty while it is there (or ended cleanly).
+	lost      string
+	startSent bool
+}
+
+// openSession connects to the launcher at socket and follows its status
+// in the background; notify is called after every change.
+func openSession(key, uid, socket string, notify func()) (*session, error) {
+	client, conn, err := cmdclient.Dial(socket)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &session{key: key, uid: uid, socket: socket, client: client, conn: conn, cancel: cancel, done: make(chan struct{})}
+	// The first status proves a launcher answers on the socket.
+	first, err := s.status(ctx)
+	if err != nil {
+		cancel()
+		_ = conn.Close()
+		return nil, err
+	}
+	s.last = first
+	go s.watch(ctx, notify)
+	return s, nil
+}
+
+func (s *session) status(ctx context.Context) (*cmdpb.StatusResponse, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	st, err := s.client.Status(ctx, &cmdpb.StatusRequest{})
+	if err != nil {
+		return nil, fmt.Errorf("launcher %s: status: %w", s.socket, err)
+	}
+	return st, nil
+}
+
+// watch follows the launcher until its stream ends, then decides whether
+// it ended with its domain or was lost.
+func (s *session) watch(ctx context.Context, notify func()) {
+	defer close(s.done)
+	err := s.follow(ctx, notify)
+	if ctx.Err() != nil {
+		return // closed by the handler
+	}
+	s.mu.Lock()
+	final := s.last != nil && finished(s.last.GetState())
+	if !final {
+		state := s.last.GetState()
+		if state == "" {
+			state = "not started"
+		}
+		s.lost = fmt.Sprintf("the launcher went away (command socket %s: %v) while the domain was %s", s.socket, err, state)
+	}
+	s.mu.Unlock()
+	slog.Info("launcher session ended", "vmi-uid", s.uid, "lost", !final, "err", err)
+	notify()
+}
+
+func (s *session) follow(ctx context.Context, notify func()) error {
+	stream, err := s.client.Watch(ctx, &cmdpb.WatchRequest{})
+	if err != nil {
+		return err
+	}
+	for {
+		st, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return errors.New("the launcher closed the status stream")
+		}
+		if err != nil {
+			return err
+		}
+		s.mu.Lock()
+		s.last = st
+		s.mu.Unlock()
+		notify()
+	}
+}
+
+// snapshot returns the last status and why the launcher was lost.
+func (s *session) snapshot() (*cmdpb.StatusResponse, string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.last, s.lost
+}
+
+// ended reports whether the watch is over (the launcher is gone).
+func (s *session) ended() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func (s *session) close() {
+	s.cancel()
+	<-s.done
+	_ = s.conn.Close()
+}
+
+func finished(state string) bool {
+	return state == string(v1.DomainShutdown) || state == string(v1.DomainCrashed)
+}
+
+// sessions are the open sessions, by VMI namespace/name.
+type sessions struct {
+	mu sync.Mutex
+	m  map[string]*session
+}
+
+func (ss *sessions) get(key string) *session {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.m[key]
+}
+
+func (ss *sessions) put(s *session) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.m == nil {
+		ss.m = map[string]*session{}
+	}
+	ss.m[s.key] = s
+	openSessions.Set(float64(len(ss.m)))
+}
+
+// drop closes and forgets the session of key, if any.
+func (ss *sessions) drop(key string) {
+	ss.mu.Lock()
+	s := ss.m[key]
+	delete(ss.m, key)
+	openSessions.Set(float64(len(ss.m)))
+	ss.mu.Unlock()
+	if s != nil {
+		s.close()
+	}
+}
+
+func (ss *sessions) closeAll() {
+	ss.mu.Lock()
+	var keys []string
+	for k := range ss.m {
+		keys = append(keys, k)
+	}
+	ss.mu.Unlock()
+	for _, k := range keys {
+		ss.drop(k)
+	}
+}
