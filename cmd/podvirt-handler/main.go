@@ -1,8 +1,144 @@
 // Command podvirt-handler is the node daemon that keeps each VMI's domain and the cluster in sync.
+//
+// It runs on every node (a DaemonSet, privileged: it reads the kubelet's
+// pod directories) and, for every VMI whose launcher pod is bound to its
+// node, talks to the launcher over its command socket: it sends the VMI
+// and its network results (runtime/handler), pauses and resumes the guest
+// as the podvirt.io/paused annotation says, and writes status.domain,
+// status.interfaces and events on the VMI. Prometheus metrics are served
+// on --metrics-address, /healthz and /readyz on --health-address.
 package main
 
-import "github.com/podvirt/podvirt/cmd/internal/pending"
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+
+	"github.com/go-logr/logr"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/podvirt/podvirt/cmd/internal/version"
+	"github.com/podvirt/podvirt/cni/results"
+	"github.com/podvirt/podvirt/runtime/deviceplugin"
+	"github.com/podvirt/podvirt/runtime/handler"
+)
 
 func main() {
-	pending.Main("podvirt-handler", "the node daemon: keeps each VMI's domain and the cluster in sync")
+	if len(os.Args) > 1 && (os.Args[1] == "version" || os.Args[1] == "--version") {
+		fmt.Printf("podvirt-handler %s\n", version.Version)
+		return
+	}
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintf(os.Stderr, "podvirt-handler: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+// flags are the handler's command line.
+type flags struct {
+	nodeName, kubeletRoot, kubeconfig   string
+	cniBinDir, cniBinary, cniResultsDir string
+	devicePluginDir                     string
+	metricsAddress, healthAddress       string
+	logLevel                            int
+}
+
+func parse(args []string) (*flags, error) {
+	f := &flags{}
+	fs := flag.NewFlagSet("podvirt-handler", flag.ContinueOnError)
+	fs.StringVar(&f.nodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name (env NODE_NAME)")
+	fs.StringVar(&f.kubeletRoot, "kubelet-root", "/var/lib/kubelet", "the kubelet's root dir, where it keeps pods' emptyDirs")
+	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file; empty means in-cluster")
+	fs.StringVar(&f.cniBinDir, "cni-bin-dir", "/opt/cni/bin", "the node's CNI bin dir, where podvirt-l2 is installed")
+	fs.StringVar(&f.cniBinary, "cni-binary", "/usr/bin/podvirt-l2", "the podvirt-l2 binary to install (in the handler's image)")
+	fs.StringVar(&f.cniResultsDir, "cni-results-dir", results.DefaultDir, "where podvirt-l2 stores its ADD results (cni/results), read for the launchers")
+	fs.StringVar(&f.devicePluginDir, "device-plugin-dir", deviceplugin.DefaultDir, "the kubelet's device-plugins dir (where its kubelet.sock is; the kubelet keeps it there whatever its root dir)")
+	fs.StringVar(&f.metricsAddress, "metrics-address", ":9812", "address of the Prometheus /metrics endpoint; 0 disables it")
+	fs.StringVar(&f.healthAddress, "health-address", ":9813", "address of the /healthz and /readyz endpoints")
+	fs.IntVar(&f.logLevel, "v", 0, "log verbosity (0 info, 1 debug)")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if f.nodeName == "" {
+		return nil, errors.New("no node name: pass --node-name or set NODE_NAME (the DaemonSet sets it from spec.nodeName)")
+	}
+	return f, nil
+}
+
+func run(args []string) error {
+	f, err := parse(args)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	level := slog.LevelInfo
+	if f.logLevel > 0 {
+		level = slog.Level(-4 * f.logLevel)
+	}
+	logger := logr.FromSlogHandler(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	ctrl.SetLogger(logger)
+	slog.SetDefault(slog.New(logr.ToSlogHandler(logger)))
+
+	restCfg, err := loadConfig(f.kubeconfig)
+	if err != nil {
+		return err
+	}
+	restCfg.UserAgent = "podvirt-handler/" + version.Version
+	scheme, err := handler.Scheme()
+	if err != nil {
+		return err
+	}
+	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{
+		Scheme:                 scheme,
+		Logger:                 logger,
+		Cache:                  handler.CacheOptions(f.nodeName),
+		Metrics:                metricsserver.Options{BindAddress: f.metricsAddress},
+		HealthProbeBindAddress: f.healthAddress,
+	})
+	if err != nil {
+		return fmt.Errorf("create manager: %w", err)
+	}
+	cfg := handler.Config{NodeName: f.nodeName, KubeletRoot: f.kubeletRoot}
+	if err := setupNode(mgr, f, &cfg); err != nil {
+		return err
+	}
+	if _, err := handler.Setup(mgr, cfg); err != nil {
+		return err
+	}
+	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
+		return err
+	}
+	if err := mgr.AddReadyzCheck("caches", func(req *http.Request) error {
+		if !mgr.GetCache().WaitForCacheSync(req.Context()) {
+			return errors.New("caches not synced")
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	logger.Info("starting", "version", version.Version, "node", f.nodeName, "kubeletRoot", f.kubeletRoot)
+	return mgr.Start(ctrl.SetupSignalHandler())
+}
+
+func loadConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig == "" {
+		cfg, err := rest.InClusterConfig()
+		if err != nil {
+			return nil, fmt.Errorf("in-cluster config: %w (pass --kubeconfig outside a cluster)", err)
+		}
+		return cfg, nil
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
+	}
+	return cfg, nil
 }
