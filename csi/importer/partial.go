@@ -1,0 +1,203 @@
+package importer
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding"
+	"encoding/json"
+	"fmt"
+	"hash"
+	"os"
+	"path/filepath"
+	"sync"
+)
+
+// checkpoint is what a crashed import needs to resume: the output file is durable up to
+// OutOffset, and the blob being read had produced BlobOffset bytes with hash state
+// BlobHash. It is only written while the bytes of the blob map one to one onto the output
+// (an uncompressed layer's disk entry, or a plain HTTP file): a decompressor's state cannot
+// be saved, so compressed imports are verified from the start again instead.
+type checkpoint struct {
+	Key            string // the import this belongs to
+	Layer          int    // index of the layer (0 for HTTP)
+	LayerDigests   []string
+	BlobOffset     int64
+	BlobHash       []byte // sha256 state (encoding.BinaryMarshaler)
+	OutOffset      int64
+	EntryRemaining int64  // bytes of the disk entry still to copy (registry only)
+	EntrySize      int64  // the disk entry's size, for its tar padding
+	EntryName      string // the disk's path in the image
+	Entries        int    // tar entries seen so far
+	Validator      string // HTTP: the file's ETag or Last-Modified, sent as If-Range on resume
+}
+
+const (
+	partialData  = "data"
+	partialState = "state.json"
+)
+
+func loadCheckpoint(dir string) (*checkpoint, error) {
+	b, err := os.ReadFile(filepath.Join(dir, partialState))
+	if err != nil {
+		return nil, err
+	}
+	var cp checkpoint
+	if err := json.Unmarshal(b, &cp); err != nil {
+		return nil, fmt.Errorf("partial import state %s: %w", dir, err)
+	}
+	return &cp, nil
+}
+
+// save makes out durable and then records cp, in that order, so the state never claims
+// bytes the disk does not hold.
+func (cp *checkpoint) save(dir string, out *os.File) error {
+	if err := out.Sync(); err != nil {
+		return err
+	}
+	b, err := json.Marshal(cp)
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(filepath.Join(dir, partialState), b)
+}
+
+// checkpointer makes checkpoints durable in the background, so the stream never waits for
+// an fsync: a checkpoint is offered with the offsets and hash state captured at that
+// moment, and recorded only after the data file is synced (which covers every byte written
+// before the offer). While one is being written, newer offers are dropped.
+type checkpointer struct {
+	dir  string
+	out  *os.File
+	ch   chan *checkpoint
+	done chan struct{}
+	err  error // first failure
+	mu   sync.Mutex
+	once sync.Once
+}
+
+func newCheckpointer(dir string, out *os.File) *checkpointer {
+	k := &checkpointer{dir: dir, out: out, ch: make(chan *checkpoint), done: make(chan struct{})}
+	go func() {
+		defer close(k.done)
+		for cp := range k.ch {
+			if err := cp.save(k.dir, k.out); err != nil {
+				k.mu.Lock()
+				if k.err == nil {
+					k.err = err
+				}
+				k.mu.Unlock()
+			}
+		}
+	}()
+	return k
+}
+
+// offer hands cp to the writer unless it is busy; it reports an earlier failure.
+func (k *checkpointer) offer(cp *checkpoint) error {
+	k.mu.Lock()
+	err := k.err
+	k.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	select {
+	case k.ch <- cp:
+	default:
+	}
+	return nil
+}
+
+// stop waits for the checkpoint in flight; later offers are dropped.
+func (k *checkpointer) stop() {
+	k.once.Do(func() { close(k.ch) })
+	<-k.done
+}
+
+// final records cp synchronously after the one in flight: where a stream that failed
+// (not crashed) really stopped, so the next attempt resumes from exactly there.
+func (k *checkpointer) final(cp *checkpoint) {
+	k.stop()
+	if k.err == nil {
+		k.err = cp.save(k.dir, k.out)
+	}
+}
+
+func hashState(h hash.Hash) []byte {
+	b, err := h.(encoding.BinaryMarshaler).MarshalBinary()
+	if err != nil {
+		return nil
+	}
+	return b
+}
+
+func restoreHash(state []byte) (hash.Hash, error) {
+	h := sha256.New()
+	if err := h.(encoding.BinaryUnmarshaler).UnmarshalBinary(state); err != nil {
+		return nil, err
+	}
+	return h, nil
+}
+
+// writeFileAtomic replaces path with b: temp file, fsync, rename, fsync of the directory.
+func writeFileAtomic(path string, b []byte) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp)
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	return syncDir(dir)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// sparseWriter writes the output at increasing offsets, skipping all-zero blocks so raw
+// images stay sparse (the file is truncated to its full size at the end).
+type sparseWriter struct {
+	f   *os.File
+	off int64
+}
+
+var zeroBlock = make([]byte, 64<<10)
+
+func (w *sparseWriter) Write(p []byte) (int, error) {
+	n := 0
+	for len(p) > 0 {
+		c := min(len(p), len(zeroBlock))
+		chunk := p[:c]
+		if c < len(zeroBlock) || !bytes.Equal(chunk, zeroBlock) {
+			if _, err := w.f.WriteAt(chunk, w.off); err != nil {
+				return n, err
+			}
+		}
+		w.off += int64(c)
+		n += c
+		p = p[c:]
+	}
+	return n, nil
+}
+
+// finish gives the file its full length (trailing zero blocks were skipped).
+func (w *sparseWriter) finish() error { return w.f.Truncate(w.off) }

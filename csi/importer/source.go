@@ -1,0 +1,38 @@
+// Package importer brings VM disk images from OCI registries (containerDisk layout) and
+// HTTP(S) into a per-node cache keyed by digest: streamed, resumable, verified, validated.
+package importer
+
+// Source says where an image comes from and how to reach it.
+type Source struct {
+	// URL is docker://host/repo:tag, docker://host/repo@sha256:…, or http(s)://….
+	URL string
+	// Checksum ("sha256:<hex>") is optional and applies to http(s) sources.
+	Checksum string
+	// Mirrors are registry hosts (host[:port]) tried in order for docker:// sources;
+	// empty means the URL's own host.
+	Mirrors []string
+	// Username and Password are registry credentials (basic auth / token exchange).
+	Username, Password string
+	// DockerConfigJSON is the content of a kubernetes.io/dockerconfigjson Secret.
+	DockerConfigJSON []byte
+	// CACertsPEM are extra CAs trusted for the registry or HTTP server.
+	CACertsPEM []byte
+	// Insecure allows plain HTTP and unverified TLS; only when the user asked for it.
+	Insecure bool
+}
+
+// Progress reports an import in flight.
+type Progress struct {
+	Bytes, Total int64
+	Rate         float64 // bytes/s
+	Mirror       string
+}
+
+// Base is a validated image in the cache.
+type Base struct {
+	Digest      string
+	Path        string // cached image file; treat read-only
+	Format      string // "qcow2" | "raw"
+	VirtualSize int64
+	Size        int64
+}
