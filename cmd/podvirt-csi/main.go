@@ -1,8 +1,170 @@
-// Command podvirt-csi is the CSI driver disk.podvirt.io: VM disks imported from registries and HTTP.
+// Command podvirt-csi is the CSI driver disk.podvirt.io: VM disks on the
+// node, empty or imported from registries and HTTP into a per-node cache,
+// as qcow2 overlays or copies, with snapshots, clones and expansion.
+//
+// One runs on every node (DaemonSet) next to external-provisioner
+// (--node-deployment --extra-create-metadata), csi-resizer and
+// csi-snapshotter. It serves the CSI services on --endpoint, announces
+// itself to the kubelet on --registration-socket (there is no
+// node-driver-registrar), and Prometheus metrics on --metrics-address.
 package main
 
-import "github.com/podvirt/podvirt/cmd/internal/pending"
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/podvirt/podvirt/cmd/internal/version"
+	"github.com/podvirt/podvirt/csi/cluster"
+	"github.com/podvirt/podvirt/csi/driver"
+	"github.com/podvirt/podvirt/csi/importer"
+	"github.com/podvirt/podvirt/csi/registration"
+)
 
 func main() {
-	pending.Main("podvirt-csi", "the CSI driver disk.podvirt.io: VM disks imported from registries and HTTP")
+	if len(os.Args) > 1 && (os.Args[1] == "version" || os.Args[1] == "--version") {
+		fmt.Printf("podvirt-csi %s\n", version.Version)
+		return
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	err := run(ctx, os.Args[1:])
+	if errors.Is(err, flag.ErrHelp) {
+		return
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "podvirt-csi: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("podvirt-csi", flag.ContinueOnError)
+	var (
+		endpoint        = fs.String("endpoint", "unix:///csi/csi.sock", "CSI socket the sidecars and the kubelet use")
+		nodeID          = fs.String("node-id", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME)")
+		stateDir        = fs.String("state-dir", "/var/lib/podvirt/csi", "volumes, snapshots, the image cache and the state file")
+		cacheSize       = fs.String("cache-size", "20Gi", "size cap of the image cache; unused images are evicted beyond it")
+		regSocket       = fs.String("registration-socket", "/registration/"+driver.Name+"-reg.sock", "kubelet plugin-registration socket (in the kubelet's plugins_registry directory)")
+		kubeletEndpoint = fs.String("kubelet-endpoint", "/var/lib/kubelet/plugins/"+driver.Name+"/csi.sock", "the CSI socket's path as the kubelet sees it, announced at registration")
+		metricsAddr     = fs.String("metrics-address", ":9811", "address of the Prometheus /metrics endpoint; empty disables it")
+		kubeconfig      = fs.String("kubeconfig", "", "kubeconfig file; empty means in-cluster")
+		verbose         = fs.Bool("v", false, "debug logging")
+	)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	level := slog.LevelInfo
+	if *verbose {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	slog.SetDefault(log)
+
+	size, err := resource.ParseQuantity(*cacheSize)
+	if err != nil || size.Value() <= 0 {
+		return fmt.Errorf("--cache-size %q: give a positive quantity such as 20Gi", *cacheSize)
+	}
+	cfg, err := restConfig(*kubeconfig)
+	if err != nil {
+		return err
+	}
+	kube, err := cluster.New(cfg, driver.Name, *nodeID)
+	if err != nil {
+		return fmt.Errorf("kubernetes client: %w", err)
+	}
+	defer kube.Close()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if err := os.MkdirAll(*stateDir, 0o755); err != nil {
+		return fmt.Errorf("--state-dir: %w", err)
+	}
+	cache, err := importer.NewCache(filepath.Join(*stateDir, "cache"), size.Value(), reg)
+	if err != nil {
+		return fmt.Errorf("image cache: %w", err)
+	}
+	d, err := driver.New(driver.Options{
+		NodeID:   *nodeID,
+		StateDir: *stateDir,
+		Cache:    cache,
+		Cluster:  kube,
+		Version:  version.Version,
+		Log:      log,
+	})
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	srv, err := d.Listen(*endpoint, reg)
+	if err != nil {
+		return err
+	}
+	defer srv.Stop()
+	regSrv, err := registration.Listen(*regSocket, driver.Name, *kubeletEndpoint, log)
+	if err != nil {
+		return err
+	}
+	defer regSrv.Stop()
+
+	errc := make(chan error, 3)
+	go func() { errc <- srv.Serve() }()
+	go func() { errc <- regSrv.Serve() }()
+	if *metricsAddr != "" {
+		lis, err := net.Listen("tcp", *metricsAddr)
+		if err != nil {
+			return fmt.Errorf("--metrics-address: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+		hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			if err := hs.Serve(lis); !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("metrics server: %w", err)
+			}
+		}()
+		defer hs.Close()
+		log.Info("serving metrics", "address", lis.Addr().String())
+	}
+	log.Info("podvirt-csi started", "version", version.Version, "node", *nodeID, "endpoint", *endpoint,
+		"registration", *regSocket, "kubeletEndpoint", *kubeletEndpoint, "stateDir", *stateDir, "cacheSize", size.String())
+	select {
+	case <-ctx.Done():
+		log.Info("stopping")
+		return nil
+	case err := <-errc:
+		return err
+	}
+}
+
+func restConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig != "" {
+		cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+		if err != nil {
+			return nil, fmt.Errorf("--kubeconfig %s: %w", kubeconfig, err)
+		}
+		return cfg, nil
+	}
+	cfg, err := rest.InClusterConfig()
+	if err != nil {
+		return nil, fmt.Errorf("in-cluster Kubernetes config: %w (outside a pod, pass --kubeconfig)", err)
+	}
+	return cfg, nil
 }

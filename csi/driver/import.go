@@ -1,0 +1,282 @@
+package driver
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+
+	v1 "github.com/podvirt/podvirt/api/v1alpha1"
+	"github.com/podvirt/podvirt/csi/importer"
+	"github.com/podvirt/podvirt/csi/state"
+	"github.com/podvirt/podvirt/csi/volume"
+)
+
+// Event reasons on claims.
+const (
+	ReasonImportStarted   = "ImportStarted"
+	ReasonImportProgress  = "ImportProgress"
+	ReasonImportCompleted = "ImportCompleted"
+	ReasonImportRetrying  = "ImportRetrying"
+	ReasonImportFailed    = "ImportFailed"
+)
+
+// Keys of credentials, in a provisioner secret (req.Secrets, from the
+// csi.storage.k8s.io/provisioner-secret-* parameters) or in the Secret
+// named by registrySecretName.
+const (
+	secretUsername      = "username"
+	secretPassword      = "password"
+	secretCDIAccessKey  = "accessKeyId" // CDI's registry Secret
+	secretCDISecretKey  = "secretKey"
+	secretDockerConfig  = corev1.DockerConfigJsonKey
+	secretDockerConfigO = corev1.DockerConfigKey
+)
+
+// resolveImage finds the image a volume is filled from: the claim's
+// annotation, else the StorageClass source; with its credentials and CA.
+func (d *Driver) resolveImage(ctx context.Context, req *csi.CreateVolumeRequest, p *plan) error {
+	source, checksum := p.params.source, ""
+	ns, name := p.params.claimNamespace, p.params.claimName
+	if name != "" {
+		if d.opts.Cluster == nil {
+			return status.Errorf(codes.FailedPrecondition, "CreateVolume %q for claim %s/%s: the driver runs without Kubernetes access (--kubeconfig)", p.name, ns, name)
+		}
+		claim, err := d.opts.Cluster.Claim(ctx, ns, name)
+		if err != nil {
+			return status.Errorf(codes.Unavailable, "CreateVolume %q: read claim %s/%s for its %s annotation: %v", p.name, ns, name, v1.DiskSourceAnnotation, err)
+		}
+		p.claim = claim
+		if s := strings.TrimSpace(claim.Annotations[v1.DiskSourceAnnotation]); s != "" {
+			if err := checkSourceURL(s); err != nil {
+				err = status.Errorf(codes.InvalidArgument, "claim %s/%s annotation %s: %v", ns, name, v1.DiskSourceAnnotation, err)
+				d.event(claim, corev1.EventTypeWarning, ReasonImportFailed, status.Convert(err).Message())
+				return err
+			}
+			source = s
+		}
+		checksum = strings.TrimSpace(claim.Annotations[v1.DiskChecksumAnnotation])
+	}
+	if source == "" {
+		if checksum != "" {
+			return status.Errorf(codes.InvalidArgument, "claim %s/%s has a %s annotation but no %s: name the image", ns, name, v1.DiskChecksumAnnotation, v1.DiskSourceAnnotation)
+		}
+		return nil
+	}
+	if d.opts.Cache == nil {
+		return status.Errorf(codes.FailedPrecondition, "CreateVolume %q: source %s: %v", p.name, source, errNoCache)
+	}
+	src := importer.Source{URL: source, Checksum: checksum, Mirrors: p.params.mirrors}
+	insecure, err := p.params.insecureFor(source)
+	if err != nil {
+		return status.Errorf(codes.InvalidArgument, "CreateVolume %q: %v", p.name, err)
+	}
+	src.Insecure = insecure
+	if len(req.GetSecrets()) > 0 {
+		if err := credentials(&src, req.GetSecrets(), "the provisioner secret"); err != nil {
+			return status.Errorf(codes.InvalidArgument, "CreateVolume %q: %v", p.name, err)
+		}
+	}
+	if p.params.secretName != "" {
+		sns := p.params.secretNamespace
+		if sns == "" {
+			sns = ns
+		}
+		if d.opts.Cluster == nil || sns == "" {
+			return status.Errorf(codes.FailedPrecondition, "CreateVolume %q: %s=%s needs Kubernetes access and a namespace (%s)", p.name, ParamRegistrySecretName, p.params.secretName, ParamRegistrySecretNamespace)
+		}
+		sec, err := d.opts.Cluster.Secret(ctx, sns, p.params.secretName)
+		if err != nil {
+			return status.Errorf(codeOf(err), "CreateVolume %q: read registry Secret %s/%s: %v", p.name, sns, p.params.secretName, err)
+		}
+		data := map[string]string{}
+		for k, v := range sec.Data {
+			data[k] = string(v)
+		}
+		if err := credentials(&src, data, fmt.Sprintf("Secret %s/%s", sns, p.params.secretName)); err != nil {
+			return status.Errorf(codes.InvalidArgument, "CreateVolume %q: %v", p.name, err)
+		}
+	}
+	if p.params.caConfigMap != "" {
+		cns := p.params.caNamespace
+		if cns == "" {
+			cns = ns
+		}
+		if d.opts.Cluster == nil || cns == "" {
+			return status.Errorf(codes.FailedPrecondition, "CreateVolume %q: %s=%s needs Kubernetes access and a namespace (%s)", p.name, ParamCAConfigMap, p.params.caConfigMap, ParamCAConfigMapNamespace)
+		}
+		cm, err := d.opts.Cluster.ConfigMap(ctx, cns, p.params.caConfigMap)
+		if err != nil {
+			return status.Errorf(codeOf(err), "CreateVolume %q: read CA ConfigMap %s/%s: %v", p.name, cns, p.params.caConfigMap, err)
+		}
+		keys := make([]string, 0, len(cm.Data))
+		for k := range cm.Data {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			src.CACertsPEM = append(src.CACertsPEM, []byte(strings.TrimSpace(cm.Data[k])+"\n")...)
+		}
+	}
+	p.image = &src
+	p.failureKey = source + " " + checksum
+	return nil
+}
+
+// codeOf maps an API error: a missing object is the user's to fix, the
+// rest may heal.
+func codeOf(err error) codes.Code {
+	if apierrors.IsNotFound(err) || apierrors.IsForbidden(err) {
+		return codes.FailedPrecondition
+	}
+	return codes.Unavailable
+}
+
+// credentials takes registry credentials from a secret's data.
+func credentials(src *importer.Source, data map[string]string, what string) error {
+	switch {
+	case data[secretDockerConfig] != "":
+		src.DockerConfigJSON = []byte(data[secretDockerConfig])
+	case data[secretDockerConfigO] != "":
+		// The legacy .dockercfg has no "auths" wrapper.
+		src.DockerConfigJSON = []byte(`{"auths":` + data[secretDockerConfigO] + `}`)
+	case data[secretUsername] != "" || data[secretPassword] != "":
+		src.Username, src.Password = data[secretUsername], data[secretPassword]
+	case data[secretCDIAccessKey] != "" || data[secretCDISecretKey] != "":
+		src.Username, src.Password = data[secretCDIAccessKey], data[secretCDISecretKey]
+	default:
+		return fmt.Errorf("%s holds no registry credentials: give it keys %s and %s, or make it a kubernetes.io/dockerconfigjson Secret", what, secretUsername, secretPassword)
+	}
+	return nil
+}
+
+// importVolume fills a new volume from the image cache.
+func (d *Driver) importVolume(ctx context.Context, p plan, v state.Volume) (state.Volume, error) {
+	src := *p.image
+	d.event(p.claim, corev1.EventTypeNormal, ReasonImportStarted, fmt.Sprintf("Importing %s for volume %s on node %s", src.URL, p.id, d.opts.NodeID))
+	start := time.Now()
+	base, err := d.opts.Cache.Acquire(ctx, src, p.id, d.progressReporter(p))
+	if err != nil {
+		switch {
+		case ctx.Err() != nil:
+			return v, status.Errorf(codes.Aborted, "import %s for volume %q interrupted: the driver is stopping; CreateVolume resumes it", src.URL, p.name)
+		case importer.IsTerminal(err):
+			return v, d.fail(p, finalImportError(codes.FailedPrecondition,
+				"import %s for volume %q failed and will not be retried: %v. Fix the claim's %s (or %s) annotation and create the claim again",
+				src.URL, p.name, err, v1.DiskSourceAnnotation, v1.DiskChecksumAnnotation))
+		}
+		msg := fmt.Sprintf("import %s for volume %q: %v (retrying)", src.URL, p.name, err)
+		d.event(p.claim, corev1.EventTypeWarning, ReasonImportRetrying, msg)
+		return v, status.Error(codes.Unavailable, msg)
+	}
+	release := func() {
+		if err := d.opts.Cache.Release(p.id); err != nil {
+			d.log.Error("release image cache reference", "volume", p.id, "err", err)
+		}
+	}
+	allowed := p.size
+	if p.limit > allowed {
+		allowed = p.limit
+	}
+	if base.VirtualSize > allowed {
+		release()
+		return v, d.fail(p, finalImportError(codes.InvalidArgument,
+			"image %s has a virtual size of %s (%d bytes), larger than the %s (%d bytes) requested for volume %q: request at least %s",
+			src.URL, describeSize(base.VirtualSize), base.VirtualSize, describeSize(allowed), allowed, p.name, describeSize(base.VirtualSize)))
+	}
+	if base.VirtualSize > v.Size {
+		v.Size = (base.VirtualSize + 511) &^ 511
+	}
+	v.Source = src.URL
+	meta := volume.Meta{Source: src.URL, Digest: base.Digest}
+	overlay := !p.block && p.params.cloneStrategy == CloneOverlay
+	if overlay {
+		v.Format = volume.FormatQCOW2
+	} else if !p.block && !p.params.formatWasExplicit {
+		v.Format = base.Format
+	}
+	dir, tmp := d.VolumeDir(p.id), d.VolumeDir(tmpPrefix+p.id)
+	err = build(tmp, dir, func() error {
+		if overlay {
+			return volume.Overlay(ctx, tmp, base.Path, base.Format, v.Size, meta)
+		}
+		return volume.Convert(ctx, tmp, base.Path, base.Format, v.Format, v.Size, v.Prealloc, meta)
+	})
+	if err != nil {
+		release()
+		return v, status.Errorf(codes.Internal, "make volume %q from image %s (%s): %v", p.name, src.URL, base.Digest, err)
+	}
+	if !overlay {
+		release() // a copy does not need the cached image any more
+	}
+	if err := d.store.PutVolume(v); err != nil {
+		return v, status.Errorf(codes.Internal, "record volume %q: %v", p.name, err)
+	}
+	if err := d.store.DeleteFailure(p.name); err != nil {
+		d.log.Error("forget old failure", "name", p.name, "err", err)
+	}
+	how := fmt.Sprintf("a qcow2 overlay of %s on the cached image", describeSize(v.Size))
+	if !overlay {
+		how = fmt.Sprintf("a %s copy of %s", v.Format, describeSize(v.Size))
+	}
+	d.event(p.claim, corev1.EventTypeNormal, ReasonImportCompleted, fmt.Sprintf("Volume %s is ready on node %s: %s (%s, %s, virtual size %s) as %s, after %s",
+		p.id, d.opts.NodeID, src.URL, base.Digest, base.Format, describeSize(base.VirtualSize), how, time.Since(start).Round(time.Millisecond)))
+	return v, nil
+}
+
+// fail remembers a final import error for the claim and reports it there.
+func (d *Driver) fail(p plan, err error) error {
+	st := status.Convert(err)
+	if perr := d.store.PutFailure(state.Failure{Name: p.name, Key: p.failureKey, Code: uint32(st.Code()), Message: st.Message(), At: time.Now().UTC()}); perr != nil {
+		d.log.Error("remember import failure", "name", p.name, "err", perr)
+	}
+	d.event(p.claim, corev1.EventTypeWarning, ReasonImportFailed, st.Message())
+	return err
+}
+
+// progressReporter turns import progress into Normal events on the claim,
+// at most one per ProgressInterval, plus one whenever the mirror changes.
+func (d *Driver) progressReporter(p plan) func(importer.Progress) {
+	var mu sync.Mutex
+	var last time.Time
+	mirror := ""
+	return func(pr importer.Progress) {
+		mu.Lock()
+		defer mu.Unlock()
+		now := time.Now()
+		if !last.IsZero() && now.Sub(last) < d.opts.ProgressInterval && pr.Mirror == mirror {
+			return
+		}
+		last, mirror = now, pr.Mirror
+		msg := fmt.Sprintf("Importing %s: %s", p.image.URL, progressText(pr))
+		d.log.Info("import progress", "volume", p.id, "bytes", pr.Bytes, "total", pr.Total, "rate", pr.Rate, "mirror", pr.Mirror)
+		d.event(p.claim, corev1.EventTypeNormal, ReasonImportProgress, msg)
+	}
+}
+
+func progressText(pr importer.Progress) string {
+	s := describeSize(pr.Bytes)
+	if pr.Total > 0 {
+		s += fmt.Sprintf(" of %s (%d%%)", describeSize(pr.Total), pr.Bytes*100/pr.Total)
+	}
+	s += fmt.Sprintf(" at %s/s", describeSize(int64(pr.Rate)))
+	if pr.Mirror != "" {
+		s += " from " + pr.Mirror
+	}
+	return s
+}
+
+func (d *Driver) event(claim *corev1.PersistentVolumeClaim, eventType, reason, msg string) {
+	if claim == nil || d.opts.Cluster == nil {
+		return
+	}
+	d.opts.Cluster.Event(claim, eventType, reason, msg)
+}
