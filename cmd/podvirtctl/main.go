@@ -1,8 +1,20 @@
-// Command podvirtctl starts, stops and reaches VMs (also usable as kubectl virt).
+// Command podvirtctl starts, stops and reaches podvirt VMs: start, stop,
+// restart, pause, unpause, console, vnc, version and shell completion.
+//
+// Installed (or linked) as kubectl-virt on the PATH it is also the kubectl
+// plugin `kubectl virt`. It takes kubectl's connection flags (--kubeconfig,
+// --context, -n/--namespace, --as, ...).
 package main
 
-import "github.com/podvirt/podvirt/cmd/internal/pending"
+import (
+	"os"
+
+	"k8s.io/cli-runtime/pkg/genericiooptions"
+
+	"github.com/podvirt/podvirt/cmd/podvirtctl/internal/cli"
+)
 
 func main() {
-	pending.Main("podvirtctl", "starts, stops and reaches VMs (also usable as kubectl virt)")
+	streams := genericiooptions.IOStreams{In: os.Stdin, Out: os.Stdout, ErrOut: os.Stderr}
+	os.Exit(cli.Main(os.Args, streams))
 }

@@ -1,0 +1,135 @@
+// Package cli is podvirtctl's command tree. Every command talks to the API
+// server only: lifecycle commands edit the VM's run strategy or its
+// status.stateChangeRequests as the controller expects, pause/unpause set
+// the VMI's podvirt.io/paused annotation for the node daemon, and console
+// and vnc reach the launcher pod through pods/exec.
+package cli
+
+import (
+	"context"
+	"fmt"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
+	"k8s.io/cli-runtime/pkg/genericiooptions"
+	"k8s.io/client-go/kubernetes"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1 "github.com/podvirt/podvirt/api/v1alpha1"
+)
+
+// Main runs the command line args (args[0] is the program) and returns the
+// exit code.
+func Main(args []string, streams genericiooptions.IOStreams) int {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	cmd := NewRootCommand(commandName(args[0]), streams)
+	cmd.SetArgs(args[1:])
+	if err := cmd.ExecuteContext(ctx); err != nil {
+		fmt.Fprintf(streams.ErrOut, "error: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// commandName is how the user called us: "kubectl virt" through the
+// kubectl plugin mechanism (a binary or link named kubectl-virt).
+func commandName(argv0 string) string {
+	if strings.HasPrefix(filepath.Base(argv0), "kubectl-virt") {
+		return "kubectl virt"
+	}
+	return "podvirtctl"
+}
+
+// options are the flags every command shares, and the streams.
+type options struct {
+	name    string
+	flags   *genericclioptions.ConfigFlags
+	streams genericiooptions.IOStreams
+}
+
+// NewRootCommand is podvirtctl's command tree; name is how the user calls
+// it, used in usage and in the hints of error messages.
+func NewRootCommand(name string, streams genericiooptions.IOStreams) *cobra.Command {
+	o := &options{name: name, flags: genericclioptions.NewConfigFlags(true), streams: streams}
+	root := &cobra.Command{
+		Use:           name,
+		Annotations:   map[string]string{cobra.CommandDisplayNameAnnotation: name}, // "kubectl virt" in usage
+		Short:         "Start, stop and reach podvirt virtual machines",
+		Long:          name + " drives podvirt VMs (podvirt.io VirtualMachine and VirtualMachineInstance) through the Kubernetes API server.",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetIn(streams.In)
+	root.SetOut(streams.Out)
+	root.SetErr(streams.ErrOut)
+	o.flags.AddFlags(root.PersistentFlags())
+	root.AddCommand(
+		o.startCommand(), o.stopCommand(), o.restartCommand(),
+		o.pauseCommand(true), o.pauseCommand(false),
+		o.consoleCommand(), o.vncCommand(), o.versionCommand(),
+	)
+	return root
+}
+
+// session is a connection to the API server in the chosen namespace.
+type session struct {
+	o      *options
+	config *rest.Config
+	c      client.Client
+	kube   kubernetes.Interface
+	ns     string
+}
+
+func (o *options) session() (*session, error) {
+	cfg, err := o.flags.ToRESTConfig()
+	if err != nil {
+		return nil, fmt.Errorf("no usable kubeconfig: %w (set --kubeconfig or $KUBECONFIG, or --context)", err)
+	}
+	ns, _, err := o.flags.ToRawKubeConfigLoader().Namespace()
+	if err != nil {
+		return nil, fmt.Errorf("namespace from kubeconfig: %w", err)
+	}
+	scheme, err := newScheme()
+	if err != nil {
+		return nil, err
+	}
+	c, err := client.New(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		return nil, fmt.Errorf("connect to the API server %s: %w (check --kubeconfig/--context)", cfg.Host, err)
+	}
+	kube, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &session{o: o, config: cfg, c: c, kube: kube, ns: ns}, nil
+}
+
+func newScheme() (*runtime.Scheme, error) {
+	s := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(s); err != nil {
+		return nil, err
+	}
+	if err := v1.AddToScheme(s); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// exactlyOneName is cobra's argument check, with a message that says what
+// is missing.
+func exactlyOneName(kind string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) != 1 {
+			return fmt.Errorf("%s needs exactly one %s name, got %d: %s", cmd.CommandPath(), kind, len(args), cmd.UseLine())
+		}
+		return nil
+	}
+}
