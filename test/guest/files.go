@@ -1,5 +1,7 @@
 package guest
 
+import "strings"
+
 // initramfsInit is /init of the initramfs: load the virtio modules (they
 // are modular in every Debian kernel), find the root named by root= on the
 // kernel command line and switch to it.
@@ -56,7 +58,7 @@ mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp
 hostname podvirt-guest
-for m in evdev button fat vfat isofs nls_cp437 nls_ascii nls_utf8 nls_iso8859-1; do
+for m in ` + strings.Join(rootModules, " ") + `; do
 	[ -f /lib/modules/$m.ko ] && insmod /lib/modules/$m.ko 2>/dev/null
 done
 echo "` + BootMarker + ` uptime=$(cut -d' ' -f1 /proc/uptime)"
@@ -94,7 +96,10 @@ bound|renew)
 esac
 `},
 		{"etc/cloud-init.sh", 0o755, `#!/bin/sh
-# NoCloud: a filesystem labelled cidata with meta-data and user-data.
+# NoCloud: a filesystem labelled cidata (ISO 9660 or FAT) holding meta-data
+# and user-data. Applies the hostname (cloud-config hostname:, else
+# meta-data local-hostname), runs user-data that is a script, or the
+# runcmd list of a #cloud-config, then prints the marker.
 mkdir -p /run/cidata
 dev=$(findfs LABEL=cidata 2>/dev/null) || dev=$(findfs LABEL=CIDATA 2>/dev/null) || dev=
 found=
@@ -108,14 +113,48 @@ for d in $dev /dev/vd? /dev/sd?; do
 	done
 done
 [ -n "$found" ] || exit 0
+ud=/run/cidata/user-data
 h=$(sed -n 's/^local-hostname:[ ]*//p' /run/cidata/meta-data 2>/dev/null | head -n 1 | tr -d "\"' ")
+if head -n 1 $ud 2>/dev/null | grep -q '^#cloud-config'; then
+	c=$(sed -n 's/^hostname:[ ]*//p' $ud | head -n 1 | tr -d "\"' ")
+	[ -n "$c" ] && h=$c
+fi
 [ -n "$h" ] && hostname "$h"
-if head -n 1 /run/cidata/user-data 2>/dev/null | grep -q '^#!'; then
-	cp /run/cidata/user-data /run/user-data
+if head -n 1 $ud 2>/dev/null | grep -q '^#!'; then
+	cp $ud /run/user-data
 	chmod +x /run/user-data
 	/run/user-data
+elif head -n 1 $ud 2>/dev/null | grep -q '^#cloud-config'; then
+	awk -f /etc/cloud-config-runcmd.awk $ud > /run/runcmd.sh
+	sh /run/runcmd.sh
 fi
 echo "` + CloudInitMarker + ` hostname=$(hostname)"
+`},
+		{"etc/cloud-config-runcmd.awk", 0o644, `# Prints the runcmd list of a #cloud-config, one shell command a line.
+# An item is a string ("- echo hi", quoted or not), run by sh, or a flow
+# list ("- [echo, hi]"), whose words are passed as they are (each is
+# single-quoted for sh). A word may not hold a comma.
+/^runcmd:[ \t]*$/ { r = 1; next }
+r && /^[^ \t#-]/ { r = 0 }
+r && /^[ \t]*-[ \t]+/ {
+	sub(/^[ \t]*-[ \t]+/, "")
+	sub(/[ \t]+$/, "")
+	if ($0 ~ /^\[.*\]$/) {
+		n = split(substr($0, 2, length($0) - 2), w, ",")
+		line = ""
+		for (i = 1; i <= n; i++) {
+			gsub(/^[ \t]+|[ \t]+$/, "", w[i])
+			gsub(/^["']|["']$/, "", w[i])
+			gsub(/'/, "'\"'\"'", w[i])
+			line = line (i > 1 ? " " : "") "'" w[i] "'"
+		}
+		print line
+	} else if ($0 ~ /^".*"$/ || $0 ~ /^'.*'$/) {
+		print substr($0, 2, length($0) - 2)
+	} else {
+		print
+	}
+}
 `},
 		{"etc/acpi/PWRF/00000080", 0o755, `#!/bin/sh
 echo "` + ShutdownMarker + `" > /dev/console
@@ -140,8 +179,9 @@ LABEL linux
 `
 
 // Kernel modules: in the initramfs (to reach the root disk and the NICs)
-// and in the root filesystem (power button, cloud-init disk formats).
+// and in the root filesystem (power button, cloud-init disk formats),
+// loaded in this order: isofs needs cdrom's symbols.
 var (
 	initrdModules = []string{"virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci", "virtio_blk", "failover", "net_failover", "virtio_net"}
-	rootModules   = []string{"evdev", "button", "fat", "vfat", "isofs", "nls_cp437", "nls_ascii", "nls_utf8", "nls_iso8859-1"}
+	rootModules   = []string{"evdev", "button", "fat", "vfat", "cdrom", "isofs", "nls_cp437", "nls_ascii", "nls_utf8", "nls_iso8859-1"}
 )

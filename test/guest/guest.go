@@ -8,7 +8,9 @@
 // The guest prints BootMarker on its serial console, gets its address by
 // DHCP (busybox udhcpc) and prints it (IPMarker), serves a root shell on
 // the serial console, reads cloud-init NoCloud data (a disk labelled
-// "cidata") and powers off on an ACPI power-button event.
+// "cidata", ISO 9660 or FAT: it sets the hostname, runs user-data that is
+// a script or a #cloud-config's runcmd, then prints CloudInitMarker) and
+// powers off on an ACPI power-button event.
 //
 // A build is cached under $PODVIRT_CACHE (default ~/.cache/podvirt) in
 // guest-<hash of the inputs>/, so only the first call is slow (~5 s plus

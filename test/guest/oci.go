@@ -3,6 +3,8 @@ package guest
 import (
 	"fmt"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
 	"github.com/podvirt/podvirt/test/image"
 )
 
@@ -13,12 +15,18 @@ const ContainerDiskPath = "disk/disk.qcow2"
 // (the qcow2 at /disk/disk.qcow2, nothing else) in an OCI image-layout tar
 // at path, tagged ref.
 func WriteContainerDisk(art Artifacts, ref, path string) error {
-	img, err := image.Build(image.Spec{
-		Ref:   ref,
-		Files: []image.File{{Path: ContainerDiskPath, Source: art.Disk, Mode: 0o444}},
-	})
+	img, err := ContainerDisk(art)
 	if err != nil {
 		return fmt.Errorf("containerDisk %s: %w", ref, err)
 	}
 	return image.WriteOCITar(img, ref, path)
+}
+
+// ContainerDisk is the guest's disk as a containerDisk image, to push to a
+// registry.
+func ContainerDisk(art Artifacts) (v1.Image, error) {
+	return image.Build(image.Spec{
+		Ref:   "podvirt.local/guest:containerdisk",
+		Files: []image.File{{Path: ContainerDiskPath, Source: art.Disk, Mode: 0o444}},
+	})
 }
