@@ -22,12 +22,12 @@ import (
 )
 
 // startDaemon runs a private libvirtd for the test, stopped at cleanup.
-func startDaemon(t *testing.T) *libvirtd.Daemon { return startDaemonIn(t, nil) }
+func startDaemon(t testing.TB) *libvirtd.Daemon { return startDaemonIn(t, nil) }
 
 // startDaemonIn runs a private libvirtd for the test, stopped at cleanup.
 // With a pod netns it runs inside it, as in a launcher pod: QEMU then opens
 // the pod's tap by name.
-func startDaemonIn(t *testing.T, pod ns.NetNS) *libvirtd.Daemon {
+func startDaemonIn(t testing.TB, pod ns.NetNS) *libvirtd.Daemon {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Fatal("needs root: runs a private libvirtd in its own mount namespace")
@@ -74,7 +74,7 @@ type testVM struct {
 	console string
 }
 
-func newTestVM(t *testing.T, name string) *testVM {
+func newTestVM(t testing.TB, name string) *testVM {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -96,7 +96,7 @@ func newTestVM(t *testing.T, name string) *testVM {
 			},
 			Volumes: []v1.Volume{
 				{Name: "root", VolumeSource: v1.VolumeSource{ContainerDisk: &v1.ContainerDiskSource{Image: "podvirt.local/test-guest:1"}}},
-				{Name: "ci", VolumeSource: v1.VolumeSource{CloudInitNoCloud: &v1.CloudInitNoCloudSource{UserData: "#!/bin/sh\necho user-data-ran\n"}}},
+				{Name: "ci", VolumeSource: v1.VolumeSource{CloudInitNoCloud: &v1.CloudInitNoCloudSource{UserData: userData(name)}}},
 			},
 		},
 	}
@@ -117,7 +117,16 @@ func newTestVM(t *testing.T, name string) *testVM {
 	return &testVM{vmi: vmi, xml: xml, console: console}
 }
 
-func newUID(t *testing.T) string {
+// userData is the test VMs' cloud-init user-data: a script printing
+// userDataToken(name), computed in the guest so the token appears nowhere
+// else.
+func userData(name string) string {
+	return "#!/bin/sh\necho \"user-data-$((6*7))-" + name + "\"\n"
+}
+
+func userDataToken(name string) string { return "user-data-42-" + name }
+
+func newUID(t testing.TB) string {
 	b, err := os.ReadFile("/proc/sys/kernel/random/uuid")
 	if err != nil {
 		t.Fatal(err)
@@ -125,7 +134,7 @@ func newUID(t *testing.T) string {
 	return strings.TrimSpace(string(b))
 }
 
-func startVM(t *testing.T, d *libvirtd.Daemon, vm *testVM) *Launcher {
+func startVM(t testing.TB, d *libvirtd.Daemon, vm *testVM) *Launcher {
 	t.Helper()
 	l, err := New(d.URI, converter.DomainName(vm.vmi))
 	if err != nil {
@@ -142,7 +151,7 @@ func startVM(t *testing.T, d *libvirtd.Daemon, vm *testVM) *Launcher {
 	return l
 }
 
-func waitConsole(t *testing.T, path string, from int64, marker string, timeout time.Duration) int64 {
+func waitConsole(t testing.TB, path string, from int64, marker string, timeout time.Duration) int64 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
@@ -162,8 +171,10 @@ func TestLifecycle(t *testing.T) {
 	l := startVM(t, d, vm)
 	off := waitConsole(t, vm.console, 0, guest.BootMarker, 3*time.Minute)
 	t.Logf("boot marker %s after start", time.Since(start).Round(time.Millisecond))
-	// TODO(issue 6): the guest does not yet read the NoCloud ISO (not
-	// verified in-guest); assert guest.CloudInitMarker here once it does.
+	// The guest read the NoCloud disk: it took the VMI's name as hostname
+	// and ran the user-data, whose output only that script can print.
+	waitConsole(t, vm.console, 0, userDataToken("life"), time.Minute)
+	waitConsole(t, vm.console, 0, guest.CloudInitMarker+" hostname=life", time.Minute)
 	if s, _ := l.State(); s != StateRunning {
 		t.Fatalf("state %s after boot, want Running", s)
 	}
