@@ -210,6 +210,9 @@ func startDomain(uri string, vmi *v1.VirtualMachineInstance, networks *network.S
 		ConsoleLog: filepath.Join(o.runDir, "console.log"),
 		NVRAMDir:   o.runDir,
 		Disks:      map[string]converter.DiskSource{},
+		// Used only when the VMI asks for VNC; `podvirt-launcher vnc`
+		// connects here.
+		VNCSocket: filepath.Join(o.runDir, VNCSocketName),
 	}
 	for i := range vmi.Spec.Volumes {
 		vol := &vmi.Spec.Volumes[i]
