@@ -1,7 +1,9 @@
 // Package image builds OCI images without a container engine: files (static
-// binaries, a rootfs) go into one layer, the image is written as an OCI
-// image-layout tar with go-containerregistry, and `ctr` imports that tar
-// into a containerd.
+// binaries, a rootfs) go into one layer, optionally on top of prebuilt base
+// layers (DirLayer caches a big directory's compressed layer on disk), the
+// image is written as an OCI image-layout tar with go-containerregistry, and
+// `ctr` imports that tar into a containerd (Present tells whether it is
+// already there).
 package image
 
 import (
@@ -14,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -35,15 +38,50 @@ type File struct {
 
 // Spec describes an image to build.
 type Spec struct {
-	Ref        string   // e.g. podvirt.local/pause:1
-	Files      []File   // single files
-	RootFS     string   // optional directory copied to / (symlinks kept)
-	Entrypoint []string // the image's ENTRYPOINT
+	Ref        string     // e.g. podvirt.local/pause:1
+	Base       []v1.Layer // layers below the one holding RootFS and Files
+	Files      []File     // single files
+	RootFS     string     // optional directory copied to / (symlinks kept)
+	Entrypoint []string   // the image's ENTRYPOINT
 	Env        []string
 }
 
 // Build assembles the image described by spec.
 func Build(spec Spec) (v1.Image, error) {
+	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
+	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
+	layers := slices.Clone(spec.Base)
+	if spec.RootFS != "" || len(spec.Files) > 0 {
+		layer, err := filesLayer(spec)
+		if err != nil {
+			return nil, err
+		}
+		layers = append(layers, layer)
+	}
+	for _, layer := range layers {
+		mt, err := layer.MediaType()
+		if err != nil {
+			return nil, fmt.Errorf("image %s: layer: %w", spec.Ref, err)
+		}
+		if img, err = mutate.Append(img, mutate.Addendum{Layer: layer, MediaType: mt}); err != nil {
+			return nil, fmt.Errorf("image %s: %w", spec.Ref, err)
+		}
+	}
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		return nil, err
+	}
+	cfg = cfg.DeepCopy()
+	cfg.Created = v1.Time{} // reproducible: the same inputs give the same digest
+	cfg.Architecture = "amd64"
+	cfg.OS = "linux"
+	cfg.Config.Entrypoint = spec.Entrypoint
+	cfg.Config.Env = append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}, spec.Env...)
+	return mutate.ConfigFile(img, cfg)
+}
+
+// filesLayer puts spec's RootFS and Files into one gzip layer.
+func filesLayer(spec Spec) (v1.Layer, error) {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	if spec.RootFS != "" {
@@ -66,22 +104,7 @@ func Build(spec Spec) (v1.Image, error) {
 	if err != nil {
 		return nil, fmt.Errorf("image %s: layer: %w", spec.Ref, err)
 	}
-	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
-	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
-	img, err = mutate.Append(img, mutate.Addendum{Layer: layer, MediaType: types.OCILayer})
-	if err != nil {
-		return nil, fmt.Errorf("image %s: %w", spec.Ref, err)
-	}
-	cfg, err := img.ConfigFile()
-	if err != nil {
-		return nil, err
-	}
-	cfg = cfg.DeepCopy()
-	cfg.Architecture = "amd64"
-	cfg.OS = "linux"
-	cfg.Config.Entrypoint = spec.Entrypoint
-	cfg.Config.Env = append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}, spec.Env...)
-	return mutate.ConfigFile(img, cfg)
+	return layer, nil
 }
 
 // WriteOCITar writes img as an OCI image-layout tar at path, named ref so
@@ -123,6 +146,28 @@ func Import(ctx context.Context, socket, tarPath string) error {
 		return fmt.Errorf("import %s into containerd at %s: %w: %s", tarPath, socket, err, strings.TrimSpace(string(out)))
 	}
 	return nil
+}
+
+// Present reports whether the containerd at socket has ref (k8s.io
+// namespace) at exactly digest, so an unchanged image need not be written
+// and imported again.
+func Present(ctx context.Context, socket, ref string, digest v1.Hash) (bool, error) {
+	ctr, err := exec.LookPath("ctr")
+	if err != nil {
+		return false, fmt.Errorf("ctr (Debian package containerd) is not installed: run 'make deps'")
+	}
+	out, err := exec.CommandContext(ctx, ctr, "--address", socket, "--namespace", "k8s.io",
+		"images", "ls", "name=="+ref).CombinedOutput()
+	if err != nil {
+		return false, fmt.Errorf("list images in containerd at %s: %w: %s", socket, err, strings.TrimSpace(string(out)))
+	}
+	for line := range strings.Lines(string(out)) {
+		// REF TYPE DIGEST SIZE PLATFORMS LABELS
+		if f := strings.Fields(line); len(f) >= 3 && f[0] == ref && f[2] == digest.String() {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // GoBinary builds the Go command pkg (an import path inside this module)
