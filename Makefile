@@ -12,9 +12,9 @@ CLUSTER := go run ./test/cmd/podvirt-cluster
 
 # End-to-end packages bring up a whole cluster: they run one at a time,
 # after the rest.
-E2E_PKGS := ./test/cluster/...
+E2E_PKGS := ./test/cluster/... ./test/chart/...
 
-.PHONY: all deps build test unit e2e bench lint generate up down demo kubectl-path clean
+.PHONY: all deps build images test unit e2e bench lint generate up down demo kubectl-path clean
 
 all: build
 
@@ -26,13 +26,19 @@ build:
 	CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)' -o bin/ $$(go list ./cmd/... | grep -v -e /podvirt-launcher -e /internal/)
 	go build -trimpath -ldflags '$(LDFLAGS)' -o bin/ ./cmd/podvirt-launcher
 
+# Every component image (and the CSI sidecars), built without Docker and
+# imported into the running `make up` cluster's containerd; unchanged
+# images are skipped (test/images).
+images: deps
+	go run ./test/cmd/podvirt-images --version $(VERSION) import
+
 # The README's test command: every package's tests on real parts, then e2e.
 test: deps
-	go test -count=1 -timeout 20m $$(go list ./... | grep -v -e /test/cluster)
+	go test -count=1 -timeout 20m $$(go list ./... | grep -v -e /test/cluster -e /test/chart)
 	$(MAKE) --no-print-directory e2e
 
 e2e: deps
-	go test -count=1 -timeout 20m -p 1 $(E2E_PKGS)
+	go test -count=1 -timeout 60m -p 1 $(E2E_PKGS)
 
 # Each benchmark prints its ratio against the reference named in its issue;
 # BENCHMARKS.md records the results.
