@@ -20,6 +20,8 @@ APT_PACKAGES=(
 	qemu-system-x86 qemu-utils ovmf libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
 	# the test guest: busybox, a bootloader, FAT and ext4 tools
 	busybox-static syslinux syslinux-common extlinux dosfstools mtools e2fsprogs
+	# the CSI importer's tests: a real registry process (TLS + htpasswd)
+	docker-registry
 )
 
 log() { printf '[deps %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -66,7 +68,13 @@ build_wrapped() {
 		echo
 		echo "go 1.26.0"
 		echo
-		echo "require $module $version"
+		# MODULE may carry its own version (module@version) when the
+		# cache dir's VERSION names more than one module.
+		if [[ $module == *@* ]]; then echo "require ${module%@*} ${module#*@}"; else echo "require $module $version"; fi
+		# WRAP_REQUIRES="mod@version ...": more modules built in the same
+		# compile (several tools sharing one set of k8s.io packages).
+		local r
+		for r in ${WRAP_REQUIRES:-}; do echo "require ${r%@*} ${r#*@}"; done
 		[ -n "$replaces" ] && printf '\nreplace (\n%s\n)\n' "$replaces"
 	} >"$src/go.mod"
 	{
@@ -138,9 +146,56 @@ golangci_lint() {
 		github.com/golangci/golangci-lint/v2/cmd/golangci-lint
 }
 
+# module_replaces MODULE VERSION: the module's own replace lines, minus
+# those pointing into its tree (./...), which a wrapper cannot resolve.
+module_replaces() {
+	local modfile
+	modfile=$(cd /tmp && GOFLAGS=-mod=mod go mod download -json "$1@$2" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+	sed -n 's#^[[:space:]]*replace[[:space:]]*\(.* => [^.].*\)#\1#p' "$modfile" | grep -v ' => \./' | sed 's/^/\t/'
+}
+
+# csi_sidecars: external-provisioner, external-snapshotter (sidecar and
+# snapshot-controller) and external-resizer, in ONE wrapper module and ONE
+# `go build`, so their shared k8s.io packages compile once. All of them
+# use the newest set of k8s.io versions among them, the snapshotter's
+# replaces (k8s.io 0.34.0): with the provisioner's older set (0.33.0), the
+# snapshotter's newer kube-openapi, gnostic and yaml modules do not
+# compile. (The provisioner requires k8s.io/kubernetes only for its e2e
+# tests; its binary does not compile any of it.) The provisioner's
+# gateway-api v1.3.0 is built for the older set: v1.4.0 is the one for
+# k8s.io 0.34. The
+# VolumeSnapshot CRDs (only published in the snapshotter's client module)
+# land next to the binaries, in crd/.
+csi_sidecars() {
+	local want="provisioner-$CSI_PROVISIONER_VERSION-snapshotter-$CSI_SNAPSHOTTER_VERSION-resizer-$CSI_RESIZER_VERSION"
+	if [ "$CSI_SIDECARS_VERSION" != "$want" ]; then
+		echo "deps: versions.env: CSI_SIDECARS_VERSION=$CSI_SIDECARS_VERSION, want $want (it names the sidecars' shared cache dir)" >&2
+		return 1
+	fi
+	local p=github.com/kubernetes-csi/external-provisioner/v5 s=github.com/kubernetes-csi/external-snapshotter/v8
+	local r=github.com/kubernetes-csi/external-resizer c=github.com/kubernetes-csi/external-snapshotter/client/v8
+	WRAP_REQUIRES="$s@$CSI_SNAPSHOTTER_VERSION $r@$CSI_RESIZER_VERSION $c@$CSI_SNAPSHOTTER_VERSION" \
+		build_wrapped csi-sidecars "$CSI_SIDECARS_VERSION" "$p@$CSI_PROVISIONER_VERSION" \
+		"-s -w -X main.version=$CSI_SIDECARS_VERSION" "$(module_replaces $s "$CSI_SNAPSHOTTER_VERSION")
+	sigs.k8s.io/gateway-api => sigs.k8s.io/gateway-api v1.4.0" \
+		$p/cmd/csi-provisioner $s/cmd/csi-snapshotter $s/cmd/snapshot-controller $r/cmd/csi-resizer
+	local out=$CACHE/bin/csi-sidecars-$CSI_SIDECARS_VERSION
+	[ -d "$out/crd" ] && return 0
+	local dir
+	dir=$(cd "$CACHE/src/csi-sidecars-$CSI_SIDECARS_VERSION" && go list -m -f '{{.Dir}}' $c)
+	mkdir -p "$out/crd.tmp"
+	cp "$dir"/config/crd/snapshot.storage.k8s.io_*.yaml "$out/crd.tmp/"
+	chmod 644 "$out"/crd.tmp/*
+	mv "$out/crd.tmp" "$out/crd"
+}
+
+# helm: like helm's Makefile, stamp the Kubernetes version of its client-go
+# (v0.37 → 1.37) as the default for `helm template`/`lint` (1.20 otherwise,
+# which a chart's kubeVersion constraint rejects).
 helm() {
-	build_wrapped helm "$HELM_VERSION" helm.sh/helm/v3 "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" "" \
-		helm.sh/helm/v3/cmd/helm
+	local h=helm.sh/helm/v3 kube=1.37
+	build_wrapped helm "$HELM_VERSION" $h "-s -w -X $h/internal/version.version=$HELM_VERSION -X $h/pkg/chartutil.k8sVersionMajor=${kube%.*} -X $h/pkg/chartutil.k8sVersionMinor=${kube#*.} -X $h/pkg/lint/rules.k8sVersionMajor=${kube%.*} -X $h/pkg/lint/rules.k8sVersionMinor=${kube#*.}" "" \
+		$h/cmd/helm
 }
 
 # build TOOL: build one tool by its name in versions.env.
@@ -152,8 +207,9 @@ build() {
 	controller-gen) controller_gen ;;
 	golangci-lint | lint) golangci_lint ;;
 	helm) helm ;;
+	csi-sidecars) csi_sidecars ;;
 	*)
-		echo "deps: unknown tool '$1' (want: kubernetes, cni-plugins, cnitool, multus, controller-gen, golangci-lint, helm)" >&2
+		echo "deps: unknown tool '$1' (want: kubernetes, cni-plugins, cnitool, multus, controller-gen, golangci-lint, helm, csi-sidecars)" >&2
 		exit 2
 		;;
 	esac
@@ -169,6 +225,8 @@ main() {
 		multus
 		controller_gen
 		kubernetes
+		helm
+		csi_sidecars
 		;;
 	path)
 		[ $# -eq 2 ] || { echo "usage: deps.sh path TOOL" >&2; exit 2; }
