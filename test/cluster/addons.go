@@ -12,6 +12,12 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
+// NetworkAttachmentDefinitionCRD returns the CRD every local cluster has,
+// for tests on a bare API server (test/apiserver).
+func NetworkAttachmentDefinitionCRD() *apiextensionsv1.CustomResourceDefinition {
+	return networkAttachmentDefinitionCRD()
+}
+
 // networkAttachmentDefinitionCRD is the k8s.cni.cncf.io/v1 CRD of the
 // Network Plumbing Working Group's multi-network spec, which Multus reads.
 func networkAttachmentDefinitionCRD() *apiextensionsv1.CustomResourceDefinition {

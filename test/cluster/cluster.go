@@ -139,8 +139,16 @@ func (c *Cluster) ContainerdSocket() string {
 // installs extra plugins).
 func (c *Cluster) CNIBinDir() string { return filepath.Join(c.cfg.Dir, "cni", "bin") }
 
+// KubeletRootDir is the kubelet's --root-dir (under Dir, not
+// /var/lib/kubelet): what a DaemonSet mounts to reach pod volumes and
+// plugin sockets (the chart's kubeletRootDir).
+func (c *Cluster) KubeletRootDir() string { return c.path("kubelet") }
+
 // NodeName is the name of the cluster's only node.
 func (c *Cluster) NodeName() string { return c.cfg.Name }
+
+// NodeIP is the node's address; pods and the host both reach it.
+func (c *Cluster) NodeIP() net.IP { return c.cfg.NodeIP }
 
 // RESTConfig is a cluster-admin client configuration.
 func (c *Cluster) RESTConfig() (*rest.Config, error) {

@@ -1,0 +1,218 @@
+// Package chart drives the podvirt Helm chart (charts/podvirt) with the
+// pinned helm binary: values for a local cluster (test/cluster), the
+// VolumeSnapshot CRDs the chart expects the cluster to have, install and
+// uninstall. `make demo` and the e2e suite install podvirt through it; its
+// tests lint, render, dry-run and install the chart on real API servers.
+package chart
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	apiextensions "k8s.io/apiextensions-apiserver/pkg/client/clientset/clientset"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/yaml"
+
+	"github.com/podvirt/podvirt/test/cluster"
+	"github.com/podvirt/podvirt/test/deps"
+	"github.com/podvirt/podvirt/test/images"
+)
+
+// Dir is the chart's directory in this checkout.
+func Dir() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..", "charts", "podvirt")
+}
+
+// Helm runs the pinned helm with its state (cache, config, data) in a
+// private directory, so nothing of the user's helm setup leaks in or out.
+type Helm struct {
+	bin, home, kubeconfig string
+}
+
+// NewHelm returns a helm that keeps its state under home and talks to the
+// cluster of kubeconfig ("" for commands that need no cluster).
+func NewHelm(home, kubeconfig string) (*Helm, error) {
+	bin, err := deps.Binary("helm", "helm")
+	if err != nil {
+		return nil, err
+	}
+	return &Helm{bin: bin, home: home, kubeconfig: kubeconfig}, nil
+}
+
+// Run runs helm with args and returns its standard output; an error
+// carries its standard error.
+func (h *Helm) Run(ctx context.Context, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, h.bin, args...)
+	cmd.Env = append(os.Environ(),
+		"HELM_CACHE_HOME="+filepath.Join(h.home, "cache"),
+		"HELM_CONFIG_HOME="+filepath.Join(h.home, "config"),
+		"HELM_DATA_HOME="+filepath.Join(h.home, "data"),
+		"KUBECONFIG="+h.kubeconfig,
+	)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return stdout.String(), fmt.Errorf("helm %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return stdout.String(), nil
+}
+
+// LocalValues are the --set values that fit the chart to a local cluster:
+// its kubelet root and CNI bin dir; the CSI driver's state under the
+// kubelet root (Bidirectional mount propagation needs a shared mount, and
+// the cluster makes its kubelet root one; the chart's default
+// /var/lib/podvirt/csi would also be shared by every cluster on the
+// machine); and the API server reached at the kubeconfig's address, since
+// a local cluster may run without kube-proxy (only one per machine can).
+func LocalValues(c *cluster.Cluster) ([]string, error) {
+	cfg, err := c.RESTConfig()
+	if err != nil {
+		return nil, err
+	}
+	u, err := url.Parse(cfg.Host)
+	if err != nil || u.Hostname() == "" || u.Port() == "" {
+		return nil, fmt.Errorf("kubeconfig %s: server %q has no host:port (%v)", c.Kubeconfig(), cfg.Host, err)
+	}
+	return []string{
+		"kubeletRootDir=" + c.KubeletRootDir(),
+		"cniBinDir=" + c.CNIBinDir(),
+		"csi.stateDir=" + filepath.Join(c.KubeletRootDir(), "podvirt-csi"),
+		"kubernetesAPI.host=" + u.Hostname(),
+		"kubernetesAPI.port=" + u.Port(),
+		// imported, never pulled: fail fast if an image is missing
+		"imagePullPolicy=Never",
+	}, nil
+}
+
+// SnapshotCRDDir holds the VolumeSnapshot CRDs (snapshot.storage.k8s.io)
+// `make deps` copies out of external-snapshotter's client module, the
+// version the sidecars are built from.
+func SnapshotCRDDir() (string, error) {
+	bin, err := deps.Binary("csi-sidecars", "snapshot-controller")
+	if err != nil {
+		return "", err
+	}
+	dir := filepath.Join(filepath.Dir(bin), "crd")
+	if _, err := os.Stat(filepath.Join(dir, "snapshot.storage.k8s.io_volumesnapshots.yaml")); err != nil {
+		return "", fmt.Errorf("the VolumeSnapshot CRDs are missing from %s: run 'make deps'", dir)
+	}
+	return dir, nil
+}
+
+// ApplySnapshotCRDs creates the VolumeSnapshot CRDs on the cluster of cfg
+// (those it has already are left as they are) and waits until they are
+// served.
+func ApplySnapshotCRDs(ctx context.Context, cfg *rest.Config) error {
+	dir, err := SnapshotCRDDir()
+	if err != nil {
+		return err
+	}
+	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
+	if err != nil {
+		return err
+	}
+	cs, err := apiextensions.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	crds := cs.ApiextensionsV1().CustomResourceDefinitions()
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return err
+		}
+		crd := &apiextensionsv1.CustomResourceDefinition{}
+		if err := yaml.UnmarshalStrict(b, crd); err != nil {
+			return fmt.Errorf("CRD %s: %w", f, err)
+		}
+		if _, err := crds.Create(ctx, crd, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("create CRD %s: %w", crd.Name, err)
+		}
+		if err := waitEstablished(ctx, cs, crd.Name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func waitEstablished(ctx context.Context, cs *apiextensions.Clientset, name string) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	for {
+		crd, err := cs.ApiextensionsV1().CustomResourceDefinitions().Get(ctx, name, metav1.GetOptions{})
+		if err == nil {
+			for _, c := range crd.Status.Conditions {
+				if c.Type == apiextensionsv1.Established && c.Status == apiextensionsv1.ConditionTrue {
+					return nil
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("CRD %s not established within a minute (last error: %v)", name, err)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// InstallOptions describe an install on a local cluster.
+type InstallOptions struct {
+	Release, Namespace string
+	// Set are more --set values, e.g. "storageClass.registries={a,b}".
+	Set []string
+	// Timeout bounds `helm install --wait`, e.g. "10m".
+	Timeout string
+	// Progress receives one line per step; nil discards them.
+	Progress io.Writer
+}
+
+// Install imports every podvirt image into c's containerd, applies the
+// VolumeSnapshot CRDs and runs `helm install --wait` with LocalValues.
+func Install(ctx context.Context, c *cluster.Cluster, h *Helm, opts InstallOptions) error {
+	if opts.Progress == nil {
+		opts.Progress = io.Discard
+	}
+	if opts.Release == "" || opts.Namespace == "" {
+		return errors.New("chart install: Release and Namespace are required")
+	}
+	values, err := LocalValues(c)
+	if err != nil {
+		return err
+	}
+	if err := images.BuildAndImport(ctx, c.ContainerdSocket(), images.Options{Progress: opts.Progress}); err != nil {
+		return err
+	}
+	cfg, err := c.RESTConfig()
+	if err != nil {
+		return err
+	}
+	if err := ApplySnapshotCRDs(ctx, cfg); err != nil {
+		return err
+	}
+	timeout := opts.Timeout
+	if timeout == "" {
+		timeout = "10m"
+	}
+	args := []string{"install", opts.Release, Dir(), "--namespace", opts.Namespace, "--create-namespace", "--wait", "--timeout", timeout}
+	for _, s := range append(values, opts.Set...) {
+		args = append(args, "--set", s)
+	}
+	fmt.Fprintf(opts.Progress, "[chart] helm install %s into namespace %s (--wait, up to %s)\n", opts.Release, opts.Namespace, timeout)
+	out, err := h.Run(ctx, args...)
+	fmt.Fprint(opts.Progress, out) // the release's NOTES: what to do next
+	return err
+}
