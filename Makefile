@@ -10,9 +10,11 @@ LDFLAGS := -s -w -X github.com/podvirt/podvirt/cmd/internal/version.Version=$(VE
 DEPS := test/deps/deps.sh
 CLUSTER := go run ./test/cmd/podvirt-cluster
 
-# End-to-end packages bring up a whole cluster: they run one at a time,
-# after the rest.
-E2E_PKGS := ./test/cluster/... ./test/chart/...
+# Packages that bring up a whole cluster run one at a time, after the
+# rest: every kubelet on a machine shares /var/lib/kubelet/device-plugins
+# (the kubelet hard-codes it), so two clusters at once break each other.
+E2E_DIRS := test/cluster test/chart test/noderuntime runtime/deviceplugin test/e2e
+E2E_PKGS := $(patsubst %,./%/...,$(E2E_DIRS))
 
 .PHONY: all deps build images test unit e2e bench lint generate up down demo kubectl-path clean
 
@@ -34,7 +36,7 @@ images: deps
 
 # The README's test command: every package's tests on real parts, then e2e.
 test: deps
-	go test -count=1 -timeout 20m $$(go list ./... | grep -v -e /test/cluster -e /test/chart)
+	go test -count=1 -timeout 30m $$(go list ./... | grep -v $(patsubst %,-e /%,$(E2E_DIRS)))
 	$(MAKE) --no-print-directory e2e
 
 e2e: deps
@@ -45,6 +47,9 @@ e2e: deps
 bench: deps
 	go test -run '^$$' -bench . -benchtime 30x ./cni/
 	go test -run '^$$' -bench Density -benchtime 1x -timeout 60m ./controller/density/
+	go test -run '^$$' -bench . -benchtime 3x -timeout 30m ./csi/importer/
+	go test -run '^$$' -bench CreateFromCache -benchtime 20x ./csi/driver/
+	go test -run '^$$' -bench BootVsVirsh -benchtime 5x -timeout 60m ./runtime/launcher/
 
 lint:
 	@$(DEPS) lint

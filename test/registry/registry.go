@@ -50,6 +50,10 @@ type Options struct {
 	TLS bool
 	// Users, when set, turns on htpasswd authentication.
 	Users map[string]string
+	// Detach lets the process outlive this one (the demo's registries stay
+	// up until `make down`, which stops every process whose command line
+	// names the cluster dir, so put Dir under it).
+	Detach bool
 }
 
 // Registry is a running registry process.
@@ -165,6 +169,9 @@ func (r *Registry) Restart(ctx context.Context) error {
 	cmd := exec.Command(Binary, "serve", r.config)
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if r.opts.Detach {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	}
 	if err := cmd.Start(); err != nil {
 		log.Close()
 		return fmt.Errorf("registry %s: starting %s: %w", r.Addr, Binary, err)

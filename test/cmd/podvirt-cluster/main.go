@@ -7,15 +7,14 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"syscall"
-	"time"
-
-	corev1 "k8s.io/api/core/v1"
 
 	"github.com/podvirt/podvirt/test/cluster"
 	"github.com/podvirt/podvirt/test/deps"
+	"github.com/podvirt/podvirt/test/stack"
 )
 
 const usage = `usage: podvirt-cluster [--dir DIR] COMMAND
@@ -24,7 +23,7 @@ Commands:
   up          bring the local cluster up (again: harmless) and print its kubeconfig
   down        stop every process of the cluster and remove its links, mounts,
               network namespaces, cgroups and state directory
-  demo        up, then run a proof pod built by code and print its log
+  demo        up, then install podvirt and boot two VMs on a shared L2 (see README)
   kubeconfig  print the path of the cluster-admin kubeconfig
 `
 
@@ -71,7 +70,7 @@ func run(ctx context.Context, cfg cluster.Config, command string) error {
 		return fmt.Errorf("%w\n(see the logs under %s/logs; 'make down' removes what was started)", err, cfg.Dir)
 	}
 	if command == "demo" {
-		if err := demo(ctx, c); err != nil {
+		if err := demo(ctx, c, cfg.Dir); err != nil {
 			return err
 		}
 	}
@@ -83,21 +82,23 @@ func run(ctx context.Context, cfg cluster.Config, command string) error {
 	return nil
 }
 
-func demo(ctx context.Context, c *cluster.Cluster) error {
-	fmt.Println("[demo] building the proof pod's image and importing it into the node")
-	if err := c.ImportProbe(ctx); err != nil {
-		return err
+func demo(ctx context.Context, c *cluster.Cluster, dir string) error {
+	// Under the cluster dir, so `make down` stops the registries and
+	// removes the state.
+	opts := stack.Options{Dir: filepath.Join(dir, "demo"), Detach: true, Progress: os.Stdout}
+	if err := stack.Demo(ctx, c, opts); err != nil {
+		return fmt.Errorf("%w\n(podvirt's logs: kubectl logs -n %s -l app.kubernetes.io/instance=%s --all-containers)", err, stack.Namespace, stack.Release)
 	}
-	name := fmt.Sprintf("podvirt-proof-%d", time.Now().Unix())
-	fmt.Printf("[demo] running pod %s to completion\n", name)
-	pod := cluster.ProbePod(name, nil)
-	// The pod reaches the API server through its Service (kube-proxy); the
-	// kubelet expands the Service's environment variables.
-	pod.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "PROBE_CONNECT", Value: "$(KUBERNETES_SERVICE_HOST):$(KUBERNETES_SERVICE_PORT)"}}
-	pod, logs, err := c.RunToCompletion(ctx, pod, 3*time.Minute)
+	kubectl, err := deps.Binary("kubernetes", "kubectl")
 	if err != nil {
 		return err
 	}
-	fmt.Printf("[demo] pod %s %s on node %s (IP %s); its log, read through the API server:\n%s", pod.Name, pod.Status.Phase, pod.Spec.NodeName, pod.Status.PodIP, logs)
+	get := exec.CommandContext(ctx, kubectl, "--kubeconfig", c.Kubeconfig(), "get", "vm,vmi,pvc", "-n", stack.Namespace, "-o", "wide")
+	get.Stdout, get.Stderr = os.Stdout, os.Stderr
+	fmt.Printf("\n$ kubectl get vm,vmi,pvc -n %s -o wide\n", stack.Namespace)
+	if err := get.Run(); err != nil {
+		return err
+	}
+	fmt.Printf("\nOpen a VM's serial console (Ctrl+] leaves):\n  go run ./cmd/podvirtctl console demo-1 -n %s --kubeconfig %s\n", stack.Namespace, c.Kubeconfig())
 	return nil
 }

@@ -1,0 +1,389 @@
+// Package e2e is podvirt as a user meets it: a local cluster, the chart
+// installed with helm, the test guest in a registry pair whose first mirror
+// is down, and real VMs driven with kubectl-style objects and podvirtctl.
+// The tests share one cluster (TestMain) and run in file order; the last
+// one uninstalls the chart.
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1 "github.com/podvirt/podvirt/api/v1alpha1"
+	"github.com/podvirt/podvirt/test/cluster"
+	"github.com/podvirt/podvirt/test/stack"
+)
+
+var st *stack.Stack
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "podvirt-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	c, err := cluster.New(cluster.Config{
+		Dir: dir, Name: "pve2e", NodeIP: net.IPv4(10, 250, 6, 1),
+		PodSubnet: "10.244.6.0/24", ServiceSubnet: "10.0.6.0/24", BasePort: 8843,
+		Progress: os.Stderr,
+	})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err, "(run `make deps`)")
+		return 1
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
+	defer cancel()
+	defer func() {
+		downCtx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		if err := c.Down(downCtx); err != nil {
+			fmt.Fprintln(os.Stderr, "e2e: cluster down:", err)
+		}
+	}()
+	if err := c.Up(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: cluster up:", err)
+		return 1
+	}
+	st, err = stack.Install(ctx, c, stack.Options{Dir: filepath.Join(dir, "stack"), Progress: os.Stderr})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: installing podvirt:", err)
+		return 1
+	}
+	defer st.Mirrors.Stop()
+	return m.Run()
+}
+
+func testContext(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func createVM(ctx context.Context, t *testing.T, vm *v1.VirtualMachine) {
+	t.Helper()
+	if err := st.Client.Create(ctx, vm); err != nil {
+		t.Fatalf("creating vm %s: %v", vm.Name, err)
+	}
+}
+
+func deleteVM(t *testing.T, name string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	vm := &v1.VirtualMachine{}
+	vm.Namespace, vm.Name = stack.Namespace, name
+	if err := st.Client.Delete(ctx, vm); err != nil && !apierrors.IsNotFound(err) {
+		t.Errorf("deleting vm %s: %v", name, err)
+		return
+	}
+	if err := waitFor(ctx, 3*time.Minute, func() (bool, error) {
+		err := st.Client.Get(ctx, client.ObjectKeyFromObject(vm), vm)
+		return apierrors.IsNotFound(err), nil
+	}); err != nil {
+		t.Errorf("vm %s still there 3 minutes after delete: %v", name, err)
+	}
+}
+
+func podvirtctl(ctx context.Context, t *testing.T, args ...string) string {
+	t.Helper()
+	bin, err := st.Podvirtctl(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	args = append(args, "--namespace", stack.Namespace, "--kubeconfig", st.Cluster.Kubeconfig())
+	out, err := exec.CommandContext(ctx, bin, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("podvirtctl %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+func getVMI(ctx context.Context, name string) (*v1.VirtualMachineInstance, error) {
+	vmi := &v1.VirtualMachineInstance{}
+	err := st.Client.Get(ctx, types.NamespacedName{Namespace: stack.Namespace, Name: name}, vmi)
+	return vmi, err
+}
+
+// waitNewVMI waits until the VM's VMI is Running with a UID other than old.
+func waitNewVMI(ctx context.Context, t *testing.T, name string, old types.UID) *v1.VirtualMachineInstance {
+	t.Helper()
+	var vmi *v1.VirtualMachineInstance
+	err := waitFor(ctx, 8*time.Minute, func() (bool, error) {
+		v, err := getVMI(ctx, name)
+		if err != nil {
+			return false, client.IgnoreNotFound(err)
+		}
+		vmi = v
+		return v.UID != old && v.Status.Phase == v1.Running, nil
+	})
+	if err != nil {
+		t.Fatalf("vm %s: no new Running VMI (old uid %s, now %+v): %v", name, old, vmi, err)
+	}
+	return vmi
+}
+
+func waitNoVMI(ctx context.Context, t *testing.T, name string) {
+	t.Helper()
+	if err := waitFor(ctx, 5*time.Minute, func() (bool, error) {
+		_, err := getVMI(ctx, name)
+		return apierrors.IsNotFound(err), nil
+	}); err != nil {
+		t.Fatalf("vm %s: VMI still there: %v", name, err)
+	}
+}
+
+func waitFor(ctx context.Context, d time.Duration, cond func() (bool, error)) error {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	for {
+		ok, err := cond()
+		if err != nil || ok {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// TestVMsOnSharedL2 is the demo as a test: two VMs from the registry pair
+// (the first mirror down), reaching each other and reached from a pod.
+func TestVMsOnSharedL2(t *testing.T) {
+	ctx := testContext(t, 25*time.Minute)
+	names := []string{"l2-a", "l2-b"}
+	for _, n := range names {
+		createVM(ctx, t, stack.VM(n, v1.RunStrategyAlways))
+		t.Cleanup(func() { deleteVM(t, n) })
+	}
+	ips := map[string]string{}
+	for _, n := range names {
+		vmi, err := st.WaitRunning(ctx, n, 12*time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ips[n] = stack.GuestIP(vmi)
+	}
+	for i, n := range names {
+		peer := names[1-i]
+		out, err := st.RunInConsole(ctx, n, stack.PingCommand(ips[peer]), 3*time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(out, " 0% packet loss") {
+			t.Fatalf("vm %s → vm %s (%s) over the L2:\n%s", n, peer, ips[peer], out)
+		}
+	}
+	for _, n := range names {
+		logs, err := st.ProbeFromPod(ctx, "probe-"+n, stack.HostPort(ips[n], stack.VMPort), 3*time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(logs, "ok") {
+			t.Fatalf("pod → vm %s: %s", n, logs)
+		}
+	}
+}
+
+// TestLifecycle: stop, start, restart, pause/unpause through podvirtctl;
+// delete with the disk retained; a new VM on the retained PVC sees what the
+// first one wrote.
+func TestLifecycle(t *testing.T) {
+	ctx := testContext(t, 30*time.Minute)
+	const name = "life"
+	createVM(ctx, t, stack.VM(name, v1.RunStrategyAlways))
+	t.Cleanup(func() { deleteVM(t, name) })
+	vmi, err := st.WaitRunning(ctx, name, 12*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	podvirtctl(ctx, t, "pause", "vm", name)
+	if err := waitFor(ctx, 2*time.Minute, func() (bool, error) {
+		v, err := getVMI(ctx, name)
+		return err == nil && v.Status.Domain != nil && v.Status.Domain.State == v1.DomainPaused, err
+	}); err != nil {
+		t.Fatalf("pause: domain not Paused: %v", err)
+	}
+	podvirtctl(ctx, t, "unpause", "vm", name)
+	if err := waitFor(ctx, 2*time.Minute, func() (bool, error) {
+		v, err := getVMI(ctx, name)
+		return err == nil && v.Status.Domain != nil && v.Status.Domain.State == v1.DomainRunning, err
+	}); err != nil {
+		t.Fatalf("unpause: domain not Running: %v", err)
+	}
+
+	podvirtctl(ctx, t, "restart", name)
+	vmi = waitNewVMI(ctx, t, name, vmi.UID)
+
+	podvirtctl(ctx, t, "stop", name)
+	waitNoVMI(ctx, t, name)
+	podvirtctl(ctx, t, "start", name)
+	vmi = waitNewVMI(ctx, t, name, vmi.UID)
+	if _, err := st.WaitRunning(ctx, name, 8*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+
+	// Data survives the VM: write, delete the VM (disks are retained by
+	// default), boot a new VM on the same PVC, read.
+	token := fmt.Sprintf("podvirt-data-%d", time.Now().UnixNano())
+	if out, err := st.RunInConsole(ctx, name, "echo "+token+" > /root/data && sync", 3*time.Minute); err != nil {
+		t.Fatalf("writing data: %v\n%s", err, out)
+	}
+	deleteVM(t, name)
+	pvc := &corev1.PersistentVolumeClaim{}
+	if err := st.Client.Get(ctx, types.NamespacedName{Namespace: stack.Namespace, Name: name + "-root"}, pvc); err != nil {
+		t.Fatalf("the disk of deleted vm %s was not retained: %v", name, err)
+	}
+	const second = "life-again"
+	vm := stack.VM(second, v1.RunStrategyAlways)
+	vm.Spec.DiskTemplates = nil
+	vm.Spec.Template.Spec.Volumes[0].PersistentVolumeClaim.ClaimName = name + "-root"
+	createVM(ctx, t, vm)
+	t.Cleanup(func() {
+		deleteVM(t, second)
+		_ = st.Client.Delete(context.Background(), pvc)
+	})
+	if _, err := st.WaitRunning(ctx, second, 12*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	out, err := st.RunInConsole(ctx, second, "cat /root/data", 3*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, token) {
+		t.Fatalf("the new VM on the retained disk does not see %s:\n%s", token, out)
+	}
+}
+
+// TestRunStrategies: Always replaces a VMI whose guest powered off;
+// Halted stops it; RerunOnFailure replaces one whose launcher was killed.
+func TestRunStrategies(t *testing.T) {
+	ctx := testContext(t, 30*time.Minute)
+	const name = "strategy"
+	createVM(ctx, t, stack.VM(name, v1.RunStrategyAlways))
+	t.Cleanup(func() { deleteVM(t, name) })
+	vmi, err := st.WaitRunning(ctx, name, 12*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Always: the guest powers itself off → a new VMI.
+	if out, err := st.RunInConsole(ctx, name, "poweroff", time.Minute); err != nil && !strings.Contains(out, "poweroff") {
+		t.Fatalf("poweroff: %v", err)
+	}
+	vmi = waitNewVMI(ctx, t, name, vmi.UID)
+
+	// RerunOnFailure: kill the launcher → Failed → a new VMI.
+	vm := &v1.VirtualMachine{}
+	if err := st.Client.Get(ctx, types.NamespacedName{Namespace: stack.Namespace, Name: name}, vm); err != nil {
+		t.Fatal(err)
+	}
+	patch := client.MergeFrom(vm.DeepCopy())
+	vm.Spec.RunStrategy = v1.RunStrategyRerunOnFailure
+	if err := st.Client.Patch(ctx, vm, patch); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.WaitRunning(ctx, name, 8*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	killLauncher(ctx, t, vmi)
+	if err := waitFor(ctx, 3*time.Minute, func() (bool, error) {
+		v, err := getVMI(ctx, name)
+		if apierrors.IsNotFound(err) {
+			return true, nil // already replaced
+		}
+		return err == nil && (v.UID != vmi.UID || v.Status.Phase == v1.Failed), err
+	}); err != nil {
+		t.Fatalf("killed launcher: VMI never Failed: %v", err)
+	}
+	vmi = waitNewVMI(ctx, t, name, vmi.UID)
+
+	// Halted: stops it.
+	if err := st.Client.Get(ctx, types.NamespacedName{Namespace: stack.Namespace, Name: name}, vm); err != nil {
+		t.Fatal(err)
+	}
+	patch = client.MergeFrom(vm.DeepCopy())
+	vm.Spec.RunStrategy = v1.RunStrategyHalted
+	if err := st.Client.Patch(ctx, vm, patch); err != nil {
+		t.Fatal(err)
+	}
+	waitNoVMI(ctx, t, name)
+}
+
+// killLauncher SIGKILLs the launcher process of vmi on the node (the test
+// runs on the node), as a crash would.
+func killLauncher(ctx context.Context, t *testing.T, vmi *v1.VirtualMachineInstance) {
+	t.Helper()
+	out, err := exec.CommandContext(ctx, "pgrep", "-f", "podvirt-launcher").Output()
+	if err != nil {
+		t.Fatalf("no launcher process found: %v", err)
+	}
+	killed := 0
+	for _, pid := range strings.Fields(string(out)) {
+		env, err := os.ReadFile("/proc/" + pid + "/environ")
+		if err != nil || !strings.Contains(string(env), "PODVIRT_VMI_UID="+string(vmi.UID)) {
+			continue
+		}
+		if err := exec.CommandContext(ctx, "kill", "-9", pid).Run(); err == nil {
+			killed++
+		}
+	}
+	if killed == 0 {
+		t.Fatalf("no launcher process of vmi %s (uid %s) among %q", vmi.Name, vmi.UID, out)
+	}
+}
+
+// TestSecondDiskFromCache: a second VM from the same image is provisioned
+// from the node's cache: its PVC binds without another download.
+func TestSecondDiskFromCache(t *testing.T) {
+	ctx := testContext(t, 20*time.Minute)
+	for _, n := range []string{"cache-a", "cache-b"} {
+		start := time.Now()
+		createVM(ctx, t, stack.VM(n, v1.RunStrategyHalted))
+		t.Cleanup(func() { deleteVM(t, n) })
+		pvc := &corev1.PersistentVolumeClaim{}
+		// WaitForFirstConsumer: start the VM so the PVC gets a consumer.
+		podvirtctl(ctx, t, "start", n)
+		if err := waitFor(ctx, 10*time.Minute, func() (bool, error) {
+			err := st.Client.Get(ctx, types.NamespacedName{Namespace: stack.Namespace, Name: n + "-root"}, pvc)
+			return err == nil && pvc.Status.Phase == corev1.ClaimBound, client.IgnoreNotFound(err)
+		}); err != nil {
+			t.Fatalf("pvc %s-root not Bound: %v", n, err)
+		}
+		t.Logf("vm %s: disk bound after %s", n, time.Since(start).Round(time.Millisecond))
+	}
+}
+
+// TestUninstall runs last: helm uninstall leaves the retained disks' PVs
+// and nothing of podvirt's.
+func TestUninstall(t *testing.T) {
+	ctx := testContext(t, 10*time.Minute)
+	if out, err := st.Helm.Run(ctx, "uninstall", stack.Release, "--namespace", stack.Namespace, "--wait"); err != nil {
+		t.Fatalf("helm uninstall: %v\n%s", err, out)
+	}
+	pods := &corev1.PodList{}
+	if err := waitFor(ctx, 5*time.Minute, func() (bool, error) {
+		err := st.Client.List(ctx, pods, client.InNamespace(stack.Namespace))
+		return err == nil && len(pods.Items) == 0, err
+	}); err != nil {
+		t.Fatalf("pods left after uninstall: %d: %v", len(pods.Items), err)
+	}
+}

@@ -1,0 +1,313 @@
+package stack
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"path/filepath"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1 "github.com/podvirt/podvirt/api/v1alpha1"
+	"github.com/podvirt/podvirt/test/chart"
+	"github.com/podvirt/podvirt/test/cluster"
+)
+
+// The demo's names.
+const (
+	Release    = "podvirt"
+	Namespace  = "podvirt-system"
+	VMNetwork  = "l2-bridge"      // the chart's bridge-mode NAD, for VMs (guest: tap)
+	PodNetwork = "l2-bridge-pods" // the same L2 and IPAM store, for plain pods
+	VMPort     = 8080             // the guests serve HTTP here (busybox httpd)
+)
+
+// Options configure Install and the demo.
+type Options struct {
+	// Dir holds the registries, helm's state and the CSI driver's state
+	// (host paths); the demo puts it under the cluster dir so `make down`
+	// removes it.
+	Dir string
+	// Detach keeps the registries running after this process exits.
+	Detach   bool
+	Progress io.Writer
+}
+
+func (o Options) say(format string, args ...any) {
+	if o.Progress != nil {
+		fmt.Fprintf(o.Progress, "[demo] "+format+"\n", args...)
+	}
+}
+
+// Stack is podvirt installed on a cluster with its registry pair.
+type Stack struct {
+	Cluster *cluster.Cluster
+	Client  client.Client
+	Mirrors *Mirrors
+	Helm    *chart.Helm
+	opts    Options
+}
+
+// Scheme knows core types and podvirt's.
+func Scheme() *runtime.Scheme {
+	s := runtime.NewScheme()
+	_ = clientgoscheme.AddToScheme(s)
+	_ = v1.AddToScheme(s)
+	return s
+}
+
+// Install starts the registry pair on the node's address, then builds and
+// imports the images and installs the chart with a StorageClass naming
+// both mirrors (the stopped one first) and the bridge-mode NAD.
+func Install(ctx context.Context, c *cluster.Cluster, opts Options) (*Stack, error) {
+	cfg, err := c.RESTConfig()
+	if err != nil {
+		return nil, err
+	}
+	cl, err := client.New(cfg, client.Options{Scheme: Scheme()})
+	if err != nil {
+		return nil, err
+	}
+	opts.say("building the test guest and pushing it to a registry pair on %s (the first mirror is then stopped)", c.NodeIP())
+	m, err := StartMirrors(ctx, filepath.Join(opts.Dir, "registries"), c.NodeIP().String(), opts.Detach)
+	if err != nil {
+		return nil, err
+	}
+	opts.say("mirrors: %s (down), %s (up); image %s@%s", m.Down.Addr, m.Up.Addr, GuestSource, m.Digest)
+	h, err := chart.NewHelm(filepath.Join(opts.Dir, "helm"), c.Kubeconfig())
+	if err != nil {
+		m.Stop()
+		return nil, err
+	}
+	hosts := strings.Join(m.Hosts(), ",")
+	err = chart.Install(ctx, c, h, chart.InstallOptions{
+		Release: Release, Namespace: Namespace,
+		Set: []string{
+			"storageClass.registries={" + hosts + "}",
+			"storageClass.insecureRegistries={" + hosts + "}",
+			"storageClass.default=true",
+			"networks.bridge.create=true",
+			"networks.bridge.name=" + VMNetwork,
+		},
+		Timeout:  "15m",
+		Progress: progressPrefix(opts.Progress),
+	})
+	if err != nil {
+		m.Stop()
+		return nil, err
+	}
+	s := &Stack{Cluster: c, Client: cl, Mirrors: m, Helm: h, opts: opts}
+	if err := s.podNetwork(ctx); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func progressPrefix(w io.Writer) io.Writer {
+	if w == nil {
+		return io.Discard
+	}
+	return w
+}
+
+// podNetwork adds a NAD for plain pods on the VMs' L2: the chart's bridge
+// network without guest: tap, under the same CNI network name, so
+// host-local hands out addresses from one store.
+func (s *Stack) podNetwork(ctx context.Context) error {
+	nad := &unstructured.Unstructured{}
+	nad.SetAPIVersion("k8s.cni.cncf.io/v1")
+	nad.SetKind("NetworkAttachmentDefinition")
+	if err := s.Client.Get(ctx, client.ObjectKey{Namespace: Namespace, Name: VMNetwork}, nad); err != nil {
+		return fmt.Errorf("reading the chart's NAD %s/%s: %w", Namespace, VMNetwork, err)
+	}
+	config, _, _ := unstructured.NestedString(nad.Object, "spec", "config")
+	podConfig := strings.Replace(config, `"guest": "tap"`, `"guest": "none"`, 1)
+	if podConfig == config {
+		return fmt.Errorf("NAD %s/%s: no \"guest\": \"tap\" in its config to turn off for pods:\n%s", Namespace, VMNetwork, config)
+	}
+	pods := &unstructured.Unstructured{}
+	pods.SetAPIVersion("k8s.cni.cncf.io/v1")
+	pods.SetKind("NetworkAttachmentDefinition")
+	pods.SetNamespace(Namespace)
+	pods.SetName(PodNetwork)
+	_ = unstructured.SetNestedField(pods.Object, podConfig, "spec", "config")
+	if err := s.Client.Create(ctx, pods); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("creating NAD %s/%s: %w", Namespace, PodNetwork, err)
+	}
+	return nil
+}
+
+// VM is a VM on the bridge L2 with a disk imported from the mirrors; its
+// guest sets its hostname and serves HTTP on VMPort through cloud-init.
+func VM(name string, strategy v1.RunStrategy) *v1.VirtualMachine {
+	fs := corev1.PersistentVolumeFilesystem
+	return &v1.VirtualMachine{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: Namespace},
+		Spec: v1.VirtualMachineSpec{
+			RunStrategy: strategy,
+			DiskTemplates: []v1.DiskTemplate{{
+				ObjectMeta: v1.DiskTemplateMeta{
+					Name:        name + "-root",
+					Annotations: map[string]string{v1.DiskSourceAnnotation: GuestSource},
+				},
+				Spec: corev1.PersistentVolumeClaimSpec{
+					AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+					VolumeMode:  &fs,
+					Resources: corev1.VolumeResourceRequirements{
+						Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("256Mi")},
+					},
+				},
+			}},
+			Template: v1.VirtualMachineInstanceTemplateSpec{Spec: v1.VirtualMachineInstanceSpec{
+				Domain: v1.DomainSpec{
+					Memory: v1.Memory{Guest: resource.MustParse("256Mi")},
+					Devices: v1.Devices{
+						Disks:      []v1.Disk{{Name: "root"}, {Name: "cloudinit"}},
+						Interfaces: []v1.Interface{{Name: "l2", Binding: v1.InterfaceBindingTap}},
+					},
+				},
+				Networks: []v1.Network{{Name: "l2", NetworkSource: v1.NetworkSource{Multus: &v1.MultusNetwork{NetworkName: VMNetwork}}}},
+				Volumes: []v1.Volume{
+					{Name: "root", VolumeSource: v1.VolumeSource{PersistentVolumeClaim: &v1.PersistentVolumeClaimVolumeSource{ClaimName: name + "-root"}}},
+					{Name: "cloudinit", VolumeSource: v1.VolumeSource{CloudInitNoCloud: &v1.CloudInitNoCloudSource{UserData: fmt.Sprintf(
+						"#cloud-config\nhostname: %s\nruncmd:\n  - echo hello from %s > /tmp/index.html\n  - httpd -p %d -h /tmp\n", name, name, VMPort)}}},
+				},
+			}},
+		},
+	}
+}
+
+// WaitRunning waits until the VM's VMI is Running with an address on its
+// L2 interface, and returns the VMI.
+func (s *Stack) WaitRunning(ctx context.Context, name string, timeout time.Duration) (*v1.VirtualMachineInstance, error) {
+	var vmi v1.VirtualMachineInstance
+	err := poll(ctx, timeout, func() (bool, error) {
+		if err := s.Client.Get(ctx, client.ObjectKey{Namespace: Namespace, Name: name}, &vmi); err != nil {
+			return false, client.IgnoreNotFound(err)
+		}
+		if vmi.Status.Phase == v1.Failed {
+			return false, fmt.Errorf("vmi %s Failed: %s %s", name, vmi.Status.Reason, vmi.Status.Message)
+		}
+		return vmi.Status.Phase == v1.Running && GuestIP(&vmi) != "", nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("vm %s: not Running with an L2 address after %s (phase %q, interfaces %+v): %w",
+			name, timeout, vmi.Status.Phase, vmi.Status.Interfaces, err)
+	}
+	return &vmi, nil
+}
+
+// GuestIP is the VMI's address on its L2 interface ("" until known).
+func GuestIP(vmi *v1.VirtualMachineInstance) string {
+	for _, i := range vmi.Status.Interfaces {
+		if i.Name == "l2" && i.IP != "" {
+			ip, _, _ := strings.Cut(i.IP, "/")
+			return ip
+		}
+	}
+	return ""
+}
+
+// ProbeFromPod runs a plain pod on PodNetwork that connects to addr
+// (host:port) and returns its log.
+func (s *Stack) ProbeFromPod(ctx context.Context, name, addr string, timeout time.Duration) (string, error) {
+	if err := s.Cluster.ImportProbe(ctx); err != nil {
+		return "", err
+	}
+	pod := cluster.ProbePod(name, map[string]string{v1.MultusNetworksAnnotation: PodNetwork})
+	pod.Namespace = Namespace
+	pod.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "PROBE_CONNECT", Value: addr}}
+	_, logs, err := s.Cluster.RunToCompletion(ctx, pod, timeout)
+	if err != nil {
+		return "", fmt.Errorf("a pod on NAD %s reaching %s: %w", PodNetwork, addr, err)
+	}
+	return logs, nil
+}
+
+// poll calls cond every 250 ms until it returns true or an error, or
+// timeout passes.
+func poll(ctx context.Context, timeout time.Duration, cond func() (bool, error)) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		ok, err := cond()
+		if err != nil || ok {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+}
+
+// PingCommand is a guest shell line that waits (up to a minute) until ip
+// answers — the peer may still be getting its DHCP lease — then pings it
+// three times; its output ends with busybox's "… % packet loss".
+func PingCommand(ip string) string {
+	return fmt.Sprintf("for i in $(seq 60); do ping -c 1 -W 1 %s >/dev/null && break; done; ping -c 3 -W 2 %s", ip, ip)
+}
+
+// HostPort joins an IP and a port.
+func HostPort(ip string, port int) string { return net.JoinHostPort(ip, fmt.Sprint(port)) }
+
+// Demo is `make demo` after the cluster is up: podvirt installed, two VMs
+// from the same image on the bridge L2, each reaching the other, a plain
+// pod reaching both.
+func Demo(ctx context.Context, c *cluster.Cluster, opts Options) error {
+	start := time.Now()
+	s, err := Install(ctx, c, opts)
+	if err != nil {
+		return err
+	}
+	names := []string{"demo-1", "demo-2"}
+	for _, n := range names {
+		vm := VM(n, v1.RunStrategyAlways)
+		opts.say("creating vm %s (disk from %s, NIC on NAD %s)", n, GuestSource, VMNetwork)
+		if err := s.Client.Create(ctx, vm); err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("creating vm %s: %w", n, err)
+		}
+	}
+	ips := map[string]string{}
+	for _, n := range names {
+		vmi, err := s.WaitRunning(ctx, n, 10*time.Minute)
+		if err != nil {
+			return err
+		}
+		ips[n] = GuestIP(vmi)
+		opts.say("vmi %s Running on %s, L2 address %s", n, vmi.Status.NodeName, ips[n])
+	}
+	for i, n := range names {
+		peer := names[1-i]
+		out, err := s.RunInConsole(ctx, n, PingCommand(ips[peer]), 3*time.Minute)
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(out, " 0% packet loss") {
+			return fmt.Errorf("vm %s could not ping vm %s (%s) over the L2:\n%s", n, peer, ips[peer], out)
+		}
+		opts.say("vm %s pings vm %s (%s) over the L2: 0%% packet loss", n, peer, ips[peer])
+	}
+	for _, n := range names {
+		logs, err := s.ProbeFromPod(ctx, "demo-probe-"+n, HostPort(ips[n], VMPort), 3*time.Minute)
+		if err != nil {
+			return err
+		}
+		opts.say("a plain pod on NAD %s reached vm %s at %s:\n%s", PodNetwork, n, HostPort(ips[n], VMPort), strings.TrimSpace(logs))
+	}
+	opts.say("done in %s", time.Since(start).Round(time.Second))
+	return nil
+}
