@@ -59,6 +59,13 @@ build_wrapped() {
 	shift 5
 	local out=$CACHE/bin/$name-$version
 	[ -d "$out" ] && return 0
+	# Two `make` runs at once must not build into the same $out.tmp: the
+	# second waits for the first, then finds the tool cached.
+	mkdir -p "$CACHE/bin"
+	local lock
+	exec {lock}>"$CACHE/bin/.$name-$version.lock"
+	flock "$lock"
+	if [ -d "$out" ]; then exec {lock}>&-; return 0; fi
 	local src=$CACHE/src/$name-$version
 	log "building $name $version from the module proxy (slow the first time; cached in $out)"
 	rm -rf "$src" "$out.tmp"
@@ -90,6 +97,7 @@ build_wrapped() {
 	(cd "$src" && GOFLAGS=-mod=mod go mod tidy)
 	(cd "$src" && CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$out.tmp/" "$@")
 	mv "$out.tmp" "$out"
+	exec {lock}>&-
 }
 
 # upstream_replaces MODULE VERSION PATTERN: the module's own replace lines
