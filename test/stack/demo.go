@@ -228,6 +228,9 @@ func (s *Stack) ProbeFromPod(ctx context.Context, name, addr string, timeout tim
 	pod.Namespace = Namespace
 	pod.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "PROBE_CONNECT", Value: addr}}
 	_, logs, err := s.Cluster.RunToCompletion(ctx, pod, timeout)
+	// Its log is read; the pod would only stand in the way of a rerun or an
+	// uninstall.
+	_ = s.Client.Delete(ctx, pod)
 	if err != nil {
 		return "", fmt.Errorf("a pod on NAD %s reaching %s: %w", PodNetwork, addr, err)
 	}
