@@ -122,7 +122,8 @@ func Validate(ctx context.Context, path, name string, lim Limits) (Info, error) 
 		out, stderr, err := runLimited(ctx, lim, "check", "--output=json", "-f", format, path)
 		var ee *exec.ExitError
 		// Exit 3 means leaked clusters only: wasted space, not damage.
-		if err != nil && !(errors.As(err, &ee) && ee.ExitCode() == 3) {
+		leaksOnly := errors.As(err, &ee) && ee.ExitCode() == 3
+		if err != nil && !leaksOnly {
 			return Info{}, refuseRun(ctx, name, "check", out, stderr, err)
 		}
 	}

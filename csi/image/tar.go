@@ -70,7 +70,7 @@ func (s *DiskSelector) Next(h *tar.Header) (bool, Compression, error) {
 	if !isDiskName {
 		return false, None, nil
 	}
-	if h.Typeflag != tar.TypeReg && h.Typeflag != tar.TypeRegA {
+	if h.Typeflag != tar.TypeReg { // the reader reports old-style regular files (TypeRegA) as TypeReg
 		return false, None, refuse(ReasonNotAnImage, s.Image, "put the disk itself under /disk/, not a link",
 			"/%s is not a regular file (tar type %q)", clean, h.Typeflag)
 	}

@@ -144,7 +144,7 @@ func (c *Cache) load() error {
 		return fmt.Errorf("image cache index: %w", err)
 	default:
 		if err := json.Unmarshal(b, &c.idx); err != nil {
-			return fmt.Errorf("image cache index %s is unreadable (%v); move it away to start with an empty cache", c.indexPath(), err)
+			return fmt.Errorf("image cache index %s is unreadable (%w); move it away to start with an empty cache", c.indexPath(), err)
 		}
 	}
 	for _, m := range []*map[string]string{&c.idx.Holders, &c.idx.Sources} {

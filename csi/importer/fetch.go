@@ -181,7 +181,7 @@ func (r *failoverReader) connect() error {
 		r.health.markBad(m)
 	}
 	if r.notFound == len(r.mirrors) {
-		return terminal(fmt.Errorf("not found on any of %d mirror(s) (last: %v); check the image name and that the mirrors hold it", len(r.mirrors), r.lastErr))
+		return terminal(fmt.Errorf("not found on any of %d mirror(s) (last: %w); check the image name and that the mirrors hold it", len(r.mirrors), r.lastErr))
 	}
 	return fmt.Errorf("no mirror could serve it (tried %d, last: %w)", len(r.mirrors), r.lastErr)
 }
@@ -202,7 +202,7 @@ func (r *failoverReader) Read(p []byte) (int, error) {
 			r.offset += int64(n)
 			r.timer.Reset(r.stall)
 		}
-		if err == nil || err == io.EOF {
+		if err == nil || errors.Is(err, io.EOF) {
 			return n, err
 		}
 		// The mirror failed mid-blob: the caller's context ending is not the mirror's fault.

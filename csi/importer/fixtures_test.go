@@ -500,7 +500,8 @@ func refused(t testing.TB, err error, reason image.Reason) {
 	if err == nil {
 		t.Fatalf("import succeeded; want a refusal (%s)", reason)
 	}
-	ie, ok := err.(*image.Error)
+	var ie *image.Error
+	ok := errors.As(err, &ie)
 	if !ok {
 		var target *image.Error
 		if !asImageError(err, &target) {
@@ -572,7 +573,7 @@ func untarTo(t testing.TB, src, dst string) {
 	tr := tar.NewReader(f)
 	for {
 		h, err := tr.Next()
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			return
 		}
 		if err != nil {

@@ -68,7 +68,7 @@ func parseDocker(src Source) (dockerRef, error) {
 		ref, err = name.ParseReference(s, opts...)
 	}
 	if err != nil {
-		return dockerRef{}, terminal(fmt.Errorf("source %s is not an image reference (%v); write docker://registry/repository:tag or @sha256:…", src.URL, err))
+		return dockerRef{}, terminal(fmt.Errorf("source %s is not an image reference (%w); write docker://registry/repository:tag or @sha256:…", src.URL, err))
 	}
 	mirrors := src.Mirrors
 	if len(mirrors) == 0 {
@@ -97,7 +97,7 @@ func keychain(src Source, registry string) (authn.Authenticator, error) {
 	}
 	cf := configfile.New("")
 	if err := cf.LoadFromReader(strings.NewReader(string(src.DockerConfigJSON))); err != nil {
-		return nil, terminal(fmt.Errorf("registry credentials: the dockerconfigjson is unreadable (%v); fix the Secret", err))
+		return nil, terminal(fmt.Errorf("registry credentials: the dockerconfigjson is unreadable (%w); fix the Secret", err))
 	}
 	ac, err := cf.GetAuthConfig(registry)
 	if err != nil {
@@ -123,8 +123,6 @@ type resolved struct {
 	layers  []layerInfo
 	mirrors []string // the mirror that served the manifest first, then the others
 }
-
-var errUnhealthy = errors.New("unhealthy")
 
 // resolveDocker finds the image manifest (linux/amd64 when the reference is an index) on
 // the first mirror that answers, in health order.
@@ -168,10 +166,10 @@ func (c *Cache) resolveDocker(ctx context.Context, src Source, d dockerRef, tr h
 		}
 	}
 	if notFound == len(order) {
-		return resolved{}, terminal(fmt.Errorf("%s: not found on any of %d mirror(s) (%v); check the image name and tag", src.URL, len(order), lastErr))
+		return resolved{}, terminal(fmt.Errorf("%s: not found on any of %d mirror(s) (%w); check the image name and tag", src.URL, len(order), lastErr))
 	}
 	if denied > 0 {
-		return resolved{}, fmt.Errorf("%s: %w: %d of %d mirror(s) refused the credentials (%v); fix the registry Secret the StorageClass names", src.URL, errAccessDenied, denied, len(order), lastErr)
+		return resolved{}, fmt.Errorf("%s: %w: %d of %d mirror(s) refused the credentials (%w); fix the registry Secret the StorageClass names", src.URL, errAccessDenied, denied, len(order), lastErr)
 	}
 	return resolved{}, fmt.Errorf("%s: no mirror could serve the manifest (%w)", src.URL, lastErr)
 }

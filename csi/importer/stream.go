@@ -318,7 +318,7 @@ func (j *job) streamLayer(ctx context.Context, li int, w *sparseWriter, sel *ima
 	tr := tar.NewReader(stream)
 	for {
 		hdr, err := tr.Next()
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			break
 		}
 		if err != nil {
@@ -550,7 +550,7 @@ func (j *job) copyHTTPIdentity(w *sparseWriter, raw *countingReader) error {
 			}
 			since += int64(m)
 		}
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			return nil
 		}
 		if err != nil {

@@ -85,7 +85,7 @@ func LocalValues(c *cluster.Cluster) ([]string, error) {
 	}
 	u, err := url.Parse(cfg.Host)
 	if err != nil || u.Hostname() == "" || u.Port() == "" {
-		return nil, fmt.Errorf("kubeconfig %s: server %q has no host:port (%v)", c.Kubeconfig(), cfg.Host, err)
+		return nil, fmt.Errorf("kubeconfig %s: server %q has no host:port (%w)", c.Kubeconfig(), cfg.Host, err)
 	}
 	return []string{
 		"kubeletRootDir=" + c.KubeletRootDir(),
@@ -163,7 +163,7 @@ func waitEstablished(ctx context.Context, cs *apiextensions.Clientset, name stri
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("CRD %s not established within a minute (last error: %v)", name, err)
+			return fmt.Errorf("CRD %s not established within a minute (last error: %w)", name, err)
 		case <-time.After(200 * time.Millisecond):
 		}
 	}

@@ -236,7 +236,7 @@ func TestLifecycle(t *testing.T) {
 	podvirtctl(ctx, t, "stop", name)
 	waitNoVMI(ctx, t, name)
 	podvirtctl(ctx, t, "start", name)
-	vmi = waitNewVMI(ctx, t, name, vmi.UID)
+	waitNewVMI(ctx, t, name, vmi.UID)
 	if _, err := st.WaitRunning(ctx, name, 8*time.Minute); err != nil {
 		t.Fatal(err)
 	}

@@ -186,7 +186,7 @@ func (r *Registry) Restart(ctx context.Context) error {
 		} else if time.Now().After(deadline) {
 			r.stopLocked(syscall.SIGKILL)
 			logs, _ := os.ReadFile(r.log)
-			return fmt.Errorf("registry %s: not serving after 30s: %v; log:\n%s", r.Addr, err, logs)
+			return fmt.Errorf("registry %s: not serving after 30s: %w; log:\n%s", r.Addr, err, logs)
 		}
 		select {
 		case <-done:

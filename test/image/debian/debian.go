@@ -145,7 +145,7 @@ func resolve(ctx context.Context, base string, spec Spec) ([]string, error) {
 	out, err := exec.CommandContext(ctx, "apt-get", append(args, spec.Packages...)...).CombinedOutput()
 	if err != nil {
 		return nil, fmt.Errorf("resolve Debian packages %v with apt-get: %w: %s (run 'apt-get update' / 'make deps')",
-			spec.Packages, err, lastLines(out, 5))
+			spec.Packages, err, lastLines(out))
 	}
 	var pkgs []string
 	sc := bufio.NewScanner(bytes.NewReader(out))
@@ -157,7 +157,7 @@ func resolve(ctx context.Context, base string, spec Spec) ([]string, error) {
 		}
 	}
 	if len(pkgs) == 0 {
-		return nil, fmt.Errorf("resolve Debian packages %v: apt-get planned no installs: %s", spec.Packages, lastLines(out, 5))
+		return nil, fmt.Errorf("resolve Debian packages %v: apt-get planned no installs: %s", spec.Packages, lastLines(out))
 	}
 	slices.Sort(pkgs)
 	if err := writeAtomic(cached, []byte(strings.Join(pkgs, "\n")+"\n")); err != nil {
@@ -231,7 +231,7 @@ func assemble(ctx context.Context, debs, dir string, pkgs []string, spec Spec) e
 		return err
 	}
 	if out, err := exec.CommandContext(ctx, "ldconfig", "-r", dir).CombinedOutput(); err != nil {
-		return fmt.Errorf("ldconfig -r %s: %w: %s", dir, err, lastLines(out, 5))
+		return fmt.Errorf("ldconfig -r %s: %w: %s", dir, err, lastLines(out))
 	}
 	return nil
 }
@@ -256,7 +256,7 @@ func download(ctx context.Context, debs string, pkgs []string) ([]string, error)
 		cmd := exec.CommandContext(ctx, "apt-get", append([]string{"download", "-q"}, missing...)...)
 		cmd.Dir = debs
 		if out, err := cmd.CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("apt-get download of %d packages into %s: %w: %s (run 'apt-get update')", len(missing), debs, err, lastLines(out, 5))
+			return nil, fmt.Errorf("apt-get download of %d packages into %s: %w: %s (run 'apt-get update')", len(missing), debs, err, lastLines(out))
 		}
 		if have, err = downloaded(debs); err != nil {
 			return nil, err
@@ -294,7 +294,7 @@ func downloaded(debs string) (map[string]string, error) {
 func unpack(ctx context.Context, deb, dir string) error {
 	cmd := exec.CommandContext(ctx, "sh", "-c", `dpkg-deb --fsys-tarfile "$1" | tar -x --keep-directory-symlink --no-same-owner -C "$2"`, "sh", deb, dir)
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("unpack %s: %w: %s", filepath.Base(deb), err, lastLines(out, 5))
+		return fmt.Errorf("unpack %s: %w: %s", filepath.Base(deb), err, lastLines(out))
 	}
 	return nil
 }
@@ -302,7 +302,7 @@ func unpack(ctx context.Context, deb, dir string) error {
 // writeAccounts writes /etc/passwd, /etc/group and /etc/shadow with root,
 // nobody and spec's users and groups.
 func writeAccounts(dir string, spec Spec) error {
-	passwd := "root:x:0:0:root:/root:/bin/sh\n"
+	passwd := "root:x:0:0:root:/root:/bin/sh\n" //nolint:gosec // account lines, not credentials
 	shadow := "root:*:19000:0:99999:7:::\n"
 	group := "root:x:0:\n"
 	for _, g := range spec.Groups {
@@ -323,7 +323,7 @@ func writeAccounts(dir string, spec Spec) error {
 		passwd += fmt.Sprintf("%s:x:%d:%d::%s:/usr/sbin/nologin\n", u.Name, u.UID, u.GID, home)
 		shadow += u.Name + ":*:19000:0:99999:7:::\n"
 	}
-	passwd += "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+	passwd += "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n" //nolint:gosec // account lines, not credentials
 	for name, data := range map[string]string{"passwd": passwd, "group": group, "shadow": shadow} {
 		mode := fs.FileMode(0o644)
 		if name == "shadow" {
@@ -418,7 +418,8 @@ func writeAtomic(path string, data []byte) error {
 	return os.Rename(tmp, path)
 }
 
-func lastLines(b []byte, n int) string {
+func lastLines(b []byte) string {
+	const n = 5
 	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
 	if len(lines) > n {
 		lines = lines[len(lines)-n:]
