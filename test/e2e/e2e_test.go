@@ -181,6 +181,7 @@ func TestVMsOnSharedL2(t *testing.T) {
 		}
 		ips[n] = stack.GuestIP(vmi)
 	}
+	checkFailover(ctx, t, names[0]+"-root", names[1]+"-root")
 	for i, n := range names {
 		peer := names[1-i]
 		out, err := st.RunInConsole(ctx, n, stack.PingCommand(ips[peer]), 3*time.Minute)
@@ -199,6 +200,33 @@ func TestVMsOnSharedL2(t *testing.T) {
 		if !strings.Contains(logs, "ok") {
 			t.Fatalf("pod → vm %s: %s", n, logs)
 		}
+	}
+}
+
+// checkFailover asserts that the disks were imported from the mirror that
+// is up, and that nothing claims to have come from the stopped first one:
+// the CSI driver's progress events name the mirror in use.
+func checkFailover(ctx context.Context, t *testing.T, claims ...string) {
+	t.Helper()
+	up, down := "from "+st.Mirrors.Up.Addr, "from "+st.Mirrors.Down.Addr
+	var seen []string
+	fromUp := false
+	for _, claim := range claims {
+		events := &corev1.EventList{}
+		if err := st.Client.List(ctx, events, client.InNamespace(stack.Namespace),
+			client.MatchingFields{"involvedObject.name": claim}); err != nil {
+			t.Fatalf("events of pvc %s: %v", claim, err)
+		}
+		for _, e := range events.Items {
+			seen = append(seen, e.Reason+": "+e.Message)
+			if strings.Contains(e.Message, down) {
+				t.Errorf("pvc %s: an import from the stopped mirror: %s", claim, e.Message)
+			}
+			fromUp = fromUp || strings.Contains(e.Message, up)
+		}
+	}
+	if !fromUp {
+		t.Errorf("no import event names the mirror that is up (%s); events:\n%s", st.Mirrors.Up.Addr, strings.Join(seen, "\n"))
 	}
 }
 
