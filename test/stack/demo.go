@@ -98,6 +98,9 @@ func Install(ctx context.Context, c *cluster.Cluster, opts Options) (*Stack, err
 			"storageClass.default=true",
 			"networks.bridge.create=true",
 			"networks.bridge.name=" + VMNetwork,
+			// Named after the cluster, so its `down` removes the bridge
+			// podvirt-l2 creates on the node.
+			"networks.bridge.bridge=" + c.NodeName() + "-l2",
 		},
 		Timeout:  "15m",
 		Progress: progressPrefix(opts.Progress),
