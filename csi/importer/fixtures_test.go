@@ -34,7 +34,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/static"
@@ -526,8 +525,8 @@ func nilLogger() *log.Logger { return log.New(io.Discard, "", 0) }
 
 func pemOf(der []byte) []byte { return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}) }
 
-// guestContainerDisk is the real test guest (built once into the shared cache) packed by
-// test/guest as its containerDisk OCI tar, loaded back as an image; and the disk itself.
+// guestContainerDisk is the real test guest (built once into the shared cache) as
+// test/guest packs it into its containerDisk image; and the disk itself.
 func guestContainerDisk(t testing.TB) (v1.Image, string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
@@ -536,66 +535,11 @@ func guestContainerDisk(t testing.TB) (v1.Image, string) {
 	if err != nil {
 		t.Fatalf("test guest: %v", err)
 	}
-	work := t.TempDir()
-	ociTar := filepath.Join(work, "guest.tar")
-	if err := guest.WriteContainerDisk(art, "podvirt.local/guest:1", ociTar); err != nil {
-		t.Fatal(err)
-	}
-	dir := filepath.Join(work, "layout")
-	untarTo(t, ociTar, dir)
-	lp, err := layout.FromPath(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	idx, err := lp.ImageIndex()
-	if err != nil {
-		t.Fatal(err)
-	}
-	man, err := idx.IndexManifest()
-	if err != nil || len(man.Manifests) != 1 {
-		t.Fatalf("guest containerDisk index: %v (%d manifests)", err, len(man.Manifests))
-	}
-	img, err := lp.Image(man.Manifests[0].Digest)
+	img, err := guest.ContainerDisk(art)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return img, art.Disk
-}
-
-// untarTo extracts the directories and regular files of a (trusted, test-made) tar.
-func untarTo(t testing.TB, src, dst string) {
-	t.Helper()
-	f, err := os.Open(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	tr := tar.NewReader(f)
-	for {
-		h, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			return
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		p := filepath.Join(dst, filepath.Clean("/"+h.Name))
-		switch h.Typeflag {
-		case tar.TypeDir:
-			err = os.MkdirAll(p, 0o755)
-		case tar.TypeReg:
-			if err = os.MkdirAll(filepath.Dir(p), 0o755); err == nil {
-				var out *os.File
-				if out, err = os.Create(p); err == nil {
-					_, err = io.Copy(out, tr)
-					out.Close()
-				}
-			}
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
 }
 
 // makeRandomQCOW2 creates a qcow2 whose first dataMiB MiB are random (incompressible),
