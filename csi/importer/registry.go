@@ -183,7 +183,7 @@ var errAccessDenied = errors.New("access denied")
 func (c *Cache) fetchManifest(ctx context.Context, src Source, d dockerRef, mirror string, tr http.RoundTripper) (v1.Image, error) {
 	ref, err := d.on(mirror)
 	if err != nil {
-		return nil, terminal(fmt.Errorf("mirror %q is not a registry host: %v", mirror, err))
+		return nil, terminal(fmt.Errorf("mirror %q is not a registry host: %w", mirror, err))
 	}
 	auth, err := keychain(src, ref.Context().RegistryStr())
 	if err != nil {

@@ -454,7 +454,7 @@ func (j *job) decompress(ctx context.Context, w *sparseWriter, r io.Reader, comp
 			if errors.Is(err, exec.ErrNotFound) {
 				return fmt.Errorf("xz (Debian package xz-utils) is not installed, run `make deps`: %w", err)
 			}
-			return fmt.Errorf("xz: %v: %s", err, strings.TrimSpace(stderr.String()))
+			return fmt.Errorf("xz: %w: %s", err, strings.TrimSpace(stderr.String()))
 		}
 		return nil
 	}
