@@ -23,6 +23,7 @@ import (
 	apiextensions "k8s.io/apiextensions-apiserver/pkg/client/clientset/clientset"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/yaml"
 
@@ -214,5 +215,50 @@ func Install(ctx context.Context, c *cluster.Cluster, h *Helm, opts InstallOptio
 	fmt.Fprintf(opts.Progress, "[chart] helm install %s into namespace %s (--wait, up to %s)\n", opts.Release, opts.Namespace, timeout)
 	out, err := h.Run(ctx, args...)
 	fmt.Fprint(opts.Progress, out) // the release's NOTES: what to do next
-	return err
+	if err != nil {
+		return err
+	}
+	wait, err := time.ParseDuration(timeout)
+	if err != nil {
+		return fmt.Errorf("chart install: timeout %q: %w", timeout, err)
+	}
+	return waitDaemonSetsReady(ctx, cfg, opts.Release, opts.Namespace, wait)
+}
+
+// waitDaemonSetsReady waits until every DaemonSet of the release has a Ready
+// pod on each node it is scheduled to, as `kubectl rollout status` does.
+// helm's --wait does not: it subtracts maxUnavailable (1), so on a one-node
+// cluster it accepts a DaemonSet whose only pod is not Ready yet.
+func waitDaemonSetsReady(ctx context.Context, cfg *rest.Config, release, ns string, timeout time.Duration) error {
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var pending []string
+	for {
+		list, err := cs.AppsV1().DaemonSets(ns).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/instance=" + release})
+		if err == nil {
+			pending = pending[:0]
+			for _, ds := range list.Items {
+				st := ds.Status
+				if st.ObservedGeneration < ds.Generation || st.DesiredNumberScheduled == 0 ||
+					st.NumberReady < st.DesiredNumberScheduled || st.UpdatedNumberScheduled < st.DesiredNumberScheduled {
+					pending = append(pending, fmt.Sprintf("%s (%d/%d ready)", ds.Name, st.NumberReady, st.DesiredNumberScheduled))
+				}
+			}
+			if len(pending) == 0 {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			if err != nil {
+				return fmt.Errorf("chart install: list DaemonSets of release %s in %s: %w", release, ns, err)
+			}
+			return fmt.Errorf("chart install: DaemonSets not Ready %s after helm install: %v; see `kubectl -n %s describe daemonset`", timeout, pending, ns)
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
 }
