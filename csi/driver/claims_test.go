@@ -97,6 +97,7 @@ func TestClaimSourcesAndEvents(t *testing.T) {
 		wantCode    codes.Code
 		wantMsg     string
 		wantReasons []string
+		fromCache   bool // ImportCompleted says FromCache
 	}{
 		{
 			claim:       "root",
@@ -110,6 +111,7 @@ func TestClaimSourcesAndEvents(t *testing.T) {
 			size:        32 << 20,
 			params:      merge(private, map[string]string{ParamSource: guest}),
 			wantReasons: []string{ReasonImportStarted, ReasonImportCompleted},
+			fromCache:   true, // the guest came with "root"
 		},
 		{
 			claim:       "checksum-ok",
@@ -192,6 +194,9 @@ func TestClaimSourcesAndEvents(t *testing.T) {
 				}
 				if e.Type != wantType || e.Source.Component != Name || e.Source.Host != "node-a" {
 					t.Errorf("event %s: type %s from %+v, want %s from %s on node-a", e.Reason, e.Type, e.Source, wantType, Name)
+				}
+				if e.Reason == ReasonImportCompleted && strings.Contains(e.Message, FromCache) != tt.fromCache {
+					t.Errorf("ImportCompleted %q: want from the cache %v", e.Message, tt.fromCache)
 				}
 				if e.Reason == ReasonImportFailed && e.Count > 1 {
 					t.Errorf("ImportFailed recorded %d times: the retry imported again", e.Count)

@@ -29,6 +29,10 @@ const (
 	ReasonImportFailed    = "ImportFailed"
 )
 
+// FromCache is how an ImportCompleted event says that the image was in the
+// node's cache and nothing was downloaded for the volume.
+const FromCache = "from the node's image cache, nothing downloaded"
+
 // Keys of credentials, in a provisioner secret (req.Secrets, from the
 // csi.storage.k8s.io/provisioner-secret-* parameters) or in the Secret
 // named by registrySecretName.
@@ -227,8 +231,12 @@ func (d *Driver) importVolume(ctx context.Context, p plan, v state.Volume) (stat
 	if !overlay {
 		how = fmt.Sprintf("a %s copy of %s", v.Format, describeSize(v.Size))
 	}
-	d.event(p.claim, corev1.EventTypeNormal, ReasonImportCompleted, fmt.Sprintf("Volume %s is ready on node %s: %s (%s, %s, virtual size %s) as %s, after %s",
-		p.id, d.opts.NodeID, src.URL, base.Digest, base.Format, describeSize(base.VirtualSize), how, time.Since(start).Round(time.Millisecond)))
+	from := "downloaded"
+	if base.Cached {
+		from = FromCache
+	}
+	d.event(p.claim, corev1.EventTypeNormal, ReasonImportCompleted, fmt.Sprintf("Volume %s is ready on node %s: %s (%s, %s, virtual size %s) %s, as %s, after %s",
+		p.id, d.opts.NodeID, src.URL, base.Digest, base.Format, describeSize(base.VirtualSize), from, how, time.Since(start).Round(time.Millisecond)))
 	return v, nil
 }
 

@@ -216,12 +216,15 @@ func (c *Cache) Acquire(ctx context.Context, src Source, holder string, progress
 	j, digest, err := c.plan(ctx, src)
 	if err != nil {
 		if errors.Is(err, errUseCached) {
-			return c.reference(digest, holder)
+			base, err := c.reference(digest, holder)
+			base.Cached = err == nil
+			return base, err
 		}
 		return Base{}, err
 	}
 	if digest != "" {
 		if base, err := c.reference(digest, holder); err == nil {
+			base.Cached = true
 			return base, nil
 		}
 	}

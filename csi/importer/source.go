@@ -35,4 +35,7 @@ type Base struct {
 	Format      string // "qcow2" | "raw"
 	VirtualSize int64
 	Size        int64
+	// Cached: the image was in the node's cache already, so this Acquire
+	// downloaded nothing.
+	Cached bool
 }
