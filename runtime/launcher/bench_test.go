@@ -7,13 +7,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/podvirt/podvirt/runtime/converter"
 	"github.com/podvirt/podvirt/runtime/libvirtd"
+	"github.com/podvirt/podvirt/test/durations"
 	"github.com/podvirt/podvirt/test/guest"
 )
 
@@ -44,12 +44,12 @@ func BenchmarkBootVsVirsh(b *testing.B) {
 		}
 	}
 	b.StopTimer()
-	l, v := median(viaLauncher), median(viaVirsh)
+	l, v := durations.Median(viaLauncher), durations.Median(viaVirsh)
 	b.ReportMetric(float64(l.Milliseconds()), "launcher-ms")
 	b.ReportMetric(float64(v.Milliseconds()), "virsh-ms")
 	b.ReportMetric(float64(l)/float64(v), "launcher/virsh")
 	b.Logf("boot marker, median of %d: launcher %s, virsh %s, ratio %.3f (goal ≤ 1.10); launcher %v; virsh %v",
-		runs, l.Round(time.Millisecond), v.Round(time.Millisecond), float64(l)/float64(v), round(viaLauncher), round(viaVirsh))
+		runs, l.Round(time.Millisecond), v.Round(time.Millisecond), float64(l)/float64(v), durations.Rounded(viaLauncher), durations.Rounded(viaVirsh))
 }
 
 const bootTimeout = 3 * time.Minute
@@ -131,22 +131,4 @@ func bootWithVirsh(b *testing.B, d *libvirtd.Daemon, name string) time.Duration 
 	}
 	waitConsole(b, vm.console, 0, guest.BootMarker, bootTimeout)
 	return time.Since(start)
-}
-
-func median(ds []time.Duration) time.Duration {
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	n := len(s)
-	if n%2 == 1 {
-		return s[n/2]
-	}
-	return (s[n/2-1] + s[n/2]) / 2
-}
-
-func round(ds []time.Duration) []time.Duration {
-	out := make([]time.Duration, len(ds))
-	for i, d := range ds {
-		out[i] = d.Round(time.Millisecond)
-	}
-	return out
 }

@@ -23,6 +23,8 @@ import (
 	apiextensions "k8s.io/apiextensions-apiserver/pkg/client/clientset/clientset"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/yaml"
@@ -261,4 +263,49 @@ func waitDaemonSetsReady(ctx context.Context, cfg *rest.Config, release, ns stri
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
+}
+
+// releaseKinds are every kind the chart creates; after helm uninstall none
+// may carry the release's label.
+var releaseKinds = []struct {
+	gvr        schema.GroupVersionResource
+	namespaced bool
+}{
+	{schema.GroupVersionResource{Group: "apps", Version: "v1", Resource: "deployments"}, true},
+	{schema.GroupVersionResource{Group: "apps", Version: "v1", Resource: "daemonsets"}, true},
+	{schema.GroupVersionResource{Version: "v1", Resource: "pods"}, true},
+	{schema.GroupVersionResource{Version: "v1", Resource: "serviceaccounts"}, true},
+	{schema.GroupVersionResource{Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "roles"}, true},
+	{schema.GroupVersionResource{Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "rolebindings"}, true},
+	{schema.GroupVersionResource{Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterroles"}, false},
+	{schema.GroupVersionResource{Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterrolebindings"}, false},
+	{schema.GroupVersionResource{Group: "storage.k8s.io", Version: "v1", Resource: "storageclasses"}, false},
+	{schema.GroupVersionResource{Group: "storage.k8s.io", Version: "v1", Resource: "csidrivers"}, false},
+	{schema.GroupVersionResource{Group: "snapshot.storage.k8s.io", Version: "v1", Resource: "volumesnapshotclasses"}, false},
+	{schema.GroupVersionResource{Group: "k8s.cni.cncf.io", Version: "v1", Resource: "network-attachment-definitions"}, true},
+}
+
+// Leftovers lists the objects of the release still in the cluster (kind
+// and name): after helm uninstall, none.
+func Leftovers(ctx context.Context, cfg *rest.Config, release, ns string) ([]string, error) {
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	selector := metav1.ListOptions{LabelSelector: "app.kubernetes.io/instance=" + release}
+	var left []string
+	for _, k := range releaseKinds {
+		var r dynamic.ResourceInterface = dyn.Resource(k.gvr)
+		if k.namespaced {
+			r = dyn.Resource(k.gvr).Namespace(ns)
+		}
+		list, err := r.List(ctx, selector)
+		if err != nil {
+			return nil, fmt.Errorf("list %s: %w", k.gvr.Resource, err)
+		}
+		for _, o := range list.Items {
+			left = append(left, k.gvr.Resource+"/"+o.GetName())
+		}
+	}
+	return left, nil
 }

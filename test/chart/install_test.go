@@ -14,9 +14,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
@@ -174,50 +172,16 @@ func waitGone(ctx context.Context, get func(context.Context) error) error {
 	})
 }
 
-// releaseKinds are every kind the chart creates; after helm uninstall none
-// may carry the release's label.
-var releaseKinds = []struct {
-	gvr        schema.GroupVersionResource
-	namespaced bool
-}{
-	{schema.GroupVersionResource{Group: "apps", Version: "v1", Resource: "deployments"}, true},
-	{schema.GroupVersionResource{Group: "apps", Version: "v1", Resource: "daemonsets"}, true},
-	{schema.GroupVersionResource{Version: "v1", Resource: "pods"}, true},
-	{schema.GroupVersionResource{Version: "v1", Resource: "serviceaccounts"}, true},
-	{schema.GroupVersionResource{Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "roles"}, true},
-	{schema.GroupVersionResource{Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "rolebindings"}, true},
-	{schema.GroupVersionResource{Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterroles"}, false},
-	{schema.GroupVersionResource{Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterrolebindings"}, false},
-	{schema.GroupVersionResource{Group: "storage.k8s.io", Version: "v1", Resource: "storageclasses"}, false},
-	{schema.GroupVersionResource{Group: "storage.k8s.io", Version: "v1", Resource: "csidrivers"}, false},
-	{schema.GroupVersionResource{Group: "snapshot.storage.k8s.io", Version: "v1", Resource: "volumesnapshotclasses"}, false},
-	{schema.GroupVersionResource{Group: "k8s.cni.cncf.io", Version: "v1", Resource: "network-attachment-definitions"}, true},
-}
-
 // checkNothingLeft waits until no object of the release is left (pods take
 // their grace period).
 func checkNothingLeft(ctx context.Context, t *testing.T, cfg *rest.Config, release, ns string) {
 	t.Helper()
-	dyn, err := dynamic.NewForConfig(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	selector := metav1.ListOptions{LabelSelector: "app.kubernetes.io/instance=" + release}
 	var left []string
-	err = wait.PollUntilContextTimeout(ctx, time.Second, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
-		left = nil
-		for _, k := range releaseKinds {
-			var r dynamic.ResourceInterface = dyn.Resource(k.gvr)
-			if k.namespaced {
-				r = dyn.Resource(k.gvr).Namespace(ns)
-			}
-			list, err := r.List(ctx, selector)
-			if err != nil {
-				return false, fmt.Errorf("list %s: %w", k.gvr.Resource, err)
-			}
-			for _, o := range list.Items {
-				left = append(left, k.gvr.Resource+"/"+o.GetName())
-			}
+	err := wait.PollUntilContextTimeout(ctx, time.Second, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
+		var err error
+		left, err = Leftovers(ctx, cfg, release, ns)
+		if err != nil {
+			return false, err
 		}
 		return len(left) == 0, nil
 	})

@@ -22,6 +22,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
+	csidriver "github.com/podvirt/podvirt/csi/driver"
+	"github.com/podvirt/podvirt/test/chart"
 	"github.com/podvirt/podvirt/test/cluster"
 	"github.com/podvirt/podvirt/test/stack"
 )
@@ -83,8 +85,10 @@ func createVM(ctx context.Context, t *testing.T, vm *v1.VirtualMachine) {
 	}
 }
 
-func deleteVM(t *testing.T, name string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+// deleteVM deletes the VM and waits until it and its VMI are gone; its
+// disks are retained.
+func deleteVM(t testing.TB, name string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	vm := &v1.VirtualMachine{}
 	vm.Namespace, vm.Name = stack.Namespace, name
@@ -92,11 +96,15 @@ func deleteVM(t *testing.T, name string) {
 		t.Errorf("deleting vm %s: %v", name, err)
 		return
 	}
-	if err := waitFor(ctx, 3*time.Minute, func() (bool, error) {
+	if err := waitFor(ctx, 5*time.Minute, func() (bool, error) {
 		err := st.Client.Get(ctx, client.ObjectKeyFromObject(vm), vm)
+		if !apierrors.IsNotFound(err) {
+			return false, nil
+		}
+		_, err = getVMI(ctx, name)
 		return apierrors.IsNotFound(err), nil
 	}); err != nil {
-		t.Errorf("vm %s still there 3 minutes after delete: %v", name, err)
+		t.Errorf("vm %s or its vmi still there 5 minutes after delete: %v", name, err)
 	}
 }
 
@@ -164,42 +172,52 @@ func waitFor(ctx context.Context, d time.Duration, cond func() (bool, error)) er
 	}
 }
 
-// TestVMsOnSharedL2 is the demo as a test: two VMs from the registry pair
-// (the first mirror down), reaching each other and reached from a pod.
+// TestVMsOnSharedL2 is the demo as a test, on the bridge NAD and on the
+// macvlan NAD: two VMs from the registry pair (the first mirror down)
+// reaching each other, and reached from a plain pod on the same L2.
 func TestVMsOnSharedL2(t *testing.T) {
-	ctx := testContext(t, 25*time.Minute)
-	names := []string{"l2-a", "l2-b"}
-	for _, n := range names {
-		createVM(ctx, t, stack.VM(n, v1.RunStrategyAlways))
-		t.Cleanup(func() { deleteVM(t, n) })
-	}
-	ips := map[string]string{}
-	for _, n := range names {
-		vmi, err := st.WaitRunning(ctx, n, 12*time.Minute)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ips[n] = stack.GuestIP(vmi)
-	}
-	checkFailover(ctx, t, names[0]+"-root", names[1]+"-root")
-	for i, n := range names {
-		peer := names[1-i]
-		out, err := st.RunInConsole(ctx, n, stack.PingCommand(ips[peer]), 3*time.Minute)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !strings.Contains(out, " 0% packet loss") {
-			t.Fatalf("vm %s → vm %s (%s) over the L2:\n%s", n, peer, ips[peer], out)
-		}
-	}
-	for _, n := range names {
-		logs, err := st.ProbeFromPod(ctx, "probe-"+n, stack.HostPort(ips[n], stack.VMPort), 3*time.Minute)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !strings.Contains(logs, "ok") {
-			t.Fatalf("pod → vm %s: %s", n, logs)
-		}
+	for _, tt := range []struct{ mode, nad string }{
+		{"bridge", stack.VMNetwork},
+		{"macvlan", stack.MacvlanNetwork},
+	} {
+		t.Run(tt.mode, func(t *testing.T) {
+			ctx := testContext(t, 25*time.Minute)
+			names := []string{tt.mode + "-a", tt.mode + "-b"}
+			for _, n := range names {
+				createVM(ctx, t, stack.VMOn(n, v1.RunStrategyAlways, tt.nad))
+				t.Cleanup(func() { deleteVM(t, n) })
+			}
+			ips := map[string]string{}
+			for _, n := range names {
+				vmi, err := st.WaitRunning(ctx, n, 12*time.Minute)
+				if err != nil {
+					t.Fatal(err)
+				}
+				ips[n] = stack.GuestIP(vmi)
+			}
+			if tt.mode == "bridge" { // the first VMs: their disks were imported
+				checkFailover(ctx, t, names[0]+"-root", names[1]+"-root")
+			}
+			for i, n := range names {
+				peer := names[1-i]
+				out, err := st.RunInConsole(ctx, n, stack.PingCommand(ips[peer]), 3*time.Minute)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !strings.Contains(out, " 0% packet loss") {
+					t.Fatalf("vm %s → vm %s (%s) over the %s L2:\n%s", n, peer, ips[peer], tt.mode, out)
+				}
+			}
+			for _, n := range names {
+				logs, err := st.ProbeFromPod(ctx, "probe-"+n, tt.nad, stack.HostPort(ips[n], stack.VMPort), 3*time.Minute)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !strings.Contains(logs, "ok") {
+					t.Fatalf("pod → vm %s over the %s L2: %s", n, tt.mode, logs)
+				}
+			}
+		})
 	}
 }
 
@@ -212,12 +230,7 @@ func checkFailover(ctx context.Context, t *testing.T, claims ...string) {
 	var seen []string
 	fromUp := false
 	for _, claim := range claims {
-		events := &corev1.EventList{}
-		if err := st.Client.List(ctx, events, client.InNamespace(stack.Namespace),
-			client.MatchingFields{"involvedObject.name": claim}); err != nil {
-			t.Fatalf("events of pvc %s: %v", claim, err)
-		}
-		for _, e := range events.Items {
+		for _, e := range importEvents(ctx, t, claim) {
 			seen = append(seen, e.Reason+": "+e.Message)
 			if strings.Contains(e.Message, down) {
 				t.Errorf("pvc %s: an import from the stopped mirror: %s", claim, e.Message)
@@ -228,6 +241,33 @@ func checkFailover(ctx context.Context, t *testing.T, claims ...string) {
 	if !fromUp {
 		t.Errorf("no import event names the mirror that is up (%s); events:\n%s", st.Mirrors.Up.Addr, strings.Join(seen, "\n"))
 	}
+}
+
+// importEvents waits for the ImportCompleted event of claim and returns
+// all its events.
+func importEvents(ctx context.Context, t *testing.T, claim string) []corev1.Event {
+	t.Helper()
+	events := &corev1.EventList{}
+	err := waitFor(ctx, time.Minute, func() (bool, error) {
+		if err := st.Client.List(ctx, events, client.InNamespace(stack.Namespace),
+			client.MatchingFields{"involvedObject.name": claim}); err != nil {
+			return false, err
+		}
+		for _, e := range events.Items {
+			if e.Reason == csidriver.ReasonImportCompleted {
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	if err != nil {
+		var seen []string
+		for _, e := range events.Items {
+			seen = append(seen, e.Reason+": "+e.Message)
+		}
+		t.Fatalf("pvc %s: no %s event: %v; events:\n%s", claim, csidriver.ReasonImportCompleted, err, strings.Join(seen, "\n"))
+	}
+	return events.Items
 }
 
 // TestLifecycle: stop, start, restart, pause/unpause through podvirtctl;
@@ -379,8 +419,9 @@ func killLauncher(ctx context.Context, t *testing.T, vmi *v1.VirtualMachineInsta
 	}
 }
 
-// TestSecondDiskFromCache: a second VM from the same image is provisioned
-// from the node's cache: its PVC binds without another download.
+// TestSecondDiskFromCache: more VMs from an image already imported are
+// provisioned from the node's cache: their PVCs bind without a download
+// (the CSI driver's ImportCompleted event says so, and no progress shows).
 func TestSecondDiskFromCache(t *testing.T) {
 	ctx := testContext(t, 20*time.Minute)
 	for _, n := range []string{"cache-a", "cache-b"} {
@@ -397,21 +438,56 @@ func TestSecondDiskFromCache(t *testing.T) {
 			t.Fatalf("pvc %s-root not Bound: %v", n, err)
 		}
 		t.Logf("vm %s: disk bound after %s", n, time.Since(start).Round(time.Millisecond))
+		for _, e := range importEvents(ctx, t, n+"-root") {
+			if e.Reason == csidriver.ReasonImportProgress ||
+				e.Reason == csidriver.ReasonImportCompleted && !strings.Contains(e.Message, csidriver.FromCache) {
+				t.Errorf("pvc %s-root was not provisioned from the cache: %s: %s", n, e.Reason, e.Message)
+			}
+		}
 	}
 }
 
-// TestUninstall runs last: helm uninstall leaves the retained disks' PVs
-// and nothing of podvirt's.
+// TestUninstall runs last: helm uninstall removes every object of the
+// release and every pod, and leaves the disks the suite's deleted VMs
+// retained: their PVCs still Bound to PVs that still exist.
 func TestUninstall(t *testing.T) {
 	ctx := testContext(t, 10*time.Minute)
+	claims := &corev1.PersistentVolumeClaimList{}
+	if err := st.Client.List(ctx, claims, client.InNamespace(stack.Namespace)); err != nil {
+		t.Fatal(err)
+	}
+	if len(claims.Items) == 0 {
+		t.Fatal("no retained disk before uninstall: the tests before this one retain their VMs' PVCs")
+	}
 	if out, err := st.Helm.Run(ctx, "uninstall", stack.Release, "--namespace", stack.Namespace, "--wait"); err != nil {
 		t.Fatalf("helm uninstall: %v\n%s", err, out)
 	}
+	cfg, err := st.Cluster.RESTConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var left []string
 	pods := &corev1.PodList{}
 	if err := waitFor(ctx, 5*time.Minute, func() (bool, error) {
-		err := st.Client.List(ctx, pods, client.InNamespace(stack.Namespace))
-		return err == nil && len(pods.Items) == 0, err
+		var err error
+		if left, err = chart.Leftovers(ctx, cfg, stack.Release, stack.Namespace); err != nil {
+			return false, err
+		}
+		err = st.Client.List(ctx, pods, client.InNamespace(stack.Namespace))
+		return err == nil && len(left) == 0 && len(pods.Items) == 0, err
 	}); err != nil {
-		t.Fatalf("pods left after uninstall: %d: %v", len(pods.Items), err)
+		t.Fatalf("after helm uninstall: objects of the release %v and %d pods left: %v", left, len(pods.Items), err)
 	}
+	for _, c := range claims.Items {
+		pvc := &corev1.PersistentVolumeClaim{}
+		if err := st.Client.Get(ctx, client.ObjectKeyFromObject(&c), pvc); err != nil || pvc.Status.Phase != corev1.ClaimBound {
+			t.Errorf("retained disk %s lost by helm uninstall: %v (phase %s)", c.Name, err, pvc.Status.Phase)
+			continue
+		}
+		pv := &corev1.PersistentVolume{}
+		if err := st.Client.Get(ctx, client.ObjectKey{Name: pvc.Spec.VolumeName}, pv); err != nil {
+			t.Errorf("pv %s of retained disk %s lost by helm uninstall: %v", pvc.Spec.VolumeName, c.Name, err)
+		}
+	}
+	t.Logf("after helm uninstall: %d retained disks with their PVs, no pods, no object of the release", len(claims.Items))
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -25,12 +26,16 @@ import (
 
 // The demo's names.
 const (
-	Release    = "podvirt"
-	Namespace  = "podvirt-system"
-	VMNetwork  = "l2-bridge"      // the chart's bridge-mode NAD, for VMs (guest: tap)
-	PodNetwork = "l2-bridge-pods" // the same L2 and IPAM store, for plain pods
-	VMPort     = 8080             // the guests serve HTTP here (busybox httpd)
+	Release        = "podvirt"
+	Namespace      = "podvirt-system"
+	VMNetwork      = "l2-bridge"  // the chart's bridge-mode NAD, for VMs (guest: tap)
+	MacvlanNetwork = "l2-macvlan" // the chart's macvlan NAD, for VMs (guest: tap)
+	VMPort         = 8080         // the guests serve HTTP here (busybox httpd)
 )
+
+// PodNetwork names the NAD for plain pods on the same L2 as the VMs on
+// nad, sharing its IPAM store.
+func PodNetwork(nad string) string { return nad + "-pods" }
 
 // Options configure Install and the demo.
 type Options struct {
@@ -89,6 +94,12 @@ func Install(ctx context.Context, c *cluster.Cluster, opts Options) (*Stack, err
 		m.Stop()
 		return nil, err
 	}
+	master, err := macvlanMaster(c)
+	if err != nil {
+		m.Stop()
+		return nil, err
+	}
+	opts.say("NADs: %s (bridge %s-l2) and %s (macvlan on veth %s), each with a -pods twin for plain pods", VMNetwork, c.NodeName(), MacvlanNetwork, master)
 	hosts := strings.Join(m.Hosts(), ",")
 	err = chart.Install(ctx, c, h, chart.InstallOptions{
 		Release: Release, Namespace: Namespace,
@@ -101,6 +112,9 @@ func Install(ctx context.Context, c *cluster.Cluster, opts Options) (*Stack, err
 			// Named after the cluster, so its `down` removes the bridge
 			// podvirt-l2 creates on the node.
 			"networks.bridge.bridge=" + c.NodeName() + "-l2",
+			"networks.macvlan.create=true",
+			"networks.macvlan.name=" + MacvlanNetwork,
+			"networks.macvlan.master=" + master,
 		},
 		Timeout:  "15m",
 		Progress: progressPrefix(opts.Progress),
@@ -110,10 +124,36 @@ func Install(ctx context.Context, c *cluster.Cluster, opts Options) (*Stack, err
 		return nil, err
 	}
 	s := &Stack{Cluster: c, Client: cl, Mirrors: m, Helm: h, opts: opts}
-	if err := s.podNetwork(ctx); err != nil {
-		return nil, err
+	for _, nad := range []string{VMNetwork, MacvlanNetwork} {
+		if err := s.podNetwork(ctx, nad); err != nil {
+			return nil, err
+		}
 	}
 	return s, nil
+}
+
+// macvlanMaster makes the link the macvlan NAD's children hang off: one
+// end of a veth pair, both ends up so it has a carrier. Named after the
+// cluster, so its `down` removes the pair; nothing is connected to the far
+// end, so traffic stays among the macvlan children.
+func macvlanMaster(c *cluster.Cluster) (string, error) {
+	name, peer := c.NodeName()+"-mv0", c.NodeName()+"-mv1"
+	if _, err := netlink.LinkByName(name); err != nil {
+		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: peer}
+		if err := netlink.LinkAdd(veth); err != nil {
+			return "", fmt.Errorf("creating veth pair %s/%s as the macvlan master: %w", name, peer, err)
+		}
+	}
+	for _, n := range []string{name, peer} {
+		l, err := netlink.LinkByName(n)
+		if err == nil {
+			err = netlink.LinkSetUp(l)
+		}
+		if err != nil {
+			return "", fmt.Errorf("macvlan master: setting %s up: %w", n, err)
+		}
+	}
+	return name, nil
 }
 
 func progressPrefix(w io.Writer) io.Writer {
@@ -123,29 +163,29 @@ func progressPrefix(w io.Writer) io.Writer {
 	return w
 }
 
-// podNetwork adds a NAD for plain pods on the VMs' L2: the chart's bridge
-// network without guest: tap, under the same CNI network name, so
+// podNetwork adds a NAD for plain pods on the L2 of the chart's NAD vmNAD:
+// its config without guest: tap, under the same CNI network name, so
 // host-local hands out addresses from one store.
-func (s *Stack) podNetwork(ctx context.Context) error {
+func (s *Stack) podNetwork(ctx context.Context, vmNAD string) error {
 	nad := &unstructured.Unstructured{}
 	nad.SetAPIVersion("k8s.cni.cncf.io/v1")
 	nad.SetKind("NetworkAttachmentDefinition")
-	if err := s.Client.Get(ctx, client.ObjectKey{Namespace: Namespace, Name: VMNetwork}, nad); err != nil {
-		return fmt.Errorf("reading the chart's NAD %s/%s: %w", Namespace, VMNetwork, err)
+	if err := s.Client.Get(ctx, client.ObjectKey{Namespace: Namespace, Name: vmNAD}, nad); err != nil {
+		return fmt.Errorf("reading the chart's NAD %s/%s: %w", Namespace, vmNAD, err)
 	}
 	config, _, _ := unstructured.NestedString(nad.Object, "spec", "config")
 	podConfig := strings.Replace(config, `"guest": "tap"`, `"guest": "none"`, 1)
 	if podConfig == config {
-		return fmt.Errorf("NAD %s/%s: no \"guest\": \"tap\" in its config to turn off for pods:\n%s", Namespace, VMNetwork, config)
+		return fmt.Errorf("NAD %s/%s: no \"guest\": \"tap\" in its config to turn off for pods:\n%s", Namespace, vmNAD, config)
 	}
 	pods := &unstructured.Unstructured{}
 	pods.SetAPIVersion("k8s.cni.cncf.io/v1")
 	pods.SetKind("NetworkAttachmentDefinition")
 	pods.SetNamespace(Namespace)
-	pods.SetName(PodNetwork)
+	pods.SetName(PodNetwork(vmNAD))
 	_ = unstructured.SetNestedField(pods.Object, podConfig, "spec", "config")
 	if err := s.Client.Create(ctx, pods); err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("creating NAD %s/%s: %w", Namespace, PodNetwork, err)
+		return fmt.Errorf("creating NAD %s/%s: %w", Namespace, PodNetwork(vmNAD), err)
 	}
 	return nil
 }
@@ -153,6 +193,11 @@ func (s *Stack) podNetwork(ctx context.Context) error {
 // VM is a VM on the bridge L2 with a disk imported from the mirrors; its
 // guest sets its hostname and serves HTTP on VMPort through cloud-init.
 func VM(name string, strategy v1.RunStrategy) *v1.VirtualMachine {
+	return VMOn(name, strategy, VMNetwork)
+}
+
+// VMOn is VM with its NIC on the NAD nad.
+func VMOn(name string, strategy v1.RunStrategy, nad string) *v1.VirtualMachine {
 	fs := corev1.PersistentVolumeFilesystem
 	return &v1.VirtualMachine{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: Namespace},
@@ -179,7 +224,7 @@ func VM(name string, strategy v1.RunStrategy) *v1.VirtualMachine {
 						Interfaces: []v1.Interface{{Name: "l2", Binding: v1.InterfaceBindingTap}},
 					},
 				},
-				Networks: []v1.Network{{Name: "l2", NetworkSource: v1.NetworkSource{Multus: &v1.MultusNetwork{NetworkName: VMNetwork}}}},
+				Networks: []v1.Network{{Name: "l2", NetworkSource: v1.NetworkSource{Multus: &v1.MultusNetwork{NetworkName: nad}}}},
 				Volumes: []v1.Volume{
 					{Name: "root", VolumeSource: v1.VolumeSource{PersistentVolumeClaim: &v1.PersistentVolumeClaimVolumeSource{ClaimName: name + "-root"}}},
 					{Name: "cloudinit", VolumeSource: v1.VolumeSource{CloudInitNoCloud: &v1.CloudInitNoCloudSource{UserData: fmt.Sprintf(
@@ -221,13 +266,13 @@ func GuestIP(vmi *v1.VirtualMachineInstance) string {
 	return ""
 }
 
-// ProbeFromPod runs a plain pod on PodNetwork that connects to addr
+// ProbeFromPod runs a plain pod on PodNetwork(vmNAD) that connects to addr
 // (host:port) and returns its log.
-func (s *Stack) ProbeFromPod(ctx context.Context, name, addr string, timeout time.Duration) (string, error) {
+func (s *Stack) ProbeFromPod(ctx context.Context, name, vmNAD, addr string, timeout time.Duration) (string, error) {
 	if err := s.Cluster.ImportProbe(ctx); err != nil {
 		return "", err
 	}
-	pod := cluster.ProbePod(name, map[string]string{v1.MultusNetworksAnnotation: PodNetwork})
+	pod := cluster.ProbePod(name, map[string]string{v1.MultusNetworksAnnotation: PodNetwork(vmNAD)})
 	pod.Namespace = Namespace
 	pod.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "PROBE_CONNECT", Value: addr}}
 	_, logs, err := s.Cluster.RunToCompletion(ctx, pod, timeout)
@@ -235,7 +280,7 @@ func (s *Stack) ProbeFromPod(ctx context.Context, name, addr string, timeout tim
 	// uninstall.
 	_ = s.Client.Delete(ctx, pod)
 	if err != nil {
-		return "", fmt.Errorf("a pod on NAD %s reaching %s: %w", PodNetwork, addr, err)
+		return "", fmt.Errorf("a pod on NAD %s reaching %s: %w", PodNetwork(vmNAD), addr, err)
 	}
 	return logs, nil
 }
@@ -308,11 +353,11 @@ func Demo(ctx context.Context, c *cluster.Cluster, opts Options) error {
 		opts.say("vm %s pings vm %s (%s) over the L2: 0%% packet loss", n, peer, ips[peer])
 	}
 	for _, n := range names {
-		logs, err := s.ProbeFromPod(ctx, "demo-probe-"+n, HostPort(ips[n], VMPort), 3*time.Minute)
+		logs, err := s.ProbeFromPod(ctx, "demo-probe-"+n, VMNetwork, HostPort(ips[n], VMPort), 3*time.Minute)
 		if err != nil {
 			return err
 		}
-		opts.say("a plain pod on NAD %s reached vm %s at %s:\n%s", PodNetwork, n, HostPort(ips[n], VMPort), strings.TrimSpace(logs))
+		opts.say("a plain pod on NAD %s reached vm %s at %s:\n%s", PodNetwork(VMNetwork), n, HostPort(ips[n], VMPort), strings.TrimSpace(logs))
 	}
 	opts.say("done in %s", time.Since(start).Round(time.Second))
 	return nil
