@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -97,6 +98,12 @@ func TestCluster(t *testing.T) {
 		testMultusBridgeNAD(ctx, t, c)
 	})
 
+	// A veth pair named after the cluster, as the demo's macvlan master:
+	// Down removes both ends, although deleting one takes the other.
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: c.NodeName() + "-v0"}, PeerName: c.NodeName() + "-v1"}
+	if err := netlink.LinkAdd(veth); err != nil {
+		t.Fatal(err)
+	}
 	if err := c.Down(ctx); err != nil {
 		t.Fatal(err)
 	}

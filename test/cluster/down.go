@@ -229,7 +229,8 @@ func (c *Cluster) deleteLinks() error {
 	var errs []error
 	for _, l := range links {
 		if c.ownsLink(l, links) {
-			if err := netlink.LinkDel(l); err != nil {
+			// ENODEV: gone with its peer (a veth pair deletes both ends).
+			if err := netlink.LinkDel(l); err != nil && !errors.Is(err, syscall.ENODEV) {
 				errs = append(errs, fmt.Errorf("delete link %s: %w", l.Attrs().Name, err))
 			}
 		}

@@ -192,11 +192,17 @@ func podVolumeDir(pod *corev1.Pod, plugin, volume string) string {
 func copyDomain(ctx context.Context, b *testing.B, vmi *v1.VirtualMachineInstance, pod *corev1.Pod) *bootedDomain {
 	b.Helper()
 	private := podVolumeDir(pod, "kubernetes.io~empty-dir", v1.PrivateVolumeName)
-	uri := "qemu:///system?socket=" + filepath.Join(private, "libvirt", "run", "libvirt-sock")
+	// The socket's path on the node is longer than a unix socket address
+	// allows (108 bytes): virsh reaches it through a short symlink.
+	short := filepath.Join(b.TempDir(), "run")
+	if err := os.Symlink(filepath.Join(private, "libvirt", "run"), short); err != nil {
+		b.Fatal(err)
+	}
+	uri := "qemu:///system?socket=" + filepath.Join(short, "libvirt-sock")
 	dom := converter.DomainName(vmi)
-	out, err := exec.CommandContext(ctx, "virsh", "-c", uri, "dumpxml", "--inactive", dom).Output()
+	out, err := exec.CommandContext(ctx, "virsh", "-c", uri, "dumpxml", "--inactive", dom).CombinedOutput()
 	if err != nil {
-		b.Fatalf("virsh dumpxml %s from the launcher's libvirtd: %v", dom, err)
+		b.Fatalf("virsh dumpxml %s from the launcher's libvirtd: %v: %s", dom, err, out)
 	}
 	x := &libvirtxml.Domain{}
 	if err := x.Unmarshal(string(out)); err != nil {
