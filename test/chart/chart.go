@@ -24,6 +24,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -236,33 +237,30 @@ func waitDaemonSetsReady(ctx context.Context, cfg *rest.Config, release, ns stri
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
 	var pending []string
-	for {
+	var listErr error
+	err = wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
 		list, err := cs.AppsV1().DaemonSets(ns).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/instance=" + release})
-		if err == nil {
-			pending = pending[:0]
-			for _, ds := range list.Items {
-				st := ds.Status
-				if st.ObservedGeneration < ds.Generation || st.DesiredNumberScheduled == 0 ||
-					st.NumberReady < st.DesiredNumberScheduled || st.UpdatedNumberScheduled < st.DesiredNumberScheduled {
-					pending = append(pending, fmt.Sprintf("%s (%d/%d ready)", ds.Name, st.NumberReady, st.DesiredNumberScheduled))
-				}
-			}
-			if len(pending) == 0 {
-				return nil
+		if listErr = err; err != nil {
+			return false, nil // the API server may be busy: ask again
+		}
+		pending = pending[:0]
+		for _, ds := range list.Items {
+			st := ds.Status
+			if st.ObservedGeneration < ds.Generation || st.DesiredNumberScheduled == 0 ||
+				st.NumberReady < st.DesiredNumberScheduled || st.UpdatedNumberScheduled < st.DesiredNumberScheduled {
+				pending = append(pending, fmt.Sprintf("%s (%d/%d ready)", ds.Name, st.NumberReady, st.DesiredNumberScheduled))
 			}
 		}
-		select {
-		case <-ctx.Done():
-			if err != nil {
-				return fmt.Errorf("chart install: list DaemonSets of release %s in %s: %w", release, ns, err)
-			}
-			return fmt.Errorf("chart install: DaemonSets not Ready %s after helm install: %v; see `kubectl -n %s describe daemonset`", timeout, pending, ns)
-		case <-time.After(500 * time.Millisecond):
-		}
+		return len(pending) == 0, nil
+	})
+	switch {
+	case err == nil:
+		return nil
+	case listErr != nil:
+		return fmt.Errorf("chart install: list DaemonSets of release %s in %s: %w", release, ns, listErr)
 	}
+	return fmt.Errorf("chart install: DaemonSets not Ready %s after helm install: %v; see `kubectl -n %s describe daemonset`", timeout, pending, ns)
 }
 
 // releaseKinds are every kind the chart creates; after helm uninstall none

@@ -83,7 +83,7 @@ func BenchmarkTenVMsAtOnce(b *testing.B) {
 			}
 		}
 		running := map[string]time.Duration{}
-		err := waitFor(ctx, 20*time.Minute, func() (bool, error) {
+		err := stack.Poll(ctx, 20*time.Minute, func() (bool, error) {
 			for _, name := range names {
 				if _, ok := running[name]; ok {
 					continue
@@ -143,7 +143,7 @@ func bootOnCluster(ctx context.Context, b *testing.B, name string) (time.Duratio
 	}
 	var vmi *v1.VirtualMachineInstance
 	var pod *corev1.Pod
-	err := waitFor(ctx, 10*time.Minute, func() (bool, error) {
+	err := stack.Poll(ctx, 10*time.Minute, func() (bool, error) {
 		if pod == nil {
 			var err error
 			if vmi, pod, err = launcherPod(ctx, name); err != nil || pod == nil {
@@ -378,7 +378,7 @@ func bootBare(ctx context.Context, b *testing.B, d *libvirtd.Daemon, dom *booted
 	if err := virsh("start", dom.name); err != nil {
 		b.Fatal(err)
 	}
-	err = waitFor(ctx, 10*time.Minute, func() (bool, error) {
+	err = stack.Poll(ctx, 10*time.Minute, func() (bool, error) {
 		log, err := os.ReadFile(filepath.Join(dom.dir, "console.log"))
 		if err != nil && !errors.Is(err, os.ErrNotExist) {
 			return false, err
@@ -403,7 +403,7 @@ func removeVM(b *testing.B, name string) {
 	if err := st.Client.Delete(ctx, pvc); err != nil && !apierrors.IsNotFound(err) {
 		b.Errorf("deleting pvc %s: %v", pvc.Name, err)
 	}
-	if err := waitFor(ctx, 3*time.Minute, func() (bool, error) {
+	if err := stack.Poll(ctx, 3*time.Minute, func() (bool, error) {
 		err := st.Client.Get(ctx, client.ObjectKeyFromObject(pvc), pvc)
 		return apierrors.IsNotFound(err), nil
 	}); err != nil {

@@ -96,7 +96,7 @@ func deleteVM(t testing.TB, name string) {
 		t.Errorf("deleting vm %s: %v", name, err)
 		return
 	}
-	if err := waitFor(ctx, 5*time.Minute, func() (bool, error) {
+	if err := stack.Poll(ctx, 5*time.Minute, func() (bool, error) {
 		err := st.Client.Get(ctx, client.ObjectKeyFromObject(vm), vm)
 		if !apierrors.IsNotFound(err) {
 			return false, nil
@@ -132,7 +132,7 @@ func getVMI(ctx context.Context, name string) (*v1.VirtualMachineInstance, error
 func waitNewVMI(ctx context.Context, t *testing.T, name string, old types.UID) *v1.VirtualMachineInstance {
 	t.Helper()
 	var vmi *v1.VirtualMachineInstance
-	err := waitFor(ctx, 8*time.Minute, func() (bool, error) {
+	err := stack.Poll(ctx, 8*time.Minute, func() (bool, error) {
 		v, err := getVMI(ctx, name)
 		if err != nil {
 			return false, client.IgnoreNotFound(err)
@@ -148,27 +148,11 @@ func waitNewVMI(ctx context.Context, t *testing.T, name string, old types.UID) *
 
 func waitNoVMI(ctx context.Context, t *testing.T, name string) {
 	t.Helper()
-	if err := waitFor(ctx, 5*time.Minute, func() (bool, error) {
+	if err := stack.Poll(ctx, 5*time.Minute, func() (bool, error) {
 		_, err := getVMI(ctx, name)
 		return apierrors.IsNotFound(err), nil
 	}); err != nil {
 		t.Fatalf("vm %s: VMI still there: %v", name, err)
-	}
-}
-
-func waitFor(ctx context.Context, d time.Duration, cond func() (bool, error)) error {
-	ctx, cancel := context.WithTimeout(ctx, d)
-	defer cancel()
-	for {
-		ok, err := cond()
-		if err != nil || ok {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(500 * time.Millisecond):
-		}
 	}
 }
 
@@ -248,7 +232,7 @@ func checkFailover(ctx context.Context, t *testing.T, claims ...string) {
 func importEvents(ctx context.Context, t *testing.T, claim string) []corev1.Event {
 	t.Helper()
 	events := &corev1.EventList{}
-	err := waitFor(ctx, time.Minute, func() (bool, error) {
+	err := stack.Poll(ctx, time.Minute, func() (bool, error) {
 		if err := st.Client.List(ctx, events, client.InNamespace(stack.Namespace),
 			client.MatchingFields{"involvedObject.name": claim}); err != nil {
 			return false, err
@@ -284,14 +268,14 @@ func TestLifecycle(t *testing.T) {
 	}
 
 	podvirtctl(ctx, t, "pause", "vm", name)
-	if err := waitFor(ctx, 2*time.Minute, func() (bool, error) {
+	if err := stack.Poll(ctx, 2*time.Minute, func() (bool, error) {
 		v, err := getVMI(ctx, name)
 		return err == nil && v.Status.Domain != nil && v.Status.Domain.State == v1.DomainPaused, err
 	}); err != nil {
 		t.Fatalf("pause: domain not Paused: %v", err)
 	}
 	podvirtctl(ctx, t, "unpause", "vm", name)
-	if err := waitFor(ctx, 2*time.Minute, func() (bool, error) {
+	if err := stack.Poll(ctx, 2*time.Minute, func() (bool, error) {
 		v, err := getVMI(ctx, name)
 		return err == nil && v.Status.Domain != nil && v.Status.Domain.State == v1.DomainRunning, err
 	}); err != nil {
@@ -373,7 +357,7 @@ func TestRunStrategies(t *testing.T) {
 		t.Fatal(err)
 	}
 	killLauncher(ctx, t, vmi)
-	if err := waitFor(ctx, 3*time.Minute, func() (bool, error) {
+	if err := stack.Poll(ctx, 3*time.Minute, func() (bool, error) {
 		v, err := getVMI(ctx, name)
 		if apierrors.IsNotFound(err) {
 			return true, nil // already replaced
@@ -431,7 +415,7 @@ func TestSecondDiskFromCache(t *testing.T) {
 		pvc := &corev1.PersistentVolumeClaim{}
 		// WaitForFirstConsumer: start the VM so the PVC gets a consumer.
 		podvirtctl(ctx, t, "start", n)
-		if err := waitFor(ctx, 10*time.Minute, func() (bool, error) {
+		if err := stack.Poll(ctx, 10*time.Minute, func() (bool, error) {
 			err := st.Client.Get(ctx, types.NamespacedName{Namespace: stack.Namespace, Name: n + "-root"}, pvc)
 			return err == nil && pvc.Status.Phase == corev1.ClaimBound, client.IgnoreNotFound(err)
 		}); err != nil {
@@ -468,7 +452,7 @@ func TestUninstall(t *testing.T) {
 	}
 	var left []string
 	pods := &corev1.PodList{}
-	if err := waitFor(ctx, 5*time.Minute, func() (bool, error) {
+	if err := stack.Poll(ctx, 5*time.Minute, func() (bool, error) {
 		var err error
 		if left, err = chart.Leftovers(ctx, cfg, stack.Release, stack.Namespace); err != nil {
 			return false, err

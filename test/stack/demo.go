@@ -16,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -239,7 +240,7 @@ func VMOn(name string, strategy v1.RunStrategy, nad string) *v1.VirtualMachine {
 // L2 interface, and returns the VMI.
 func (s *Stack) WaitRunning(ctx context.Context, name string, timeout time.Duration) (*v1.VirtualMachineInstance, error) {
 	var vmi v1.VirtualMachineInstance
-	err := poll(ctx, timeout, func() (bool, error) {
+	err := Poll(ctx, timeout, func() (bool, error) {
 		if err := s.Client.Get(ctx, client.ObjectKey{Namespace: Namespace, Name: name}, &vmi); err != nil {
 			return false, client.IgnoreNotFound(err)
 		}
@@ -285,24 +286,12 @@ func (s *Stack) ProbeFromPod(ctx context.Context, name, vmNAD, addr string, time
 	return logs, nil
 }
 
-// poll calls cond every 250 ms until it returns true or an error, or
-// timeout passes.
-func poll(ctx context.Context, timeout time.Duration, cond func() (bool, error)) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	tick := time.NewTicker(250 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		ok, err := cond()
-		if err != nil || ok {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-tick.C:
-		}
-	}
+// Poll calls cond every 250 ms until it returns true or an error, or
+// timeout passes (then the error is the context's).
+func Poll(ctx context.Context, timeout time.Duration, cond func() (bool, error)) error {
+	return wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, timeout, true, func(context.Context) (bool, error) {
+		return cond()
+	})
 }
 
 // PingCommand is a guest shell line that waits (up to a minute) until ip
