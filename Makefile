@@ -10,9 +10,10 @@ LDFLAGS := -s -w -X github.com/podvirt/podvirt/cmd/internal/version.Version=$(VE
 DEPS := test/deps/deps.sh
 CLUSTER := go run ./test/cmd/podvirt-cluster
 
-# Packages that bring up a whole cluster run one at a time, after the
-# rest: every kubelet on a machine shares /var/lib/kubelet/device-plugins
-# (the kubelet hard-codes it), so two clusters at once break each other.
+# Packages that bring up a whole cluster run after the rest, one at a
+# time: not for correctness (each cluster has its own node paths and runs
+# beside any other, the demo's included) but because their TCG guests and
+# kubelets would share 2 cores.
 E2E_DIRS := test/cluster test/chart test/noderuntime runtime/deviceplugin test/e2e
 E2E_PKGS := $(patsubst %,./%/...,$(E2E_DIRS))
 

@@ -79,12 +79,11 @@ func (r *registrations) count(name string) int {
 // and one that does not ask does not, and after the kubelet restarts the
 // plugins register again and pods get the device again.
 //
-// The kubelet's device-plugins directory is machine-wide (DefaultDir), so
-// this test must not run while another local cluster's kubelet runs: each
-// kubelet takes the directory over when it starts.
+// The kubelet hard-codes its device-plugins directory (DefaultDir); the
+// local cluster gives each node its own copy of it (DevicePluginDir), so
+// this test runs beside any other cluster on the machine.
 func TestKubelet(t *testing.T) {
 	requireRoot(t)
-	waitNoOtherKubelet(t, 10*time.Minute)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 
@@ -118,8 +117,9 @@ func TestKubelet(t *testing.T) {
 	}
 
 	// Not under the cluster's --root-dir: the kubelet's device manager
-	// always listens in DefaultDir.
-	pluginDir := DefaultDir
+	// always listens in DefaultDir, which is this directory in the node's
+	// mount namespace. This test serves from the host.
+	pluginDir := c.DevicePluginDir()
 	regs := &registrations{t: t, n: map[string]int{}}
 	serveCtx, stopServe := context.WithCancel(ctx)
 	served := make(chan error, 1)
@@ -304,45 +304,4 @@ func restartKubelet(ctx context.Context, t *testing.T, c *cluster.Cluster, dir s
 		t.Fatalf("starting the kubelet again: %v", err)
 	}
 	return gone
-}
-
-// waitNoOtherKubelet waits until no kubelet runs on this machine: its
-// device-plugin socket is one per machine, so with two kubelets one of
-// them has none (whichever started first). Another package's cluster test
-// may hold one for a few minutes.
-func waitNoOtherKubelet(t *testing.T, timeout time.Duration) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	logged := false
-	for {
-		pids := otherKubelets()
-		if len(pids) == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("another kubelet is still running after %s (pids %v): the kubelet's device-plugin socket %s is one per machine, so this test needs the machine's only kubelet; stop the other cluster (make down) first", timeout, pids, filepath.Join(DefaultDir, KubeletSocketName))
-		}
-		if !logged {
-			t.Logf("waiting up to %s for the running kubelet (pids %v) to stop: the device-plugin socket is one per machine", timeout, pids)
-			logged = true
-		}
-		time.Sleep(time.Second)
-	}
-}
-
-// otherKubelets lists the pids of running kubelets.
-func otherKubelets() []int {
-	entries, _ := os.ReadDir("/proc")
-	var pids []int
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		exe, err := os.Readlink(filepath.Join("/proc", e.Name(), "exe"))
-		if err == nil && filepath.Base(strings.TrimSuffix(exe, " (deleted)")) == "kubelet" {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
 }

@@ -14,6 +14,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"k8s.io/client-go/kubernetes"
@@ -169,6 +170,7 @@ func (c *Cluster) Up(ctx context.Context) error {
 		run  func(context.Context) error
 	}{
 		{"certificates and kubeconfigs", c.writeCredentials},
+		{"node paths of its own (" + strings.Join(nodePaths, ", ") + ")", func(context.Context) error { return c.shareStateDir() }},
 		{"node bridge " + c.link("node"), c.setupNodeLink},
 		{"etcd", c.startEtcd},
 		{"kube-apiserver", c.startAPIServer},

@@ -3,8 +3,10 @@ package cluster
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -94,6 +96,25 @@ func TestCluster(t *testing.T) {
 		}
 	})
 
+	t.Run("NodePathsOfItsOwn", func(t *testing.T) {
+		// The kubelet made its registration socket in what it sees as
+		// /var/lib/kubelet/device-plugins: the node's own copy, never the
+		// host's directory that every other cluster would share.
+		own := filepath.Join(c.DevicePluginDir(), "kubelet.sock")
+		if err := waitExists(ctx, own, time.Minute); err != nil {
+			t.Fatalf("the kubelet's device-plugin socket is not in the node's own directory: %v", err)
+		}
+		host := "/var/lib/kubelet/device-plugins/kubelet.sock"
+		if a, b := stat(t, own), statOrNil(host); b != nil && os.SameFile(a, b) {
+			t.Errorf("%s on the host is the node's own socket: the bind mount leaked out of the node's mount namespace", host)
+		}
+		for _, p := range nodePaths {
+			for _, mp := range mountsUnder(p) {
+				t.Errorf("mount %s is visible on the host: node paths must stay in the node's mount namespace", mp)
+			}
+		}
+	})
+
 	t.Run("MultusSecondInterface", func(t *testing.T) {
 		testMultusBridgeNAD(ctx, t, c)
 	})
@@ -117,6 +138,39 @@ func TestCluster(t *testing.T) {
 	if added := newEntries(netnsBefore, "/run/netns"); len(added) > 0 {
 		t.Errorf("network namespaces left in /run/netns: %v", added)
 	}
+}
+
+func waitExists(ctx context.Context, path string, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for {
+		_, err := os.Stat(path)
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s: %w (after %s)", path, err, timeout)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func stat(t *testing.T, path string) os.FileInfo {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi
+}
+
+func statOrNil(path string) os.FileInfo {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil
+	}
+	return fi
 }
 
 // testMultusBridgeNAD attaches a pod to a NetworkAttachmentDefinition that

@@ -64,9 +64,9 @@ state = %[2]q
 	if err := writeFile(filepath.Join(dir, "config.toml"), config); err != nil {
 		return err
 	}
-	err := c.start(process{name: "containerd", path: c.bins.containerd, args: []string{
+	err := c.start(c.inNodeNamespace(process{name: "containerd", path: c.bins.containerd, args: []string{
 		"--config", filepath.Join(dir, "config.toml"), "--log-level", "info",
-	}})
+	}}))
 	if err != nil {
 		return err
 	}
@@ -198,14 +198,14 @@ imageGCLowThresholdPercent: 99
 	if err := writeFile(c.path("kubelet", "config.yaml"), config); err != nil {
 		return err
 	}
-	return c.start(process{name: "kubelet", path: c.bins.kubelet, args: []string{
+	return c.start(c.inNodeNamespace(process{name: "kubelet", path: c.bins.kubelet, args: []string{
 		"--config=" + c.path("kubelet", "config.yaml"),
 		"--kubeconfig=" + c.path("kubeconfigs", "kubelet.kubeconfig"),
 		"--root-dir=" + c.path("kubelet"),
 		"--node-ip=" + c.cfg.NodeIP.String(),
 		"--hostname-override=" + c.cfg.Name,
 		"--v=1",
-	}})
+	}}))
 }
 
 func (c *Cluster) startKubeProxy(context.Context) error {

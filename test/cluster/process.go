@@ -17,9 +17,12 @@ import (
 // process is a long-running component the cluster starts and stops by pid.
 type process struct {
 	name string // pids/<name>.pid, logs/<name>.log
-	path string
-	args []string
-	env  []string
+	path string // the component's binary: what the recorded pid runs
+	// launcher, when set, is run instead of path with args; it must end
+	// by exec'ing path in place (see inNodeNamespace).
+	launcher string
+	args     []string
+	env      []string
 }
 
 // start runs p detached from the caller (its own session, output to its
@@ -34,13 +37,17 @@ func (c *Cluster) start(p process) error {
 		return err
 	}
 	defer logFile.Close()
-	cmd := exec.Command(p.path, p.args...)
+	bin := p.path
+	if p.launcher != "" {
+		bin = p.launcher
+	}
+	cmd := exec.Command(bin, p.args...)
 	cmd.Env = append(os.Environ(), p.env...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.Dir = c.cfg.Dir
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start %s: %w", p.path, err)
+		return fmt.Errorf("start %s: %w", bin, err)
 	}
 	pid := cmd.Process.Pid
 	// Not waited on: the process outlives this one (make up returns).
