@@ -392,13 +392,14 @@ func TestImportTooLargeIsFinalAndRemembered(t *testing.T) {
 		t.Fatalf("CreateVolume of a 64 MiB image into 16 MiB: %v, want InvalidArgument asking for 64 MiB", err)
 	}
 	gets := reg.blobGets.Load()
-	start := time.Now()
 	_, err2 := td.controller().CreateVolume(ctx, req)
 	if status.Code(err2) != codes.InvalidArgument || status.Convert(err2).Message() != status.Convert(err).Message() {
 		t.Errorf("retry: %v, want the same error as %v", err2, err)
 	}
-	if reg.blobGets.Load() != gets || time.Since(start) > 2*time.Second {
-		t.Errorf("retry downloaded again or took %s", time.Since(start))
+	// Answered from memory: no blob fetched again. (Counted, not timed:
+	// a loaded machine must not fail this.)
+	if n := reg.blobGets.Load() - gets; n != 0 {
+		t.Errorf("retry fetched %d blobs again, want 0", n)
 	}
 	if left, _ := os.ReadDir(filepath.Join(td.dir, "volumes")); len(left) != 0 {
 		t.Errorf("a refused volume left %v", left)

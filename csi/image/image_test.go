@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/podvirt/podvirt/csi/image/imagetest"
 )
 
 func qemuImg(t *testing.T, args ...string) {
@@ -57,7 +59,9 @@ func TestValidateRefuses(t *testing.T) {
 	qemuImg(t, "create", "-q", "-f", "qcow2", "-F", "raw", "-b", "/etc/passwd", "-u", p("backing.qcow2"), "1M")
 	qemuImg(t, "create", "-q", "-f", "qcow2", p("huge.qcow2"), "2T")
 	qemuImg(t, "create", "-q", "-f", "raw", p("huge.raw"), "2T")
-	qemuImg(t, "create", "-q", "-f", "qcow2", "--object", "secret,id=s,data=x", "-o", "encrypt.format=luks,encrypt.key-secret=s,encrypt.iter-time=10", p("luks.qcow2"), "1M")
+	if err := imagetest.EncryptedQCOW2(t.Context(), p("luks.qcow2"), "1M"); err != nil {
+		t.Fatal(err)
+	}
 	qemuImg(t, "create", "-q", "-f", "qcow2", "-o", "data_file="+p("data.raw"), p("data.qcow2"), "1M")
 	qemuImg(t, "create", "-q", "-f", "vpc", p("disk.vhd"), "16M")
 	if err := os.WriteFile(p("empty.img"), nil, 0o644); err != nil {

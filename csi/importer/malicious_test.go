@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/podvirt/podvirt/csi/image"
+	"github.com/podvirt/podvirt/csi/image/imagetest"
 )
 
 // Broken and hostile images: each is refused with its own reason, as a terminal error,
@@ -30,8 +31,9 @@ func TestMaliciousImagesRefused(t *testing.T) {
 	dataFile := filepath.Join(work, "external.qcow2")
 	run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "data_file="+secret+".raw", dataFile, "16M")
 	encrypted := filepath.Join(work, "luks.qcow2")
-	run(t, "qemu-img", "create", "-q", "-f", "qcow2", "--object", "secret,id=sec0,data=hunter2",
-		"-o", "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10", encrypted, "16M")
+	if err := imagetest.EncryptedQCOW2(t.Context(), encrypted, "16M"); err != nil {
+		t.Fatal(err)
+	}
 	truncated := filepath.Join(work, "truncated.qcow2")
 	b, _ := os.ReadFile(good)
 	if err := os.WriteFile(truncated, b[:len(b)/2], 0o644); err != nil {
