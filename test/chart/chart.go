@@ -8,6 +8,7 @@ package chart
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -16,18 +17,22 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	apiextensions "k8s.io/apiextensions-apiserver/pkg/client/clientset/clientset"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
 
 	"github.com/podvirt/podvirt/test/cluster"
@@ -197,7 +202,8 @@ func Install(ctx context.Context, c *cluster.Cluster, h *Helm, opts InstallOptio
 	if err != nil {
 		return err
 	}
-	if err := images.BuildAndImport(ctx, c.ContainerdSocket(), images.Options{Progress: opts.Progress}); err != nil {
+	changed, err := images.BuildAndImport(ctx, c.ContainerdSocket(), images.Options{Progress: opts.Progress})
+	if err != nil {
 		return err
 	}
 	cfg, err := c.RESTConfig()
@@ -211,11 +217,15 @@ func Install(ctx context.Context, c *cluster.Cluster, h *Helm, opts InstallOptio
 	if timeout == "" {
 		timeout = "10m"
 	}
-	args := []string{"install", opts.Release, Dir(), "--namespace", opts.Namespace, "--create-namespace", "--wait", "--timeout", timeout}
+	verb, err := h.prepareUpgrade(ctx, opts.Release, opts.Namespace, opts.Progress)
+	if err != nil {
+		return err
+	}
+	args := []string{"upgrade", "--install", opts.Release, Dir(), "--namespace", opts.Namespace, "--create-namespace", "--wait", "--timeout", timeout}
 	for _, s := range append(values, opts.Set...) {
 		args = append(args, "--set", s)
 	}
-	fmt.Fprintf(opts.Progress, "[chart] helm install %s into namespace %s (--wait, up to %s)\n", opts.Release, opts.Namespace, timeout)
+	fmt.Fprintf(opts.Progress, "[chart] helm upgrade --install: %s release %s in namespace %s (--wait, up to %s)\n", verb, opts.Release, opts.Namespace, timeout)
 	out, err := h.Run(ctx, args...)
 	fmt.Fprint(opts.Progress, out) // the release's NOTES: what to do next
 	if err != nil {
@@ -225,31 +235,137 @@ func Install(ctx context.Context, c *cluster.Cluster, h *Helm, opts InstallOptio
 	if err != nil {
 		return fmt.Errorf("chart install: timeout %q: %w", timeout, err)
 	}
-	return waitDaemonSetsReady(ctx, cfg, opts.Release, opts.Namespace, wait)
-}
-
-// waitDaemonSetsReady waits until every DaemonSet of the release has a Ready
-// pod on each node it is scheduled to, as `kubectl rollout status` does.
-// helm's --wait does not: it subtracts maxUnavailable (1), so on a one-node
-// cluster it accepts a DaemonSet whose only pod is not Ready yet.
-func waitDaemonSetsReady(ctx context.Context, cfg *rest.Config, release, ns string, timeout time.Duration) error {
 	cs, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return err
 	}
+	if verb == "upgrade" && len(changed) > 0 {
+		// The chart names images by tag, which a rebuild keeps: helm sees
+		// no change, so restart what runs an image that did change, as
+		// `kubectl rollout restart` does.
+		restarted, err := restartWorkloads(ctx, cs, opts.Release, opts.Namespace, changed)
+		if err != nil {
+			return err
+		}
+		if len(restarted) > 0 {
+			fmt.Fprintf(opts.Progress, "[chart] restarted %s: their images changed\n", strings.Join(restarted, ", "))
+		}
+	}
+	return waitRolledOut(ctx, cs, opts.Release, opts.Namespace, wait)
+}
+
+// restartWorkloads restarts the release's Deployments and DaemonSets whose
+// pods run one of images, by stamping their pod template, and returns their
+// names.
+func restartWorkloads(ctx context.Context, cs kubernetes.Interface, release, ns string, images []string) ([]string, error) {
+	selector := metav1.ListOptions{LabelSelector: "app.kubernetes.io/instance=" + release}
+	patch := []byte(fmt.Sprintf(`{"spec":{"template":{"metadata":{"annotations":{"podvirt.io/restartedAt":%q}}}}}`, time.Now().UTC().Format(time.RFC3339)))
+	runs := func(spec corev1.PodSpec) bool {
+		for _, c := range append(spec.InitContainers, spec.Containers...) {
+			if slices.Contains(images, c.Image) {
+				return true
+			}
+		}
+		return false
+	}
+	var restarted []string
+	deployments, err := cs.AppsV1().Deployments(ns).List(ctx, selector)
+	if err != nil {
+		return nil, fmt.Errorf("list Deployments of release %s: %w", release, err)
+	}
+	for _, d := range deployments.Items {
+		if runs(d.Spec.Template.Spec) {
+			if _, err := cs.AppsV1().Deployments(ns).Patch(ctx, d.Name, types.StrategicMergePatchType, patch, metav1.PatchOptions{}); err != nil {
+				return restarted, fmt.Errorf("restart Deployment %s/%s: %w", ns, d.Name, err)
+			}
+			restarted = append(restarted, "deployment/"+d.Name)
+		}
+	}
+	daemonSets, err := cs.AppsV1().DaemonSets(ns).List(ctx, selector)
+	if err != nil {
+		return restarted, fmt.Errorf("list DaemonSets of release %s: %w", release, err)
+	}
+	for _, d := range daemonSets.Items {
+		if runs(d.Spec.Template.Spec) {
+			if _, err := cs.AppsV1().DaemonSets(ns).Patch(ctx, d.Name, types.StrategicMergePatchType, patch, metav1.PatchOptions{}); err != nil {
+				return restarted, fmt.Errorf("restart DaemonSet %s/%s: %w", ns, d.Name, err)
+			}
+			restarted = append(restarted, "daemonset/"+d.Name)
+		}
+	}
+	return restarted, nil
+}
+
+// prepareUpgrade readies release for `helm upgrade --install` and says
+// which it will do: install it, or upgrade it in place. A release left
+// half-done by an interrupted run (pending-install, pending-upgrade, or a
+// first install that failed) would refuse both: it is rolled back to its
+// last deployed revision, or uninstalled when it never had one.
+func (h *Helm) prepareUpgrade(ctx context.Context, release, ns string, progress io.Writer) (string, error) {
+	out, err := h.Run(ctx, "history", release, "--namespace", ns, "--output", "json", "--max", "256")
+	if err != nil {
+		if strings.Contains(err.Error(), "release: not found") {
+			return "install", nil
+		}
+		return "", err
+	}
+	var history []struct {
+		Revision int    `json:"revision"`
+		Status   string `json:"status"`
+	}
+	if err := json.Unmarshal([]byte(out), &history); err != nil || len(history) == 0 {
+		return "", fmt.Errorf("helm history %s: unreadable answer %q: %v", release, out, err)
+	}
+	latest := history[len(history)-1]
+	if latest.Status == "deployed" {
+		return "upgrade", nil
+	}
+	for i := len(history) - 1; i >= 0; i-- {
+		if history[i].Status == "deployed" || history[i].Status == "superseded" {
+			fmt.Fprintf(progress, "[chart] release %s is %s at revision %d (an interrupted run): rolling back to revision %d\n", release, latest.Status, latest.Revision, history[i].Revision)
+			if _, err := h.Run(ctx, "rollback", release, fmt.Sprint(history[i].Revision), "--namespace", ns, "--wait"); err != nil {
+				return "", err
+			}
+			return "upgrade", nil
+		}
+	}
+	fmt.Fprintf(progress, "[chart] release %s is %s and was never deployed (an interrupted run): uninstalling it first\n", release, latest.Status)
+	if _, err := h.Run(ctx, "uninstall", release, "--namespace", ns, "--wait"); err != nil {
+		return "", err
+	}
+	return "install", nil
+}
+
+// waitRolledOut waits until every DaemonSet of the release has an updated,
+// Ready pod on each node it is scheduled to and every Deployment has its
+// replicas updated and available, as `kubectl rollout status` does. helm's
+// --wait does not: it subtracts maxUnavailable (1), so on a one-node
+// cluster it accepts a DaemonSet whose only pod is not Ready yet.
+func waitRolledOut(ctx context.Context, cs kubernetes.Interface, release, ns string, timeout time.Duration) error {
+	selector := metav1.ListOptions{LabelSelector: "app.kubernetes.io/instance=" + release}
 	var pending []string
 	var listErr error
-	err = wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
-		list, err := cs.AppsV1().DaemonSets(ns).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/instance=" + release})
+	err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		pending = pending[:0]
+		daemonSets, err := cs.AppsV1().DaemonSets(ns).List(ctx, selector)
 		if listErr = err; err != nil {
 			return false, nil // the API server may be busy: ask again
 		}
-		pending = pending[:0]
-		for _, ds := range list.Items {
+		for _, ds := range daemonSets.Items {
 			st := ds.Status
 			if st.ObservedGeneration < ds.Generation || st.DesiredNumberScheduled == 0 ||
 				st.NumberReady < st.DesiredNumberScheduled || st.UpdatedNumberScheduled < st.DesiredNumberScheduled {
-				pending = append(pending, fmt.Sprintf("%s (%d/%d ready)", ds.Name, st.NumberReady, st.DesiredNumberScheduled))
+				pending = append(pending, fmt.Sprintf("daemonset/%s (%d/%d ready)", ds.Name, st.NumberReady, st.DesiredNumberScheduled))
+			}
+		}
+		deployments, err := cs.AppsV1().Deployments(ns).List(ctx, selector)
+		if listErr = err; err != nil {
+			return false, nil
+		}
+		for _, d := range deployments.Items {
+			st, want := d.Status, ptr.Deref(d.Spec.Replicas, 1)
+			if st.ObservedGeneration < d.Generation || st.UpdatedReplicas < want || st.AvailableReplicas < want || st.Replicas > want {
+				pending = append(pending, fmt.Sprintf("deployment/%s (%d/%d updated and available)", d.Name, min(st.UpdatedReplicas, st.AvailableReplicas), want))
 			}
 		}
 		return len(pending) == 0, nil
@@ -258,9 +374,9 @@ func waitDaemonSetsReady(ctx context.Context, cfg *rest.Config, release, ns stri
 	case err == nil:
 		return nil
 	case listErr != nil:
-		return fmt.Errorf("chart install: list DaemonSets of release %s in %s: %w", release, ns, listErr)
+		return fmt.Errorf("chart install: list the workloads of release %s in %s: %w", release, ns, listErr)
 	}
-	return fmt.Errorf("chart install: DaemonSets not Ready %s after helm install: %v; see `kubectl -n %s describe daemonset`", timeout, pending, ns)
+	return fmt.Errorf("chart install: not rolled out %s after helm: %v; see `kubectl -n %s describe daemonset,deployment`", timeout, pending, ns)
 }
 
 // releaseKinds are every kind the chart creates; after helm uninstall none

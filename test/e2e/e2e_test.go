@@ -8,6 +8,8 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
@@ -28,7 +30,10 @@ import (
 	"github.com/podvirt/podvirt/test/stack"
 )
 
-var st *stack.Stack
+var (
+	st           *stack.Stack
+	stackOptions stack.Options // what st was installed with
+)
 
 func TestMain(m *testing.M) {
 	os.Exit(run(m))
@@ -63,7 +68,8 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "e2e: cluster up:", err)
 		return 1
 	}
-	st, err = stack.Install(ctx, c, stack.Options{Dir: filepath.Join(dir, "stack"), Progress: os.Stderr})
+	stackOptions = stack.Options{Dir: filepath.Join(dir, "stack"), Progress: os.Stderr}
+	st, err = stack.Install(ctx, c, stackOptions)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e: installing podvirt:", err)
 		return 1
@@ -90,21 +96,8 @@ func createVM(ctx context.Context, t *testing.T, vm *v1.VirtualMachine) {
 func deleteVM(t testing.TB, name string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	vm := &v1.VirtualMachine{}
-	vm.Namespace, vm.Name = stack.Namespace, name
-	if err := st.Client.Delete(ctx, vm); err != nil && !apierrors.IsNotFound(err) {
-		t.Errorf("deleting vm %s: %v", name, err)
-		return
-	}
-	if err := stack.Poll(ctx, 5*time.Minute, func() (bool, error) {
-		err := st.Client.Get(ctx, client.ObjectKeyFromObject(vm), vm)
-		if !apierrors.IsNotFound(err) {
-			return false, nil
-		}
-		_, err = getVMI(ctx, name)
-		return apierrors.IsNotFound(err), nil
-	}); err != nil {
-		t.Errorf("vm %s or its vmi still there 5 minutes after delete: %v", name, err)
+	if err := st.DeleteVM(ctx, name, 5*time.Minute); err != nil {
+		t.Error(err)
 	}
 }
 
@@ -429,6 +422,119 @@ func TestSecondDiskFromCache(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestDemoRunsTwice runs `make demo`'s code path (stack.Demo) on the
+// suite's cluster again and again, as a user would: the second run upgrades
+// the release in place, takes the registry pair over, reuses the healthy
+// VMs and ends in the same state in far less time; a run interrupted
+// during helm is finished by the next one; and a VM that no longer fits is
+// replaced.
+func TestDemoRunsTwice(t *testing.T) {
+	ctx := testContext(t, 40*time.Minute)
+	names := []string{"demo-1", "demo-2"}
+	t.Cleanup(func() {
+		for _, n := range names {
+			deleteVM(t, n)
+		}
+	})
+	run := func(ctx context.Context, what string) (string, time.Duration, error) {
+		var out strings.Builder
+		opts := stackOptions
+		opts.Progress = io.MultiWriter(&out, testLog{t})
+		start := time.Now()
+		err := stack.Demo(ctx, st.Cluster, opts)
+		t.Logf("%s: %s (%v)", what, time.Since(start).Round(time.Second), err)
+		return out.String(), time.Since(start), err
+	}
+	_, firstTook, err := run(ctx, "first demo run (creates the VMs)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := vmiUIDs(ctx, t, names)
+
+	out, secondTook, err := run(ctx, "second demo run")
+	if err != nil {
+		t.Fatalf("second demo run: %v", err)
+	}
+	for _, n := range names {
+		if !strings.Contains(out, "reusing vm "+n) {
+			t.Errorf("second run did not say it reused vm %s", n)
+		}
+	}
+	if !strings.Contains(out, "upgrade release "+stack.Release) {
+		t.Errorf("second run did not upgrade the release in place")
+	}
+	if again := vmiUIDs(ctx, t, names); !maps.Equal(again, first) {
+		t.Errorf("second run replaced VMIs: before %v, after %v", first, again)
+	}
+	if secondTook > firstTook/2 {
+		t.Errorf("second run took %s, the first %s: want far less (at most half)", secondTook, firstTook)
+	}
+
+	// Interrupted while helm runs (Ctrl+C): the next run finishes the job.
+	hctx, cancel := context.WithCancel(ctx)
+	opts := stackOptions
+	opts.Progress = cancelOn{marker: "helm upgrade --install", cancel: cancel, w: testLog{t}}
+	if err := stack.Demo(hctx, st.Cluster, opts); err == nil {
+		t.Log("the interrupted run finished before the interrupt took effect")
+	}
+	cancel()
+	if _, _, err := run(ctx, "run after an interrupted one"); err != nil {
+		t.Fatalf("demo run after one interrupted during helm: %v", err)
+	}
+
+	// A VM that no longer fits the demo (halted) is replaced, disk kept.
+	vm := &v1.VirtualMachine{}
+	if err := st.Client.Get(ctx, client.ObjectKey{Namespace: stack.Namespace, Name: names[1]}, vm); err != nil {
+		t.Fatal(err)
+	}
+	vm.Spec.RunStrategy = v1.RunStrategyHalted
+	if err := st.Client.Update(ctx, vm); err != nil {
+		t.Fatal(err)
+	}
+	out, _, err = run(ctx, "run with a halted VM")
+	if err != nil {
+		t.Fatalf("demo run with vm %s halted: %v", names[1], err)
+	}
+	if !strings.Contains(out, "replacing vm "+names[1]) || !strings.Contains(out, "reusing vm "+names[0]) {
+		t.Errorf("want vm %s replaced and vm %s reused; the run said:\n%s", names[1], names[0], out)
+	}
+}
+
+// vmiUIDs maps each VM's name to its VMI's UID.
+func vmiUIDs(ctx context.Context, t *testing.T, names []string) map[string]types.UID {
+	t.Helper()
+	uids := map[string]types.UID{}
+	for _, n := range names {
+		vmi, err := getVMI(ctx, n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		uids[n] = vmi.UID
+	}
+	return uids
+}
+
+// cancelOn passes progress on to w and cancels once a line holds marker.
+type cancelOn struct {
+	marker string
+	cancel context.CancelFunc
+	w      io.Writer
+}
+
+func (c cancelOn) Write(p []byte) (int, error) {
+	if strings.Contains(string(p), c.marker) {
+		c.cancel()
+	}
+	return c.w.Write(p)
+}
+
+type testLog struct{ t *testing.T }
+
+func (l testLog) Write(p []byte) (int, error) {
+	l.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
 }
 
 // TestUninstall runs last: helm uninstall removes every object of the

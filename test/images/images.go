@@ -152,23 +152,24 @@ func Build(ctx context.Context, opts Options, names ...string) ([]Image, error) 
 
 // Import imports imgs into the containerd listening on socket (namespace
 // k8s.io, where the kubelet looks), skipping those it already has at the
-// same digest.
-func Import(ctx context.Context, socket string, imgs []Image, progress io.Writer) error {
+// same digest. It returns the references it imported: new or changed.
+func Import(ctx context.Context, socket string, imgs []Image, progress io.Writer) ([]string, error) {
 	opts := Options{Progress: progress}.withDefaults()
 	work, err := os.MkdirTemp("", "podvirt-images-")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer os.RemoveAll(work)
+	var imported []string
 	for _, img := range imgs {
 		start := time.Now()
 		digest, err := img.Image.Digest()
 		if err != nil {
-			return fmt.Errorf("image %s: %w", img.Ref, err)
+			return imported, fmt.Errorf("image %s: %w", img.Ref, err)
 		}
 		present, err := image.Present(ctx, socket, img.Ref, digest)
 		if err != nil {
-			return err
+			return imported, err
 		}
 		if present {
 			opts.progress("%s: already in containerd at %s", img.Ref, digest)
@@ -176,24 +177,26 @@ func Import(ctx context.Context, socket string, imgs []Image, progress io.Writer
 		}
 		tar := filepath.Join(work, img.Name+".tar")
 		if err := image.WriteOCITar(img.Image, img.Ref, tar); err != nil {
-			return err
+			return imported, err
 		}
 		if err := image.Import(ctx, socket, tar); err != nil {
-			return err
+			return imported, err
 		}
 		_ = os.Remove(tar)
+		imported = append(imported, img.Ref)
 		opts.progress("%s: imported %s (%.1fs)", img.Ref, digest, time.Since(start).Seconds())
 	}
-	return nil
+	return imported, nil
 }
 
 // BuildAndImport builds the named images (all when none are named) and
 // imports them into the containerd at socket, e.g. a test cluster's
-// (*cluster.Cluster).ContainerdSocket().
-func BuildAndImport(ctx context.Context, socket string, opts Options, names ...string) error {
+// (*cluster.Cluster).ContainerdSocket(). It returns the references it
+// imported: new or changed.
+func BuildAndImport(ctx context.Context, socket string, opts Options, names ...string) ([]string, error) {
 	imgs, err := Build(ctx, opts, names...)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	return Import(ctx, socket, imgs, opts.Progress)
 }

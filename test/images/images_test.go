@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -29,8 +30,12 @@ func TestLauncherImageRunsLibvirtAndQEMU(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := Import(ctx, socket, imgs, &progress); err != nil {
+	imported, err := Import(ctx, socket, imgs, &progress)
+	if err != nil {
 		t.Fatal(err)
+	}
+	if !slices.Equal(imported, []string{Ref(Launcher)}) {
+		t.Errorf("first Import reported %v imported, want [%s]", imported, Ref(Launcher))
 	}
 	digest, err := imgs[0].Image.Digest()
 	if err != nil {
@@ -41,10 +46,11 @@ func TestLauncherImageRunsLibvirtAndQEMU(t *testing.T) {
 	}
 	// A second import of the same image is skipped.
 	progress.Reset()
-	if err := Import(ctx, socket, imgs, &progress); err != nil {
+	imported, err = Import(ctx, socket, imgs, &progress)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(progress.String(), "already in containerd") {
+	if len(imported) > 0 || !strings.Contains(progress.String(), "already in containerd") {
 		t.Errorf("second Import did not skip the unchanged image; progress:\n%s", progress.String())
 	}
 
@@ -78,7 +84,7 @@ func TestComponentImagesRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := Import(ctx, socket, imgs, nil); err != nil {
+	if _, err := Import(ctx, socket, imgs, nil); err != nil {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct {

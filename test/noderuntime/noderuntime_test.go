@@ -90,7 +90,7 @@ func TestVMIOnCluster(t *testing.T) {
 	kubeletRoot := filepath.Join(dir, "cluster", "kubelet")
 
 	start := time.Now()
-	if err := images.BuildAndImport(ctx, c.ContainerdSocket(), images.Options{Progress: testWriter{t}}, images.Launcher); err != nil {
+	if _, err := images.BuildAndImport(ctx, c.ContainerdSocket(), images.Options{Progress: testWriter{t}}, images.Launcher); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("launcher image built and imported in %s", time.Since(start).Round(time.Second))

@@ -23,6 +23,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -43,7 +44,8 @@ type Options struct {
 	Dir string
 	// Host is the address it listens on; default 127.0.0.1.
 	Host string
-	// Port is the port; 0 picks a free one.
+	// Port is the port; 0 takes the one this Dir's registry had before
+	// (so a rerun keeps its address), else a free one.
 	Port int
 	// TLS serves HTTPS with a certificate for Host from a CA made for this
 	// registry (CACertPEM).
@@ -52,7 +54,8 @@ type Options struct {
 	Users map[string]string
 	// Detach lets the process outlive this one (the demo's registries stay
 	// up until `make down`, which stops every process whose command line
-	// names the cluster dir, so put Dir under it).
+	// names the cluster dir, so put Dir under it). A later Start on the same
+	// Dir takes such a process over instead of starting another.
 	Detach bool
 }
 
@@ -69,7 +72,18 @@ type Registry struct {
 	mu   sync.Mutex
 	cmd  *exec.Cmd
 	done chan struct{}
+	// adopted is the pid of a registry an earlier Start on this Dir left
+	// running, which this one took over (it is not our child: no cmd).
+	adopted int
 }
+
+// The files a registry's Dir keeps beside its storage, so a later Start on
+// the same Dir finds the process and address of an earlier one.
+const (
+	pidFile     = "registry.pid"
+	addressFile = "address"
+	caFile      = "ca.crt"
+)
 
 // Start runs a registry and waits until it answers /v2/.
 func Start(ctx context.Context, opts Options) (*Registry, error) {
@@ -81,6 +95,9 @@ func Start(ctx context.Context, opts Options) (*Registry, error) {
 	}
 	if opts.Host == "" {
 		opts.Host = "127.0.0.1"
+	}
+	if opts.Port == 0 {
+		opts.Port = previousPort(opts.Dir, opts.Host)
 	}
 	if opts.Port == 0 {
 		p, err := freePort(opts.Host)
@@ -98,13 +115,70 @@ func Start(ctx context.Context, opts Options) (*Registry, error) {
 		config: filepath.Join(opts.Dir, "config.yml"),
 		log:    filepath.Join(opts.Dir, "registry.log"),
 	}
+	if pid, ok := r.leftRunning(); ok {
+		if err := r.adopt(ctx, pid); err == nil {
+			return r, nil
+		}
+		// It does not answer as this registry: replace it.
+		r.stopLocked(syscall.SIGKILL)
+	}
 	if err := r.writeConfig(); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(opts.Dir, addressFile), []byte(r.Addr), 0o644); err != nil {
 		return nil, err
 	}
 	if err := r.Restart(ctx); err != nil {
 		return nil, err
 	}
 	return r, nil
+}
+
+// previousPort is the port an earlier registry on dir listened on, if it
+// was on host; 0 if none.
+func previousPort(dir, host string) int {
+	b, err := os.ReadFile(filepath.Join(dir, addressFile))
+	if err != nil {
+		return 0
+	}
+	h, p, err := net.SplitHostPort(strings.TrimSpace(string(b)))
+	if err != nil || h != host {
+		return 0
+	}
+	port, _ := strconv.Atoi(p)
+	return port
+}
+
+// leftRunning finds a registry process an earlier Start on this Dir left
+// running: the recorded pid, alive, running Binary with this config.
+func (r *Registry) leftRunning() (int, bool) {
+	b, err := os.ReadFile(filepath.Join(r.opts.Dir, pidFile))
+	if err != nil {
+		return 0, false
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return 0, false
+	}
+	exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if exe != Binary || !bytes.Contains(cmdline, []byte(r.config)) || !processAlive(pid) {
+		return 0, false
+	}
+	return pid, true
+}
+
+// adopt takes over the running registry pid if it serves at r.Addr.
+func (r *Registry) adopt(ctx context.Context, pid int) error {
+	r.adopted = pid
+	if r.opts.TLS {
+		ca, err := os.ReadFile(filepath.Join(r.opts.Dir, caFile))
+		if err != nil {
+			return err
+		}
+		r.CACertPEM = ca
+	}
+	return r.ping(ctx)
 }
 
 func (r *Registry) writeConfig() error {
@@ -134,6 +208,9 @@ http:
 			return err
 		}
 		r.CACertPEM = ca
+		if err := os.WriteFile(filepath.Join(r.opts.Dir, caFile), ca, 0o644); err != nil {
+			return err
+		}
 		cfg += fmt.Sprintf("  tls:\n    certificate: %s\n    key: %s\n", certPath, keyPath)
 	}
 	if len(r.opts.Users) > 0 {
@@ -159,7 +236,7 @@ http:
 func (r *Registry) Restart(ctx context.Context) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.cmd != nil {
+	if r.cmd != nil || r.adopted != 0 {
 		return fmt.Errorf("registry %s: already running", r.Addr)
 	}
 	log, err := os.OpenFile(r.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
@@ -175,6 +252,11 @@ func (r *Registry) Restart(ctx context.Context) error {
 	if err := cmd.Start(); err != nil {
 		log.Close()
 		return fmt.Errorf("registry %s: starting %s: %w", r.Addr, Binary, err)
+	}
+	if err := os.WriteFile(filepath.Join(r.opts.Dir, pidFile), []byte(strconv.Itoa(cmd.Process.Pid)), 0o644); err != nil {
+		_ = cmd.Process.Kill()
+		log.Close()
+		return err
 	}
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); log.Close(); close(done) }()
@@ -274,6 +356,17 @@ func (r *Registry) Kill() { r.mu.Lock(); defer r.mu.Unlock(); r.stopLocked(sysca
 func (r *Registry) Stop() { r.mu.Lock(); defer r.mu.Unlock(); r.stopLocked(syscall.SIGTERM) }
 
 func (r *Registry) stopLocked(sig syscall.Signal) {
+	if r.adopted != 0 {
+		_ = syscall.Kill(r.adopted, sig)
+		for deadline := time.Now().Add(10 * time.Second); processAlive(r.adopted) && time.Now().Before(deadline); {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if processAlive(r.adopted) {
+			_ = syscall.Kill(r.adopted, syscall.SIGKILL)
+		}
+		r.adopted = 0
+		return
+	}
 	if r.cmd == nil {
 		return
 	}
@@ -285,6 +378,16 @@ func (r *Registry) stopLocked(sig syscall.Signal) {
 		<-r.done
 	}
 	r.cmd = nil
+}
+
+// processAlive reports whether pid runs and is not a zombie.
+func processAlive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	return i < 0 || i+2 >= len(b) || b[i+2] != 'Z'
 }
 
 func freePort(host string) (int, error) {

@@ -84,3 +84,62 @@ func TestKillAndRestartKeepsContent(t *testing.T) {
 		t.Fatalf("image gone after restart: %v", err)
 	}
 }
+
+// TestStartAgainOnTheSameDir: a detached registry left running is taken
+// over by the next Start on its Dir (same address, same process, the image
+// still there); once it is stopped, Start runs a new one on the same
+// address, from the same storage.
+func TestStartAgainOnTheSameDir(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	first, err := Start(ctx, Options{Dir: dir, Detach: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(first.Stop)
+	img, err := random.Image(1<<10, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := first.Push(ctx, "os/guest:1", img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := first.cmd.Process.Pid
+
+	second, err := Start(ctx, Options{Dir: dir, Detach: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(second.Stop)
+	if second.Addr != first.Addr || second.adopted != pid {
+		t.Fatalf("second Start: %s (adopted pid %d), want the running %s (pid %d)", second.Addr, second.adopted, first.Addr, pid)
+	}
+	pull := func(r *Registry) error {
+		parsed, err := name.ParseReference(ref, name.Insecure)
+		if err == nil {
+			_, err = remote.Image(parsed, remote.WithContext(ctx), remote.WithTransport(r.Transport()))
+		}
+		return err
+	}
+	if err := pull(second); err != nil {
+		t.Fatalf("the adopted registry does not serve %s: %v", ref, err)
+	}
+
+	second.Stop()
+	if processAlive(pid) {
+		t.Fatalf("Stop of the adopted registry left pid %d running", pid)
+	}
+	third, err := Start(ctx, Options{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(third.Stop)
+	if third.Addr != first.Addr || third.cmd == nil {
+		t.Fatalf("third Start: %s (own process %v), want a new process at %s", third.Addr, third.cmd != nil, first.Addr)
+	}
+	if err := pull(third); err != nil {
+		t.Fatalf("the restarted registry lost %s: %v", ref, err)
+	}
+}

@@ -267,6 +267,82 @@ func GuestIP(vmi *v1.VirtualMachineInstance) string {
 	return ""
 }
 
+// ensureVM makes want exist: it creates the VM, reuses the one already
+// there when it is healthy (a second `make demo`), or deletes and creates
+// it again when it is not. Its disks are kept either way. It says which.
+func (s *Stack) ensureVM(ctx context.Context, want *v1.VirtualMachine) error {
+	var have v1.VirtualMachine
+	err := s.Client.Get(ctx, client.ObjectKeyFromObject(want), &have)
+	switch {
+	case apierrors.IsNotFound(err):
+		s.opts.say("creating vm %s (disk from %s, NIC on NAD %s)", want.Name, GuestSource, VMNetwork)
+	case err != nil:
+		return fmt.Errorf("reading vm %s: %w", want.Name, err)
+	default:
+		why, err := s.unhealthy(ctx, &have, want)
+		if err != nil {
+			return err
+		}
+		if why == "" {
+			s.opts.say("reusing vm %s: it is already here and healthy (%s)", want.Name, have.Status.PrintableStatus)
+			return nil
+		}
+		s.opts.say("replacing vm %s: %s (its disks are kept)", want.Name, why)
+		if err := s.DeleteVM(ctx, want.Name, 5*time.Minute); err != nil {
+			return err
+		}
+	}
+	if err := s.Client.Create(ctx, want); err != nil {
+		return fmt.Errorf("creating vm %s: %w", want.Name, err)
+	}
+	return nil
+}
+
+// unhealthy says why the existing VM have cannot stand for want ("" when
+// it can): it is being deleted, it no longer runs as want does, or its VMI
+// has ended. A VMI still starting is healthy: the demo waits for it.
+func (s *Stack) unhealthy(ctx context.Context, have, want *v1.VirtualMachine) (string, error) {
+	if have.DeletionTimestamp != nil {
+		return "it is being deleted", nil
+	}
+	if have.Spec.RunStrategy != want.Spec.RunStrategy {
+		return fmt.Sprintf("its run strategy is %s, not %s", have.Spec.RunStrategy, want.Spec.RunStrategy), nil
+	}
+	var vmi v1.VirtualMachineInstance
+	err := s.Client.Get(ctx, client.ObjectKeyFromObject(have), &vmi)
+	switch {
+	case apierrors.IsNotFound(err):
+		return "", nil // the controller is about to start it
+	case err != nil:
+		return "", fmt.Errorf("reading vmi %s: %w", have.Name, err)
+	case vmi.Status.Phase == v1.Failed || vmi.Status.Phase == v1.Succeeded:
+		return fmt.Sprintf("its VMI is %s (%s %s)", vmi.Status.Phase, vmi.Status.Reason, vmi.Status.Message), nil
+	}
+	return "", nil
+}
+
+// DeleteVM deletes the VM name (its disks stay) and waits until it and its
+// VMI are gone.
+func (s *Stack) DeleteVM(ctx context.Context, name string, timeout time.Duration) error {
+	key := client.ObjectKey{Namespace: Namespace, Name: name}
+	vm := &v1.VirtualMachine{ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: name}}
+	if err := s.Client.Delete(ctx, vm); client.IgnoreNotFound(err) != nil {
+		return fmt.Errorf("deleting vm %s: %w", name, err)
+	}
+	err := Poll(ctx, timeout, func() (bool, error) {
+		for _, o := range []client.Object{&v1.VirtualMachine{}, &v1.VirtualMachineInstance{}} {
+			if err := s.Client.Get(ctx, key, o); !apierrors.IsNotFound(err) {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	if err != nil {
+		return fmt.Errorf("vm %s: it or its VMI still exists %s after delete: %w", name, timeout, err)
+	}
+	return nil
+}
+
 // ProbeFromPod runs a plain pod on PodNetwork(vmNAD) that connects to addr
 // (host:port) and returns its log.
 func (s *Stack) ProbeFromPod(ctx context.Context, name, vmNAD, addr string, timeout time.Duration) (string, error) {
@@ -275,6 +351,10 @@ func (s *Stack) ProbeFromPod(ctx context.Context, name, vmNAD, addr string, time
 	}
 	pod := cluster.ProbePod(name, map[string]string{v1.MultusNetworksAnnotation: PodNetwork(vmNAD)})
 	pod.Namespace = Namespace
+	// One an interrupted run left behind would stand in the way.
+	if err := s.deletePod(ctx, pod, time.Minute); err != nil {
+		return "", err
+	}
 	pod.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "PROBE_CONNECT", Value: addr}}
 	_, logs, err := s.Cluster.RunToCompletion(ctx, pod, timeout)
 	// Its log is read; the pod would only stand in the way of a rerun or an
@@ -284,6 +364,20 @@ func (s *Stack) ProbeFromPod(ctx context.Context, name, vmNAD, addr string, time
 		return "", fmt.Errorf("a pod on NAD %s reaching %s: %w", PodNetwork(vmNAD), addr, err)
 	}
 	return logs, nil
+}
+
+func (s *Stack) deletePod(ctx context.Context, pod *corev1.Pod, timeout time.Duration) error {
+	if err := s.Client.Delete(ctx, pod.DeepCopy()); client.IgnoreNotFound(err) != nil {
+		return fmt.Errorf("deleting pod %s/%s: %w", pod.Namespace, pod.Name, err)
+	}
+	err := Poll(ctx, timeout, func() (bool, error) {
+		err := s.Client.Get(ctx, client.ObjectKeyFromObject(pod), &corev1.Pod{})
+		return apierrors.IsNotFound(err), nil
+	})
+	if err != nil {
+		return fmt.Errorf("pod %s/%s still exists %s after delete: %w", pod.Namespace, pod.Name, timeout, err)
+	}
+	return nil
 }
 
 // Poll calls cond every 250 ms until it returns true or an error, or
@@ -315,10 +409,8 @@ func Demo(ctx context.Context, c *cluster.Cluster, opts Options) error {
 	}
 	names := []string{"demo-1", "demo-2"}
 	for _, n := range names {
-		vm := VM(n, v1.RunStrategyAlways)
-		opts.say("creating vm %s (disk from %s, NIC on NAD %s)", n, GuestSource, VMNetwork)
-		if err := s.Client.Create(ctx, vm); err != nil && !apierrors.IsAlreadyExists(err) {
-			return fmt.Errorf("creating vm %s: %w", n, err)
+		if err := s.ensureVM(ctx, VM(n, v1.RunStrategyAlways)); err != nil {
+			return err
 		}
 	}
 	ips := map[string]string{}

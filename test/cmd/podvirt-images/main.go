@@ -80,7 +80,7 @@ func run(ctx context.Context, cfg cluster.Config, opts images.Options, socket, o
 		if _, err := os.Stat(socket); err != nil {
 			return fmt.Errorf("no containerd at %s: is the local cluster up? ('make up')", socket)
 		}
-		if err := images.BuildAndImport(ctx, socket, opts, names...); err != nil {
+		if _, err := images.BuildAndImport(ctx, socket, opts, names...); err != nil {
 			return err
 		}
 	case "save":
