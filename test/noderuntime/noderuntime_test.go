@@ -34,7 +34,6 @@ import (
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/controller"
-	"github.com/podvirt/podvirt/runtime/deviceplugin"
 	"github.com/podvirt/podvirt/runtime/handler"
 	"github.com/podvirt/podvirt/test/cluster"
 	"github.com/podvirt/podvirt/test/guest"
@@ -111,7 +110,7 @@ func TestVMIOnCluster(t *testing.T) {
 		t.Fatalf("installing podvirt's CRDs: %v", err)
 	}
 	startController(ctx, t, restCfg)
-	startHandler(ctx, t, dir, c.Kubeconfig(), c.NodeName(), kubeletRoot, c.CNIBinDir())
+	startHandler(ctx, t, dir, c, kubeletRoot)
 
 	// The disk: the test guest as a raw disk.img on a local PV.
 	art, err := guest.Build(ctx)
@@ -301,7 +300,7 @@ func startController(ctx context.Context, t *testing.T, cfg *rest.Config) {
 
 // startHandler builds and runs the podvirt-handler binary for node, as
 // the DaemonSet would, until the test ends.
-func startHandler(ctx context.Context, t *testing.T, dir, kubeconfig, node, kubeletRoot, cniBinDir string) {
+func startHandler(ctx context.Context, t *testing.T, dir string, c *cluster.Cluster, kubeletRoot string) {
 	t.Helper()
 	bin := filepath.Join(dir, "bin")
 	build := exec.CommandContext(ctx, "go", "build", "-o", bin+"/", "./cmd/podvirt-handler", "./cmd/podvirt-l2")
@@ -312,12 +311,13 @@ func startHandler(ctx context.Context, t *testing.T, dir, kubeconfig, node, kube
 	}
 	var log bytes.Buffer
 	cmd := exec.Command(filepath.Join(bin, "podvirt-handler"),
-		"--node-name", node, "--kubeconfig", kubeconfig, "--kubelet-root", kubeletRoot,
-		"--cni-bin-dir", cniBinDir, "--cni-binary", filepath.Join(bin, "podvirt-l2"),
+		"--node-name", c.NodeName(), "--kubeconfig", c.Kubeconfig(), "--kubelet-root", kubeletRoot,
+		"--cni-bin-dir", c.CNIBinDir(), "--cni-binary", filepath.Join(bin, "podvirt-l2"),
 		"--cni-results-dir", filepath.Join(dir, "cni-results"),
-		// The kubelet keeps its device-plugin socket here whatever its
-		// --root-dir: the test cluster's kubelet is the last one started.
-		"--device-plugin-dir", deviceplugin.DefaultDir,
+		// What the node's kubelet sees as its hard-coded device-plugins
+		// dir; this handler runs on the host, outside the node's mount
+		// namespace.
+		"--device-plugin-dir", c.DevicePluginDir(),
 		"--metrics-address", "127.0.0.1:0", "--health-address", "127.0.0.1:0")
 	cmd.Stdout, cmd.Stderr = &log, &log
 	if err := cmd.Start(); err != nil {
