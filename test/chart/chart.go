@@ -259,39 +259,42 @@ func Install(ctx context.Context, c *cluster.Cluster, h *Helm, opts InstallOptio
 // names.
 func restartWorkloads(ctx context.Context, cs kubernetes.Interface, release, ns string, images []string) ([]string, error) {
 	selector := metav1.ListOptions{LabelSelector: "app.kubernetes.io/instance=" + release}
-	patch := []byte(fmt.Sprintf(`{"spec":{"template":{"metadata":{"annotations":{"podvirt.io/restartedAt":%q}}}}}`, time.Now().UTC().Format(time.RFC3339)))
-	runs := func(spec corev1.PodSpec) bool {
-		for _, c := range append(spec.InitContainers, spec.Containers...) {
-			if slices.Contains(images, c.Image) {
-				return true
-			}
-		}
-		return false
+	type workload struct {
+		name  string // kind/name
+		spec  corev1.PodSpec
+		patch func(ctx context.Context, data []byte) error
 	}
-	var restarted []string
+	var all []workload
 	deployments, err := cs.AppsV1().Deployments(ns).List(ctx, selector)
 	if err != nil {
 		return nil, fmt.Errorf("list Deployments of release %s: %w", release, err)
 	}
 	for _, d := range deployments.Items {
-		if runs(d.Spec.Template.Spec) {
-			if _, err := cs.AppsV1().Deployments(ns).Patch(ctx, d.Name, types.StrategicMergePatchType, patch, metav1.PatchOptions{}); err != nil {
-				return restarted, fmt.Errorf("restart Deployment %s/%s: %w", ns, d.Name, err)
-			}
-			restarted = append(restarted, "deployment/"+d.Name)
-		}
+		all = append(all, workload{"deployment/" + d.Name, d.Spec.Template.Spec, func(ctx context.Context, data []byte) error {
+			_, err := cs.AppsV1().Deployments(ns).Patch(ctx, d.Name, types.StrategicMergePatchType, data, metav1.PatchOptions{})
+			return err
+		}})
 	}
 	daemonSets, err := cs.AppsV1().DaemonSets(ns).List(ctx, selector)
 	if err != nil {
-		return restarted, fmt.Errorf("list DaemonSets of release %s: %w", release, err)
+		return nil, fmt.Errorf("list DaemonSets of release %s: %w", release, err)
 	}
 	for _, d := range daemonSets.Items {
-		if runs(d.Spec.Template.Spec) {
-			if _, err := cs.AppsV1().DaemonSets(ns).Patch(ctx, d.Name, types.StrategicMergePatchType, patch, metav1.PatchOptions{}); err != nil {
-				return restarted, fmt.Errorf("restart DaemonSet %s/%s: %w", ns, d.Name, err)
-			}
-			restarted = append(restarted, "daemonset/"+d.Name)
+		all = append(all, workload{"daemonset/" + d.Name, d.Spec.Template.Spec, func(ctx context.Context, data []byte) error {
+			_, err := cs.AppsV1().DaemonSets(ns).Patch(ctx, d.Name, types.StrategicMergePatchType, data, metav1.PatchOptions{})
+			return err
+		}})
+	}
+	patch := []byte(fmt.Sprintf(`{"spec":{"template":{"metadata":{"annotations":{"podvirt.io/restartedAt":%q}}}}}`, time.Now().UTC().Format(time.RFC3339)))
+	var restarted []string
+	for _, w := range all {
+		if !slices.ContainsFunc(append(w.spec.InitContainers, w.spec.Containers...), func(c corev1.Container) bool { return slices.Contains(images, c.Image) }) {
+			continue
 		}
+		if err := w.patch(ctx, patch); err != nil {
+			return restarted, fmt.Errorf("restart %s in %s: %w", w.name, ns, err)
+		}
+		restarted = append(restarted, w.name)
 	}
 	return restarted, nil
 }
