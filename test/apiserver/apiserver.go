@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/client-go/rest"
@@ -44,6 +45,11 @@ func Start(opts Options) (*Server, error) {
 		CRDDirectoryPaths:     opts.CRDDirs,
 		CRDs:                  opts.CRDs,
 		ErrorIfCRDPathMissing: true,
+		// envtest's default of 20 s is met on an idle machine (4–12 s)
+		// but not on a loaded one, where the test would fail for no fault
+		// of the code; a real fault still fails, only later.
+		ControlPlaneStartTimeout: 3 * time.Minute,
+		ControlPlaneStopTimeout:  time.Minute,
 	}
 	s := &Server{env: env}
 	if kubeconfig := os.Getenv("PODVIRT_TEST_KUBECONFIG"); kubeconfig != "" {
