@@ -11,6 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/podvirt/podvirt/api/v1alpha1"
+	"github.com/podvirt/podvirt/contracts/podlink"
 )
 
 // Memory overhead of a launcher pod beyond the guest's memory, in MiB. The
@@ -263,7 +264,7 @@ func multusNetworks(vmi *v1alpha1.VirtualMachineInstance) (string, error) {
 		if !ok {
 			continue
 		}
-		sel := multusSelection{Name: m.NetworkName, Interface: v1alpha1.PodInterfaceName(iface.Name), MAC: iface.MACAddress}
+		sel := multusSelection{Name: m.NetworkName, Interface: podlink.InterfaceName(iface.Name), MAC: iface.MACAddress}
 		if ns, n, ok := strings.Cut(m.NetworkName, "/"); ok {
 			sel.Namespace, sel.Name = ns, n
 		}

@@ -19,6 +19,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/podvirt/podvirt/api/v1alpha1"
+	"github.com/podvirt/podvirt/contracts/podlink"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files under testdata/")
@@ -114,7 +115,7 @@ func TestLauncherPodGolden(t *testing.T) {
 		t.Errorf("memory request %s, want guest + overhead = %s", got.String(), wantMem.String())
 	}
 	if got, want := pod.Annotations[v1alpha1.MultusNetworksAnnotation],
-		fmt.Sprintf(`[{"name":"l2-bridge","namespace":"infra","interface":"%s","mac":"02:00:00:00:00:2a"}]`, v1alpha1.PodInterfaceName("l2")); got != want {
+		fmt.Sprintf(`[{"name":"l2-bridge","namespace":"infra","interface":"%s","mac":"02:00:00:00:00:2a"}]`, podlink.InterfaceName("l2")); got != want {
 		t.Errorf("multus annotation %s, want %s", got, want)
 	}
 

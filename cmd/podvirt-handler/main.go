@@ -25,7 +25,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/podvirt/podvirt/cmd/internal/version"
-	"github.com/podvirt/podvirt/cni/results"
+	"github.com/podvirt/podvirt/contracts/cniresults"
 	"github.com/podvirt/podvirt/runtime/deviceplugin"
 	"github.com/podvirt/podvirt/runtime/handler"
 )
@@ -58,7 +58,7 @@ func parse(args []string) (*flags, error) {
 	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file; empty means in-cluster")
 	fs.StringVar(&f.cniBinDir, "cni-bin-dir", "/opt/cni/bin", "the node's CNI bin dir, where podvirt-l2 is installed")
 	fs.StringVar(&f.cniBinary, "cni-binary", "/usr/bin/podvirt-l2", "the podvirt-l2 binary to install (in the handler's image)")
-	fs.StringVar(&f.cniResultsDir, "cni-results-dir", results.DefaultDir, "where podvirt-l2 stores its ADD results (cni/results), read for the launchers")
+	fs.StringVar(&f.cniResultsDir, "cni-results-dir", cniresults.DefaultDir, "where podvirt-l2 stores its ADD results (contracts/cniresults), read for the launchers")
 	fs.StringVar(&f.devicePluginDir, "device-plugin-dir", deviceplugin.DefaultDir, "the kubelet's device-plugins dir (where its kubelet.sock is; the kubelet keeps it there whatever its root dir)")
 	fs.StringVar(&f.metricsAddress, "metrics-address", ":9812", "address of the Prometheus /metrics endpoint; 0 disables it")
 	fs.StringVar(&f.healthAddress, "health-address", ":9813", "address of the /healthz and /readyz endpoints")

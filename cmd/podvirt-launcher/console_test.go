@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
+	"github.com/podvirt/podvirt/contracts/diskmeta"
 	"github.com/podvirt/podvirt/runtime/cmdserver"
 	"github.com/podvirt/podvirt/runtime/converter"
 	"github.com/podvirt/podvirt/runtime/launcher"
@@ -101,7 +102,7 @@ func TestConsoleSubcommand(t *testing.T) {
 	consoleLog := filepath.Join(dir, "console.log")
 	xml, err := converter.ConvertXML(vmi, converter.Options{
 		DomainType: converter.DomainQEMU,
-		Disks:      map[string]converter.DiskSource{"root": {Path: overlay, Format: converter.FormatQCOW2}},
+		Disks:      map[string]converter.DiskSource{"root": {Path: overlay, Format: diskmeta.FormatQCOW2}},
 		ConsoleLog: consoleLog,
 	})
 	if err != nil {

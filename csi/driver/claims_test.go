@@ -22,8 +22,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
+	"github.com/podvirt/podvirt/contracts/diskmeta"
 	"github.com/podvirt/podvirt/csi/cluster"
-	"github.com/podvirt/podvirt/csi/volume"
 	"github.com/podvirt/podvirt/test/apiserver"
 )
 
@@ -175,7 +175,7 @@ func TestClaimSourcesAndEvents(t *testing.T) {
 				t.Fatalf("CreateVolume: %v, want code %s with %q", err, tt.wantCode, tt.wantMsg)
 			}
 			if err == nil {
-				m, merr := volume.ReadMeta(td.VolumeDir(resp.Volume.VolumeId))
+				m, merr := diskmeta.Read(td.VolumeDir(resp.Volume.VolumeId))
 				if merr != nil || m.Source != tt.annotations[v1.DiskSourceAnnotation]+tt.params[ParamSource] {
 					t.Errorf("volume meta %+v, %v: want the source of the claim or class", m, merr)
 				}

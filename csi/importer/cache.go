@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/podvirt/podvirt/csi/image"
+	"github.com/podvirt/podvirt/internal/atomicfile"
 )
 
 // Cache holds validated bases on one node, keyed by digest and reference counted by
@@ -192,7 +193,7 @@ func (c *Cache) save() error {
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(c.indexPath(), b); err != nil {
+	if err := atomicfile.Write(c.indexPath(), b, 0o600); err != nil {
 		return fmt.Errorf("image cache %s: write index: %w", c.dir, err)
 	}
 	return nil

@@ -13,7 +13,7 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 
-	"github.com/podvirt/podvirt/csi/image"
+	"github.com/podvirt/podvirt/contracts/diskmeta"
 )
 
 func testCtx(t *testing.T, d time.Duration) context.Context {
@@ -256,4 +256,4 @@ func TestCacheEviction(t *testing.T) {
 	}
 }
 
-var _ = image.FormatRaw
+var _ = diskmeta.FormatRaw

@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/podvirt/podvirt/csi/image"
+	"github.com/podvirt/podvirt/internal/atomicfile"
 )
 
 // job is one import in flight: source → partial file (hashed as it streams) → validated
@@ -193,7 +194,7 @@ func (j *job) runInto(ctx context.Context) (Base, error) {
 	if err := os.Rename(dataPath, final); err != nil {
 		return Base{}, err
 	}
-	if err := syncDir(filepath.Dir(final)); err != nil {
+	if err := atomicfile.SyncDir(filepath.Dir(final)); err != nil {
 		return Base{}, err
 	}
 	_ = os.RemoveAll(j.dir)

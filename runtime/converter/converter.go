@@ -42,7 +42,7 @@ type Options struct {
 	// the VMI's cloudInitNoCloud volume (BuildNoCloudISO).
 	CloudInitDisk string
 	// Taps maps interface name to the tap the CNI plugin made for it; an
-	// interface with tap binding missing here uses TapForNetwork.
+	// interface with tap binding missing here uses podlink.TapForNetwork.
 	Taps map[string]Tap
 	// ConsoleLog, when set, receives a copy of the serial console.
 	ConsoleLog string

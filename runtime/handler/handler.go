@@ -48,7 +48,7 @@ import (
 
 // NetworkResults gives the CNI results of a launcher pod's L2
 // attachments: for each of the VMI's tap-bound (Multus) networks, the
-// podvirt-l2 ADD result of the pod interface v1.PodInterfaceName(network).
+// podvirt-l2 ADD result of the pod interface podlink.InterfaceName(network).
 type NetworkResults interface {
 	PodNetworks(ctx context.Context, pod *corev1.Pod, vmi *v1.VirtualMachineInstance) (*network.Status, error)
 }

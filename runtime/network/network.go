@@ -13,7 +13,7 @@
 //	]}
 //
 // name is the VMI network (and interface) name; interface is the pod
-// interface the plugin was called with (default v1.PodInterfaceName(name));
+// interface the plugin was called with (default podlink.InterfaceName(name));
 // result is podvirt-l2's ADD result, in any spec version it speaks. The
 // Multus network-status annotation alone is not enough: its "ips" carry
 // no prefix length and it has no routes.
@@ -29,8 +29,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/types/create"
 
-	v1 "github.com/podvirt/podvirt/api/v1alpha1"
-	"github.com/podvirt/podvirt/cni"
+	"github.com/podvirt/podvirt/contracts/podlink"
 	"github.com/podvirt/podvirt/runtime/dhcp"
 )
 
@@ -44,7 +43,7 @@ type Attachment struct {
 	// Name is the VMI network name.
 	Name string `json:"name"`
 	// Interface is the pod interface name the plugin was called with;
-	// empty means v1.PodInterfaceName(Name).
+	// empty means podlink.InterfaceName(Name).
 	Interface string `json:"interface,omitempty"`
 	// Result is the plugin's ADD result, as it printed it.
 	Result json.RawMessage `json:"result"`
@@ -98,7 +97,7 @@ func (a Attachment) GuestNIC() (GuestNIC, error) {
 	}
 	podIf := a.Interface
 	if podIf == "" {
-		podIf = v1.PodInterfaceName(a.Name)
+		podIf = podlink.InterfaceName(a.Name)
 	}
 	if len(a.Result) == 0 {
 		return fail("no CNI result")
@@ -111,7 +110,7 @@ func (a Attachment) GuestNIC() (GuestNIC, error) {
 	if err != nil {
 		return fail("converting CNI result: %v", err)
 	}
-	tapName := cni.TapName(podIf)
+	tapName := podlink.TapName(podIf)
 	tapIdx := -1
 	for i, ifc := range res.Interfaces {
 		if ifc.Name == tapName && ifc.Sandbox != "" {

@@ -8,8 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	v1 "github.com/podvirt/podvirt/api/v1alpha1"
-	"github.com/podvirt/podvirt/cni"
+	"github.com/podvirt/podvirt/contracts/podlink"
 )
 
 // resultJSON is a podvirt-l2 bridge-mode guest-tap result of version ver.
@@ -18,8 +17,8 @@ func resultJSON(ver, podIf string) string {
 	 {"name":"pvbr0","mac":"0a:00:00:00:00:01"},
 	 {"name":"veth1234","mac":"0a:00:00:00:00:02"},
 	 {"name":"` + podIf + `","mac":"0a:00:00:00:00:03","sandbox":"/var/run/netns/pod"},
-	 {"name":"` + cni.PodBridgeName(podIf) + `","mac":"0a:00:00:00:00:04","sandbox":"/var/run/netns/pod"},
-	 {"name":"` + cni.TapName(podIf) + `","mac":"02:aa:bb:cc:dd:ee","mtu":1450,"sandbox":"/var/run/netns/pod"}],
+	 {"name":"` + podlink.BridgeName(podIf) + `","mac":"0a:00:00:00:00:04","sandbox":"/var/run/netns/pod"},
+	 {"name":"` + podlink.TapName(podIf) + `","mac":"02:aa:bb:cc:dd:ee","mtu":1450,"sandbox":"/var/run/netns/pod"}],
 	"ips":[{` + map[bool]string{true: `"version":"4",`, false: ""}[strings.HasPrefix(ver, "0.3")] + `"interface":4,"address":"10.4.0.7/24","gateway":"10.4.0.1"},
 	       {` + map[bool]string{true: `"version":"6",`, false: ""}[strings.HasPrefix(ver, "0.3")] + `"interface":4,"address":"fd00::7/64"}],
 	"routes":[{"dst":"0.0.0.0/0"},{"dst":"192.168.0.0/16","gw":"10.4.0.254"},{"dst":"172.16.0.0/12"},{"dst":"::/0"}],
@@ -28,7 +27,7 @@ func resultJSON(ver, podIf string) string {
 }
 
 func TestGuestNIC(t *testing.T) {
-	podIf := v1.PodInterfaceName("l2")
+	podIf := podlink.InterfaceName("l2")
 	for _, ver := range []string{"0.3.1", "0.4.0", "1.0.0", "1.1.0"} {
 		t.Run(ver, func(t *testing.T) {
 			st := Status{Networks: []Attachment{{Name: "l2", Result: json.RawMessage(resultJSON(ver, podIf))}}}
@@ -49,7 +48,7 @@ func TestGuestNIC(t *testing.T) {
 				t.Fatalf("%d NICs", len(nics))
 			}
 			n := nics[0]
-			if n.Network != "l2" || n.Tap != cni.TapName(podIf) || n.NetNS != "/var/run/netns/pod" || n.MAC.String() != "02:aa:bb:cc:dd:ee" {
+			if n.Network != "l2" || n.Tap != podlink.TapName(podIf) || n.NetNS != "/var/run/netns/pod" || n.MAC.String() != "02:aa:bb:cc:dd:ee" {
 				t.Errorf("NIC %+v", n)
 			}
 			l := n.Lease
@@ -76,7 +75,7 @@ func TestGuestNIC(t *testing.T) {
 func TestGuestNICErrors(t *testing.T) {
 	for name, a := range map[string]Attachment{
 		"no result":  {Name: "l2"},
-		"not a tap":  {Name: "other", Result: json.RawMessage(resultJSON("1.1.0", v1.PodInterfaceName("l2")))},
+		"not a tap":  {Name: "other", Result: json.RawMessage(resultJSON("1.1.0", podlink.InterfaceName("l2")))},
 		"bad json":   {Name: "l2", Result: json.RawMessage(`{"cniVersion":`)},
 		"no version": {Name: "l2", Result: json.RawMessage(`{"interfaces":[]}`)},
 	} {
@@ -85,10 +84,10 @@ func TestGuestNICErrors(t *testing.T) {
 		}
 	}
 	// An L2-only network: a tap and no address.
-	podIf := v1.PodInterfaceName("l2")
-	a := Attachment{Name: "l2", Result: json.RawMessage(`{"cniVersion":"1.1.0","interfaces":[{"name":"` + cni.TapName(podIf) + `","mac":"02:aa:bb:cc:dd:ee","sandbox":"/x"}]}`)}
+	podIf := podlink.InterfaceName("l2")
+	a := Attachment{Name: "l2", Result: json.RawMessage(`{"cniVersion":"1.1.0","interfaces":[{"name":"` + podlink.TapName(podIf) + `","mac":"02:aa:bb:cc:dd:ee","sandbox":"/x"}]}`)}
 	n, err := a.GuestNIC()
-	if err != nil || n.Lease != nil || n.Tap != cni.TapName(podIf) {
+	if err != nil || n.Lease != nil || n.Tap != podlink.TapName(podIf) {
 		t.Errorf("L2-only: %+v %v", n, err)
 	}
 }
