@@ -18,6 +18,7 @@ import (
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/contracts/diskmeta"
+	"github.com/podvirt/podvirt/contracts/launchercmd"
 	"github.com/podvirt/podvirt/runtime/cmdserver"
 	"github.com/podvirt/podvirt/runtime/converter"
 	"github.com/podvirt/podvirt/runtime/launcher"
@@ -115,7 +116,7 @@ func TestConsoleSubcommand(t *testing.T) {
 	t.Cleanup(func() { _ = l.Close() })
 	socketDir := filepath.Join(dir, "sockets")
 	srv := cmdserver.New(l, cmdserver.Config{VMI: "test/con", UID: string(vmi.UID), DomainName: converter.DomainName(vmi), Grace: 5 * time.Second})
-	if err := srv.ListenAndServe(cmdserver.SocketPath(socketDir, string(vmi.UID))); err != nil {
+	if err := srv.ListenAndServe(launchercmd.SocketPath(socketDir, string(vmi.UID))); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = srv.Stop(time.Second) })

@@ -34,6 +34,7 @@ import (
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/cmd/internal/version"
+	"github.com/podvirt/podvirt/contracts/launchercmd"
 	"github.com/podvirt/podvirt/runtime/cmdserver"
 	"github.com/podvirt/podvirt/runtime/converter"
 	"github.com/podvirt/podvirt/runtime/launcher"
@@ -60,7 +61,7 @@ func main() {
 	flag.StringVar(&o.runDir, "run-dir", v1.PrivateDir, "private run dir: libvirtd config, socket, logs, overlays")
 	flag.BoolVar(&o.private, "private-mounts", false, "run libvirtd in its own mount namespace (root; outside a pod)")
 	flag.StringVar(&o.domainType, "domain-type", "", "kvm or qemu (default: kvm when /dev/kvm exists)")
-	flag.StringVar(&o.networksPath, "networks", "", "with --vmi: CNI results of the pod's L2 attachments as JSON (runtime/network.Status)")
+	flag.StringVar(&o.networksPath, "networks", "", "with --vmi: CNI results of the pod's L2 attachments as JSON (runtime/launchercmd.Networks)")
 	flag.StringVar(&o.socketDir, "socket-dir", v1.SocketDir, "directory of the command socket <vmi-uid>.sock")
 	flag.StringVar(&o.diskDir, "disk-dir", v1.DiskDir, "where the volumes' disks are (<dir>/<volume>/...)")
 	flag.Parse()
@@ -77,7 +78,7 @@ type options struct {
 
 func run(o options) error {
 	var vmi *v1.VirtualMachineInstance
-	var networks *network.Status
+	var networks *launchercmd.Networks
 	uid := os.Getenv(UIDEnv)
 	if o.vmiPath != "" {
 		var err error
@@ -115,7 +116,7 @@ func run(o options) error {
 	}()
 
 	var l *launcher.Launcher
-	start := func(ctx context.Context, vmi *v1.VirtualMachineInstance, networks *network.Status) (cmdserver.Domain, cmdserver.Config, error) {
+	start := func(ctx context.Context, vmi *v1.VirtualMachineInstance, networks *launchercmd.Networks) (cmdserver.Domain, cmdserver.Config, error) {
 		var err error
 		l, err = startDomain(d.URI, vmi, networks, o)
 		if err != nil {
@@ -137,7 +138,7 @@ func run(o options) error {
 			_ = l.Close()
 		}
 	}()
-	sock := cmdserver.SocketPath(o.socketDir, uid)
+	sock := launchercmd.SocketPath(o.socketDir, uid)
 	if err := srv.ListenAndServe(sock); err != nil {
 		return err
 	}
@@ -165,7 +166,7 @@ func run(o options) error {
 		graceful, err := l.Shutdown(context.Background(), cfg.Grace)
 		slog.Info("domain shut down", "graceful", graceful, "err", err)
 	}
-	if s, reason := l.State(); s == launcher.StateCrashed {
+	if s, reason := l.State(); s == v1.DomainCrashed {
 		return fmt.Errorf("domain crashed: %s", reason)
 	}
 	return nil
@@ -204,7 +205,7 @@ func serverConfig(vmi *v1.VirtualMachineInstance) cmdserver.Config {
 
 // startDomain renders vmi for this pod and starts its domain, with DHCP
 // on its tap NICs.
-func startDomain(uri string, vmi *v1.VirtualMachineInstance, networks *network.Status, o options) (*launcher.Launcher, error) {
+func startDomain(uri string, vmi *v1.VirtualMachineInstance, networks *launchercmd.Networks, o options) (*launcher.Launcher, error) {
 	opts := converter.Options{
 		DomainType: o.domainType,
 		ConsoleLog: filepath.Join(o.runDir, "console.log"),
@@ -241,7 +242,7 @@ func startDomain(uri string, vmi *v1.VirtualMachineInstance, networks *network.S
 	var nics []network.GuestNIC
 	if networks != nil {
 		var err error
-		if nics, err = networks.GuestNICs(); err != nil {
+		if nics, err = network.GuestNICs(networks); err != nil {
 			return nil, err
 		}
 		opts.Taps = map[string]converter.Tap{}

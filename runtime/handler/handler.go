@@ -41,16 +41,14 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
-	"github.com/podvirt/podvirt/runtime/cmdclient"
-	"github.com/podvirt/podvirt/runtime/cmdserver/cmdpb"
-	"github.com/podvirt/podvirt/runtime/network"
+	"github.com/podvirt/podvirt/contracts/launchercmd"
 )
 
 // NetworkResults gives the CNI results of a launcher pod's L2
 // attachments: for each of the VMI's tap-bound (Multus) networks, the
 // podvirt-l2 ADD result of the pod interface podlink.InterfaceName(network).
 type NetworkResults interface {
-	PodNetworks(ctx context.Context, pod *corev1.Pod, vmi *v1.VirtualMachineInstance) (*network.Status, error)
+	PodNetworks(ctx context.Context, pod *corev1.Pod, vmi *v1.VirtualMachineInstance) (*launchercmd.Networks, error)
 }
 
 // Config is what the handler needs beyond the API server.
@@ -189,7 +187,7 @@ func (r *Reconciler) notifier(key types.NamespacedName) func() {
 // SocketPath is where the node sees the command socket of vmi in its
 // launcher pod: the pod's socket emptyDir in the kubelet's pod directory.
 func SocketPath(kubeletRoot string, pod *corev1.Pod, vmi *v1.VirtualMachineInstance) string {
-	return cmdclient.SocketPath(filepath.Join(kubeletRoot, "pods", string(pod.UID), "volumes", "kubernetes.io~empty-dir", v1.SocketVolumeName), string(vmi.UID))
+	return launchercmd.SocketPath(filepath.Join(kubeletRoot, "pods", string(pod.UID), "volumes", "kubernetes.io~empty-dir", v1.SocketVolumeName), string(vmi.UID))
 }
 
 // Reconcile brings one VMI's launcher and status in step.
@@ -297,7 +295,7 @@ func (r *Reconciler) start(ctx context.Context, sess *session, vmi *v1.VirtualMa
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	startsTotal.Inc()
-	resp, err := sess.client.Start(ctx, &cmdpb.StartRequest{Vmi: spec, Networks: nets})
+	resp, err := sess.client.Start(ctx, &launchercmd.StartRequest{Vmi: spec, Networks: nets})
 	if err != nil {
 		startFailures.Inc()
 		r.Recorder.Eventf(vmi, pod, corev1.EventTypeWarning, ReasonStartFailed, "Start", "launcher %s could not start the domain: %v", pod.Name, status.Convert(err).Message())
@@ -331,14 +329,14 @@ func needsNetworks(vmi *v1.VirtualMachineInstance) bool {
 }
 
 // syncPause pauses or resumes the guest as the VMI's annotation says.
-func (r *Reconciler) syncPause(ctx context.Context, sess *session, vmi *v1.VirtualMachineInstance, last *cmdpb.StatusResponse) error {
+func (r *Reconciler) syncPause(ctx context.Context, sess *session, vmi *v1.VirtualMachineInstance, last *launchercmd.StatusResponse) error {
 	want := vmi.Annotations[v1.PausedAnnotation] == "true"
-	state := v1.DomainState(last.GetState())
+	state := last.DomainState()
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	switch {
 	case want && state == v1.DomainRunning:
-		if _, err := sess.client.Pause(ctx, &cmdpb.PauseRequest{}); status.Code(err) == codes.FailedPrecondition {
+		if _, err := sess.client.Pause(ctx, &launchercmd.PauseRequest{}); status.Code(err) == codes.FailedPrecondition {
 			return nil // the state changed meanwhile; the watch brings it
 		} else if err != nil {
 			r.Recorder.Eventf(vmi, nil, corev1.EventTypeWarning, ReasonPauseFailed, "Pause", "pause: %v", status.Convert(err).Message())
@@ -346,7 +344,7 @@ func (r *Reconciler) syncPause(ctx context.Context, sess *session, vmi *v1.Virtu
 		}
 		r.Recorder.Eventf(vmi, nil, corev1.EventTypeNormal, ReasonPaused, "Pause", "the guest is paused")
 	case !want && state == v1.DomainPaused:
-		if _, err := sess.client.Resume(ctx, &cmdpb.ResumeRequest{}); status.Code(err) == codes.FailedPrecondition {
+		if _, err := sess.client.Resume(ctx, &launchercmd.ResumeRequest{}); status.Code(err) == codes.FailedPrecondition {
 			return nil
 		} else if err != nil {
 			r.Recorder.Eventf(vmi, nil, corev1.EventTypeWarning, ReasonPauseFailed, "Resume", "resume: %v", status.Convert(err).Message())

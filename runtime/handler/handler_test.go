@@ -22,9 +22,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
+	"github.com/podvirt/podvirt/contracts/launchercmd"
 	"github.com/podvirt/podvirt/controller"
 	"github.com/podvirt/podvirt/runtime/cmdclient"
-	"github.com/podvirt/podvirt/runtime/cmdserver/cmdpb"
 	"github.com/podvirt/podvirt/runtime/converter"
 	"github.com/podvirt/podvirt/test/guest"
 )
@@ -379,7 +379,7 @@ func poweroff(t *testing.T, lp *launcherProc) {
 	tick := time.NewTicker(3 * time.Second)
 	defer tick.Stop()
 	for {
-		if err := stream.Send(&cmdpb.ConsoleData{Data: []byte("\npoweroff\n")}); err != nil {
+		if err := stream.Send(&launchercmd.ConsoleData{Data: []byte("\npoweroff\n")}); err != nil {
 			return // the domain is gone
 		}
 		select {

@@ -37,7 +37,7 @@ func TestResultsDir(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(st.Networks) != 1 || st.Networks[0].Name != "l2" || st.Networks[0].Interface != ifname || string(st.Networks[0].Result) != res {
+	if len(st.Attachments) != 1 || st.Attachments[0].Name != "l2" || st.Attachments[0].Interface != ifname || string(st.Attachments[0].Result) != res {
 		t.Fatalf("status %+v", st)
 	}
 }

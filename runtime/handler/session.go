@@ -12,8 +12,8 @@ import (
 	"google.golang.org/grpc"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
+	"github.com/podvirt/podvirt/contracts/launchercmd"
 	"github.com/podvirt/podvirt/runtime/cmdclient"
-	"github.com/podvirt/podvirt/runtime/cmdserver/cmdpb"
 )
 
 // session is the handler's connection to one launcher: it follows the
@@ -23,13 +23,13 @@ type session struct {
 	key    string // the VMI's namespace/name
 	uid    string // the VMI's UID
 	socket string
-	client cmdpb.CommandClient
+	client launchercmd.CommandClient
 	conn   *grpc.ClientConn
 	cancel context.CancelFunc
 	done   chan struct{} // closed when the watch has ended
 
 	mu   sync.Mutex // guards the fields below
-	last *cmdpb.StatusResponse
+	last *launchercmd.StatusResponse
 	// lost says why the launcher went away while its domain was not
 	// finished; empty while it is there (or ended cleanly).
 	lost      string
@@ -57,10 +57,10 @@ func openSession(key, uid, socket string, notify func()) (*session, error) {
 	return s, nil
 }
 
-func (s *session) status(ctx context.Context) (*cmdpb.StatusResponse, error) {
+func (s *session) status(ctx context.Context) (*launchercmd.StatusResponse, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	st, err := s.client.Status(ctx, &cmdpb.StatusRequest{})
+	st, err := s.client.Status(ctx, &launchercmd.StatusRequest{})
 	if err != nil {
 		return nil, fmt.Errorf("launcher %s: status: %w", s.socket, err)
 	}
@@ -76,7 +76,7 @@ func (s *session) watch(ctx context.Context, notify func()) {
 		return // closed by the handler
 	}
 	s.mu.Lock()
-	final := s.last != nil && finished(s.last.GetState())
+	final := s.last != nil && finished(s.last.DomainState())
 	if !final {
 		state := s.last.GetState()
 		if state == "" {
@@ -90,7 +90,7 @@ func (s *session) watch(ctx context.Context, notify func()) {
 }
 
 func (s *session) follow(ctx context.Context, notify func()) error {
-	stream, err := s.client.Watch(ctx, &cmdpb.WatchRequest{})
+	stream, err := s.client.Watch(ctx, &launchercmd.WatchRequest{})
 	if err != nil {
 		return err
 	}
@@ -110,7 +110,7 @@ func (s *session) follow(ctx context.Context, notify func()) error {
 }
 
 // snapshot returns the last status and why the launcher was lost.
-func (s *session) snapshot() (*cmdpb.StatusResponse, string) {
+func (s *session) snapshot() (*launchercmd.StatusResponse, string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.last, s.lost
@@ -132,8 +132,8 @@ func (s *session) close() {
 	_ = s.conn.Close()
 }
 
-func finished(state string) bool {
-	return state == string(v1.DomainShutdown) || state == string(v1.DomainCrashed)
+func finished(state v1.DomainState) bool {
+	return state == v1.DomainShutdown || state == v1.DomainCrashed
 }
 
 // sessions are the open sessions, by VMI namespace/name.

@@ -24,6 +24,7 @@ import (
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/cni"
 	"github.com/podvirt/podvirt/contracts/diskmeta"
+	"github.com/podvirt/podvirt/contracts/launchercmd"
 	"github.com/podvirt/podvirt/contracts/podlink"
 	"github.com/podvirt/podvirt/runtime/converter"
 	"github.com/podvirt/podvirt/runtime/dhcp"
@@ -119,8 +120,8 @@ func startL2VM(t *testing.T, art guest.Artifacts, node ns.NetNS, conf []byte, na
 	if len(res.IPs) == 0 {
 		t.Fatalf("CNI result has no IP: %s", raw)
 	}
-	st := network.Status{Networks: []network.Attachment{{Name: l2Net, Result: raw}}}
-	nics, err := st.GuestNICs()
+	st := launchercmd.Networks{Attachments: []launchercmd.Attachment{{Name: l2Net, Result: raw}}}
+	nics, err := network.GuestNICs(&st)
 	if err != nil {
 		t.Fatal(err)
 	}

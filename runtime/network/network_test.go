@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/podvirt/podvirt/contracts/launchercmd"
 	"github.com/podvirt/podvirt/contracts/podlink"
 )
 
@@ -30,7 +31,7 @@ func TestGuestNIC(t *testing.T) {
 	podIf := podlink.InterfaceName("l2")
 	for _, ver := range []string{"0.3.1", "0.4.0", "1.0.0", "1.1.0"} {
 		t.Run(ver, func(t *testing.T) {
-			st := Status{Networks: []Attachment{{Name: "l2", Result: json.RawMessage(resultJSON(ver, podIf))}}}
+			st := launchercmd.Networks{Attachments: []launchercmd.Attachment{{Name: "l2", Result: json.RawMessage(resultJSON(ver, podIf))}}}
 			path := filepath.Join(t.TempDir(), "networks.json")
 			b, _ := json.Marshal(st)
 			if err := os.WriteFile(path, b, 0o644); err != nil {
@@ -40,7 +41,7 @@ func TestGuestNIC(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			nics, err := loaded.GuestNICs()
+			nics, err := GuestNICs(loaded)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -73,20 +74,20 @@ func TestGuestNIC(t *testing.T) {
 }
 
 func TestGuestNICErrors(t *testing.T) {
-	for name, a := range map[string]Attachment{
+	for name, a := range map[string]launchercmd.Attachment{
 		"no result":  {Name: "l2"},
 		"not a tap":  {Name: "other", Result: json.RawMessage(resultJSON("1.1.0", podlink.InterfaceName("l2")))},
 		"bad json":   {Name: "l2", Result: json.RawMessage(`{"cniVersion":`)},
 		"no version": {Name: "l2", Result: json.RawMessage(`{"interfaces":[]}`)},
 	} {
-		if _, err := a.GuestNIC(); err == nil {
+		if _, err := FromAttachment(a); err == nil {
 			t.Errorf("%s: no error", name)
 		}
 	}
 	// An L2-only network: a tap and no address.
 	podIf := podlink.InterfaceName("l2")
-	a := Attachment{Name: "l2", Result: json.RawMessage(`{"cniVersion":"1.1.0","interfaces":[{"name":"` + podlink.TapName(podIf) + `","mac":"02:aa:bb:cc:dd:ee","sandbox":"/x"}]}`)}
-	n, err := a.GuestNIC()
+	a := launchercmd.Attachment{Name: "l2", Result: json.RawMessage(`{"cniVersion":"1.1.0","interfaces":[{"name":"` + podlink.TapName(podIf) + `","mac":"02:aa:bb:cc:dd:ee","sandbox":"/x"}]}`)}
+	n, err := FromAttachment(a)
 	if err != nil || n.Lease != nil || n.Tap != podlink.TapName(podIf) {
 		t.Errorf("L2-only: %+v %v", n, err)
 	}
