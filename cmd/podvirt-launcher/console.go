@@ -18,11 +18,8 @@ import (
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/contracts/launchercmd"
 	"github.com/podvirt/podvirt/runtime/cmdclient"
+	"github.com/podvirt/podvirt/runtime/launcher"
 )
-
-// VNCSocketName is the domain's VNC socket in the launcher's run dir
-// (converter.Options.VNCSocket), which `podvirt-launcher vnc` connects to.
-const VNCSocketName = "vnc.sock"
 
 // subcommand runs `podvirt-launcher console` or `podvirt-launcher vnc`
 // (what podvirtctl execs in the launcher container through the API server)
@@ -56,11 +53,11 @@ func subcommand(args []string) {
 		}
 		err = attachConsole(ctx, launchercmd.SocketPath(*socketDir, *uid), os.Stdin, os.Stdout)
 	case "vnc":
-		runDir := fs.String("run-dir", v1.PrivateDir, "the launcher's run dir, holding "+VNCSocketName)
+		runDir := fs.String("run-dir", v1.PrivateDir, "the launcher's run dir, holding "+launcher.VNCSocketName)
 		if err = fs.Parse(args[1:]); err != nil {
 			os.Exit(2)
 		}
-		err = attachVNC(ctx, filepath.Join(*runDir, VNCSocketName), os.Stdin, os.Stdout)
+		err = attachVNC(ctx, filepath.Join(*runDir, launcher.VNCSocketName), os.Stdin, os.Stdout)
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "podvirt-launcher %s: %v\n", args[0], err)

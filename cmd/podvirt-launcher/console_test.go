@@ -193,7 +193,7 @@ func TestVNCSubcommand(t *testing.T) {
 	}
 	bin := buildLauncher(t)
 	runDir := t.TempDir()
-	sock := filepath.Join(runDir, VNCSocketName)
+	sock := filepath.Join(runDir, launcher.VNCSocketName)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	q := exec.CommandContext(ctx, qemu, "-machine", "q35,accel=tcg", "-nodefaults", "-no-user-config", "-display", "none", "-vga", "std", "-vnc", "unix:"+sock)

@@ -1,4 +1,4 @@
-package cmdserver
+package cmdserver_test
 
 import (
 	"context"
@@ -21,6 +21,7 @@ import (
 	"github.com/podvirt/podvirt/contracts/diskmeta"
 	"github.com/podvirt/podvirt/contracts/launchercmd"
 	"github.com/podvirt/podvirt/runtime/cmdclient"
+	"github.com/podvirt/podvirt/runtime/cmdserver"
 	"github.com/podvirt/podvirt/runtime/converter"
 	"github.com/podvirt/podvirt/runtime/launcher"
 	"github.com/podvirt/podvirt/runtime/libvirtd"
@@ -111,7 +112,7 @@ func TestRealGuest(t *testing.T) {
 
 	// Serve the socket, as the launcher does, before starting the domain.
 	path := launchercmd.SocketPath(filepath.Join(dir, "sockets"), string(vmi.UID))
-	srv := New(l, Config{VMI: vmi.Namespace + "/" + vmi.Name, UID: string(vmi.UID), DomainName: converter.DomainName(vmi), Grace: 90 * time.Second})
+	srv := cmdserver.New(l, cmdserver.Config{VMI: vmi.Namespace + "/" + vmi.Name, UID: string(vmi.UID), DomainName: converter.DomainName(vmi), Grace: 90 * time.Second})
 	if err := srv.ListenAndServe(path); err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -25,10 +26,10 @@ import (
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/contracts/launchercmd"
-	"github.com/podvirt/podvirt/runtime/launcher"
 )
 
-// Domain is what the server needs of the launcher (*launcher.Launcher).
+// Domain is what the server needs of the launcher (runtime/launcher's
+// Launcher).
 type Domain interface {
 	State() (v1.DomainState, string)
 	WaitState(ctx context.Context, s v1.DomainState) error
@@ -37,11 +38,24 @@ type Domain interface {
 	Resume() error
 	Shutdown(ctx context.Context, grace time.Duration) (graceful bool, err error)
 	Console() (io.ReadWriteCloser, error)
-	Interfaces() []launcher.Interface
+	Interfaces() []Interface
 	Done() <-chan struct{}
 }
 
-var _ Domain = (*launcher.Launcher)(nil)
+// Interface is one guest NIC as the launcher knows it from its DHCP
+// leases.
+type Interface struct {
+	// Network is the VMI network (and interface) name.
+	Network string
+	// MAC is the guest's MAC.
+	MAC net.HardwareAddr
+	// Addr is the address the lease gives the guest; invalid for an
+	// L2-only network (no lease: the guest brings its own).
+	Addr netip.Prefix
+	// Acked is whether the launcher's DHCP server has acknowledged the
+	// lease to the guest at least once.
+	Acked bool
+}
 
 // Config says which VMI the server speaks for.
 type Config struct {

@@ -19,7 +19,6 @@ import (
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/contracts/launchercmd"
 	"github.com/podvirt/podvirt/runtime/cmdclient"
-	"github.com/podvirt/podvirt/runtime/launcher"
 )
 
 // fakeDomain is a Domain whose state the test sets.
@@ -33,7 +32,7 @@ type fakeDomain struct {
 	stuck      bool // Pause and Resume succeed but the state never changes
 	consoleErr error
 	opened     chan net.Conn // the guest's end of each console opened
-	ifaces     []launcher.Interface
+	ifaces     []Interface
 
 	release       chan struct{} // Shutdown waits for it when set
 	shutdownCalls int
@@ -128,8 +127,8 @@ func (f *fakeDomain) Changed() <-chan struct{} {
 	return f.watch
 }
 
-func (f *fakeDomain) Interfaces() []launcher.Interface { return f.ifaces }
-func (f *fakeDomain) Done() <-chan struct{}            { return f.done }
+func (f *fakeDomain) Interfaces() []Interface { return f.ifaces }
+func (f *fakeDomain) Done() <-chan struct{}   { return f.done }
 
 // serve runs a server for d on a socket in a temp dir and returns a
 // client of it.
@@ -170,9 +169,9 @@ func wantStatus(t *testing.T, err error, code codes.Code, msg string) {
 func TestStatus(t *testing.T) {
 	f := newFake(v1.DomainRunning)
 	mac, _ := net.ParseMAC("02:00:00:00:00:01")
-	f.ifaces = []launcher.Interface{
-		{Network: "net1", Tap: "tap0", MAC: mac, Addr: netip.MustParsePrefix("10.0.0.5/24"), Acked: true},
-		{Network: "l2", Tap: "tap1", MAC: mac},
+	f.ifaces = []Interface{
+		{Network: "net1", MAC: mac, Addr: netip.MustParsePrefix("10.0.0.5/24"), Acked: true},
+		{Network: "l2", MAC: mac},
 	}
 	c, _ := serve(t, f)
 	resp, err := c.Status(ctxT(t), &launchercmd.StatusRequest{})

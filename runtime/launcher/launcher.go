@@ -3,6 +3,11 @@
 // gracefully (ACPI, then destroy after the grace period), pause, resume,
 // reboot, and stream its serial console. Done is closed when the domain
 // is gone, which is when the launcher process exits.
+//
+// Run is the launcher process itself (podvirt-launcher only wires its
+// flags to it): a private libvirtd, the command socket
+// (runtime/cmdserver), and the domain rendered for this pod — disks with
+// their declared formats, the taps podvirt-l2 made, DHCP on them.
 package launcher
 
 import (
@@ -17,6 +22,7 @@ import (
 	"libvirt.org/go/libvirt"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
+	"github.com/podvirt/podvirt/runtime/cmdserver"
 )
 
 // Event is one lifecycle change of the domain.
@@ -387,3 +393,5 @@ func (l *Launcher) Close() error {
 	errs = append(errs, l.stopDHCP())
 	return errors.Join(errs...)
 }
+
+var _ cmdserver.Domain = (*Launcher)(nil)
