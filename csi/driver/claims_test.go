@@ -24,6 +24,7 @@ import (
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/contracts/diskmeta"
 	"github.com/podvirt/podvirt/csi/cluster"
+	"github.com/podvirt/podvirt/internal/polltest"
 	"github.com/podvirt/podvirt/test/apiserver"
 )
 
@@ -231,7 +232,7 @@ func checkProgressEvents(t *testing.T, events []corev1.Event, took, interval tim
 func waitForEvents(t *testing.T, cs kubernetes.Interface, ns, claim string, reasons []string) []corev1.Event {
 	t.Helper()
 	var events []corev1.Event
-	waitFor(t, 30*time.Second, fmt.Sprintf("events %v on claim %s", reasons, claim), func() bool {
+	polltest.Until(t, 30*time.Second, fmt.Sprintf("events %v on claim %s", reasons, claim), func() bool {
 		list, err := cs.CoreV1().Events(ns).List(context.Background(), metav1.ListOptions{FieldSelector: "involvedObject.name=" + claim})
 		if err != nil {
 			return false

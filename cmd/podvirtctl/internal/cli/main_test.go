@@ -215,18 +215,3 @@ func getVMI(t *testing.T, ns, name string) *v1.VirtualMachineInstance {
 	}
 	return vmi
 }
-
-func eventually(t *testing.T, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		ok, last := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s: %s", what, last)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
