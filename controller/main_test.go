@@ -22,6 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	"github.com/podvirt/podvirt/api/scheme"
 	"github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/internal/polltest"
 	"github.com/podvirt/podvirt/test/apiserver"
@@ -79,7 +80,7 @@ func runTests(m *testing.M) int {
 // startController starts the controller manager and the stand-in kubelet
 // against srv; the returned function stops both.
 func startController(srv *apiserver.Server) (stop func(), err error) {
-	scheme, err := Scheme()
+	scheme, err := scheme.New()
 	if err != nil {
 		return nil, err
 	}

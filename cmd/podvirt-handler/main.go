@@ -18,12 +18,12 @@ import (
 	"os"
 
 	"github.com/go-logr/logr"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	"github.com/podvirt/podvirt/api/scheme"
+	"github.com/podvirt/podvirt/cmd/internal/restconfig"
 	"github.com/podvirt/podvirt/cmd/internal/version"
 	"github.com/podvirt/podvirt/contracts/cniresults"
 	"github.com/podvirt/podvirt/runtime/deviceplugin"
@@ -31,8 +31,7 @@ import (
 )
 
 func main() {
-	if len(os.Args) > 1 && (os.Args[1] == "version" || os.Args[1] == "--version") {
-		fmt.Printf("podvirt-handler %s\n", version.Version)
+	if version.Asked(os.Stdout, "podvirt-handler", os.Args[1:]) {
 		return
 	}
 	if err := run(os.Args[1:]); err != nil {
@@ -87,12 +86,12 @@ func run(args []string) error {
 	ctrl.SetLogger(logger)
 	slog.SetDefault(slog.New(logr.ToSlogHandler(logger)))
 
-	restCfg, err := loadConfig(f.kubeconfig)
+	restCfg, err := restconfig.Load(f.kubeconfig)
 	if err != nil {
 		return err
 	}
 	restCfg.UserAgent = "podvirt-handler/" + version.Version
-	scheme, err := handler.Scheme()
+	scheme, err := scheme.New()
 	if err != nil {
 		return err
 	}
@@ -126,19 +125,4 @@ func run(args []string) error {
 	}
 	logger.Info("starting", "version", version.Version, "node", f.nodeName, "kubeletRoot", f.kubeletRoot)
 	return mgr.Start(ctrl.SetupSignalHandler())
-}
-
-func loadConfig(kubeconfig string) (*rest.Config, error) {
-	if kubeconfig == "" {
-		cfg, err := rest.InClusterConfig()
-		if err != nil {
-			return nil, fmt.Errorf("in-cluster config: %w (pass --kubeconfig outside a cluster)", err)
-		}
-		return cfg, nil
-	}
-	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
-	if err != nil {
-		return nil, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
-	}
-	return cfg, nil
 }

@@ -39,8 +39,7 @@ const UIDEnv = "PODVIRT_VMI_UID"
 
 func main() {
 	subcommand(os.Args[1:]) // console, vnc: see console.go
-	if len(os.Args) > 1 && (os.Args[1] == "version" || os.Args[1] == "--version") {
-		fmt.Printf("podvirt-launcher %s\n", version.Version)
+	if version.Asked(os.Stdout, "podvirt-launcher", os.Args[1:]) {
 		return
 	}
 	if os.Getpid() == 1 {

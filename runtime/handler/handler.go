@@ -94,18 +94,6 @@ func CacheOptions(node string) cache.Options {
 	}
 }
 
-// Scheme knows the Kubernetes types and podvirt's.
-func Scheme() (*runtime.Scheme, error) {
-	s := runtime.NewScheme()
-	if err := corev1.AddToScheme(s); err != nil {
-		return nil, err
-	}
-	if err := v1.AddToScheme(s); err != nil {
-		return nil, err
-	}
-	return s, nil
-}
-
 // eventRecorder is the part of the events API the handler uses.
 type eventRecorder interface {
 	Eventf(regarding, related runtime.Object, eventtype, reason, action, note string, args ...any)

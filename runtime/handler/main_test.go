@@ -20,6 +20,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	"github.com/podvirt/podvirt/api/scheme"
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/controller"
 	"github.com/podvirt/podvirt/internal/polltest"
@@ -96,7 +97,7 @@ func buildLauncher(out string) error {
 }
 
 func startManagers(srv *apiserver.Server) (stop func(), err error) {
-	scheme, err := controller.Scheme()
+	scheme, err := scheme.New()
 	if err != nil {
 		return nil, err
 	}
