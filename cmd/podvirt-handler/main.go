@@ -20,6 +20,7 @@ import (
 	"github.com/go-logr/logr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/podvirt/podvirt/api/scheme"
@@ -83,8 +84,9 @@ func run(args []string) error {
 		level = slog.Level(-4 * f.logLevel)
 	}
 	logger := logr.FromSlogHandler(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	// Everything in the handler logs through logr (ctrl.Log, the
+	// reconcilers' contexts); slog is only its JSON backend.
 	ctrl.SetLogger(logger)
-	slog.SetDefault(slog.New(logr.ToSlogHandler(logger)))
 
 	restCfg, err := restconfig.Load(f.kubeconfig)
 	if err != nil {
@@ -105,7 +107,7 @@ func run(args []string) error {
 	if err != nil {
 		return fmt.Errorf("create manager: %w", err)
 	}
-	cfg := handler.Config{NodeName: f.nodeName, KubeletRoot: f.kubeletRoot}
+	cfg := handler.Config{NodeName: f.nodeName, KubeletRoot: f.kubeletRoot, Registerer: metrics.Registry}
 	if err := setupNode(mgr, f, &cfg); err != nil {
 		return err
 	}

@@ -22,6 +22,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
@@ -64,6 +65,9 @@ type Config struct {
 	// SocketRetry is how often a launcher pod whose socket is not there
 	// yet is looked at again (default 1s).
 	SocketRetry time.Duration
+	// Registerer takes the handler's metrics; nil leaves them
+	// unregistered.
+	Registerer prometheus.Registerer
 }
 
 // Event reasons the handler writes on VMIs.
@@ -106,6 +110,7 @@ type Reconciler struct {
 	Config   Config
 
 	sessions sessions
+	metrics  *metrics
 	wake     chan event.TypedGenericEvent[*v1.VirtualMachineInstance]
 	stop     chan struct{}
 }
@@ -122,15 +127,20 @@ func Setup(mgr manager.Manager, cfg Config) (*Reconciler, error) {
 	if cfg.SocketRetry == 0 {
 		cfg.SocketRetry = time.Second
 	}
-	registerMetrics()
+	m, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, fmt.Errorf("handler metrics: %w", err)
+	}
 	r := &Reconciler{
+		sessions: sessions{gauge: m.openSessions},
+		metrics:  m,
 		Client:   mgr.GetClient(),
 		Recorder: mgr.GetEventRecorder("podvirt-handler"),
 		Config:   cfg,
 		wake:     make(chan event.TypedGenericEvent[*v1.VirtualMachineInstance], 64),
 		stop:     make(chan struct{}),
 	}
-	err := ctrl.NewControllerManagedBy(mgr).
+	err = ctrl.NewControllerManagedBy(mgr).
 		Named("handler").
 		For(&v1.VirtualMachineInstance{}).
 		Watches(&corev1.Pod{}, crhandler.EnqueueRequestsFromMapFunc(podToVMI)).
@@ -213,7 +223,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 			log.FromContext(ctx).V(1).Info("waiting for the launcher's socket", "socket", sock)
 			return ctrl.Result{RequeueAfter: r.Config.SocketRetry}, nil
 		}
-		sess, err = openSession(key, string(vmi.UID), sock, r.notifier(req.NamespacedName))
+		sess, err = openSession(log.FromContext(ctx), key, string(vmi.UID), sock, r.notifier(req.NamespacedName))
 		if err != nil {
 			log.FromContext(ctx).Info("launcher not answering yet", "socket", sock, "err", err)
 			return ctrl.Result{RequeueAfter: r.Config.SocketRetry}, nil
@@ -282,10 +292,10 @@ func (r *Reconciler) start(ctx context.Context, sess *session, vmi *v1.VirtualMa
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	startsTotal.Inc()
+	r.metrics.startsTotal.Inc()
 	resp, err := sess.client.Start(ctx, &launchercmd.StartRequest{Vmi: spec, Networks: nets})
 	if err != nil {
-		startFailures.Inc()
+		r.metrics.startFailures.Inc()
 		r.Recorder.Eventf(vmi, pod, corev1.EventTypeWarning, ReasonStartFailed, "Start", "launcher %s could not start the domain: %v", pod.Name, status.Convert(err).Message())
 		if status.Code(err) == codes.Internal {
 			// Rendering or starting the domain failed: that VMI will not

@@ -5,10 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"sync"
 	"time"
 
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
@@ -23,6 +24,7 @@ type session struct {
 	key    string // the VMI's namespace/name
 	uid    string // the VMI's UID
 	socket string
+	log    logr.Logger
 	client launchercmd.CommandClient
 	conn   *grpc.ClientConn
 	cancel context.CancelFunc
@@ -38,13 +40,13 @@ type session struct {
 
 // openSession connects to the launcher at socket and follows its status
 // in the background; notify is called after every change.
-func openSession(key, uid, socket string, notify func()) (*session, error) {
+func openSession(log logr.Logger, key, uid, socket string, notify func()) (*session, error) {
 	client, conn, err := cmdclient.Dial(socket)
 	if err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &session{key: key, uid: uid, socket: socket, client: client, conn: conn, cancel: cancel, done: make(chan struct{})}
+	s := &session{key: key, uid: uid, socket: socket, log: log, client: client, conn: conn, cancel: cancel, done: make(chan struct{})}
 	// The first status proves a launcher answers on the socket.
 	first, err := s.status(ctx)
 	if err != nil {
@@ -85,7 +87,7 @@ func (s *session) watch(ctx context.Context, notify func()) {
 		s.lost = fmt.Sprintf("the launcher went away (command socket %s: %v) while the domain was %s", s.socket, err, state)
 	}
 	s.mu.Unlock()
-	slog.Info("launcher session ended", "vmi-uid", s.uid, "lost", !final, "err", err)
+	s.log.Info("launcher session ended", "vmi-uid", s.uid, "lost", !final, "err", err)
 	notify()
 }
 
@@ -138,8 +140,9 @@ func finished(state v1.DomainState) bool {
 
 // sessions are the open sessions, by VMI namespace/name.
 type sessions struct {
-	mu sync.Mutex
-	m  map[string]*session
+	mu    sync.Mutex
+	m     map[string]*session
+	gauge prometheus.Gauge // set to the number of open sessions
 }
 
 func (ss *sessions) get(key string) *session {
@@ -155,7 +158,7 @@ func (ss *sessions) put(s *session) {
 		ss.m = map[string]*session{}
 	}
 	ss.m[s.key] = s
-	openSessions.Set(float64(len(ss.m)))
+	ss.gauge.Set(float64(len(ss.m)))
 }
 
 // drop closes and forgets the session of key, if any.
@@ -163,7 +166,7 @@ func (ss *sessions) drop(key string) {
 	ss.mu.Lock()
 	s := ss.m[key]
 	delete(ss.m, key)
-	openSessions.Set(float64(len(ss.m)))
+	ss.gauge.Set(float64(len(ss.m)))
 	ss.mu.Unlock()
 	if s != nil {
 		s.close()

@@ -69,7 +69,7 @@ func (r *Reconciler) writeStatus(ctx context.Context, vmi *v1.VirtualMachineInst
 	if err := r.Client.Status().Patch(ctx, vmi, client.RawPatch(types.MergePatchType, patch)); err != nil {
 		return fmt.Errorf("write status of VMI %s/%s: %w", vmi.Namespace, vmi.Name, err)
 	}
-	statusWrites.Inc()
+	r.metrics.statusWrites.Inc()
 	r.recordTransition(prev, o.Domain)
 	return nil
 }
