@@ -109,7 +109,7 @@ func TestImportRealRegistryTLSAuth(t *testing.T) {
 	// The same credentials as a dockerconfigjson Secret would hold them.
 	dcj := []byte(`{"auths":{"` + reg.host + `":{"username":"` + reg.user + `","password":"` + reg.pass + `"}}}`)
 	c2 := newTestCache(t, t.TempDir(), 0, Options{})
-	src2 := Source{URL: src.URL, DockerConfigJSON: dcj, CACertsPEM: reg.pki.caPEM}
+	src2 := Source{URL: src.URL, DockerConfigJSON: dcj, CACertsPEM: reg.CACertPEM}
 	if b2, err := c2.Acquire(ctx, src2, "vol-1", nil); err != nil || b2.Digest != base.Digest {
 		t.Fatalf("import with dockerconfigjson: %+v, %v", b2, err)
 	}
