@@ -20,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/podvirt/podvirt/api/scheme"
@@ -46,6 +47,7 @@ func testConfig() Config {
 	cfg.MaxRestartBackoff = 2 * time.Second
 	cfg.BackoffResetAfter = time.Second
 	cfg.VMWorkers, cfg.VMIWorkers = 4, 4
+	cfg.Registerer = metrics.Registry // histogramCount reads it
 	return cfg
 }
 

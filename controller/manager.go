@@ -27,8 +27,12 @@ func Setup(mgr ctrl.Manager, cfg Config) error {
 	if err := cfg.validate(); err != nil {
 		return err
 	}
-	registerMetrics()
+	m, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return fmt.Errorf("controller metrics: %w", err)
+	}
 	vmi := &VMIReconciler{
+		metrics:   m,
 		Client:    mgr.GetClient(),
 		APIReader: mgr.GetAPIReader(),
 		Recorder:  mgr.GetEventRecorder("podvirt-controller"),
@@ -38,6 +42,7 @@ func Setup(mgr ctrl.Manager, cfg Config) error {
 		return fmt.Errorf("set up VMI controller: %w", err)
 	}
 	vm := &VMReconciler{
+		metrics:   m,
 		Client:    mgr.GetClient(),
 		APIReader: mgr.GetAPIReader(),
 		Recorder:  mgr.GetEventRecorder("podvirt-controller"),
