@@ -57,7 +57,7 @@ type NetConf struct {
 	TapGroup *uint32 `json:"tapGroup,omitempty"`
 	// ResultsDir is where, with guest "tap", ADD saves its result for the
 	// node daemon, keyed by pod UID and interface (see package
-	// cni/results); default cniresults.DefaultDir.
+	// contracts/cniresults); default cniresults.DefaultDir.
 	ResultsDir string `json:"resultsDir,omitempty"`
 
 	RuntimeConfig struct {

@@ -200,7 +200,7 @@ func TestCreateResizeAndMeta(t *testing.T) {
 		t.Error("raw accepted preallocation=metadata")
 	}
 	if _, err := diskmeta.Read(t.TempDir()); err == nil || !strings.Contains(err.Error(), "disk.podvirt.io volume") {
-		t.Errorf("ReadMeta of an empty dir: %v", err)
+		t.Errorf("diskmeta.Read of an empty dir: %v", err)
 	}
 }
 
