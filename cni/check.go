@@ -13,6 +13,8 @@ import (
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
+
+	"github.com/podvirt/podvirt/contracts/podlink"
 )
 
 // cmdCheck verifies the attachment against prevResult: the links exist
@@ -53,8 +55,8 @@ func cmdCheck(args *skel.CmdArgs) error {
 	}
 	var tapIf *current.Interface
 	if conf.Guest == GuestTap {
-		if tapIf = findInterface(prev, TapName(args.IfName), args.Netns); tapIf == nil {
-			return fmt.Errorf("prevResult has no tap %q in sandbox %q", TapName(args.IfName), args.Netns)
+		if tapIf = findInterface(prev, podlink.TapName(args.IfName), args.Netns); tapIf == nil {
+			return fmt.Errorf("prevResult has no tap %q in sandbox %q", podlink.TapName(args.IfName), args.Netns)
 		}
 	}
 
@@ -194,9 +196,9 @@ func checkGuestPath(conf *NetConf, pod netlink.Link, tapIf *current.Interface, p
 	onPath := []netlink.Link{pod, tap}
 	switch conf.Mode {
 	case ModeBridge:
-		br, err := netlinksafe.LinkByName(PodBridgeName(pod.Attrs().Name))
+		br, err := netlinksafe.LinkByName(podlink.BridgeName(pod.Attrs().Name))
 		if err != nil {
-			return fmt.Errorf("in-pod bridge %q: %w", PodBridgeName(pod.Attrs().Name), err)
+			return fmt.Errorf("in-pod bridge %q: %w", podlink.BridgeName(pod.Attrs().Name), err)
 		}
 		for _, port := range []netlink.Link{pod, tap} {
 			if port.Attrs().MasterIndex != br.Attrs().Index {

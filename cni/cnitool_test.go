@@ -13,6 +13,8 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/podvirt/podvirt/contracts/podlink"
 )
 
 // TestCnitool drives the built podvirt-l2 binary through the upstream
@@ -70,13 +72,13 @@ func TestCnitool(t *testing.T) {
 				t.Fatalf("cnitool add printed %q: %v", out, err)
 			}
 			ip, tapIf := guestIP(t, res)
-			if tapIf.Name != TapName("net1") {
+			if tapIf.Name != podlink.TapName("net1") {
 				t.Errorf("IP %s on %q, want the tap", ip, tapIf.Name)
 			}
 			if got := networkLeases(t, dataDir, netName); !slices.Equal(got, []string{ip.String()}) {
 				t.Errorf("leases %v, want [%s]", got, ip)
 			}
-			if got := linkNames(t, pod); !slices.Contains(got, TapName("net1")) {
+			if got := linkNames(t, pod); !slices.Contains(got, podlink.TapName("net1")) {
 				t.Errorf("pod links %v, want the tap", got)
 			}
 			// cnitool passes no K8S_POD_UID: nothing to save the result for.

@@ -10,7 +10,7 @@ import (
 	"github.com/containernetworking/cni/pkg/utils"
 	"github.com/vishvananda/netlink"
 
-	"github.com/podvirt/podvirt/cni/results"
+	"github.com/podvirt/podvirt/contracts/cniresults"
 )
 
 // Modes: how the pod's link reaches the shared L2.
@@ -57,7 +57,7 @@ type NetConf struct {
 	TapGroup *uint32 `json:"tapGroup,omitempty"`
 	// ResultsDir is where, with guest "tap", ADD saves its result for the
 	// node daemon, keyed by pod UID and interface (see package
-	// cni/results); default results.DefaultDir.
+	// contracts/cniresults); default cniresults.DefaultDir.
 	ResultsDir string `json:"resultsDir,omitempty"`
 
 	RuntimeConfig struct {
@@ -155,7 +155,7 @@ func loadConf(stdin []byte, cniArgs string) (*NetConf, error) {
 	}
 
 	if n.ResultsDir == "" {
-		n.ResultsDir = results.DefaultDir
+		n.ResultsDir = cniresults.DefaultDir
 	}
 	if !filepath.IsAbs(n.ResultsDir) {
 		return nil, configError("resultsDir", "must be an absolute path, got %q", n.ResultsDir)

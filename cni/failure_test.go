@@ -18,7 +18,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/podvirt/podvirt/cni/results"
+	"github.com/podvirt/podvirt/contracts/cniresults"
+	"github.com/podvirt/podvirt/contracts/podlink"
 )
 
 // failingIPAM writes an IPAM plugin "failipam" that fails every ADD with
@@ -122,7 +123,7 @@ func TestGCResults(t *testing.T) {
 		t.Fatalf("GC: %v", err)
 	}
 	for uid, want := range map[string]int{"uid-keep": 1, "uid-gone": 0, "uid-other": 1} {
-		got, err := results.Load(resultsDir, uid)
+		got, err := cniresults.Load(resultsDir, uid)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -225,7 +226,7 @@ func TestCheckDetectsDrift(t *testing.T) {
 			}
 			return netlink.LinkSetHardwareAddr(l, []byte{2, 0, 0, 0, 0, 0x99})
 		}},
-		{"tap-deleted", ModeMacvlan, GuestTap, func() error { return ip.DelLinkByName(TapName("net1")) }},
+		{"tap-deleted", ModeMacvlan, GuestTap, func() error { return ip.DelLinkByName(podlink.TapName("net1")) }},
 		{"redirect-removed", ModeMacvlan, GuestTap, func() error {
 			l, err := netlinksafe.LinkByName("net1")
 			if err != nil {
@@ -234,7 +235,7 @@ func TestCheckDetectsDrift(t *testing.T) {
 			return netlink.QdiscDel(&netlink.Ingress{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: l.Attrs().Index, Handle: ingressHandle, Parent: netlink.HANDLE_INGRESS}})
 		}},
 		{"dhcp-filter-removed", ModeBridge, GuestTap, func() error {
-			l, err := netlinksafe.LinkByName(TapName("net1"))
+			l, err := netlinksafe.LinkByName(podlink.TapName("net1"))
 			if err != nil {
 				return err
 			}
@@ -243,7 +244,7 @@ func TestCheckDetectsDrift(t *testing.T) {
 			}})
 		}},
 		{"pod-got-address", ModeBridge, GuestTap, func() error {
-			l, err := netlinksafe.LinkByName(PodBridgeName("net1"))
+			l, err := netlinksafe.LinkByName(podlink.BridgeName("net1"))
 			if err != nil {
 				return err
 			}
@@ -254,7 +255,7 @@ func TestCheckDetectsDrift(t *testing.T) {
 			return netlink.AddrAdd(l, addr)
 		}},
 		{"tap-left-bridge", ModeBridge, GuestTap, func() error {
-			l, err := netlinksafe.LinkByName(TapName("net1"))
+			l, err := netlinksafe.LinkByName(podlink.TapName("net1"))
 			if err != nil {
 				return err
 			}

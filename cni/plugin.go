@@ -27,6 +27,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/podvirt/podvirt/cni/results"
+	"github.com/podvirt/podvirt/contracts/cniresults"
 )
 
 // SupportedVersions are the CNI spec versions podvirt-l2 speaks.
@@ -199,7 +200,7 @@ func saveResult(conf *NetConf, args *skel.CmdArgs, result *current.Result) error
 	if err != nil {
 		return err
 	}
-	err = results.Save(conf.ResultsDir, results.Record{
+	err = results.Save(conf.ResultsDir, cniresults.Record{
 		PodUID: conf.podUID, IfName: args.IfName, ContainerID: args.ContainerID, Network: conf.Name, Result: b,
 	})
 	if err != nil {
@@ -314,7 +315,7 @@ func cmdGC(args *skel.CmdArgs) error {
 }
 
 func gcResults(conf *NetConf) error {
-	recs, err := results.List(conf.ResultsDir)
+	recs, err := cniresults.List(conf.ResultsDir)
 	if err != nil {
 		return types.NewError(types.ErrIOFailure, err.Error(), "")
 	}

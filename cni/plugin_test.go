@@ -17,7 +17,8 @@ import (
 	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/vishvananda/netlink"
 
-	"github.com/podvirt/podvirt/cni/results"
+	"github.com/podvirt/podvirt/contracts/cniresults"
+	"github.com/podvirt/podvirt/contracts/podlink"
 )
 
 // modeFields is the mode-specific part of a test config.
@@ -91,7 +92,7 @@ func testAddCheckDel(t *testing.T, mode, guest string, vlan int, ver string) {
 	ip, ipIf := guestIP(t, res)
 	wantIPIf := "net1"
 	if guest == GuestTap {
-		wantIPIf = TapName("net1")
+		wantIPIf = podlink.TapName("net1")
 	}
 	if ipIf.Name != wantIPIf || ipIf.Sandbox != pod.Path() {
 		t.Errorf("IP %s is on %q (sandbox %q), want %q in %q", ip, ipIf.Name, ipIf.Sandbox, wantIPIf, pod.Path())
@@ -103,7 +104,7 @@ func testAddCheckDel(t *testing.T, mode, guest string, vlan int, ver string) {
 		t.Errorf("host-local leases %v, want [%s]", got, ip)
 	}
 	// A guest's result is saved for the node daemon, as printed.
-	saved, err := results.Load(resultsDir, podUID)
+	saved, err := cniresults.Load(resultsDir, podUID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,12 +147,12 @@ func testAddCheckDel(t *testing.T, mode, guest string, vlan int, ver string) {
 			if len(addrs) != 0 {
 				t.Errorf("net1 has addresses %v; the pod must have none on the guest path", addrs)
 			}
-			tap, err := netlinksafe.LinkByName(TapName("net1"))
+			tap, err := netlinksafe.LinkByName(podlink.TapName("net1"))
 			if err != nil {
 				return err
 			}
 			if tt, ok := tap.(*netlink.Tuntap); !ok || tt.Mode != netlink.TUNTAP_MODE_TAP {
-				t.Errorf("%s is a %s, want a tap", TapName("net1"), tap.Type())
+				t.Errorf("%s is a %s, want a tap", podlink.TapName("net1"), tap.Type())
 			}
 		}
 		return nil
@@ -185,7 +186,7 @@ func testAddCheckDel(t *testing.T, mode, guest string, vlan int, ver string) {
 	if got := leases(t, dataDir); len(got) != 0 {
 		t.Errorf("leases left after DEL: %v", got)
 	}
-	if saved, err := results.Load(resultsDir, podUID); err != nil || len(saved) != 0 {
+	if saved, err := cniresults.Load(resultsDir, podUID); err != nil || len(saved) != 0 {
 		t.Errorf("results left after DEL: %s (%v)", saved, err)
 	}
 	if err := a.del(); err != nil {

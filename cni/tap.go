@@ -3,7 +3,6 @@ package cni
 import (
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"net"
 	"slices"
 
@@ -14,12 +13,14 @@ import (
 	"github.com/containernetworking/plugins/pkg/utils/sysctl"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/podvirt/podvirt/contracts/podlink"
 )
 
 // With guest "tap" the pod gets, besides its link ifName:
 //
-//   - bridge mode: an in-pod bridge PodBridgeName(ifName) with ifName and the
-//     tap TapName(ifName) as its ports; the guest has its own MAC.
+//   - bridge mode: an in-pod bridge podlink.BridgeName(ifName) with ifName and the
+//     tap podlink.TapName(ifName) as its ports; the guest has its own MAC.
 //   - macvlan mode: the tap, tied to ifName by tc mirred redirects both ways
 //     (ingress of one is sent out of the other); the guest uses the
 //     macvlan's MAC, the only unicast MAC a macvlan receives.
@@ -33,24 +34,6 @@ import (
 // None of these links has an IP (IPv6 is turned off on them, so the pod
 // does not even autoconfigure a link-local address that would clash with
 // the guest's); the IP in the result is the guest's.
-
-// TapName is the name of the guest tap that goes with pod link ifName.
-func TapName(ifName string) string { return derivedName("tap", ifName) }
-
-// PodBridgeName is the name of the in-pod bridge (bridge mode, guest "tap")
-// that goes with pod link ifName.
-func PodBridgeName(ifName string) string { return derivedName("br", ifName) }
-
-// derivedName is prefix+ifName, or prefix and a hash of ifName when that is
-// longer than a link name may be.
-func derivedName(prefix, ifName string) string {
-	if n := prefix + ifName; len(n) <= unix.IFNAMSIZ-1 {
-		return n
-	}
-	h := fnv.New32a()
-	_, _ = h.Write([]byte(ifName))
-	return fmt.Sprintf("%s%08x", prefix, h.Sum32())
-}
 
 // ingressHandle is the handle of the ingress qdisc, ffff:.
 var ingressHandle = netlink.MakeHandle(0xffff, 0)
@@ -83,14 +66,14 @@ func addGuestTap(conf *NetConf, ifName string, guestMAC net.HardwareAddr, netns 
 		}
 		mtu := pod.Attrs().MTU
 
-		tap, err := addTap(conf, TapName(ifName), mtu)
+		tap, err := addTap(conf, podlink.TapName(ifName), mtu)
 		if err != nil {
 			return err
 		}
 
 		switch conf.Mode {
 		case ModeBridge:
-			br, err := addPodBridge(PodBridgeName(ifName), mtu)
+			br, err := addPodBridge(podlink.BridgeName(ifName), mtu)
 			if err != nil {
 				return err
 			}
@@ -312,7 +295,7 @@ func mirredTarget(l netlink.Link) (int, error) {
 // the calling thread's netns; missing links are fine.
 func delGuestLinks(ifName string) error {
 	var errs []error
-	for _, name := range []string{TapName(ifName), PodBridgeName(ifName)} {
+	for _, name := range []string{podlink.TapName(ifName), podlink.BridgeName(ifName)} {
 		if err := ip.DelLinkByName(name); err != nil && !errors.Is(err, ip.ErrLinkNotFound) {
 			errs = append(errs, err)
 		}

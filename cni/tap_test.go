@@ -11,6 +11,8 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/podvirt/podvirt/contracts/podlink"
 )
 
 // TestGuestTap checks the guest path of each mode: the tap is in the pod,
@@ -35,8 +37,8 @@ func TestGuestTap(t *testing.T) {
 			t.Cleanup(func() { _ = vm.del() })
 
 			guestIPAddr, tapIf := guestIP(t, vmRes)
-			if tapIf.Name != TapName("net1") || tapIf.Sandbox != vmPod.Path() {
-				t.Fatalf("guest IP is on %q in %q, want tap %q in %q", tapIf.Name, tapIf.Sandbox, TapName("net1"), vmPod.Path())
+			if tapIf.Name != podlink.TapName("net1") || tapIf.Sandbox != vmPod.Path() {
+				t.Fatalf("guest IP is on %q in %q, want tap %q in %q", tapIf.Name, tapIf.Sandbox, podlink.TapName("net1"), vmPod.Path())
 			}
 			guestMAC, err := parseUnicastMAC(tapIf.Mac)
 			if err != nil {

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/apimachinery/pkg/api/resource"
 )
 
@@ -48,6 +49,9 @@ type Config struct {
 	BackoffResetAfter time.Duration
 	// VMWorkers and VMIWorkers are the reconcilers' concurrency.
 	VMWorkers, VMIWorkers int
+	// Registerer takes the controller's metrics; nil leaves them
+	// unregistered.
+	Registerer prometheus.Registerer
 }
 
 // DefaultConfig is the configuration with every default filled in.

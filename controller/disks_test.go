@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/podvirt/podvirt/api/v1alpha1"
+	"github.com/podvirt/podvirt/internal/polltest"
 )
 
 // vmWithDisk is a VM whose root disk comes from a disk template.
@@ -53,7 +54,7 @@ func deleteVM(t *testing.T, ns, name string) {
 	if err := k8s.Delete(context.Background(), getVM(t, ns, name)); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, wait, "VM "+name+" is gone", func() (bool, string) {
+	polltest.Eventually(t, wait, "VM "+name+" is gone", func() (bool, string) {
 		err := k8s.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: name}, &v1alpha1.VirtualMachine{})
 		return apierrors.IsNotFound(err), fmt.Sprint(err)
 	})
@@ -78,7 +79,7 @@ func TestDiskRetention(t *testing.T) {
 	ns := namespace(t)
 
 	create(t, vmWithDisk(ns, "db", "db-root", ""))
-	eventually(t, wait, "the disk template's PVC exists", func() (bool, string) {
+	polltest.Eventually(t, wait, "the disk template's PVC exists", func() (bool, string) {
 		pvc := getPVC(t, ns, "db-root")
 		if pvc == nil {
 			return false, "no PVC"
@@ -112,7 +113,7 @@ func TestDiskRetention(t *testing.T) {
 	// A new VM with a disk template of the same name adopts the PVC.
 	create(t, vmWithDisk(ns, "db-new", "db-root", v1alpha1.DiskRetain))
 	podUsesClaim(t, ns, "db-new", "db-root")
-	eventually(t, wait, "the retained PVC is adopted", func() (bool, string) {
+	polltest.Eventually(t, wait, "the retained PVC is adopted", func() (bool, string) {
 		pvc := getPVC(t, ns, "db-root")
 		return pvc.UID == original && pvc.Labels[v1alpha1.VMNameLabel] == "db-new", fmt.Sprint(pvc.Labels)
 	})
@@ -129,7 +130,7 @@ func TestDiskRetention(t *testing.T) {
 	create(t, vmWithDisk(ns, "scratch", "scratch-root", v1alpha1.DiskDelete))
 	podUsesClaim(t, ns, "scratch", "scratch-root")
 	deleteVM(t, ns, "scratch")
-	eventually(t, wait, "the PVC is deleted with its VM", func() (bool, string) {
+	polltest.Eventually(t, wait, "the PVC is deleted with its VM", func() (bool, string) {
 		pvc := getPVC(t, ns, "scratch-root")
 		// Without a kube-controller-manager the pvc-protection finalizer
 		// stays; a deletion timestamp is what the controller can do.

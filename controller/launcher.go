@@ -11,6 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/podvirt/podvirt/api/v1alpha1"
+	"github.com/podvirt/podvirt/contracts/podlink"
 )
 
 // Memory overhead of a launcher pod beyond the guest's memory, in MiB. The
@@ -84,8 +85,41 @@ type multusSelection struct {
 // volume's disk is inside the pod, for the VMI's status.
 func launcherPod(vmi *v1alpha1.VirtualMachineInstance, claims map[string]volumeClaim, cfg *Config) (*corev1.Pod, []v1alpha1.VolumeStatus, error) {
 	name := launcherPodName(vmi)
-	spec := &vmi.Spec
+	meta, err := launcherPodMeta(vmi, name)
+	if err != nil {
+		return nil, nil, err
+	}
+	vols, err := launcherVolumes(vmi, name, claims, cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	// The launcher needs the guest's grace period plus time to stop
+	// libvirt and report.
+	podGrace := guestGrace(&vmi.Spec) + 15
+	pod := &corev1.Pod{
+		ObjectMeta: meta,
+		Spec: corev1.PodSpec{
+			RestartPolicy:                 corev1.RestartPolicyNever,
+			TerminationGracePeriodSeconds: &podGrace,
+			AutomountServiceAccountToken:  new(false),
+			EnableServiceLinks:            new(false),
+			NodeSelector:                  vmi.Spec.NodeSelector,
+			Affinity:                      vmi.Spec.Affinity,
+			Tolerations:                   vmi.Spec.Tolerations,
+			Volumes:                       vols.volumes,
+			Containers:                    []corev1.Container{launcherContainer(vmi, cfg, vols)},
+		},
+	}
+	if len(validation.IsDNS1123Label(vmi.Name)) == 0 {
+		pod.Spec.Hostname = vmi.Name
+	}
+	return pod, vols.statuses, nil
+}
 
+// launcherPodMeta is the launcher pod's name, labels (the VMI's, and the
+// ones that tie the pod to it), annotations (the default container, the
+// Multus networks) and owner.
+func launcherPodMeta(vmi *v1alpha1.VirtualMachineInstance, name string) (metav1.ObjectMeta, error) {
 	labels := map[string]string{}
 	for k, v := range vmi.Labels {
 		labels[k] = v
@@ -97,84 +131,122 @@ func launcherPod(vmi *v1alpha1.VirtualMachineInstance, claims map[string]volumeC
 	annotations := map[string]string{"kubectl.kubernetes.io/default-container": v1alpha1.LauncherContainerName}
 	networks, err := multusNetworks(vmi)
 	if err != nil {
-		return nil, nil, err
+		return metav1.ObjectMeta{}, err
 	}
 	if networks != "" {
 		annotations[v1alpha1.MultusNetworksAnnotation] = networks
 	}
+	return metav1.ObjectMeta{
+		Name:        name,
+		Namespace:   vmi.Namespace,
+		Labels:      labels,
+		Annotations: annotations,
+		OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(vmi,
+			v1alpha1.GroupVersion.WithKind("VirtualMachineInstance"))},
+	}, nil
+}
 
-	volumes := []corev1.Volume{
-		{Name: v1alpha1.SocketVolumeName, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
-		{Name: v1alpha1.PrivateVolumeName, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
+// podVolumes are the launcher pod's volumes, where the launcher container
+// sees them, and where each VMI volume's disk is.
+type podVolumes struct {
+	volumes  []corev1.Volume
+	mounts   []corev1.VolumeMount
+	devices  []corev1.VolumeDevice
+	statuses []v1alpha1.VolumeStatus
+}
+
+// launcherVolumes lays out the pod's volumes: the socket and private
+// emptyDirs, then one per VMI volume, in order.
+func launcherVolumes(vmi *v1alpha1.VirtualMachineInstance, podName string, claims map[string]volumeClaim, cfg *Config) (podVolumes, error) {
+	pv := podVolumes{
+		volumes: []corev1.Volume{
+			{Name: v1alpha1.SocketVolumeName, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
+			{Name: v1alpha1.PrivateVolumeName, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
+		},
+		mounts: []corev1.VolumeMount{
+			{Name: v1alpha1.SocketVolumeName, MountPath: v1alpha1.SocketDir},
+			{Name: v1alpha1.PrivateVolumeName, MountPath: v1alpha1.PrivateDir},
+		},
 	}
-	mounts := []corev1.VolumeMount{
-		{Name: v1alpha1.SocketVolumeName, MountPath: v1alpha1.SocketDir},
-		{Name: v1alpha1.PrivateVolumeName, MountPath: v1alpha1.PrivateDir},
-	}
-	var devices []corev1.VolumeDevice
-	var statuses []v1alpha1.VolumeStatus
-	filesystem := corev1.PersistentVolumeFilesystem
-	for _, v := range spec.Volumes {
+	for _, v := range vmi.Spec.Volumes {
 		switch {
 		case v.PersistentVolumeClaim != nil:
 			claim, ok := claims[v.PersistentVolumeClaim.ClaimName]
 			if !ok {
-				return nil, nil, fmt.Errorf("volume %s: PVC %s/%s not found", v.Name, vmi.Namespace, v.PersistentVolumeClaim.ClaimName)
+				return podVolumes{}, fmt.Errorf("volume %s: PVC %s/%s not found", v.Name, vmi.Namespace, v.PersistentVolumeClaim.ClaimName)
 			}
-			readOnly := v.PersistentVolumeClaim.ReadOnly || claim.readOnly
-			volumes = append(volumes, corev1.Volume{Name: v.Name, VolumeSource: corev1.VolumeSource{
-				PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: v.PersistentVolumeClaim.ClaimName, ReadOnly: readOnly},
-			}})
-			mode := claim.mode
-			status := v1alpha1.VolumeStatus{Name: v.Name, ClaimName: v.PersistentVolumeClaim.ClaimName, VolumeMode: &mode}
-			if mode == corev1.PersistentVolumeBlock {
-				devices = append(devices, corev1.VolumeDevice{Name: v.Name, DevicePath: v1alpha1.BlockDiskPath(v.Name)})
-				status.Path = v1alpha1.BlockDiskPath(v.Name)
-			} else {
-				mounts = append(mounts, corev1.VolumeMount{Name: v.Name, MountPath: v1alpha1.DiskDir + "/" + v.Name, ReadOnly: readOnly})
-				status.Path = v1alpha1.FilesystemDiskPath(v.Name)
-			}
-			statuses = append(statuses, status)
+			pv.addClaim(v.Name, v.PersistentVolumeClaim, claim)
 		case v.ContainerDisk != nil:
-			// An ephemeral PVC the disk.podvirt.io CSI driver fills from the
-			// image (an overlay on its node cache), deleted with the pod.
-			var class *string
-			if cfg.ContainerDiskStorageClass != "" {
-				class = &cfg.ContainerDiskStorageClass
-			}
-			volumes = append(volumes, corev1.Volume{Name: v.Name, VolumeSource: corev1.VolumeSource{
-				Ephemeral: &corev1.EphemeralVolumeSource{VolumeClaimTemplate: &corev1.PersistentVolumeClaimTemplate{
-					ObjectMeta: metav1.ObjectMeta{
-						Labels:      map[string]string{v1alpha1.VMINameLabel: vmi.Name, v1alpha1.CreatedByLabel: string(vmi.UID)},
-						Annotations: map[string]string{v1alpha1.DiskSourceAnnotation: containerDiskSource(v.ContainerDisk.Image)},
-					},
-					Spec: corev1.PersistentVolumeClaimSpec{
-						AccessModes:      []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
-						VolumeMode:       &filesystem,
-						StorageClassName: class,
-						Resources: corev1.VolumeResourceRequirements{
-							Requests: corev1.ResourceList{corev1.ResourceStorage: cfg.ContainerDiskSize},
-						},
-					},
-				}},
-			}})
-			mounts = append(mounts, corev1.VolumeMount{Name: v.Name, MountPath: v1alpha1.DiskDir + "/" + v.Name})
-			statuses = append(statuses, v1alpha1.VolumeStatus{
-				Name:       v.Name,
-				ClaimName:  name + "-" + v.Name, // the name Kubernetes gives a generic ephemeral volume's PVC
-				VolumeMode: &filesystem,
-				Path:       v1alpha1.FilesystemDiskPath(v.Name),
-			})
+			pv.addContainerDisk(vmi, podName, v.Name, v.ContainerDisk, cfg)
 		case v.CloudInitNoCloud != nil:
 			// The launcher writes the seed image under PrivateDir itself.
-			statuses = append(statuses, v1alpha1.VolumeStatus{Name: v.Name})
+			pv.statuses = append(pv.statuses, v1alpha1.VolumeStatus{Name: v.Name})
 		}
 	}
+	return pv, nil
+}
 
-	vcpus := spec.Domain.CPU.VCPUs()
+// addClaim mounts a PVC volume: a device node for a Block PVC, a directory
+// holding disk.img for a Filesystem one.
+func (pv *podVolumes) addClaim(name string, src *v1alpha1.PersistentVolumeClaimVolumeSource, claim volumeClaim) {
+	readOnly := src.ReadOnly || claim.readOnly
+	pv.volumes = append(pv.volumes, corev1.Volume{Name: name, VolumeSource: corev1.VolumeSource{
+		PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: src.ClaimName, ReadOnly: readOnly},
+	}})
+	mode := claim.mode
+	status := v1alpha1.VolumeStatus{Name: name, ClaimName: src.ClaimName, VolumeMode: &mode}
+	if mode == corev1.PersistentVolumeBlock {
+		pv.devices = append(pv.devices, corev1.VolumeDevice{Name: name, DevicePath: v1alpha1.BlockDiskPath(name)})
+		status.Path = v1alpha1.BlockDiskPath(name)
+	} else {
+		pv.mounts = append(pv.mounts, corev1.VolumeMount{Name: name, MountPath: v1alpha1.DiskDir + "/" + name, ReadOnly: readOnly})
+		status.Path = v1alpha1.FilesystemDiskPath(name)
+	}
+	pv.statuses = append(pv.statuses, status)
+}
+
+// addContainerDisk mounts a containerDisk as an ephemeral PVC the
+// disk.podvirt.io CSI driver fills from the image (an overlay on its node
+// cache), deleted with the pod.
+func (pv *podVolumes) addContainerDisk(vmi *v1alpha1.VirtualMachineInstance, podName, name string, src *v1alpha1.ContainerDiskSource, cfg *Config) {
+	filesystem := corev1.PersistentVolumeFilesystem
+	var class *string
+	if cfg.ContainerDiskStorageClass != "" {
+		class = &cfg.ContainerDiskStorageClass
+	}
+	pv.volumes = append(pv.volumes, corev1.Volume{Name: name, VolumeSource: corev1.VolumeSource{
+		Ephemeral: &corev1.EphemeralVolumeSource{VolumeClaimTemplate: &corev1.PersistentVolumeClaimTemplate{
+			ObjectMeta: metav1.ObjectMeta{
+				Labels:      map[string]string{v1alpha1.VMINameLabel: vmi.Name, v1alpha1.CreatedByLabel: string(vmi.UID)},
+				Annotations: map[string]string{v1alpha1.DiskSourceAnnotation: containerDiskSource(src.Image)},
+			},
+			Spec: corev1.PersistentVolumeClaimSpec{
+				AccessModes:      []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+				VolumeMode:       &filesystem,
+				StorageClassName: class,
+				Resources: corev1.VolumeResourceRequirements{
+					Requests: corev1.ResourceList{corev1.ResourceStorage: cfg.ContainerDiskSize},
+				},
+			},
+		}},
+	}})
+	pv.mounts = append(pv.mounts, corev1.VolumeMount{Name: name, MountPath: v1alpha1.DiskDir + "/" + name})
+	pv.statuses = append(pv.statuses, v1alpha1.VolumeStatus{
+		Name:       name,
+		ClaimName:  podName + "-" + name, // the name Kubernetes gives a generic ephemeral volume's PVC
+		VolumeMode: &filesystem,
+		Path:       v1alpha1.FilesystemDiskPath(name),
+	})
+}
+
+// launcherResources are the launcher container's requests — CPU by the
+// allocation ratio, the guest's memory plus MemoryOverhead — and its
+// device limits (also requested): tun always, KVM and vhost-net unless
+// the guest is emulated.
+func launcherResources(spec *v1alpha1.VirtualMachineInstanceSpec, cfg *Config) corev1.ResourceRequirements {
 	memory := spec.Domain.Memory.Guest.DeepCopy()
 	memory.Add(MemoryOverhead(spec, cfg.UseEmulation))
-	cpu := resource.NewMilliQuantity(vcpus*1000/cfg.CPUAllocationRatio, resource.DecimalSI)
+	cpu := resource.NewMilliQuantity(spec.Domain.CPU.VCPUs()*1000/cfg.CPUAllocationRatio, resource.DecimalSI)
 	if cpu.MilliValue() < 10 {
 		cpu = resource.NewMilliQuantity(10, resource.DecimalSI)
 	}
@@ -192,60 +264,39 @@ func launcherPod(vmi *v1alpha1.VirtualMachineInstance, claims map[string]volumeC
 	for k, v := range deviceLimits {
 		requests[k] = v
 	}
+	return corev1.ResourceRequirements{Requests: requests, Limits: deviceLimits}
+}
 
-	grace := int64(30)
+// guestGrace is the VMI's termination grace period in seconds (default 30).
+func guestGrace(spec *v1alpha1.VirtualMachineInstanceSpec) int64 {
 	if spec.TerminationGracePeriodSeconds != nil {
-		grace = *spec.TerminationGracePeriodSeconds
+		return *spec.TerminationGracePeriodSeconds
 	}
-	// The launcher needs the guest's grace period plus time to stop
-	// libvirt and report.
-	podGrace := grace + 15
+	return 30
+}
 
-	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{
-			Name:        name,
-			Namespace:   vmi.Namespace,
-			Labels:      labels,
-			Annotations: annotations,
-			OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(vmi,
-				v1alpha1.GroupVersion.WithKind("VirtualMachineInstance"))},
+// launcherContainer runs the launcher, unprivileged, with the VMI's
+// identity in its environment, the resources of launcherResources, and
+// the pod's volumes.
+func launcherContainer(vmi *v1alpha1.VirtualMachineInstance, cfg *Config, vols podVolumes) corev1.Container {
+	return corev1.Container{
+		Name:    v1alpha1.LauncherContainerName,
+		Image:   cfg.LauncherImage,
+		Command: cfg.LauncherCommand,
+		Env: []corev1.EnvVar{
+			{Name: "PODVIRT_VMI_NAMESPACE", Value: vmi.Namespace},
+			{Name: "PODVIRT_VMI_NAME", Value: vmi.Name},
+			{Name: "PODVIRT_VMI_UID", Value: string(vmi.UID)},
+			{Name: "PODVIRT_POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
+			{Name: "PODVIRT_NODE_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "spec.nodeName"}}},
 		},
-		Spec: corev1.PodSpec{
-			RestartPolicy:                 corev1.RestartPolicyNever,
-			TerminationGracePeriodSeconds: &podGrace,
-			AutomountServiceAccountToken:  new(false),
-			EnableServiceLinks:            new(false),
-			NodeSelector:                  spec.NodeSelector,
-			Affinity:                      spec.Affinity,
-			Tolerations:                   spec.Tolerations,
-			Volumes:                       volumes,
-			Containers: []corev1.Container{{
-				Name:    v1alpha1.LauncherContainerName,
-				Image:   cfg.LauncherImage,
-				Command: cfg.LauncherCommand,
-				Env: []corev1.EnvVar{
-					{Name: "PODVIRT_VMI_NAMESPACE", Value: vmi.Namespace},
-					{Name: "PODVIRT_VMI_NAME", Value: vmi.Name},
-					{Name: "PODVIRT_VMI_UID", Value: string(vmi.UID)},
-					{Name: "PODVIRT_POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
-					{Name: "PODVIRT_NODE_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "spec.nodeName"}}},
-				},
-				Resources: corev1.ResourceRequirements{
-					Requests: requests,
-					Limits:   deviceLimits,
-				},
-				VolumeMounts:  mounts,
-				VolumeDevices: devices,
-				SecurityContext: &corev1.SecurityContext{
-					Privileged: new(false),
-				},
-			}},
+		Resources:     launcherResources(&vmi.Spec, cfg),
+		VolumeMounts:  vols.mounts,
+		VolumeDevices: vols.devices,
+		SecurityContext: &corev1.SecurityContext{
+			Privileged: new(false),
 		},
 	}
-	if len(validation.IsDNS1123Label(vmi.Name)) == 0 {
-		pod.Spec.Hostname = vmi.Name
-	}
-	return pod, statuses, nil
 }
 
 // multusNetworks is the k8s.v1.cni.cncf.io/networks annotation for vmi's
@@ -263,7 +314,7 @@ func multusNetworks(vmi *v1alpha1.VirtualMachineInstance) (string, error) {
 		if !ok {
 			continue
 		}
-		sel := multusSelection{Name: m.NetworkName, Interface: v1alpha1.PodInterfaceName(iface.Name), MAC: iface.MACAddress}
+		sel := multusSelection{Name: m.NetworkName, Interface: podlink.InterfaceName(iface.Name), MAC: iface.MACAddress}
 		if ns, n, ok := strings.Cut(m.NetworkName, "/"); ok {
 			sel.Namespace, sel.Name = ns, n
 		}

@@ -10,6 +10,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/podvirt/podvirt/api/v1alpha1"
+	"github.com/podvirt/podvirt/contracts/podlink"
 )
 
 func TestMemoryOverhead(t *testing.T) {
@@ -98,8 +99,8 @@ func TestMultusNetworks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := `[{"name":"nad-b","interface":"` + v1alpha1.PodInterfaceName("b") + `"},` +
-		`{"name":"nad-a","namespace":"other","interface":"` + v1alpha1.PodInterfaceName("a") + `","mac":"02:00:00:00:00:01"}]`
+	want := `[{"name":"nad-b","interface":"` + podlink.InterfaceName("b") + `"},` +
+		`{"name":"nad-a","namespace":"other","interface":"` + podlink.InterfaceName("a") + `","mac":"02:00:00:00:00:01"}]`
 	if got != want {
 		t.Fatalf("got  %s\nwant %s", got, want)
 	}

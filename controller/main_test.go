@@ -20,9 +20,12 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	"github.com/podvirt/podvirt/api/scheme"
 	"github.com/podvirt/podvirt/api/v1alpha1"
+	"github.com/podvirt/podvirt/internal/polltest"
 	"github.com/podvirt/podvirt/test/apiserver"
 )
 
@@ -44,6 +47,7 @@ func testConfig() Config {
 	cfg.MaxRestartBackoff = 2 * time.Second
 	cfg.BackoffResetAfter = time.Second
 	cfg.VMWorkers, cfg.VMIWorkers = 4, 4
+	cfg.Registerer = metrics.Registry // histogramCount reads it
 	return cfg
 }
 
@@ -78,7 +82,7 @@ func runTests(m *testing.M) int {
 // startController starts the controller manager and the stand-in kubelet
 // against srv; the returned function stops both.
 func startController(srv *apiserver.Server) (stop func(), err error) {
-	scheme, err := Scheme()
+	scheme, err := scheme.New()
 	if err != nil {
 		return nil, err
 	}
@@ -165,7 +169,7 @@ func namespace(t *testing.T) string {
 		in := client.InNamespace(name)
 		k8s.DeleteAllOf(ctx, &v1alpha1.VirtualMachine{}, in)
 		k8s.DeleteAllOf(ctx, &v1alpha1.VirtualMachineInstance{}, in)
-		eventually(t, 30*time.Second, "VMs and VMIs are gone", func() (bool, string) {
+		polltest.Eventually(t, 30*time.Second, "VMs and VMIs are gone", func() (bool, string) {
 			vms, vmis := &v1alpha1.VirtualMachineList{}, &v1alpha1.VirtualMachineInstanceList{}
 			if err := k8s.List(ctx, vms, in); err != nil {
 				return false, err.Error()
@@ -180,37 +184,6 @@ func namespace(t *testing.T) string {
 		k8s.Delete(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}})
 	})
 	return name
-}
-
-// eventually polls cond until it holds or timeout passes; it fails the test
-// with cond's last word.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	var last string
-	for {
-		ok, msg := cond()
-		if ok {
-			return
-		}
-		last = msg
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting until %s: %s", timeout, what, last)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// consistently checks cond holds for the whole of d.
-func consistently(t *testing.T, d time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for time.Now().Before(deadline) {
-		if ok, msg := cond(); !ok {
-			t.Fatalf("expected %s for %s: %s", what, d, msg)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 const wait = 20 * time.Second
@@ -242,7 +215,7 @@ func getVMI(t *testing.T, ns, name string) *v1alpha1.VirtualMachineInstance {
 func waitVMI(t *testing.T, ns, name string, old types.UID, phase v1alpha1.VirtualMachineInstancePhase) *v1alpha1.VirtualMachineInstance {
 	t.Helper()
 	var vmi *v1alpha1.VirtualMachineInstance
-	eventually(t, wait, fmt.Sprintf("VMI %s/%s (not %q) is %q", ns, name, old, phase), func() (bool, string) {
+	polltest.Eventually(t, wait, fmt.Sprintf("VMI %s/%s (not %q) is %q", ns, name, old, phase), func() (bool, string) {
 		vmi = getVMI(t, ns, name)
 		switch {
 		case vmi == nil:
@@ -259,7 +232,7 @@ func waitVMI(t *testing.T, ns, name string, old types.UID, phase v1alpha1.Virtua
 
 func waitNoVMI(t *testing.T, ns, name string) {
 	t.Helper()
-	eventually(t, wait, "VMI "+name+" is gone", func() (bool, string) {
+	polltest.Eventually(t, wait, "VMI "+name+" is gone", func() (bool, string) {
 		if vmi := getVMI(t, ns, name); vmi != nil {
 			return false, fmt.Sprintf("VMI %s in phase %s, deleting=%v", vmi.UID, vmi.Status.Phase, vmi.DeletionTimestamp != nil)
 		}
@@ -270,7 +243,7 @@ func waitNoVMI(t *testing.T, ns, name string) {
 func waitVMStatus(t *testing.T, ns, name string, want v1alpha1.VirtualMachinePrintableStatus) *v1alpha1.VirtualMachine {
 	t.Helper()
 	var vm *v1alpha1.VirtualMachine
-	eventually(t, wait, fmt.Sprintf("VM %s is %s", name, want), func() (bool, string) {
+	polltest.Eventually(t, wait, fmt.Sprintf("VM %s is %s", name, want), func() (bool, string) {
 		vm = getVM(t, ns, name)
 		return vm.Status.PrintableStatus == want, string(vm.Status.PrintableStatus)
 	})
@@ -282,7 +255,7 @@ func launcherPodOf(t *testing.T, vmi *v1alpha1.VirtualMachineInstance) *corev1.P
 	t.Helper()
 	pod := &corev1.Pod{}
 	key := types.NamespacedName{Namespace: vmi.Namespace, Name: launcherPodName(vmi)}
-	eventually(t, wait, "launcher pod "+key.String()+" exists", func() (bool, string) {
+	polltest.Eventually(t, wait, "launcher pod "+key.String()+" exists", func() (bool, string) {
 		err := k8s.Get(context.Background(), key, pod)
 		return err == nil, fmt.Sprint(err)
 	})
@@ -304,7 +277,7 @@ func schedule(t *testing.T, pod *corev1.Pod, node string) {
 // setPodStatus writes the pod's phase and readiness, as the kubelet does.
 func setPodStatus(t *testing.T, pod *corev1.Pod, phase corev1.PodPhase, ready bool, exitCode int32) {
 	t.Helper()
-	eventually(t, wait, "pod status written", func() (bool, string) {
+	polltest.Eventually(t, wait, "pod status written", func() (bool, string) {
 		cur := &corev1.Pod{}
 		if err := k8s.Get(context.Background(), client.ObjectKeyFromObject(pod), cur); err != nil {
 			return false, err.Error()
@@ -335,7 +308,7 @@ func setPodStatus(t *testing.T, pod *corev1.Pod, phase corev1.PodPhase, ready bo
 // reportDomain writes status.domain, as the node daemon does.
 func reportDomain(t *testing.T, vmi *v1alpha1.VirtualMachineInstance, state v1alpha1.DomainState, ip string) {
 	t.Helper()
-	eventually(t, wait, "domain status written", func() (bool, string) {
+	polltest.Eventually(t, wait, "domain status written", func() (bool, string) {
 		cur := &v1alpha1.VirtualMachineInstance{}
 		if err := k8s.Get(context.Background(), client.ObjectKeyFromObject(vmi), cur); err != nil {
 			return false, err.Error()
@@ -360,7 +333,7 @@ func runVMI(t *testing.T, vmi *v1alpha1.VirtualMachineInstance) *corev1.Pod {
 	waitVMI(t, vmi.Namespace, vmi.Name, "", v1alpha1.Scheduled)
 	reportDomain(t, vmi, v1alpha1.DomainRunning, "10.0.0.5")
 	got := waitVMI(t, vmi.Namespace, vmi.Name, "", v1alpha1.Running)
-	eventually(t, wait, "VMI is Ready", func() (bool, string) {
+	polltest.Eventually(t, wait, "VMI is Ready", func() (bool, string) {
 		got = getVMI(t, vmi.Namespace, vmi.Name)
 		return meta.IsStatusConditionTrue(got.Status.Conditions, ConditionReady), fmt.Sprint(got.Status.Conditions)
 	})
@@ -387,7 +360,7 @@ func events(t *testing.T, ns, name, reason string) []string {
 func waitEvent(t *testing.T, ns, name, reason string) string {
 	t.Helper()
 	var got []string
-	eventually(t, wait, fmt.Sprintf("a %s event about %s", reason, name), func() (bool, string) {
+	polltest.Eventually(t, wait, fmt.Sprintf("a %s event about %s", reason, name), func() (bool, string) {
 		got = events(t, ns, name, reason)
 		return len(got) > 0, "none"
 	})

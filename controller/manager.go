@@ -5,26 +5,12 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/runtime"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/podvirt/podvirt/api/v1alpha1"
 )
-
-// Scheme knows the Kubernetes types and podvirt's.
-func Scheme() (*runtime.Scheme, error) {
-	s := runtime.NewScheme()
-	if err := clientgoscheme.AddToScheme(s); err != nil {
-		return nil, err
-	}
-	if err := v1alpha1.AddToScheme(s); err != nil {
-		return nil, err
-	}
-	return s, nil
-}
 
 // CacheOptions limits the manager's cache to what the controller reads:
 // of all pods, only launcher pods are cached.
@@ -41,8 +27,12 @@ func Setup(mgr ctrl.Manager, cfg Config) error {
 	if err := cfg.validate(); err != nil {
 		return err
 	}
-	registerMetrics()
+	m, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return fmt.Errorf("controller metrics: %w", err)
+	}
 	vmi := &VMIReconciler{
+		metrics:   m,
 		Client:    mgr.GetClient(),
 		APIReader: mgr.GetAPIReader(),
 		Recorder:  mgr.GetEventRecorder("podvirt-controller"),
@@ -52,6 +42,7 @@ func Setup(mgr ctrl.Manager, cfg Config) error {
 		return fmt.Errorf("set up VMI controller: %w", err)
 	}
 	vm := &VMReconciler{
+		metrics:   m,
 		Client:    mgr.GetClient(),
 		APIReader: mgr.GetAPIReader(),
 		Recorder:  mgr.GetEventRecorder("podvirt-controller"),

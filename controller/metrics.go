@@ -1,63 +1,71 @@
 package controller
 
 import (
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	"github.com/podvirt/podvirt/api/v1alpha1"
 )
 
-// Metrics the controller exports on /metrics, next to controller-runtime's
+// instruments are the metrics the controller exports on /metrics, next to controller-runtime's
 // own (controller_runtime_reconcile_total{controller="vm"|"vmi",result},
 // controller_runtime_reconcile_errors_total, workqueue_*). The histograms
-// match KubeVirt's kubevirt_vmi_phase_transition_time_* ones.
-var (
-	phaseBuckets = []float64{0.5, 1, 2, 5, 10, 20, 30, 40, 50, 60, 90, 120, 180, 240, 300, 600, 900, 1200, 1800, 3600}
+// match KubeVirt's kubevirt_vmi_phase_transition_time_* ones. They are
+// registered with Config.Registerer, as the CSI driver's are.
+type instruments struct {
+	vmiPhaseFromCreation *prometheus.HistogramVec
+	vmiPhaseFromPrevious *prometheus.HistogramVec
+	launcherPodsCreated  prometheus.Counter
+	failures             *prometheus.CounterVec
+	vmiStarts            *prometheus.CounterVec
+}
 
-	vmiPhaseFromCreation = prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Name:    "podvirt_vmi_phase_transition_time_from_creation_seconds",
-		Help:    "Seconds from a VMI's creation until it entered each phase.",
-		Buckets: phaseBuckets,
-	}, []string{"phase"})
+var phaseBuckets = []float64{0.5, 1, 2, 5, 10, 20, 30, 40, 50, 60, 90, 120, 180, 240, 300, 600, 900, 1200, 1800, 3600}
 
-	vmiPhaseFromPrevious = prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Name:    "podvirt_vmi_phase_transition_time_seconds",
-		Help:    "Seconds a VMI spent in its previous phase before entering each phase.",
-		Buckets: phaseBuckets,
-	}, []string{"phase"})
-
-	launcherPodsCreated = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "podvirt_launcher_pods_created_total",
-		Help: "Launcher pods the controller created.",
-	})
-
-	failures = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "podvirt_controller_failures_total",
-		Help: "Failures the controller reported as Warning events, by reason.",
-	}, []string{"kind", "reason"})
-
-	vmiStarts = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "podvirt_vm_vmi_starts_total",
-		Help: "VMIs the VM reconciler created, by run strategy.",
-	}, []string{"run_strategy"})
-
-	registerOnce sync.Once
-)
-
-func registerMetrics() {
-	registerOnce.Do(func() {
-		metrics.Registry.MustRegister(vmiPhaseFromCreation, vmiPhaseFromPrevious, launcherPodsCreated, failures, vmiStarts)
-	})
+// newMetrics makes the metrics and registers them with reg; nil reg
+// leaves them unregistered (they still count).
+func newMetrics(reg prometheus.Registerer) (*instruments, error) {
+	m := &instruments{
+		vmiPhaseFromCreation: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "podvirt_vmi_phase_transition_time_from_creation_seconds",
+			Help:    "Seconds from a VMI's creation until it entered each phase.",
+			Buckets: phaseBuckets,
+		}, []string{"phase"}),
+		vmiPhaseFromPrevious: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "podvirt_vmi_phase_transition_time_seconds",
+			Help:    "Seconds a VMI spent in its previous phase before entering each phase.",
+			Buckets: phaseBuckets,
+		}, []string{"phase"}),
+		launcherPodsCreated: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "podvirt_launcher_pods_created_total",
+			Help: "Launcher pods the controller created.",
+		}),
+		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "podvirt_controller_failures_total",
+			Help: "Failures the controller reported as Warning events, by reason.",
+		}, []string{"kind", "reason"}),
+		vmiStarts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "podvirt_vm_vmi_starts_total",
+			Help: "VMIs the VM reconciler created, by run strategy.",
+		}, []string{"run_strategy"}),
+	}
+	if reg == nil {
+		return m, nil
+	}
+	for _, c := range []prometheus.Collector{m.vmiPhaseFromCreation, m.vmiPhaseFromPrevious, m.launcherPodsCreated, m.failures, m.vmiStarts} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
 }
 
 // observePhase records a VMI's move into phase at now.
-func observePhase(vmi *v1alpha1.VirtualMachineInstance, phase v1alpha1.VirtualMachineInstancePhase, now time.Time) {
-	vmiPhaseFromCreation.WithLabelValues(string(phase)).Observe(now.Sub(vmi.CreationTimestamp.Time).Seconds())
+func (m *instruments) observePhase(vmi *v1alpha1.VirtualMachineInstance, phase v1alpha1.VirtualMachineInstancePhase, now time.Time) {
+	m.vmiPhaseFromCreation.WithLabelValues(string(phase)).Observe(now.Sub(vmi.CreationTimestamp.Time).Seconds())
 	if n := len(vmi.Status.PhaseTransitionTimestamps); n > 0 {
 		prev := vmi.Status.PhaseTransitionTimestamps[n-1].PhaseTransitionTimestamp.Time
-		vmiPhaseFromPrevious.WithLabelValues(string(phase)).Observe(now.Sub(prev).Seconds())
+		m.vmiPhaseFromPrevious.WithLabelValues(string(phase)).Observe(now.Sub(prev).Seconds())
 	}
 }

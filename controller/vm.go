@@ -43,6 +43,8 @@ type VMReconciler struct {
 	Recorder  eventRecorder
 	Config    *Config
 	Now       func() time.Time
+
+	metrics *instruments
 }
 
 func (r *VMReconciler) now() time.Time {
@@ -233,7 +235,7 @@ func (r *VMReconciler) start(ctx context.Context, vm *v1alpha1.VirtualMachine, v
 		r.fail(vm, ReasonVMICreate, "Start", fmt.Sprintf("create VMI: %v", err))
 		return fmt.Errorf("create VMI %s/%s: %w", vm.Namespace, vm.Name, err)
 	}
-	vmiStarts.WithLabelValues(string(vm.Spec.RunStrategy)).Inc()
+	r.metrics.vmiStarts.WithLabelValues(string(vm.Spec.RunStrategy)).Inc()
 	r.Recorder.Eventf(vm, created, corev1.EventTypeNormal, "SuccessfulCreate", "Start", "created VMI %s", created.Name)
 	vm.Status.LastVMIUID = created.UID
 	*vmi = created
@@ -427,7 +429,7 @@ func (r *VMReconciler) finalize(ctx context.Context, orig, vm *v1alpha1.VirtualM
 // fail records a failure on the VM: a Warning event and the Failure
 // condition.
 func (r *VMReconciler) fail(vm *v1alpha1.VirtualMachine, reason, action, msg string) {
-	failures.WithLabelValues("VirtualMachine", reason).Inc()
+	r.metrics.failures.WithLabelValues("VirtualMachine", reason).Inc()
 	r.Recorder.Eventf(vm, nil, corev1.EventTypeWarning, reason, action, "%s", msg)
 	meta.SetStatusCondition(&vm.Status.Conditions, metav1.Condition{
 		Type: ConditionFailure, Status: metav1.ConditionTrue, Reason: reason, Message: msg, ObservedGeneration: vm.Generation,

@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/podvirt/podvirt/api/v1alpha1"
+	"github.com/podvirt/podvirt/internal/polltest"
 )
 
 // testVM is a small VM: one containerDisk, the pod network.
@@ -51,7 +52,7 @@ func create(t *testing.T, obj client.Object) {
 // as `podvirtctl start|stop` does.
 func requestStateChange(t *testing.T, ns, name string, action v1alpha1.StateChangeAction) {
 	t.Helper()
-	eventually(t, wait, "state change request written", func() (bool, string) {
+	polltest.Eventually(t, wait, "state change request written", func() (bool, string) {
 		vm := getVM(t, ns, name)
 		vm.Status.StateChangeRequests = append(vm.Status.StateChangeRequests, v1alpha1.VirtualMachineStateChangeRequest{Action: action})
 		err := k8s.Status().Update(context.Background(), vm)
@@ -62,7 +63,7 @@ func requestStateChange(t *testing.T, ns, name string, action v1alpha1.StateChan
 // setRunStrategy changes the VM's spec.runStrategy, as a user does.
 func setRunStrategy(t *testing.T, ns, name string, strategy v1alpha1.RunStrategy) {
 	t.Helper()
-	eventually(t, wait, "run strategy written", func() (bool, string) {
+	polltest.Eventually(t, wait, "run strategy written", func() (bool, string) {
 		vm := getVM(t, ns, name)
 		vm.Spec.RunStrategy = strategy
 		err := k8s.Update(context.Background(), vm)
@@ -73,7 +74,7 @@ func setRunStrategy(t *testing.T, ns, name string, strategy v1alpha1.RunStrategy
 // keepsVMI checks the VMI stays the one with uid, in phase, for a while.
 func keepsVMI(t *testing.T, ns, name string, uid types.UID, phase v1alpha1.VirtualMachineInstancePhase) {
 	t.Helper()
-	consistently(t, 1500*time.Millisecond, fmt.Sprintf("VMI %s stays %s", uid, phase), func() (bool, string) {
+	polltest.Consistently(t, 1500*time.Millisecond, fmt.Sprintf("VMI %s stays %s", uid, phase), func() (bool, string) {
 		vmi := getVMI(t, ns, name)
 		if vmi == nil {
 			return false, "VMI is gone"
@@ -84,7 +85,7 @@ func keepsVMI(t *testing.T, ns, name string, uid types.UID, phase v1alpha1.Virtu
 
 func noVMIFor(t *testing.T, ns, name string, d time.Duration) {
 	t.Helper()
-	consistently(t, d, "no VMI", func() (bool, string) {
+	polltest.Consistently(t, d, "no VMI", func() (bool, string) {
 		if vmi := getVMI(t, ns, name); vmi != nil {
 			return false, fmt.Sprintf("VMI %s in phase %s", vmi.UID, vmi.Status.Phase)
 		}
@@ -180,7 +181,7 @@ func TestRunStrategies(t *testing.T) {
 				waitVMStatus(t, ns, name, end.printed)
 				// The finished VMI's pod is not left running.
 				if end.phase == v1alpha1.Failed && end.name == crashed.name {
-					eventually(t, wait, "the launcher pod of the crashed VMI is gone", func() (bool, string) {
+					polltest.Eventually(t, wait, "the launcher pod of the crashed VMI is gone", func() (bool, string) {
 						err := k8s.Get(context.Background(), client.ObjectKeyFromObject(pod), &corev1.Pod{})
 						return err != nil, "pod still there"
 					})
@@ -264,7 +265,7 @@ func TestCrashLoopBackOff(t *testing.T) {
 		pod := launcherPodOf(t, vmi)
 		schedule(t, pod, "node-a")
 		setPodStatus(t, pod, corev1.PodFailed, false, 1)
-		eventually(t, wait, fmt.Sprintf("failure %d is counted", i), func() (bool, string) {
+		polltest.Eventually(t, wait, fmt.Sprintf("failure %d is counted", i), func() (bool, string) {
 			f := getVM(t, ns, name).Status.StartFailure
 			return f != nil && f.ConsecutiveFailCount == int32(i), fmt.Sprintf("%+v", f)
 		})
@@ -275,7 +276,7 @@ func TestCrashLoopBackOff(t *testing.T) {
 	next := waitVMI(t, ns, name, old, "")
 	runVMI(t, next)
 	// A VMI that keeps running clears the count.
-	eventually(t, wait, "the failure count is cleared", func() (bool, string) {
+	polltest.Eventually(t, wait, "the failure count is cleared", func() (bool, string) {
 		vm := getVM(t, ns, name)
 		return vm.Status.StartFailure == nil && meta.FindStatusCondition(vm.Status.Conditions, ConditionFailure) == nil,
 			fmt.Sprintf("%+v", vm.Status.StartFailure)

@@ -40,6 +40,8 @@ type VMIReconciler struct {
 	Config    *Config
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
+
+	metrics *instruments
 }
 
 func (r *VMIReconciler) now() time.Time {
@@ -203,7 +205,7 @@ func (r *VMIReconciler) createPod(ctx context.Context, vmi *v1alpha1.VirtualMach
 		r.warn(vmi, ReasonPodCreateFailed, "CreateLauncherPod", "create launcher pod %s: %v", pod.Name, err)
 		return false, 0, fmt.Errorf("create launcher pod %s/%s: %w", pod.Namespace, pod.Name, err)
 	} else if err == nil {
-		launcherPodsCreated.Inc()
+		r.metrics.launcherPodsCreated.Inc()
 		r.Recorder.Eventf(vmi, pod, corev1.EventTypeNormal, "SuccessfulCreate", "CreateLauncherPod", "created launcher pod %s", pod.Name)
 	}
 	vmi.Status.LauncherPod = pod.Name
@@ -271,13 +273,13 @@ func (r *VMIReconciler) updateStatus(ctx context.Context, orig, vmi *v1alpha1.Vi
 		t := vmi.Status.PhaseTransitionTimestamps[i]
 		view := orig.DeepCopy()
 		view.Status.PhaseTransitionTimestamps = vmi.Status.PhaseTransitionTimestamps[:i]
-		observePhase(view, t.Phase, t.PhaseTransitionTimestamp.Time)
+		r.metrics.observePhase(view, t.Phase, t.PhaseTransitionTimestamp.Time)
 	}
 	return ctrl.Result{}, nil
 }
 
 func (r *VMIReconciler) warn(obj runtime.Object, reason, action, format string, args ...any) {
-	failures.WithLabelValues("VirtualMachineInstance", reason).Inc()
+	r.metrics.failures.WithLabelValues("VirtualMachineInstance", reason).Inc()
 	r.Recorder.Eventf(obj, nil, corev1.EventTypeWarning, reason, action, format, args...)
 }
 

@@ -19,6 +19,8 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/podvirt/podvirt/api/v1alpha1"
+	"github.com/podvirt/podvirt/contracts/podlink"
+	"github.com/podvirt/podvirt/internal/polltest"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files under testdata/")
@@ -114,7 +116,7 @@ func TestLauncherPodGolden(t *testing.T) {
 		t.Errorf("memory request %s, want guest + overhead = %s", got.String(), wantMem.String())
 	}
 	if got, want := pod.Annotations[v1alpha1.MultusNetworksAnnotation],
-		fmt.Sprintf(`[{"name":"l2-bridge","namespace":"infra","interface":"%s","mac":"02:00:00:00:00:2a"}]`, v1alpha1.PodInterfaceName("l2")); got != want {
+		fmt.Sprintf(`[{"name":"l2-bridge","namespace":"infra","interface":"%s","mac":"02:00:00:00:00:2a"}]`, podlink.InterfaceName("l2")); got != want {
 		t.Errorf("multus annotation %s, want %s", got, want)
 	}
 
@@ -200,7 +202,7 @@ func TestVMIPhases(t *testing.T) {
 	create(t, vmi)
 
 	// Pending: the PVC does not exist yet.
-	eventually(t, wait, "the VMI waits for its PVC", func() (bool, string) {
+	polltest.Eventually(t, wait, "the VMI waits for its PVC", func() (bool, string) {
 		got := getVMI(t, ns, "walk")
 		c := meta.FindStatusCondition(got.Status.Conditions, ConditionSynchronized)
 		return got.Status.Phase == v1alpha1.Pending && c != nil && c.Reason == ReasonPVCNotFound, fmt.Sprintf("%s %+v", got.Status.Phase, c)
@@ -216,7 +218,7 @@ func TestVMIPhases(t *testing.T) {
 	if vmi.Status.LauncherPod != pod.Name {
 		t.Errorf("status.launcherPod %q, want %q", vmi.Status.LauncherPod, pod.Name)
 	}
-	eventually(t, wait, "pod marked unschedulable", func() (bool, string) {
+	polltest.Eventually(t, wait, "pod marked unschedulable", func() (bool, string) {
 		cur := &corev1.Pod{}
 		if err := k8s.Get(context.Background(), client.ObjectKeyFromObject(pod), cur); err != nil {
 			return false, err.Error()
@@ -227,7 +229,7 @@ func TestVMIPhases(t *testing.T) {
 		err := k8s.Status().Update(context.Background(), cur)
 		return err == nil, fmt.Sprint(err)
 	})
-	eventually(t, wait, "the VMI shows the pod cannot be scheduled", func() (bool, string) {
+	polltest.Eventually(t, wait, "the VMI shows the pod cannot be scheduled", func() (bool, string) {
 		c := meta.FindStatusCondition(getVMI(t, ns, "walk").Status.Conditions, ConditionPodScheduled)
 		return c != nil && c.Status == metav1.ConditionFalse && c.Reason == ReasonUnschedulable, fmt.Sprintf("%+v", c)
 	})

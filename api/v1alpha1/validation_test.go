@@ -2,7 +2,6 @@ package v1alpha1_test
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"slices"
 	"strings"
@@ -305,25 +304,6 @@ func TestInvalidVMIIsRejected(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "memory.guest must be at least 32Mi") {
 		c.Delete(context.Background(), vmi)
 		t.Fatalf("got %v, want the memory floor message", err)
-	}
-}
-
-func TestPodInterfaceName(t *testing.T) {
-	seen := map[string]string{}
-	for i := range 100 {
-		net := fmt.Sprintf("net-%d", i)
-		name := v1alpha1.PodInterfaceName(net)
-		if len(name) > 15 {
-			t.Fatalf("%s → %s: longer than IFNAMSIZ-1", net, name)
-		}
-		if other, ok := seen[name]; ok {
-			t.Fatalf("%s and %s share %s", net, other, name)
-		}
-		seen[name] = net
-	}
-	first, again := v1alpha1.PodInterfaceName("a"), v1alpha1.PodInterfaceName("a")
-	if first != again {
-		t.Fatalf("PodInterfaceName is not stable: %s, then %s", first, again)
 	}
 }
 

@@ -574,6 +574,9 @@ const (
 	DomainCrashed DomainState = "Crashed"
 )
 
+// DomainStates are all domain states, as the CRD's enum lists them.
+var DomainStates = []DomainState{DomainStarting, DomainRunning, DomainPaused, DomainShutdown, DomainCrashed}
+
 // VirtualMachineInstanceStatus is what the controller and the node daemon
 // observe.
 //

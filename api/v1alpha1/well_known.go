@@ -1,8 +1,6 @@
 package v1alpha1
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"path"
 )
 
@@ -96,12 +94,4 @@ func FilesystemDiskPath(volume string) string {
 // the launcher pod.
 func BlockDiskPath(volume string) string {
 	return path.Join(DiskDir, volume+".dev")
-}
-
-// PodInterfaceName is the name, inside the launcher pod, of the interface
-// Multus attaches for network: "pv" and 10 hex digits of its hash, so it is
-// stable, unique per network and fits IFNAMSIZ.
-func PodInterfaceName(network string) string {
-	sum := sha256.Sum256([]byte(network))
-	return "pv" + hex.EncodeToString(sum[:])[:10]
 }

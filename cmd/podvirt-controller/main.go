@@ -19,15 +19,17 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	"github.com/podvirt/podvirt/api/scheme"
+	"github.com/podvirt/podvirt/cmd/internal/restconfig"
 	"github.com/podvirt/podvirt/cmd/internal/version"
 	"github.com/podvirt/podvirt/controller"
 )
 
 func main() {
-	if len(os.Args) > 1 && (os.Args[1] == "version" || os.Args[1] == "--version") {
-		fmt.Printf("podvirt-controller %s\n", version.Version)
+	if version.Asked(os.Stdout, "podvirt-controller", os.Args[1:]) {
 		return
 	}
 	if err := run(os.Args[1:]); err != nil {
@@ -85,14 +87,14 @@ func run(args []string) error {
 	logger := logr.FromSlogHandler(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	ctrl.SetLogger(logger)
 
-	restCfg, err := loadConfig(*kubeconfig)
+	restCfg, err := restconfig.Load(*kubeconfig)
 	if err != nil {
 		return err
 	}
 	restCfg.QPS, restCfg.Burst = float32(*qps), *burst
 	restCfg.UserAgent = "podvirt-controller/" + version.Version
 
-	scheme, err := controller.Scheme()
+	scheme, err := scheme.New()
 	if err != nil {
 		return err
 	}
@@ -112,6 +114,7 @@ func run(args []string) error {
 	if err != nil {
 		return fmt.Errorf("create manager: %w", err)
 	}
+	cfg.Registerer = metrics.Registry // served by the manager's metrics server
 	if err := controller.Setup(mgr, cfg); err != nil {
 		return err
 	}

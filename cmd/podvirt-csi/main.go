@@ -27,9 +27,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"k8s.io/apimachinery/pkg/api/resource"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/podvirt/podvirt/cmd/internal/restconfig"
 	"github.com/podvirt/podvirt/cmd/internal/version"
 	"github.com/podvirt/podvirt/csi/cluster"
 	"github.com/podvirt/podvirt/csi/driver"
@@ -38,8 +37,7 @@ import (
 )
 
 func main() {
-	if len(os.Args) > 1 && (os.Args[1] == "version" || os.Args[1] == "--version") {
-		fmt.Printf("podvirt-csi %s\n", version.Version)
+	if version.Asked(os.Stdout, "podvirt-csi", os.Args[1:]) {
 		return
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
@@ -81,7 +79,7 @@ func run(ctx context.Context, args []string) error {
 	if err != nil || size.Value() <= 0 {
 		return fmt.Errorf("--cache-size %q: give a positive quantity such as 20Gi", *cacheSize)
 	}
-	cfg, err := restConfig(*kubeconfig)
+	cfg, err := restconfig.Load(*kubeconfig)
 	if err != nil {
 		return err
 	}
@@ -152,19 +150,4 @@ func run(ctx context.Context, args []string) error {
 	case err := <-errc:
 		return err
 	}
-}
-
-func restConfig(kubeconfig string) (*rest.Config, error) {
-	if kubeconfig != "" {
-		cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
-		if err != nil {
-			return nil, fmt.Errorf("--kubeconfig %s: %w", kubeconfig, err)
-		}
-		return cfg, nil
-	}
-	cfg, err := rest.InClusterConfig()
-	if err != nil {
-		return nil, fmt.Errorf("in-cluster Kubernetes config: %w (outside a pod, pass --kubeconfig)", err)
-	}
-	return cfg, nil
 }

@@ -18,21 +18,21 @@ import (
 	"os"
 
 	"github.com/go-logr/logr"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	"github.com/podvirt/podvirt/api/scheme"
+	"github.com/podvirt/podvirt/cmd/internal/restconfig"
 	"github.com/podvirt/podvirt/cmd/internal/version"
-	"github.com/podvirt/podvirt/cni/results"
+	"github.com/podvirt/podvirt/contracts/cniresults"
 	"github.com/podvirt/podvirt/runtime/deviceplugin"
 	"github.com/podvirt/podvirt/runtime/handler"
 )
 
 func main() {
-	if len(os.Args) > 1 && (os.Args[1] == "version" || os.Args[1] == "--version") {
-		fmt.Printf("podvirt-handler %s\n", version.Version)
+	if version.Asked(os.Stdout, "podvirt-handler", os.Args[1:]) {
 		return
 	}
 	if err := run(os.Args[1:]); err != nil {
@@ -58,7 +58,7 @@ func parse(args []string) (*flags, error) {
 	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file; empty means in-cluster")
 	fs.StringVar(&f.cniBinDir, "cni-bin-dir", "/opt/cni/bin", "the node's CNI bin dir, where podvirt-l2 is installed")
 	fs.StringVar(&f.cniBinary, "cni-binary", "/usr/bin/podvirt-l2", "the podvirt-l2 binary to install (in the handler's image)")
-	fs.StringVar(&f.cniResultsDir, "cni-results-dir", results.DefaultDir, "where podvirt-l2 stores its ADD results (cni/results), read for the launchers")
+	fs.StringVar(&f.cniResultsDir, "cni-results-dir", cniresults.DefaultDir, "where podvirt-l2 stores its ADD results (contracts/cniresults), read for the launchers")
 	fs.StringVar(&f.devicePluginDir, "device-plugin-dir", deviceplugin.DefaultDir, "the kubelet's device-plugins dir (where its kubelet.sock is; the kubelet keeps it there whatever its root dir)")
 	fs.StringVar(&f.metricsAddress, "metrics-address", ":9812", "address of the Prometheus /metrics endpoint; 0 disables it")
 	fs.StringVar(&f.healthAddress, "health-address", ":9813", "address of the /healthz and /readyz endpoints")
@@ -84,15 +84,16 @@ func run(args []string) error {
 		level = slog.Level(-4 * f.logLevel)
 	}
 	logger := logr.FromSlogHandler(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	// Everything in the handler logs through logr (ctrl.Log, the
+	// reconcilers' contexts); slog is only its JSON backend.
 	ctrl.SetLogger(logger)
-	slog.SetDefault(slog.New(logr.ToSlogHandler(logger)))
 
-	restCfg, err := loadConfig(f.kubeconfig)
+	restCfg, err := restconfig.Load(f.kubeconfig)
 	if err != nil {
 		return err
 	}
 	restCfg.UserAgent = "podvirt-handler/" + version.Version
-	scheme, err := handler.Scheme()
+	scheme, err := scheme.New()
 	if err != nil {
 		return err
 	}
@@ -106,7 +107,7 @@ func run(args []string) error {
 	if err != nil {
 		return fmt.Errorf("create manager: %w", err)
 	}
-	cfg := handler.Config{NodeName: f.nodeName, KubeletRoot: f.kubeletRoot}
+	cfg := handler.Config{NodeName: f.nodeName, KubeletRoot: f.kubeletRoot, Registerer: metrics.Registry}
 	if err := setupNode(mgr, f, &cfg); err != nil {
 		return err
 	}
@@ -126,19 +127,4 @@ func run(args []string) error {
 	}
 	logger.Info("starting", "version", version.Version, "node", f.nodeName, "kubeletRoot", f.kubeletRoot)
 	return mgr.Start(ctrl.SetupSignalHandler())
-}
-
-func loadConfig(kubeconfig string) (*rest.Config, error) {
-	if kubeconfig == "" {
-		cfg, err := rest.InClusterConfig()
-		if err != nil {
-			return nil, fmt.Errorf("in-cluster config: %w (pass --kubeconfig outside a cluster)", err)
-		}
-		return cfg, nil
-	}
-	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
-	if err != nil {
-		return nil, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
-	}
-	return cfg, nil
 }

@@ -16,13 +16,10 @@ import (
 	"google.golang.org/grpc/status"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
-	"github.com/podvirt/podvirt/runtime/cmdserver"
-	"github.com/podvirt/podvirt/runtime/cmdserver/cmdpb"
+	"github.com/podvirt/podvirt/contracts/launchercmd"
+	"github.com/podvirt/podvirt/runtime/cmdclient"
+	"github.com/podvirt/podvirt/runtime/launcher"
 )
-
-// VNCSocketName is the domain's VNC socket in the launcher's run dir
-// (converter.Options.VNCSocket), which `podvirt-launcher vnc` connects to.
-const VNCSocketName = "vnc.sock"
 
 // subcommand runs `podvirt-launcher console` or `podvirt-launcher vnc`
 // (what podvirtctl execs in the launcher container through the API server)
@@ -54,13 +51,13 @@ func subcommand(args []string) {
 			err = fmt.Errorf("no VMI UID: set $%s (the launcher pod has it) or pass --uid", UIDEnv)
 			break
 		}
-		err = attachConsole(ctx, cmdserver.SocketPath(*socketDir, *uid), os.Stdin, os.Stdout)
+		err = attachConsole(ctx, launchercmd.SocketPath(*socketDir, *uid), os.Stdin, os.Stdout)
 	case "vnc":
-		runDir := fs.String("run-dir", v1.PrivateDir, "the launcher's run dir, holding "+VNCSocketName)
+		runDir := fs.String("run-dir", v1.PrivateDir, "the launcher's run dir, holding "+launcher.VNCSocketName)
 		if err = fs.Parse(args[1:]); err != nil {
 			os.Exit(2)
 		}
-		err = attachVNC(ctx, filepath.Join(*runDir, VNCSocketName), os.Stdin, os.Stdout)
+		err = attachVNC(ctx, filepath.Join(*runDir, launcher.VNCSocketName), os.Stdin, os.Stdout)
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "podvirt-launcher %s: %v\n", args[0], err)
@@ -76,7 +73,7 @@ func attachConsole(ctx context.Context, sock string, in io.Reader, out io.Writer
 	if _, err := os.Stat(sock); err != nil {
 		return fmt.Errorf("command socket: %w: is the launcher of this VMI running in this pod?", err)
 	}
-	client, cc, err := cmdserver.Dial(sock)
+	client, cc, err := cmdclient.Dial(sock)
 	if err != nil {
 		return err
 	}
@@ -112,12 +109,12 @@ func attachConsole(ctx context.Context, sock string, in io.Reader, out io.Writer
 
 // pump sends what in gives to the console, and closes the sending side
 // when in ends.
-func pump(in io.Reader, stream cmdpb.Command_ConsoleClient) error {
+func pump(in io.Reader, stream launchercmd.Command_ConsoleClient) error {
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := in.Read(buf)
 		if n > 0 {
-			if serr := stream.Send(&cmdpb.ConsoleData{Data: append([]byte(nil), buf[:n]...)}); serr != nil {
+			if serr := stream.Send(&launchercmd.ConsoleData{Data: append([]byte(nil), buf[:n]...)}); serr != nil {
 				return nil // Recv reports why the stream ended
 			}
 		}

@@ -17,6 +17,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
+	"github.com/podvirt/podvirt/contracts/diskmeta"
+	"github.com/podvirt/podvirt/contracts/launchercmd"
 	"github.com/podvirt/podvirt/runtime/cmdserver"
 	"github.com/podvirt/podvirt/runtime/converter"
 	"github.com/podvirt/podvirt/runtime/launcher"
@@ -101,7 +103,7 @@ func TestConsoleSubcommand(t *testing.T) {
 	consoleLog := filepath.Join(dir, "console.log")
 	xml, err := converter.ConvertXML(vmi, converter.Options{
 		DomainType: converter.DomainQEMU,
-		Disks:      map[string]converter.DiskSource{"root": {Path: overlay, Format: converter.FormatQCOW2}},
+		Disks:      map[string]converter.DiskSource{"root": {Path: overlay, Format: diskmeta.FormatQCOW2}},
 		ConsoleLog: consoleLog,
 	})
 	if err != nil {
@@ -114,7 +116,7 @@ func TestConsoleSubcommand(t *testing.T) {
 	t.Cleanup(func() { _ = l.Close() })
 	socketDir := filepath.Join(dir, "sockets")
 	srv := cmdserver.New(l, cmdserver.Config{VMI: "test/con", UID: string(vmi.UID), DomainName: converter.DomainName(vmi), Grace: 5 * time.Second})
-	if err := srv.ListenAndServe(cmdserver.SocketPath(socketDir, string(vmi.UID))); err != nil {
+	if err := srv.ListenAndServe(launchercmd.SocketPath(socketDir, string(vmi.UID))); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = srv.Stop(time.Second) })
@@ -191,7 +193,7 @@ func TestVNCSubcommand(t *testing.T) {
 	}
 	bin := buildLauncher(t)
 	runDir := t.TempDir()
-	sock := filepath.Join(runDir, VNCSocketName)
+	sock := filepath.Join(runDir, launcher.VNCSocketName)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	q := exec.CommandContext(ctx, qemu, "-machine", "q35,accel=tcg", "-nodefaults", "-no-user-config", "-display", "none", "-vga", "std", "-vnc", "unix:"+sock)

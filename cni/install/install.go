@@ -12,6 +12,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+
+	"github.com/podvirt/podvirt/internal/atomicfile"
 )
 
 // PluginName is the plugin's file name in the CNI bin dir, the "type" of
@@ -58,35 +60,8 @@ func File(src, dir, name string) (changed bool, err error) {
 		return fail("%v", err)
 	}
 
-	tmp, err := os.CreateTemp(dir, "."+name+".tmp-*")
-	if err != nil {
-		return fail("creating a temporary file in the bin dir: %v", err)
-	}
-	defer func() {
-		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	if _, err = io.Copy(tmp, in); err != nil {
-		return fail("writing %s: %v", tmp.Name(), err)
-	}
-	if err = tmp.Chmod(0o755); err != nil {
+	if err := atomicfile.WriteFrom(dst, in, 0o755); err != nil {
 		return fail("%v", err)
-	}
-	if err = tmp.Sync(); err != nil {
-		return fail("syncing %s: %v", tmp.Name(), err)
-	}
-	if err = tmp.Close(); err != nil {
-		return fail("%v", err)
-	}
-	if err = os.Rename(tmp.Name(), dst); err != nil {
-		return fail("%v", err)
-	}
-	// Make the rename itself durable.
-	if d, derr := os.Open(dir); derr == nil {
-		_ = d.Sync()
-		d.Close()
 	}
 	return true, nil
 }

@@ -1,11 +1,6 @@
-// Package results keeps podvirt-l2's ADD results on the node, so the node
-// daemon can hand the launcher each tap NIC's full CNI result (IP with
-// prefix, routes, DNS, guest MAC): the Multus network-status annotation
-// lacks prefixes and routes.
-//
-// Layout: <dir>/<pod UID>/<ifname>.json, one file per pod interface,
-// written atomically (temporary file, fsync, rename). The file holds a
-// Record; Load returns the results alone.
+// Package results is podvirt-l2's side of the CNI results record
+// (contracts/cniresults): it saves an ADD result for the node daemon and
+// removes it on DEL and GC.
 package results
 
 import (
@@ -14,34 +9,16 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"syscall"
+
+	"github.com/podvirt/podvirt/contracts/cniresults"
+	"github.com/podvirt/podvirt/internal/atomicfile"
 )
-
-// DefaultDir is where podvirt-l2 keeps results unless the network
-// configuration's "resultsDir" says otherwise.
-const DefaultDir = "/var/run/podvirt/cni-results"
-
-const suffix = ".json"
-
-// Record is one saved ADD result and what GC needs to match it with an
-// attachment.
-type Record struct {
-	// PodUID and IfName key the record (K8S_POD_UID, CNI_IFNAME).
-	PodUID string `json:"podUID"`
-	IfName string `json:"ifName"`
-	// ContainerID and Network (the configuration's name) identify the
-	// attachment for CNI GC.
-	ContainerID string `json:"containerID"`
-	Network     string `json:"network"`
-	// Result is the plugin's ADD result as it printed it.
-	Result json.RawMessage `json:"result"`
-}
 
 // Save writes rec under dir, replacing an earlier one for the same pod
 // interface.
-func Save(dir string, rec Record) error {
-	path, err := recordPath(dir, rec.PodUID, rec.IfName)
+func Save(dir string, rec cniresults.Record) error {
+	path, err := cniresults.Path(dir, rec.PodUID, rec.IfName)
 	if err != nil {
 		return err
 	}
@@ -52,152 +29,26 @@ func Save(dir string, rec Record) error {
 	if err != nil {
 		return err
 	}
-	podDir := filepath.Dir(path)
-	if err := os.MkdirAll(podDir, 0o700); err != nil {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("saving CNI result: %w", err)
 	}
-	tmp, err := os.CreateTemp(podDir, ".tmp-*")
-	if err != nil {
+	if err := atomicfile.Write(path, b, 0o600); err != nil {
 		return fmt.Errorf("saving CNI result: %w", err)
-	}
-	_, err = tmp.Write(b)
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
-		return fmt.Errorf("saving CNI result to %s: %w", path, err)
 	}
 	return nil
-}
-
-// Load returns the saved results of the pod with UID podUID by interface
-// name (the result JSON as the plugin printed it). A pod with none gives
-// an empty map.
-func Load(dir, podUID string) (map[string][]byte, error) {
-	if err := validName("pod UID", podUID); err != nil {
-		return nil, err
-	}
-	podDir := filepath.Join(dir, podUID)
-	entries, err := os.ReadDir(podDir)
-	if absent(err) {
-		return map[string][]byte{}, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("loading CNI results of pod %s: %w", podUID, err)
-	}
-	out := map[string][]byte{}
-	for _, e := range entries {
-		if !isRecord(e.Name()) {
-			continue
-		}
-		rec, err := readRecord(filepath.Join(podDir, e.Name()))
-		if errors.Is(err, os.ErrNotExist) {
-			continue // removed by a DEL meanwhile
-		}
-		if err != nil {
-			return nil, err
-		}
-		out[rec.IfName] = rec.Result
-	}
-	return out, nil
 }
 
 // Remove deletes the record of pod podUID's interface ifname, and the
 // pod's directory once it is empty. A missing record is not an error.
 func Remove(dir, podUID, ifname string) error {
-	path, err := recordPath(dir, podUID, ifname)
+	path, err := cniresults.Path(dir, podUID, ifname)
 	if err != nil {
 		return err
 	}
-	if err := os.Remove(path); err != nil && !absent(err) {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, syscall.ENOTDIR) {
 		return fmt.Errorf("removing CNI result %s: %w", path, err)
 	}
 	// Fails while the pod has other records: that is fine.
 	_ = os.Remove(filepath.Dir(path))
-	return nil
-}
-
-// List returns every record under dir, for garbage collection.
-func List(dir string) ([]Record, error) {
-	pods, err := os.ReadDir(dir)
-	if absent(err) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("listing CNI results in %s: %w", dir, err)
-	}
-	var recs []Record
-	for _, p := range pods {
-		if !p.IsDir() {
-			continue
-		}
-		entries, err := os.ReadDir(filepath.Join(dir, p.Name()))
-		if err != nil {
-			continue // removed meanwhile
-		}
-		for _, e := range entries {
-			if !isRecord(e.Name()) {
-				continue
-			}
-			rec, err := readRecord(filepath.Join(dir, p.Name(), e.Name()))
-			if errors.Is(err, os.ErrNotExist) {
-				continue
-			}
-			if err != nil {
-				return nil, err
-			}
-			recs = append(recs, rec)
-		}
-	}
-	return recs, nil
-}
-
-// absent reports whether err says a path cannot exist: missing, or under
-// something that is not a directory.
-func absent(err error) bool {
-	return errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENOTDIR)
-}
-
-func isRecord(name string) bool {
-	return strings.HasSuffix(name, suffix) && !strings.HasPrefix(name, ".")
-}
-
-func readRecord(path string) (Record, error) {
-	var rec Record
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return rec, err
-	}
-	if err := json.Unmarshal(b, &rec); err != nil {
-		return rec, fmt.Errorf("decoding CNI result %s: %w", path, err)
-	}
-	return rec, nil
-}
-
-func recordPath(dir, podUID, ifname string) (string, error) {
-	if dir == "" || !filepath.IsAbs(dir) {
-		return "", fmt.Errorf("CNI results dir %q must be an absolute path", dir)
-	}
-	if err := validName("pod UID", podUID); err != nil {
-		return "", err
-	}
-	if err := validName("interface name", ifname); err != nil {
-		return "", err
-	}
-	return filepath.Join(dir, podUID, ifname+suffix), nil
-}
-
-// validName keeps a key one plain path element.
-func validName(what, s string) error {
-	if s == "" || s == "." || s == ".." || strings.ContainsAny(s, "/\x00") || strings.HasPrefix(s, ".") {
-		return fmt.Errorf("CNI results: invalid %s %q", what, s)
-	}
 	return nil
 }

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/podvirt/podvirt/contracts/cniresults"
 )
 
 func TestSaveLoadRemove(t *testing.T) {
@@ -15,11 +17,11 @@ func TestSaveLoadRemove(t *testing.T) {
 	r1 := json.RawMessage(`{"cniVersion":"1.1.0","ips":[{"address":"10.1.2.3/24"}]}`)
 	r2 := json.RawMessage(`{"cniVersion":"0.4.0","ips":[{"version":"4","address":"10.9.0.5/16"}]}`)
 
-	got, err := Load(dir, uid)
+	got, err := cniresults.Load(dir, uid)
 	if err != nil || len(got) != 0 {
 		t.Fatalf("Load before any Save: %v, %v; want empty", got, err)
 	}
-	for _, rec := range []Record{
+	for _, rec := range []cniresults.Record{
 		{PodUID: uid, IfName: "net1", ContainerID: "c1", Network: "l2", Result: r1},
 		{PodUID: uid, IfName: "net2", ContainerID: "c1", Network: "l2b", Result: r2},
 	} {
@@ -27,7 +29,7 @@ func TestSaveLoadRemove(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	got, err = Load(dir, uid)
+	got, err = cniresults.Load(dir, uid)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,10 +38,10 @@ func TestSaveLoadRemove(t *testing.T) {
 	}
 
 	// A second Save replaces; nothing temporary is left behind.
-	if err := Save(dir, Record{PodUID: uid, IfName: "net1", Result: r2}); err != nil {
+	if err := Save(dir, cniresults.Record{PodUID: uid, IfName: "net1", Result: r2}); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := Load(dir, uid); string(got["net1"]) != string(r2) {
+	if got, _ := cniresults.Load(dir, uid); string(got["net1"]) != string(r2) {
 		t.Errorf("after a second Save, net1 = %s", got["net1"])
 	}
 	entries, _ := os.ReadDir(filepath.Join(dir, uid))
@@ -51,7 +53,7 @@ func TestSaveLoadRemove(t *testing.T) {
 		t.Errorf("pod dir holds %v", names)
 	}
 
-	recs, err := List(dir)
+	recs, err := cniresults.List(dir)
 	if err != nil || len(recs) != 2 {
 		t.Fatalf("List = %v, %v", recs, err)
 	}
@@ -62,7 +64,7 @@ func TestSaveLoadRemove(t *testing.T) {
 	if err := Remove(dir, uid, "net1"); err != nil {
 		t.Errorf("second Remove: %v", err)
 	}
-	if got, _ := Load(dir, uid); len(got) != 1 || got["net2"] == nil {
+	if got, _ := cniresults.Load(dir, uid); len(got) != 1 || got["net2"] == nil {
 		t.Errorf("after Remove net1: %s", got)
 	}
 	if err := Remove(dir, uid, "net2"); err != nil {
@@ -76,7 +78,7 @@ func TestSaveLoadRemove(t *testing.T) {
 func TestInvalidKeys(t *testing.T) {
 	dir := t.TempDir()
 	ok := json.RawMessage(`{}`)
-	for _, rec := range []Record{
+	for _, rec := range []cniresults.Record{
 		{PodUID: "", IfName: "net1", Result: ok},
 		{PodUID: "..", IfName: "net1", Result: ok},
 		{PodUID: "a/b", IfName: "net1", Result: ok},
@@ -88,10 +90,10 @@ func TestInvalidKeys(t *testing.T) {
 			t.Errorf("Save(%+v) succeeded", rec)
 		}
 	}
-	if err := Save("relative/dir", Record{PodUID: "uid", IfName: "net1", Result: ok}); err == nil || !strings.Contains(err.Error(), "absolute") {
+	if err := Save("relative/dir", cniresults.Record{PodUID: "uid", IfName: "net1", Result: ok}); err == nil || !strings.Contains(err.Error(), "absolute") {
 		t.Errorf("relative dir: %v", err)
 	}
-	if _, err := Load(dir, "../etc"); err == nil {
+	if _, err := cniresults.Load(dir, "../etc"); err == nil {
 		t.Error("Load with a path in the UID succeeded")
 	}
 	if entries, _ := os.ReadDir(dir); len(entries) != 0 {

@@ -38,8 +38,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
+	"github.com/podvirt/podvirt/api/scheme"
 	"github.com/podvirt/podvirt/api/v1alpha1"
-	"github.com/podvirt/podvirt/controller"
 	"github.com/podvirt/podvirt/test/apiserver"
 )
 
@@ -68,7 +68,7 @@ func BenchmarkDensity(b *testing.B) {
 	bin := buildController(b, dir)
 	kubeconfig := writeKubeconfig(b, srv.Config, filepath.Join(dir, "kubeconfig"))
 
-	scheme, err := controller.Scheme()
+	scheme, err := scheme.New()
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -22,8 +22,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
+	"github.com/podvirt/podvirt/contracts/diskmeta"
 	"github.com/podvirt/podvirt/csi/cluster"
-	"github.com/podvirt/podvirt/csi/volume"
+	"github.com/podvirt/podvirt/internal/polltest"
 	"github.com/podvirt/podvirt/test/apiserver"
 )
 
@@ -175,7 +176,7 @@ func TestClaimSourcesAndEvents(t *testing.T) {
 				t.Fatalf("CreateVolume: %v, want code %s with %q", err, tt.wantCode, tt.wantMsg)
 			}
 			if err == nil {
-				m, merr := volume.ReadMeta(td.VolumeDir(resp.Volume.VolumeId))
+				m, merr := diskmeta.Read(td.VolumeDir(resp.Volume.VolumeId))
 				if merr != nil || m.Source != tt.annotations[v1.DiskSourceAnnotation]+tt.params[ParamSource] {
 					t.Errorf("volume meta %+v, %v: want the source of the claim or class", m, merr)
 				}
@@ -231,7 +232,7 @@ func checkProgressEvents(t *testing.T, events []corev1.Event, took, interval tim
 func waitForEvents(t *testing.T, cs kubernetes.Interface, ns, claim string, reasons []string) []corev1.Event {
 	t.Helper()
 	var events []corev1.Event
-	waitFor(t, 30*time.Second, fmt.Sprintf("events %v on claim %s", reasons, claim), func() bool {
+	polltest.Until(t, 30*time.Second, fmt.Sprintf("events %v on claim %s", reasons, claim), func() bool {
 		list, err := cs.CoreV1().Events(ns).List(context.Background(), metav1.ListOptions{FieldSelector: "involvedObject.name=" + claim})
 		if err != nil {
 			return false

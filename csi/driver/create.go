@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/podvirt/podvirt/contracts/diskmeta"
 	"github.com/podvirt/podvirt/csi/importer"
 	"github.com/podvirt/podvirt/csi/state"
 	"github.com/podvirt/podvirt/csi/volume"
@@ -198,7 +199,7 @@ func (d *Driver) copyFrom(ctx context.Context, key, src, tmp, dir string, v *sta
 		return status.Errorf(codes.Aborted, "CreateVolume %q: %s is busy; retry", p.name, key)
 	}
 	defer d.unlock(key)
-	m, err := volume.ReadMeta(src)
+	m, err := diskmeta.Read(src)
 	if err != nil {
 		return status.Errorf(codes.Internal, "CreateVolume %q from %s: %v", p.name, key, err)
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/podvirt/podvirt/csi/importer"
 	"github.com/podvirt/podvirt/csi/volume"
+	"github.com/podvirt/podvirt/internal/polltest"
 )
 
 // requireTools fails the test when what the driver runs is missing.
@@ -151,18 +152,6 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // childEnv makes the test binary a driver process (see TestMain), so a test
 // can kill it as a crash would.
 const childEnv = "PODVIRT_CSI_TEST_DRIVER"
@@ -221,7 +210,7 @@ func startChildDriver(t *testing.T, stateDir string) *childDriver {
 	c := &childDriver{cmd: cmd}
 	t.Cleanup(func() { c.kill(t) })
 	sock := childSocket(stateDir)
-	waitFor(t, 30*time.Second, "the driver process's socket", func() bool {
+	polltest.Until(t, 30*time.Second, "the driver process's socket", func() bool {
 		conn, err := net.Dial("unix", sock)
 		if err == nil {
 			conn.Close()

@@ -15,6 +15,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
+	"github.com/podvirt/podvirt/contracts/diskmeta"
 	"github.com/podvirt/podvirt/csi/importer"
 	"github.com/podvirt/podvirt/csi/state"
 	"github.com/podvirt/podvirt/csi/volume"
@@ -200,10 +201,10 @@ func (d *Driver) importVolume(ctx context.Context, p plan, v state.Volume) (stat
 		v.Size = (base.VirtualSize + 511) &^ 511
 	}
 	v.Source = src.URL
-	meta := volume.Meta{Source: src.URL, Digest: base.Digest}
+	meta := diskmeta.Meta{Source: src.URL, Digest: base.Digest}
 	overlay := !p.block && p.params.cloneStrategy == CloneOverlay
 	if overlay {
-		v.Format = volume.FormatQCOW2
+		v.Format = diskmeta.FormatQCOW2
 	} else if !p.block && !p.params.formatWasExplicit {
 		v.Format = base.Format
 	}

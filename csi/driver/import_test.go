@@ -33,6 +33,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/podvirt/podvirt/contracts/diskmeta"
 	"github.com/podvirt/podvirt/csi/importer"
 	"github.com/podvirt/podvirt/csi/volume"
 )
@@ -290,7 +291,7 @@ func TestImportOverlayCopyAndBlock(t *testing.T) {
 		t.Errorf("overlay volume %v: want 64 MiB from %s", ov.Volume, src)
 	}
 	dir := td.VolumeDir(ov.Volume.VolumeId)
-	m, err := volume.ReadMeta(dir)
+	m, err := diskmeta.Read(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -346,7 +347,7 @@ func TestImportOverlayCopyAndBlock(t *testing.T) {
 		t.Fatal(err)
 	}
 	cdir := td.VolumeDir(cp.Volume.VolumeId)
-	if m, _ := volume.ReadMeta(cdir); m.Format != "raw" || m.HasBase() {
+	if m, _ := diskmeta.Read(cdir); m.Format != "raw" || m.HasBase() {
 		t.Errorf("copy meta %+v: want raw without base", m)
 	}
 	if i := diskInfo(t, cdir, "raw"); i.VirtualSize != 32<<20 || i.BackingFilename != "" {
@@ -368,7 +369,7 @@ func TestImportOverlayCopyAndBlock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m, _ := volume.ReadMeta(td.VolumeDir(blk.Volume.VolumeId)); m.Format != "raw" {
+	if m, _ := diskmeta.Read(td.VolumeDir(blk.Volume.VolumeId)); m.Format != "raw" {
 		t.Errorf("block meta %+v: want raw", m)
 	}
 	if got := reg.blobGets.Load(); got != gets {

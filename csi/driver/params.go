@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/podvirt/podvirt/contracts/diskmeta"
 	"github.com/podvirt/podvirt/csi/volume"
 )
 
@@ -83,9 +84,9 @@ var knownParams = []string{ParamSource, ParamRegistries, ParamFormat, ParamClone
 // parseParams checks the StorageClass parameters for a volume (block says
 // its mode). Unknown keys are refused so a typo does not go unnoticed.
 func parseParams(in map[string]string, block bool) (params, error) {
-	p := params{cloneStrategy: CloneOverlay, format: volume.FormatQCOW2}
+	p := params{cloneStrategy: CloneOverlay, format: diskmeta.FormatQCOW2}
 	if block {
-		p.format = volume.FormatRaw
+		p.format = diskmeta.FormatRaw
 	}
 	var unknown []string
 	for k, v := range in {
@@ -124,10 +125,10 @@ func parseParams(in map[string]string, block bool) (params, error) {
 		sort.Strings(unknown)
 		return p, fmt.Errorf("unknown StorageClass parameter(s) %s: %s knows %s", strings.Join(unknown, ", "), Name, strings.Join(knownParams, ", "))
 	}
-	if !volume.ValidFormat(p.format) {
-		return p, fmt.Errorf("StorageClass parameter %s=%q: use %s or %s", ParamFormat, p.format, volume.FormatQCOW2, volume.FormatRaw)
+	if !diskmeta.ValidFormat(p.format) {
+		return p, fmt.Errorf("StorageClass parameter %s=%q: use %s or %s", ParamFormat, p.format, diskmeta.FormatQCOW2, diskmeta.FormatRaw)
 	}
-	if block && p.format != volume.FormatRaw {
+	if block && p.format != diskmeta.FormatRaw {
 		return p, fmt.Errorf("StorageClass parameter %s=%s: a Block volume is a raw disk; use format raw or volumeMode Filesystem", ParamFormat, p.format)
 	}
 	if p.cloneStrategy != CloneOverlay && p.cloneStrategy != CloneCopy {

@@ -4,12 +4,8 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
-)
 
-// Formats a base may have.
-const (
-	FormatQCOW2 = "qcow2"
-	FormatRaw   = "raw"
+	"github.com/podvirt/podvirt/contracts/diskmeta"
 )
 
 // HeaderSize is how many leading bytes DetectFormat and ParseQCOW2Header want.
@@ -60,7 +56,7 @@ func DetectFormat(file string, header []byte, size int64) (string, error) {
 		return "", refuse(ReasonEmpty, file, "put a qcow2 or raw disk image in the containerDisk under /disk/", "the disk file is empty")
 	}
 	if bytes.HasPrefix(header, []byte(qcow2Magic)) {
-		return FormatQCOW2, nil
+		return diskmeta.FormatQCOW2, nil
 	}
 	for _, f := range foreign {
 		if len(header) >= f.offset+len(f.magic) && string(header[f.offset:f.offset+len(f.magic)]) == f.magic {
@@ -76,7 +72,7 @@ func DetectFormat(file string, header []byte, size int64) (string, error) {
 		return "", refuse(ReasonNotAnImage, file, "put a qcow2 or raw disk image under /disk/",
 			"it has no qcow2 header and its size (%d bytes) is not a whole number of 512-byte sectors, so it is not a raw disk either", size)
 	}
-	return FormatRaw, nil
+	return diskmeta.FormatRaw, nil
 }
 
 // QCOW2Header holds the fields of a qcow2 header that decide whether it is safe to use.

@@ -9,6 +9,8 @@ import (
 	"io"
 	"strings"
 	"testing"
+
+	"github.com/podvirt/podvirt/contracts/diskmeta"
 )
 
 // The fuzz targets feed hostile bytes to everything that parses an image before qemu-img
@@ -26,7 +28,7 @@ func FuzzCheckHeader(f *testing.F) {
 	f.Fuzz(func(t *testing.T, header []byte, size int64) {
 		format, err := DetectFormat("f", header, size)
 		checkRefusal(t, err)
-		if err != nil || format != FormatQCOW2 {
+		if err != nil || format != diskmeta.FormatQCOW2 {
 			return
 		}
 		qh, err := CheckQCOW2Header("f", header, 1<<40)

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/podvirt/podvirt/contracts/diskmeta"
 	"github.com/podvirt/podvirt/csi/image/imagetest"
 )
 
@@ -42,13 +43,13 @@ func TestValidateAccepts(t *testing.T) {
 	q := filepath.Join(dir, "ok.qcow2")
 	qemuImg(t, "create", "-q", "-f", "qcow2", q, "1G")
 	info, err := Validate(context.Background(), q, "ok.qcow2", testLimits)
-	if err != nil || info.Format != FormatQCOW2 || info.VirtualSize != 1<<30 {
+	if err != nil || info.Format != diskmeta.FormatQCOW2 || info.VirtualSize != 1<<30 {
 		t.Fatalf("qcow2: %+v, %v", info, err)
 	}
 	r := filepath.Join(dir, "ok.img")
 	qemuImg(t, "create", "-q", "-f", "raw", r, "64M")
 	info, err = Validate(context.Background(), r, "ok.img", testLimits)
-	if err != nil || info.Format != FormatRaw || info.VirtualSize != 64<<20 {
+	if err != nil || info.Format != diskmeta.FormatRaw || info.VirtualSize != 64<<20 {
 		t.Fatalf("raw: %+v, %v", info, err)
 	}
 }

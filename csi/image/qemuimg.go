@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/podvirt/podvirt/contracts/diskmeta"
 )
 
 // Limits bound what an untrusted image may cost.
@@ -105,7 +107,7 @@ func Validate(ctx context.Context, path, name string, lim Limits) (Info, error) 
 	if err != nil {
 		return Info{}, err
 	}
-	if format == FormatQCOW2 {
+	if format == diskmeta.FormatQCOW2 {
 		if _, err := CheckQCOW2Header(name, header, lim.MaxVirtualSize); err != nil {
 			return Info{}, err
 		}
@@ -118,7 +120,7 @@ func Validate(ctx context.Context, path, name string, lim Limits) (Info, error) 
 	if err != nil {
 		return Info{}, err
 	}
-	if format == FormatQCOW2 {
+	if format == diskmeta.FormatQCOW2 {
 		out, stderr, err := runLimited(ctx, lim, "check", "--output=json", "-f", format, path)
 		var ee *exec.ExitError
 		// Exit 3 means leaked clusters only: wasted space, not damage.

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/podvirt/podvirt/csi/image"
+	"github.com/podvirt/podvirt/internal/atomicfile"
 )
 
 // Cache holds validated bases on one node, keyed by digest and reference counted by
@@ -192,7 +193,7 @@ func (c *Cache) save() error {
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(c.indexPath(), b); err != nil {
+	if err := atomicfile.Write(c.indexPath(), b, 0o600); err != nil {
 		return fmt.Errorf("image cache %s: write index: %w", c.dir, err)
 	}
 	return nil
@@ -237,54 +238,14 @@ func (c *Cache) Acquire(ctx context.Context, src Source, holder string, progress
 
 var errUseCached = errors.New("use the cached base")
 
-// plan works out how to import src: for docker:// it resolves the digest on the mirrors.
-// When no mirror answers but a tag was resolved before, the cached base is used
-// (errUseCached with its digest) — unless a mirror refused the credentials.
+// plan works out how to import src, by its scheme (planRegistry, planHTTP): the job, and
+// the digest when it is known before downloading.
 func (c *Cache) plan(ctx context.Context, src Source) (*job, string, error) {
-	j := &job{c: c, src: src, subs: map[int]func(Progress){}}
 	switch {
 	case strings.HasPrefix(src.URL, "docker://"):
-		j.kind = "registry"
-		d, err := parseDocker(src)
-		if err != nil {
-			return nil, "", err
-		}
-		tr, err := baseTransport(src)
-		if err != nil {
-			return nil, "", err
-		}
-		res, err := c.resolveDocker(ctx, src, d, tr)
-		if err != nil {
-			c.mu.Lock()
-			cached, ok := c.idx.Sources[sourceKey(src)]
-			_, have := c.idx.Bases[cached]
-			c.mu.Unlock()
-			if ok && have && !IsTerminal(err) && !errors.Is(err, errAccessDenied) && ctx.Err() == nil {
-				c.log.Warn("image cache: no mirror answers, using the base resolved before", "source", src.URL, "digest", cached, "err", err)
-				return nil, cached, errUseCached
-			}
-			return nil, "", err
-		}
-		j.d, j.res, j.tr, j.key = d, res, tr, res.digest
-		j.diskName = src.URL
-		return j, res.digest, nil
+		return c.planRegistry(ctx, src)
 	case strings.HasPrefix(src.URL, "http://") || strings.HasPrefix(src.URL, "https://"):
-		j.kind = "http"
-		j.diskName = src.URL
-		if src.Checksum != "" {
-			sum := strings.ToLower(src.Checksum)
-			hexPart, ok := strings.CutPrefix(sum, "sha256:")
-			if b, err := hex.DecodeString(hexPart); !ok || err != nil || len(b) != sha256.Size {
-				return nil, "", terminal(fmt.Errorf("checksum %q of %s is not sha256:<64 hex digits>; fix the source's checksum", src.Checksum, src.URL))
-			}
-			j.key = sum
-			return j, sum, nil
-		}
-		j.key = "url:" + src.URL
-		c.mu.Lock()
-		digest := c.idx.Sources[sourceKey(src)]
-		c.mu.Unlock()
-		return j, digest, nil
+		return c.planHTTP(src)
 	default:
 		return nil, "", terminal(fmt.Errorf("source %q: unsupported scheme; use docker://registry/repo:tag or http(s)://…", src.URL))
 	}
@@ -364,7 +325,7 @@ func (c *Cache) runFlight(ctx context.Context, f *flight, srcKey string) {
 		result = "retryable"
 	}
 	c.metrics.imports.WithLabelValues(result).Inc()
-	c.metrics.duration.WithLabelValues(j.kind, result).Observe(time.Since(j.started).Seconds())
+	c.metrics.duration.WithLabelValues(j.source.kind(), result).Observe(time.Since(j.started).Seconds())
 	if err != nil {
 		c.log.Info("image import failed", "source", j.src.URL, "result", result, "err", err)
 	} else {
@@ -483,4 +444,9 @@ func (c *Cache) updateGauges() {
 	}
 	c.metrics.cacheBytes.Set(float64(total))
 	c.metrics.entries.Set(float64(len(c.idx.Bases)))
+}
+
+// newJob is an import of src from s.
+func (c *Cache) newJob(src Source, s source, key string) *job {
+	return &job{c: c, src: src, source: s, key: key, diskName: src.URL, subs: map[int]func(Progress){}}
 }

@@ -4,21 +4,14 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"log"
-	"math/big"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -39,10 +32,10 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
-	"golang.org/x/crypto/bcrypt"
 
 	"github.com/podvirt/podvirt/csi/image"
 	"github.com/podvirt/podvirt/test/guest"
+	testregistry "github.com/podvirt/podvirt/test/registry"
 )
 
 // needTool fails the test when a host tool is missing, naming make deps.
@@ -341,54 +334,14 @@ func fileSHA256(t testing.TB, p string) string {
 	return "sha256:" + hex.EncodeToString(h.Sum(nil))
 }
 
-// testPKI is a CA and a server certificate for the loopback addresses the tests use.
-type testPKI struct {
-	caPEM, certPEM, keyPEM []byte
-}
-
-func newTestPKI(t testing.TB, ips ...string) testPKI {
-	t.Helper()
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "podvirt test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour), IsCA: true,
-		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := x509.ParseCertificate(caDER)
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "registry"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	for _, ip := range ips {
-		tmpl.IPAddresses = append(tmpl.IPAddresses, net.ParseIP(ip))
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kb, _ := x509.MarshalECPrivateKey(key)
-	return testPKI{
-		caPEM:   pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
-		certPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		keyPEM:  pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}),
-	}
-}
-
-func (p testPKI) clientTransport() *http.Transport {
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(p.caPEM)
-	return &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}
-}
-
-// realRegistry is a docker-registry (distribution 2.8) process with TLS and htpasswd.
+// realRegistry is a docker-registry process (test/registry) as the
+// importer's tests use it: with TLS and an htpasswd user, or plain HTTP
+// without auth.
 type realRegistry struct {
+	*testregistry.Registry
 	host       string
 	user, pass string
-	pki        testPKI
 	plain      bool
-	cmd        *exec.Cmd
 }
 
 // startRealRegistry runs Debian's docker-registry with TLS and htpasswd on ip (a loopback
@@ -401,96 +354,36 @@ func startRealRegistry(t testing.TB, ip string) *realRegistry {
 // HTTP without auth (then ip should be 127.0.0.1).
 func startRegistryProcess(t testing.TB, ip string, secure bool) *realRegistry {
 	t.Helper()
-	bin := needTool(t, "docker-registry", "docker-registry")
-	dir := t.TempDir()
-	pki := newTestPKI(t, ip)
-	r := &realRegistry{user: "podvirt", pass: "s3cret-" + fmt.Sprint(time.Now().UnixNano()), pki: pki}
-	hash, err := bcrypt.GenerateFromPassword([]byte(r.pass), bcrypt.MinCost)
-	if err != nil {
-		t.Fatal(err)
-	}
-	files := map[string][]byte{
-		"cert.pem": pki.certPEM, "key.pem": pki.keyPEM,
-		"htpasswd": []byte(r.user + ":" + string(hash) + "\n"),
-	}
-	for f, b := range files {
-		if err := os.WriteFile(filepath.Join(dir, f), b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	l, err := net.Listen("tcp", ip+":0")
-	if err != nil {
-		t.Fatalf("listen on %s (loopback): %v", ip, err)
-	}
-	r.host = l.Addr().String()
-	l.Close()
-	cfg := fmt.Sprintf(`version: 0.1
-log: {level: error, accesslog: {disabled: true}}
-storage:
-  filesystem: {rootdirectory: %s/data}
-  delete: {enabled: true}
-http:
-  addr: %s
-`, dir, r.host)
+	needTool(t, "docker-registry", "docker-registry")
+	r := &realRegistry{plain: !secure}
+	opts := testregistry.Options{Dir: t.TempDir(), Host: ip}
 	if secure {
-		cfg += fmt.Sprintf(`  tls: {certificate: %s/cert.pem, key: %s/key.pem}
-auth:
-  htpasswd: {realm: podvirt-test, path: %s/htpasswd}
-`, dir, dir, dir)
-	} else {
-		r.user, r.pass, r.plain = "", "", true
+		r.user, r.pass = "podvirt", "s3cret-"+fmt.Sprint(time.Now().UnixNano())
+		opts.TLS, opts.Users = true, map[string]string{r.user: r.pass}
 	}
-	if err := os.WriteFile(filepath.Join(dir, "config.yml"), []byte(cfg), 0o600); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	reg, err := testregistry.Start(ctx, opts)
+	if err != nil {
 		t.Fatal(err)
 	}
-	logf, _ := os.Create(filepath.Join(dir, "registry.log"))
-	r.cmd = exec.Command(bin, "serve", filepath.Join(dir, "config.yml"))
-	r.cmd.Stdout, r.cmd.Stderr = logf, logf
-	if err := r.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { r.kill(); logf.Close() })
-	client := &http.Client{Transport: pki.clientTransport(), Timeout: 2 * time.Second}
-	url, ready := "https://"+r.host+"/v2/", http.StatusUnauthorized
-	if !secure {
-		url, ready = "http://"+r.host+"/v2/", http.StatusOK
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := client.Get(url)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == ready {
-				return r
-			}
-		}
-		if time.Now().After(deadline) {
-			b, _ := os.ReadFile(filepath.Join(dir, "registry.log"))
-			t.Fatalf("docker-registry on %s not ready after 30s (last: %v): %s", r.host, err, b)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-func (r *realRegistry) kill() {
-	if r.cmd.Process != nil && r.cmd.ProcessState == nil {
-		_ = r.cmd.Process.Kill()
-		_ = r.cmd.Wait()
-	}
+	t.Cleanup(reg.Kill)
+	r.Registry, r.host = reg, reg.Addr
+	return r
 }
 
 func (r *realRegistry) pushOpts() []remote.Option {
 	if r.plain {
 		return nil
 	}
-	return []remote.Option{remote.WithAuth(&authn.Basic{Username: r.user, Password: r.pass}), remote.WithTransport(r.pki.clientTransport())}
+	return []remote.Option{remote.WithAuth(&authn.Basic{Username: r.user, Password: r.pass}), remote.WithTransport(r.Transport())}
 }
 
 func (r *realRegistry) source(repo string) Source {
 	if r.plain {
 		return Source{URL: "docker://" + r.host + "/" + repo}
 	}
-	return Source{URL: "docker://" + r.host + "/" + repo, Username: r.user, Password: r.pass, CACertsPEM: r.pki.caPEM}
+	return Source{URL: "docker://" + r.host + "/" + repo, Username: r.user, Password: r.pass, CACertsPEM: r.CACertPEM}
 }
 
 // refused asserts err is an image refusal for reason and terminal.

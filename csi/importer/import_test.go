@@ -13,7 +13,7 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 
-	"github.com/podvirt/podvirt/csi/image"
+	"github.com/podvirt/podvirt/contracts/diskmeta"
 )
 
 func testCtx(t *testing.T, d time.Duration) context.Context {
@@ -109,7 +109,7 @@ func TestImportRealRegistryTLSAuth(t *testing.T) {
 	// The same credentials as a dockerconfigjson Secret would hold them.
 	dcj := []byte(`{"auths":{"` + reg.host + `":{"username":"` + reg.user + `","password":"` + reg.pass + `"}}}`)
 	c2 := newTestCache(t, t.TempDir(), 0, Options{})
-	src2 := Source{URL: src.URL, DockerConfigJSON: dcj, CACertsPEM: reg.pki.caPEM}
+	src2 := Source{URL: src.URL, DockerConfigJSON: dcj, CACertsPEM: reg.CACertPEM}
 	if b2, err := c2.Acquire(ctx, src2, "vol-1", nil); err != nil || b2.Digest != base.Digest {
 		t.Fatalf("import with dockerconfigjson: %+v, %v", b2, err)
 	}
@@ -256,4 +256,4 @@ func TestCacheEviction(t *testing.T) {
 	}
 }
 
-var _ = image.FormatRaw
+var _ = diskmeta.FormatRaw

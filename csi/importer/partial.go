@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+
+	"github.com/podvirt/podvirt/internal/atomicfile"
 )
 
 // checkpoint is what a crashed import needs to resume: the output file is durable up to
@@ -58,7 +60,7 @@ func (cp *checkpoint) save(dir string, out *os.File) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(dir, partialState), b)
+	return atomicfile.Write(filepath.Join(dir, partialState), b, 0o600)
 }
 
 // checkpointer makes checkpoints durable in the background, so the stream never waits for
@@ -136,41 +138,6 @@ func restoreHash(state []byte) (hash.Hash, error) {
 		return nil, err
 	}
 	return h, nil
-}
-
-// writeFileAtomic replaces path with b: temp file, fsync, rename, fsync of the directory.
-func writeFileAtomic(path string, b []byte) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // sparseWriter writes the output at increasing offsets, skipping all-zero blocks so raw

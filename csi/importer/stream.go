@@ -1,48 +1,52 @@
 package importer
 
 import (
-	"archive/tar"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash"
 	"io"
-	"net/http"
 	"os"
 	"os/exec"
-	"path"
 	"path/filepath"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/klauspost/compress/gzip"
-	"github.com/klauspost/compress/zstd"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/podvirt/podvirt/csi/image"
+	"github.com/podvirt/podvirt/internal/atomicfile"
 )
+
+// source is one kind of image source — a registry image (registrySource)
+// or an HTTP(S) file (httpSource) — as a job streams it. What every source
+// shares (the partial file, checkpoints, progress, validation, the cache)
+// is the job's.
+type source interface {
+	// kind names the source type in metrics: "registry" or "http".
+	kind() string
+	// resumes reports whether checkpoint cp, written for the job's key,
+	// still describes this source's content.
+	resumes(cp *checkpoint) bool
+	// stream writes the disk into w, from cp on when it is not nil,
+	// reporting progress and offering checkpoints to j; it returns the
+	// digest the base is cached under.
+	stream(ctx context.Context, j *job, w *sparseWriter, cp *checkpoint) (string, error)
+}
 
 // job is one import in flight: source → partial file (hashed as it streams) → validated
 // base. Everything is written under dir (the partial import's directory) until the base is
 // renamed into place.
 type job struct {
-	c         *Cache
-	key       string
-	dir       string
-	src       Source
-	kind      string // "registry" | "http"
-	diskName  string // the disk's name in the source, for messages
-	ckpt      *checkpointer
-	validator string // HTTP: see rangeGET
-
-	// registry
-	d   dockerRef
-	res resolved
-	tr  http.RoundTripper
+	c        *Cache
+	key      string
+	dir      string
+	src      Source
+	source   source
+	diskName string // the disk's name in the source, for messages
+	ckpt     *checkpointer
 
 	// progress
 	mu       sync.Mutex // guards the fields below and subs
@@ -113,7 +117,7 @@ type countingReader struct {
 }
 
 func (j *job) counting(r io.Reader, h hash.Hash, off int64) *countingReader {
-	return &countingReader{r: r, h: h, n: off, j: j, bytes: j.c.metrics.bytes.WithLabelValues(j.kind)}
+	return &countingReader{r: r, h: h, n: off, j: j, bytes: j.c.metrics.bytes.WithLabelValues(j.source.kind())}
 }
 
 func (c *countingReader) Read(p []byte) (int, error) {
@@ -151,7 +155,7 @@ func (j *job) runInto(ctx context.Context) (Base, error) {
 	}
 	defer out.Close()
 	cp, _ := loadCheckpoint(j.dir)
-	if cp != nil && !j.matches(cp) {
+	if cp != nil && (cp.Key != j.key || !j.source.resumes(cp)) {
 		cp = nil
 	}
 	if cp == nil {
@@ -166,12 +170,7 @@ func (j *job) runInto(ctx context.Context) (Base, error) {
 	}
 	j.ckpt = newCheckpointer(j.dir, out)
 	defer j.ckpt.stop()
-	var digest string
-	if j.kind == "registry" {
-		digest, err = j.streamRegistry(ctx, w, cp)
-	} else {
-		digest, err = j.streamHTTP(ctx, w, cp)
-	}
+	digest, err := j.source.stream(ctx, j, w, cp)
 	if err != nil {
 		return Base{}, err
 	}
@@ -193,197 +192,11 @@ func (j *job) runInto(ctx context.Context) (Base, error) {
 	if err := os.Rename(dataPath, final); err != nil {
 		return Base{}, err
 	}
-	if err := syncDir(filepath.Dir(final)); err != nil {
+	if err := atomicfile.SyncDir(filepath.Dir(final)); err != nil {
 		return Base{}, err
 	}
 	_ = os.RemoveAll(j.dir)
 	return Base{Digest: digest, Path: final, Format: info.Format, VirtualSize: info.VirtualSize, Size: w.off}, nil
-}
-
-func (j *job) matches(cp *checkpoint) bool {
-	if cp.Key != j.key {
-		return false
-	}
-	if j.kind != "registry" {
-		return true
-	}
-	if len(cp.LayerDigests) != len(j.res.layers) || cp.Layer >= len(j.res.layers) {
-		return false
-	}
-	for i, l := range j.res.layers {
-		if cp.LayerDigests[i] != l.Digest {
-			return false
-		}
-	}
-	return true
-}
-
-func (j *job) layerDigests() []string {
-	var ds []string
-	for _, l := range j.res.layers {
-		ds = append(ds, l.Digest)
-	}
-	return ds
-}
-
-// streamRegistry streams every layer of the image, writes the disk entry into w, and
-// verifies each layer's digest. It returns the manifest digest.
-func (j *job) streamRegistry(ctx context.Context, w *sparseWriter, cp *checkpoint) (string, error) {
-	sel := &image.DiskSelector{Image: j.src.URL}
-	entries, start := 0, 0
-	j.mu.Lock()
-	for _, l := range j.res.layers {
-		j.total += l.Size
-	}
-	if cp != nil {
-		start, entries, sel.Disk = cp.Layer, cp.Entries, cp.EntryName
-		for _, l := range j.res.layers[:start] {
-			j.done += l.Size
-		}
-		j.done += cp.BlobOffset
-	}
-	j.mu.Unlock()
-	for li := start; li < len(j.res.layers); li++ {
-		var resume *checkpoint
-		if li == start {
-			resume = cp
-		}
-		if err := j.streamLayer(ctx, li, w, sel, resume, &entries); err != nil {
-			return "", err
-		}
-	}
-	if sel.Disk == "" {
-		return "", sel.NoDisk(len(j.res.layers), entries)
-	}
-	j.diskName = j.src.URL + " " + sel.Disk
-	return j.res.digest, nil
-}
-
-func isUncompressedLayer(mt string) bool {
-	return mt == string(types.OCIUncompressedLayer) || mt == string(types.DockerUncompressedLayer) ||
-		mt == string(types.OCIUncompressedRestrictedLayer)
-}
-
-func (j *job) streamLayer(ctx context.Context, li int, w *sparseWriter, sel *image.DiskSelector, resume *checkpoint, entries *int) error {
-	l := j.res.layers[li]
-	h := sha256.New()
-	var off int64
-	if resume != nil {
-		var err error
-		if h, err = restoreHash(resume.BlobHash); err != nil {
-			return fmt.Errorf("resume layer %s: %w", l.Digest, err)
-		}
-		off = resume.BlobOffset
-	}
-	fr := &failoverReader{ctx: ctx, open: j.c.blobOpener(j.src, j.d, l.Digest, l.Size, j.tr), mirrors: j.res.mirrors,
-		health: j.c.health, stall: j.c.stall, offset: off, onSwitch: j.setMirror}
-	defer fr.Close()
-	raw := j.counting(fr, h, off)
-	fail := func(err error) error { return j.layerError(fr, raw, l, err) }
-	identity := isUncompressedLayer(l.MediaType)
-	var stream io.Reader
-	switch {
-	case identity:
-		stream = raw
-	case l.MediaType == string(types.OCILayer) || l.MediaType == string(types.DockerLayer) || l.MediaType == string(types.DockerForeignLayer) ||
-		l.MediaType == string(types.OCIRestrictedLayer):
-		gz, err := gzip.NewReader(raw)
-		if err != nil {
-			return fail(err)
-		}
-		defer gz.Close()
-		stream = gz
-	case l.MediaType == string(types.OCILayerZStd):
-		zr, err := zstd.NewReader(raw, zstd.WithDecoderConcurrency(1))
-		if err != nil {
-			return fail(err)
-		}
-		defer zr.Close()
-		stream = zr
-	default:
-		return &image.Error{Reason: image.ReasonUnsupported, File: j.src.URL,
-			Detail: fmt.Sprintf("layer %s has media type %q", l.Digest, l.MediaType), Hint: "publish the containerDisk with tar, tar+gzip or tar+zstd layers"}
-	}
-	if resume != nil && resume.EntryRemaining > 0 {
-		if err := j.copyIdentity(w, raw, raw, resume.EntryRemaining, resume.EntrySize, li, sel, *entries); err != nil {
-			return fail(err)
-		}
-		// The rest of the entry's last 512-byte block is padding.
-		if pad := (512 - resume.EntrySize%512) % 512; pad > 0 {
-			if _, err := io.CopyN(io.Discard, raw, pad); err != nil {
-				return fail(err)
-			}
-		}
-	}
-	tr := tar.NewReader(stream)
-	for {
-		hdr, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return fail(err)
-		}
-		*entries++
-		isDisk, comp, err := sel.Next(hdr)
-		if err != nil {
-			return err
-		}
-		if !isDisk {
-			continue
-		}
-		switch {
-		case comp == image.None && identity:
-			// The entry's bytes are the blob's bytes: checkpoints are possible. tr reads
-			// them straight from raw, so raw's count stays the blob offset.
-			err = j.copyIdentity(w, tr, raw, hdr.Size, hdr.Size, li, sel, *entries)
-		default:
-			err = j.decompress(ctx, w, tr, comp)
-		}
-		if err != nil {
-			return fail(err)
-		}
-	}
-	// Whatever follows the tar's end marker still belongs to the blob and its digest.
-	if _, err := io.Copy(io.Discard, raw); err != nil {
-		return fail(err)
-	}
-	return j.checkDigest(raw, l, fr)
-}
-
-func (j *job) checkDigest(raw *countingReader, l layerInfo, fr *failoverReader) error {
-	if got := "sha256:" + hex.EncodeToString(raw.h.Sum(nil)); got != l.Digest {
-		return &image.Error{Reason: image.ReasonDigest, File: j.src.URL,
-			Detail: fmt.Sprintf("layer %s arrived with digest %s (last mirror %s)", l.Digest, got, fr.Mirror()),
-			Hint:   "the mirror serves corrupt or altered content; fix or remove it"}
-	}
-	return nil
-}
-
-// layerError tells a failed download (the mirrors' fault, maybe retryable) from a layer
-// whose content is broken (a refusal).
-// Content that does not unpack is first checked against its digest: an altered blob is the
-// mirror's fault and is reported as such.
-func (j *job) layerError(fr *failoverReader, raw *countingReader, l layerInfo, err error) error {
-	if fr.err != nil {
-		return fmt.Errorf("import %s: layer %s: %w", j.src.URL, l.Digest, fr.err)
-	}
-	var ie *image.Error
-	if errors.As(err, &ie) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return err
-	}
-	if isWriteError(err) {
-		return fmt.Errorf("import %s: write %s: %w", j.src.URL, j.dir, err)
-	}
-	if _, derr := io.Copy(io.Discard, raw); derr != nil {
-		if fr.err != nil {
-			return fmt.Errorf("import %s: layer %s: %w", j.src.URL, l.Digest, fr.err)
-		}
-	} else if derr := j.checkDigest(raw, l, fr); derr != nil {
-		return derr
-	}
-	return &image.Error{Reason: image.ReasonCorrupt, File: j.src.URL,
-		Detail: fmt.Sprintf("layer %s cannot be unpacked: %v", l.Digest, err), Hint: "rebuild and push the image again"}
 }
 
 type writeError struct{ err error }
@@ -396,42 +209,8 @@ func isWriteError(err error) bool {
 	return errors.As(err, &we)
 }
 
-// copyIdentity copies n bytes of a disk entry whose blob bytes are the output bytes,
-// checkpointing as it goes so a crash resumes where the disk says it stopped.
-func (j *job) copyIdentity(w *sparseWriter, src io.Reader, raw *countingReader, n, entrySize int64, li int, sel *image.DiskSelector, entries int) error {
-	buf := make([]byte, 1<<20)
-	since := int64(0)
-	for n > 0 {
-		m, err := src.Read(buf[:min(int64(len(buf)), n)])
-		if m > 0 {
-			if _, werr := w.Write(buf[:m]); werr != nil {
-				return &writeError{werr}
-			}
-			n -= int64(m)
-			since += int64(m)
-		}
-		if since >= j.c.ckptSize && n > 0 {
-			since = 0
-			cp := &checkpoint{Key: j.key, Layer: li, LayerDigests: j.layerDigests(), BlobOffset: raw.n, BlobHash: hashState(raw.h),
-				OutOffset: w.off, EntryRemaining: n, EntrySize: entrySize, EntryName: sel.Disk, Entries: entries}
-			if err := j.ckpt.offer(cp); err != nil {
-				return &writeError{err}
-			}
-		}
-		if err == io.EOF && n > 0 {
-			err = io.ErrUnexpectedEOF
-		}
-		if err != nil && err != io.EOF {
-			j.ckpt.final(&checkpoint{Key: j.key, Layer: li, LayerDigests: j.layerDigests(), BlobOffset: raw.n, BlobHash: hashState(raw.h),
-				OutOffset: w.off, EntryRemaining: n, EntrySize: entrySize, EntryName: sel.Disk, Entries: entries})
-			return err
-		}
-	}
-	return nil
-}
-
 // decompress writes the disk from r, decompressing .gz in-process and .xz with xz(1).
-func (j *job) decompress(ctx context.Context, w *sparseWriter, r io.Reader, comp image.Compression) error {
+func decompress(ctx context.Context, w *sparseWriter, r io.Reader, comp image.Compression) error {
 	switch comp {
 	case image.None:
 		_, err := io.CopyBuffer(writerOnly{w}, r, make([]byte, 1<<20))
@@ -470,99 +249,4 @@ func (o writerOnly) Write(p []byte) (int, error) {
 		return n, &writeError{err}
 	}
 	return n, nil
-}
-
-// streamHTTP downloads an http(s) source into w (decompressing .gz/.xz), checks its
-// checksum, and returns the sha256 of the downloaded bytes.
-func (j *job) streamHTTP(ctx context.Context, w *sparseWriter, cp *checkpoint) (string, error) {
-	tr, err := baseTransport(j.src)
-	if err != nil {
-		return "", err
-	}
-	client := &http.Client{Transport: tr}
-	h := sha256.New()
-	var off int64
-	if cp != nil {
-		if h, err = restoreHash(cp.BlobHash); err != nil {
-			return "", fmt.Errorf("resume %s: %w", j.src.URL, err)
-		}
-		off = cp.BlobOffset
-		j.validator = cp.Validator
-	}
-	j.mu.Lock()
-	j.done = off
-	j.mu.Unlock()
-	fr := &failoverReader{ctx: ctx, mirrors: []string{j.src.URL}, health: j.c.health, stall: j.c.stall, offset: off, onSwitch: j.setMirror,
-		open: func(ctx context.Context, url string, offset int64) (io.ReadCloser, int64, error) {
-			body, total, err := rangeGET(ctx, client, url, offset, -1, &j.validator)
-			if total > 0 {
-				j.mu.Lock()
-				j.total = total
-				j.mu.Unlock()
-			}
-			return body, total, err
-		}}
-	defer fr.Close()
-	raw := j.counting(fr, h, off)
-	comp := image.None
-	name := path.Base(strings.SplitN(strings.SplitN(j.src.URL, "?", 2)[0], "#", 2)[0])
-	switch {
-	case strings.HasSuffix(name, ".gz"):
-		comp = image.Gzip
-	case strings.HasSuffix(name, ".xz"):
-		comp = image.XZ
-	}
-	if comp == image.None {
-		err = j.copyHTTPIdentity(w, raw)
-	} else {
-		err = j.decompress(ctx, w, raw, comp)
-		if err == nil {
-			_, err = io.Copy(io.Discard, raw)
-		}
-	}
-	if err != nil {
-		if fr.err != nil {
-			return "", fmt.Errorf("import %s: %w", j.src.URL, fr.err)
-		}
-		if isWriteError(err) || ctx.Err() != nil {
-			return "", fmt.Errorf("import %s: %w", j.src.URL, err)
-		}
-		return "", &image.Error{Reason: image.ReasonCorrupt, File: j.src.URL, Detail: fmt.Sprintf("cannot decompress it: %v", err),
-			Hint: "check that the file's extension matches its compression"}
-	}
-	digest := "sha256:" + hex.EncodeToString(h.Sum(nil))
-	if j.src.Checksum != "" && !strings.EqualFold(j.src.Checksum, digest) {
-		return "", &image.Error{Reason: image.ReasonChecksum, File: j.src.URL,
-			Detail: fmt.Sprintf("its sha256 is %s, the source's checksum says %s", digest, j.src.Checksum),
-			Hint:   "fix the checksum, or the file on the server"}
-	}
-	return digest, nil
-}
-
-func (j *job) copyHTTPIdentity(w *sparseWriter, raw *countingReader) error {
-	buf := make([]byte, 1<<20)
-	since := int64(0)
-	for {
-		m, err := raw.Read(buf)
-		if m > 0 {
-			if _, werr := w.Write(buf[:m]); werr != nil {
-				return &writeError{werr}
-			}
-			since += int64(m)
-		}
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
-			j.ckpt.final(&checkpoint{Key: j.key, BlobOffset: raw.n, BlobHash: hashState(raw.h), OutOffset: w.off, Validator: j.validator})
-			return err
-		}
-		if since >= j.c.ckptSize {
-			since = 0
-			cp := &checkpoint{Key: j.key, BlobOffset: raw.n, BlobHash: hashState(raw.h), OutOffset: w.off, Validator: j.validator}
-			if err := j.ckpt.offer(cp); err != nil {
-				return &writeError{err}
-			}
-		}
-	}
 }

@@ -14,7 +14,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/podvirt/podvirt/csi/volume"
+	"github.com/podvirt/podvirt/internal/atomicfile"
 )
 
 // FileName is the state file in the driver's state directory.
@@ -109,7 +109,7 @@ func (s *Store) save() error {
 	if err != nil {
 		return err
 	}
-	return volume.WriteFileAtomic(s.path, b, 0o600)
+	return atomicfile.Write(s.path, b, 0o600)
 }
 
 // Volumes lists the volumes, ordered by ID.

@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/podvirt/podvirt/contracts/diskmeta"
 )
 
 // QemuImg is the qemu-img binary (Debian qemu-utils).
@@ -19,8 +21,8 @@ var QemuImg = "qemu-img"
 
 // Preallocation modes qemu-img knows for each format.
 var preallocations = map[string][]string{
-	FormatQCOW2: {"off", "metadata", "falloc", "full"},
-	FormatRaw:   {"off", "falloc", "full"},
+	diskmeta.FormatQCOW2: {"off", "metadata", "falloc", "full"},
+	diskmeta.FormatRaw:   {"off", "falloc", "full"},
 }
 
 // ValidPreallocation checks that mode ("" is off) exists for format.
@@ -45,27 +47,27 @@ func Create(ctx context.Context, dir, format string, size int64, prealloc string
 	if err := qemuImg(ctx, append(args, DiskPath(dir), strconv.FormatInt(size, 10))...); err != nil {
 		return err
 	}
-	return finish(dir, Meta{Format: format})
+	return finish(dir, diskmeta.Meta{Format: format})
 }
 
 // Overlay makes dir a qcow2 overlay of size bytes on the read-only image
 // base (format baseFormat): base is linked into dir as base.img and named
 // relatively, so nothing outside dir is referenced. m says where the image
 // came from.
-func Overlay(ctx context.Context, dir, base, baseFormat string, size int64, m Meta) error {
+func Overlay(ctx context.Context, dir, base, baseFormat string, size int64, m diskmeta.Meta) error {
 	if err := linkOrCopy(base, filepath.Join(dir, BaseName)); err != nil {
 		return err
 	}
-	if err := qemuImgIn(ctx, dir, "create", "-q", "-f", FormatQCOW2, "-b", BaseName, "-F", baseFormat, DiskName, strconv.FormatInt(size, 10)); err != nil {
+	if err := qemuImgIn(ctx, dir, "create", "-q", "-f", diskmeta.FormatQCOW2, "-b", BaseName, "-F", baseFormat, DiskName, strconv.FormatInt(size, 10)); err != nil {
 		return err
 	}
-	m.Format, m.BaseFormat = FormatQCOW2, baseFormat
+	m.Format, m.BaseFormat = diskmeta.FormatQCOW2, baseFormat
 	return finish(dir, m)
 }
 
 // Convert makes dir a standalone copy of image src (format srcFormat) in
 // format, grown to size bytes.
-func Convert(ctx context.Context, dir, src, srcFormat, format string, size int64, prealloc string, m Meta) error {
+func Convert(ctx context.Context, dir, src, srcFormat, format string, size int64, prealloc string, m diskmeta.Meta) error {
 	args := []string{"convert", "-U", "-f", srcFormat, "-O", format}
 	if prealloc != "" {
 		args = append(args, "-o", "preallocation="+prealloc)
@@ -86,12 +88,12 @@ func Convert(ctx context.Context, dir, src, srcFormat, format string, size int64
 // changed; otherwise it is standalone. The source may be in use: it is
 // read with -U, so the copy is crash-consistent.
 func Copy(ctx context.Context, src, dir, format string, size int64, prealloc string, flatten bool) error {
-	m, err := ReadMeta(src)
+	m, err := diskmeta.Read(src)
 	if err != nil {
 		return err
 	}
-	if !m.HasBase() || flatten || format != FormatQCOW2 {
-		return Convert(ctx, dir, DiskPath(src), m.Format, format, size, prealloc, Meta{Source: m.Source, Digest: m.Digest})
+	if !m.HasBase() || flatten || format != diskmeta.FormatQCOW2 {
+		return Convert(ctx, dir, DiskPath(src), m.Format, format, size, prealloc, diskmeta.Meta{Source: m.Source, Digest: m.Digest})
 	}
 	if err := linkOrCopy(filepath.Join(src, BaseName), filepath.Join(dir, BaseName)); err != nil {
 		return err
@@ -99,10 +101,10 @@ func Copy(ctx context.Context, src, dir, format string, size int64, prealloc str
 	// -B writes only the clusters src holds above its base; the new
 	// overlay names base.img relatively, and both chains resolve in their
 	// own directory.
-	if err := qemuImgIn(ctx, dir, "convert", "-U", "-f", m.Format, "-O", FormatQCOW2, "-B", BaseName, "-F", m.BaseFormat, DiskPath(src), DiskName); err != nil {
+	if err := qemuImgIn(ctx, dir, "convert", "-U", "-f", m.Format, "-O", diskmeta.FormatQCOW2, "-B", BaseName, "-F", m.BaseFormat, DiskPath(src), DiskName); err != nil {
 		return err
 	}
-	if err := grow(ctx, DiskPath(dir), FormatQCOW2, size, ""); err != nil {
+	if err := grow(ctx, DiskPath(dir), diskmeta.FormatQCOW2, size, ""); err != nil {
 		return err
 	}
 	return finish(dir, m)
@@ -111,7 +113,7 @@ func Copy(ctx context.Context, src, dir, format string, size int64, prealloc str
 // Resize grows the disk of dir to size bytes; a smaller size is left alone
 // (disks never shrink under a guest).
 func Resize(ctx context.Context, dir string, size int64, prealloc string) error {
-	m, err := ReadMeta(dir)
+	m, err := diskmeta.Read(dir)
 	if err != nil {
 		return err
 	}
@@ -120,7 +122,7 @@ func Resize(ctx context.Context, dir string, size int64, prealloc string) error 
 
 // VirtualSize is the size of the disk of dir as the guest sees it.
 func VirtualSize(ctx context.Context, dir string) (int64, error) {
-	m, err := ReadMeta(dir)
+	m, err := diskmeta.Read(dir)
 	if err != nil {
 		return 0, err
 	}
@@ -159,7 +161,7 @@ func imageSize(ctx context.Context, path, format string) (int64, error) {
 
 // finish writes the metadata and flushes the disk, so a volume recorded as
 // created survives a crash of the node.
-func finish(dir string, m Meta) error {
+func finish(dir string, m diskmeta.Meta) error {
 	f, err := os.OpenFile(DiskPath(dir), os.O_RDWR, 0)
 	if err != nil {
 		return err

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/podvirt/podvirt/contracts/diskmeta"
 )
 
 func requireQemuImg(t *testing.T) {
@@ -51,7 +53,7 @@ func info(t *testing.T, path, format string) imageInfo {
 // [off, off+n), through its backing chain.
 func hasPattern(t *testing.T, path string, off, n int, pattern byte) bool {
 	t.Helper()
-	out := run(t, "qemu-io", "-r", "-f", FormatQCOW2, "-c", fmt.Sprintf("read -P 0x%02x %d %d", pattern, off, n), path)
+	out := run(t, "qemu-io", "-r", "-f", diskmeta.FormatQCOW2, "-c", fmt.Sprintf("read -P 0x%02x %d %d", pattern, off, n), path)
 	return !strings.Contains(out, "verification failed")
 }
 
@@ -60,8 +62,8 @@ func hasPattern(t *testing.T, path string, off, n int, pattern byte) bool {
 func makeBase(t *testing.T, dir string) string {
 	t.Helper()
 	p := filepath.Join(dir, "base.qcow2")
-	run(t, QemuImg, "create", "-q", "-f", FormatQCOW2, p, "16M")
-	run(t, "qemu-io", "-f", FormatQCOW2, "-c", "write -P 0x5a 0 1M", p)
+	run(t, QemuImg, "create", "-q", "-f", diskmeta.FormatQCOW2, p, "16M")
+	run(t, "qemu-io", "-f", diskmeta.FormatQCOW2, "-c", "write -P 0x5a 0 1M", p)
 	if err := os.Chmod(p, 0o444); err != nil {
 		t.Fatal(err)
 	}
@@ -77,18 +79,18 @@ func TestOverlayResolvesInsideTheVolume(t *testing.T) {
 	if err := os.Mkdir(vol, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := Overlay(ctx, vol, base, FormatQCOW2, 64<<20, Meta{Source: "docker://r/x:1", Digest: "sha256:aa"}); err != nil {
+	if err := Overlay(ctx, vol, base, diskmeta.FormatQCOW2, 64<<20, diskmeta.Meta{Source: "docker://r/x:1", Digest: "sha256:aa"}); err != nil {
 		t.Fatal(err)
 	}
-	m, err := ReadMeta(vol)
+	m, err := diskmeta.Read(vol)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := (Meta{Format: FormatQCOW2, BaseFormat: FormatQCOW2, Source: "docker://r/x:1", Digest: "sha256:aa"}); m != want {
+	if want := (diskmeta.Meta{Format: diskmeta.FormatQCOW2, BaseFormat: diskmeta.FormatQCOW2, Source: "docker://r/x:1", Digest: "sha256:aa"}); m != want {
 		t.Errorf("meta = %+v, want %+v", m, want)
 	}
-	i := info(t, DiskPath(vol), FormatQCOW2)
-	if i.BackingFilename != BaseName || i.BackingFormat != FormatQCOW2 || i.VirtualSize != 64<<20 {
+	i := info(t, DiskPath(vol), diskmeta.FormatQCOW2)
+	if i.BackingFilename != BaseName || i.BackingFormat != diskmeta.FormatQCOW2 || i.VirtualSize != 64<<20 {
 		t.Errorf("overlay = %+v, want backing %q (format qcow2, stated) and 64 MiB", i, BaseName)
 	}
 	// base.img is the cached file itself (a hard link), not a copy.
@@ -126,11 +128,11 @@ func TestCopyKeepsOverlayOrFlattens(t *testing.T) {
 	base := makeBase(t, root)
 	src := filepath.Join(root, "src")
 	os.Mkdir(src, 0o755)
-	if err := Overlay(ctx, src, base, FormatQCOW2, 32<<20, Meta{}); err != nil {
+	if err := Overlay(ctx, src, base, diskmeta.FormatQCOW2, 32<<20, diskmeta.Meta{}); err != nil {
 		t.Fatal(err)
 	}
 	// The guest writes 0xa5 at 2 MiB.
-	run(t, "qemu-io", "-f", FormatQCOW2, "-c", "write -P 0xa5 2M 64k", DiskPath(src))
+	run(t, "qemu-io", "-f", diskmeta.FormatQCOW2, "-c", "write -P 0xa5 2M 64k", DiskPath(src))
 
 	tests := []struct {
 		name     string
@@ -139,9 +141,9 @@ func TestCopyKeepsOverlayOrFlattens(t *testing.T) {
 		size     int64
 		wantBase bool
 	}{
-		{name: "overlay", format: FormatQCOW2, size: 32 << 20, wantBase: true},
-		{name: "flat-qcow2", format: FormatQCOW2, flatten: true, size: 48 << 20},
-		{name: "raw", format: FormatRaw, size: 32 << 20},
+		{name: "overlay", format: diskmeta.FormatQCOW2, size: 32 << 20, wantBase: true},
+		{name: "flat-qcow2", format: diskmeta.FormatQCOW2, flatten: true, size: 48 << 20},
+		{name: "raw", format: diskmeta.FormatRaw, size: 32 << 20},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -150,7 +152,7 @@ func TestCopyKeepsOverlayOrFlattens(t *testing.T) {
 			if err := Copy(ctx, src, dst, tt.format, tt.size, "", tt.flatten); err != nil {
 				t.Fatal(err)
 			}
-			m, err := ReadMeta(dst)
+			m, err := diskmeta.Read(dst)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -168,7 +170,7 @@ func TestCopyKeepsOverlayOrFlattens(t *testing.T) {
 				t.Errorf("base.img present: %v, want %v", err == nil, tt.wantBase)
 			}
 			// Same content: qemu-img compare reads both chains.
-			run(t, QemuImg, "compare", "-f", FormatQCOW2, "-F", tt.format, DiskPath(src), DiskPath(dst))
+			run(t, QemuImg, "compare", "-f", diskmeta.FormatQCOW2, "-F", tt.format, DiskPath(src), DiskPath(dst))
 		})
 	}
 }
@@ -176,7 +178,7 @@ func TestCopyKeepsOverlayOrFlattens(t *testing.T) {
 func TestCreateResizeAndMeta(t *testing.T) {
 	requireQemuImg(t)
 	ctx := context.Background()
-	for _, format := range []string{FormatQCOW2, FormatRaw} {
+	for _, format := range []string{diskmeta.FormatQCOW2, diskmeta.FormatRaw} {
 		dir := t.TempDir()
 		if err := Create(ctx, dir, format, 8<<20, ""); err != nil {
 			t.Fatal(err)
@@ -190,15 +192,15 @@ func TestCreateResizeAndMeta(t *testing.T) {
 		if got, err := VirtualSize(ctx, dir); err != nil || got != 16<<20 {
 			t.Errorf("%s: size %d, %v; want 16 MiB", format, got, err)
 		}
-		if m, err := ReadMeta(dir); err != nil || m.Format != format || m.HasBase() {
+		if m, err := diskmeta.Read(dir); err != nil || m.Format != format || m.HasBase() {
 			t.Errorf("%s: meta %+v, %v", format, m, err)
 		}
 	}
-	if err := ValidPreallocation(FormatRaw, "metadata"); err == nil {
+	if err := ValidPreallocation(diskmeta.FormatRaw, "metadata"); err == nil {
 		t.Error("raw accepted preallocation=metadata")
 	}
-	if _, err := ReadMeta(t.TempDir()); err == nil || !strings.Contains(err.Error(), "disk.podvirt.io volume") {
-		t.Errorf("ReadMeta of an empty dir: %v", err)
+	if _, err := diskmeta.Read(t.TempDir()); err == nil || !strings.Contains(err.Error(), "disk.podvirt.io volume") {
+		t.Errorf("diskmeta.Read of an empty dir: %v", err)
 	}
 }
 
@@ -209,7 +211,7 @@ func TestLoop(t *testing.T) {
 	}
 	ctx := context.Background()
 	dir := t.TempDir()
-	if err := Create(ctx, dir, FormatRaw, 4<<20, ""); err != nil {
+	if err := Create(ctx, dir, diskmeta.FormatRaw, 4<<20, ""); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { DetachLoopsOf(context.Background(), DiskPath(dir)) })

@@ -1,5 +1,5 @@
-// Package cmdclient connects to a launcher's command socket
-// (runtime/cmdserver). It has no cgo dependencies, so the node daemon
+// Package cmdclient connects to a launcher's command socket: the client
+// side of contracts/launchercmd. It has no cgo dependencies, so the node daemon
 // builds as a static binary.
 package cmdclient
 
@@ -13,31 +13,21 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	v1 "github.com/podvirt/podvirt/api/v1alpha1"
-	"github.com/podvirt/podvirt/runtime/cmdserver/cmdpb"
+	"github.com/podvirt/podvirt/contracts/launchercmd"
 )
-
-// SocketPath is the command socket of the VMI with uid in dir (empty:
-// v1alpha1.SocketDir).
-func SocketPath(dir, uid string) string {
-	if dir == "" {
-		dir = v1.SocketDir
-	}
-	return filepath.Join(dir, uid+".sock")
-}
 
 // Dial connects to the command socket at path. The path may be longer
 // than a unix socket address allows (108 bytes), as it is where the node
 // sees a pod's emptyDir (/var/lib/kubelet/pods/<uid>/volumes/...): the
 // socket is reached through its open directory.
-func Dial(path string) (cmdpb.CommandClient, *grpc.ClientConn, error) {
+func Dial(path string) (launchercmd.CommandClient, *grpc.ClientConn, error) {
 	cc, err := grpc.NewClient("passthrough:///"+path,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithContextDialer(dialUnix))
 	if err != nil {
 		return nil, nil, fmt.Errorf("command socket %s: %w", path, err)
 	}
-	return cmdpb.NewCommandClient(cc), cc, nil
+	return launchercmd.NewCommandClient(cc), cc, nil
 }
 
 // dialUnix connects to the unix socket at path by way of its directory,

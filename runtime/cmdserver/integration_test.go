@@ -1,4 +1,4 @@
-package cmdserver
+package cmdserver_test
 
 import (
 	"context"
@@ -18,7 +18,10 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
-	"github.com/podvirt/podvirt/runtime/cmdserver/cmdpb"
+	"github.com/podvirt/podvirt/contracts/diskmeta"
+	"github.com/podvirt/podvirt/contracts/launchercmd"
+	"github.com/podvirt/podvirt/runtime/cmdclient"
+	"github.com/podvirt/podvirt/runtime/cmdserver"
 	"github.com/podvirt/podvirt/runtime/converter"
 	"github.com/podvirt/podvirt/runtime/launcher"
 	"github.com/podvirt/podvirt/runtime/libvirtd"
@@ -86,7 +89,7 @@ func TestRealGuest(t *testing.T) {
 	consoleLog := filepath.Join(dir, "console.log")
 	xml, err := converter.ConvertXML(vmi, converter.Options{
 		DomainType: converter.DomainQEMU,
-		Disks:      map[string]converter.DiskSource{"root": {Path: overlay, Format: converter.FormatQCOW2}},
+		Disks:      map[string]converter.DiskSource{"root": {Path: overlay, Format: diskmeta.FormatQCOW2}},
 		ConsoleLog: consoleLog,
 	})
 	if err != nil {
@@ -108,8 +111,8 @@ func TestRealGuest(t *testing.T) {
 	})
 
 	// Serve the socket, as the launcher does, before starting the domain.
-	path := SocketPath(filepath.Join(dir, "sockets"), string(vmi.UID))
-	srv := New(l, Config{VMI: vmi.Namespace + "/" + vmi.Name, UID: string(vmi.UID), DomainName: converter.DomainName(vmi), Grace: 90 * time.Second})
+	path := launchercmd.SocketPath(filepath.Join(dir, "sockets"), string(vmi.UID))
+	srv := cmdserver.New(l, cmdserver.Config{VMI: vmi.Namespace + "/" + vmi.Name, UID: string(vmi.UID), DomainName: converter.DomainName(vmi), Grace: 90 * time.Second})
 	if err := srv.ListenAndServe(path); err != nil {
 		t.Fatal(err)
 	}
@@ -118,7 +121,7 @@ func TestRealGuest(t *testing.T) {
 			t.Error(err)
 		}
 	})
-	c, cc, err := Dial(path)
+	c, cc, err := cmdclient.Dial(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,7 +146,7 @@ func TestRealGuest(t *testing.T) {
 	}
 	wantState := func(want string) {
 		t.Helper()
-		st, err := c.Status(call(), &cmdpb.StatusRequest{})
+		st, err := c.Status(call(), &launchercmd.StatusRequest{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -153,15 +156,15 @@ func TestRealGuest(t *testing.T) {
 	}
 
 	wantState("Running")
-	if _, err := c.Pause(call(), &cmdpb.PauseRequest{}); err != nil {
+	if _, err := c.Pause(call(), &launchercmd.PauseRequest{}); err != nil {
 		t.Fatal(err)
 	}
 	wantState("Paused")
-	_, err = c.Pause(call(), &cmdpb.PauseRequest{})
+	_, err = c.Pause(call(), &launchercmd.PauseRequest{})
 	if st, _ := status.FromError(err); st.Code() != codes.FailedPrecondition || st.Message() != "pause vmi test/cmd: domain is Paused" {
 		t.Fatalf("second pause: %v", err)
 	}
-	if _, err := c.Resume(call(), &cmdpb.ResumeRequest{}); err != nil {
+	if _, err := c.Resume(call(), &launchercmd.ResumeRequest{}); err != nil {
 		t.Fatal(err)
 	}
 	wantState("Running")
@@ -186,7 +189,7 @@ func TestRealGuest(t *testing.T) {
 			}
 		}()
 		cmd := []byte("echo cmdserver-$((6*7))\n")
-		if err := s.Send(&cmdpb.ConsoleData{Data: append([]byte("\n"), cmd...)}); err != nil {
+		if err := s.Send(&launchercmd.ConsoleData{Data: append([]byte("\n"), cmd...)}); err != nil {
 			t.Fatal(err)
 		}
 		// Typed input may be lost while the shell starts; retype.
@@ -198,7 +201,7 @@ func TestRealGuest(t *testing.T) {
 			case b := <-out:
 				seen.WriteString(b)
 			case <-resend.C:
-				if err := s.Send(&cmdpb.ConsoleData{Data: cmd}); err != nil {
+				if err := s.Send(&launchercmd.ConsoleData{Data: cmd}); err != nil {
 					t.Fatal(err)
 				}
 			case err := <-recvErr:
@@ -224,7 +227,7 @@ func TestRealGuest(t *testing.T) {
 		sctx, scancel := context.WithTimeout(ctx, 2*time.Minute)
 		defer scancel()
 		start := time.Now()
-		resp, err := c.Shutdown(sctx, &cmdpb.ShutdownRequest{})
+		resp, err := c.Shutdown(sctx, &launchercmd.ShutdownRequest{})
 		if err != nil {
 			t.Fatalf("%v; console:\n%s", err, dumpConsole())
 		}
@@ -238,7 +241,7 @@ func TestRealGuest(t *testing.T) {
 			t.Fatal("domain not gone after Shutdown returned")
 		}
 		wantState("Shutdown")
-		_, err = c.Pause(call(), &cmdpb.PauseRequest{})
+		_, err = c.Pause(call(), &launchercmd.PauseRequest{})
 		if st, _ := status.FromError(err); st.Code() != codes.FailedPrecondition || st.Message() != "pause vmi test/cmd: domain is Shutdown" {
 			t.Fatalf("pause after shutdown: %v", err)
 		}

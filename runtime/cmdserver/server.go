@@ -1,8 +1,10 @@
 // Package cmdserver is the launcher's command server: the gRPC service of
-// cmdpb on a unix socket at <socket dir>/<vmi-uid>.sock, through which the
+// contracts/launchercmd on a unix socket at <socket dir>/<vmi-uid>.sock, through which the
 // node daemon starts the domain, follows and reads its status, pauses,
 // resumes and shuts it down, and attaches to its serial console.
 package cmdserver
+
+import ()
 
 import (
 	"context"
@@ -11,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -22,26 +25,37 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
-	"github.com/podvirt/podvirt/runtime/cmdclient"
-	"github.com/podvirt/podvirt/runtime/cmdserver/cmdpb"
-	"github.com/podvirt/podvirt/runtime/launcher"
-	"github.com/podvirt/podvirt/runtime/network"
+	"github.com/podvirt/podvirt/contracts/launchercmd"
 )
 
-// Domain is what the server needs of the launcher (*launcher.Launcher).
+// Domain is what the server needs of the launcher (runtime/launcher's
+// Launcher).
 type Domain interface {
-	State() (launcher.State, string)
-	WaitState(ctx context.Context, s launcher.State) error
+	State() (v1.DomainState, string)
+	WaitState(ctx context.Context, s v1.DomainState) error
 	Changed() <-chan struct{}
 	Pause() error
 	Resume() error
 	Shutdown(ctx context.Context, grace time.Duration) (graceful bool, err error)
 	Console() (io.ReadWriteCloser, error)
-	Interfaces() []launcher.Interface
+	Interfaces() []Interface
 	Done() <-chan struct{}
 }
 
-var _ Domain = (*launcher.Launcher)(nil)
+// Interface is one guest NIC as the launcher knows it from its DHCP
+// leases.
+type Interface struct {
+	// Network is the VMI network (and interface) name.
+	Network string
+	// MAC is the guest's MAC.
+	MAC net.HardwareAddr
+	// Addr is the address the lease gives the guest; invalid for an
+	// L2-only network (no lease: the guest brings its own).
+	Addr netip.Prefix
+	// Acked is whether the launcher's DHCP server has acknowledged the
+	// lease to the guest at least once.
+	Acked bool
+}
 
 // Config says which VMI the server speaks for.
 type Config struct {
@@ -58,11 +72,7 @@ type Config struct {
 // StartFunc renders vmi as a domain and starts it, with the CNI results
 // of the pod's L2 attachments (nil when there are none). It returns the
 // running domain and the server's Config for it.
-type StartFunc func(ctx context.Context, vmi *v1.VirtualMachineInstance, networks *network.Status) (Domain, Config, error)
-
-// SocketPath is the command socket of the VMI with uid in dir (empty:
-// v1alpha1.SocketDir).
-func SocketPath(dir, uid string) string { return cmdclient.SocketPath(dir, uid) }
+type StartFunc func(ctx context.Context, vmi *v1.VirtualMachineInstance, networks *launchercmd.Networks) (Domain, Config, error)
 
 // statusPoll is how often Watch looks for changes no lifecycle event
 // announces (a DHCP lease acknowledged).
@@ -70,7 +80,7 @@ const statusPoll = 2 * time.Second
 
 // Server serves the Command service for one domain.
 type Server struct {
-	cmdpb.UnimplementedCommandServer
+	launchercmd.UnimplementedCommandServer
 
 	startFn StartFunc
 	startMu sync.Mutex // serializes Start
@@ -96,7 +106,7 @@ func New(d Domain, cfg Config) *Server {
 	s := &Server{d: d, cfg: cfg, started: make(chan struct{})}
 	close(s.started)
 	s.grpc = grpc.NewServer()
-	cmdpb.RegisterCommandServer(s.grpc, s)
+	launchercmd.RegisterCommandServer(s.grpc, s)
 	return s
 }
 
@@ -105,7 +115,7 @@ func New(d Domain, cfg Config) *Server {
 func NewWaiting(uid string, start StartFunc) *Server {
 	s := &Server{startFn: start, cfg: Config{UID: uid}, started: make(chan struct{})}
 	s.grpc = grpc.NewServer()
-	cmdpb.RegisterCommandServer(s.grpc, s)
+	launchercmd.RegisterCommandServer(s.grpc, s)
 	return s
 }
 
@@ -195,13 +205,8 @@ func (s *Server) Stop(timeout time.Duration) error {
 	return nil
 }
 
-// Dial connects to the command socket at path (see cmdclient.Dial).
-func Dial(path string) (cmdpb.CommandClient, *grpc.ClientConn, error) {
-	return cmdclient.Dial(path)
-}
-
 // Start renders the VMI and starts its domain, once.
-func (s *Server) Start(ctx context.Context, req *cmdpb.StartRequest) (*cmdpb.StatusResponse, error) {
+func (s *Server) Start(ctx context.Context, req *launchercmd.StartRequest) (*launchercmd.StatusResponse, error) {
 	vmi := &v1.VirtualMachineInstance{}
 	if err := json.Unmarshal(req.GetVmi(), vmi); err != nil {
 		return nil, s.errorf(codes.InvalidArgument, "start", "decoding the VMI: %v", err)
@@ -210,9 +215,9 @@ func (s *Server) Start(ctx context.Context, req *cmdpb.StartRequest) (*cmdpb.Sta
 	if string(vmi.UID) != cfg.UID {
 		return nil, s.errorf(codes.InvalidArgument, "start", "VMI %s/%s has UID %q, this launcher serves %q", vmi.Namespace, vmi.Name, vmi.UID, cfg.UID)
 	}
-	var networks *network.Status
+	var networks *launchercmd.Networks
 	if len(req.GetNetworks()) > 0 {
-		networks = &network.Status{}
+		networks = &launchercmd.Networks{}
 		if err := json.Unmarshal(req.GetNetworks(), networks); err != nil {
 			return nil, s.errorf(codes.InvalidArgument, "start", "decoding the network status: %v", err)
 		}
@@ -237,20 +242,20 @@ func (s *Server) Start(ctx context.Context, req *cmdpb.StartRequest) (*cmdpb.Sta
 }
 
 // Status reports the domain's state and interfaces.
-func (s *Server) Status(context.Context, *cmdpb.StatusRequest) (*cmdpb.StatusResponse, error) {
+func (s *Server) Status(context.Context, *launchercmd.StatusRequest) (*launchercmd.StatusResponse, error) {
 	return s.status(), nil
 }
 
-func (s *Server) status() *cmdpb.StatusResponse {
+func (s *Server) status() *launchercmd.StatusResponse {
 	d, cfg := s.domain()
-	resp := &cmdpb.StatusResponse{Vmi: cfg.VMI, Uid: cfg.UID, Domain: cfg.DomainName}
+	resp := &launchercmd.StatusResponse{Vmi: cfg.VMI, Uid: cfg.UID, Domain: cfg.DomainName}
 	if d == nil {
 		return resp
 	}
 	st, reason := d.State()
 	resp.State, resp.Reason = string(st), reason
 	for _, i := range d.Interfaces() {
-		pi := &cmdpb.Interface{Network: i.Network, Mac: i.MAC.String(), Acked: i.Acked}
+		pi := &launchercmd.Interface{Network: i.Network, Mac: i.MAC.String(), Acked: i.Acked}
 		if i.Addr.IsValid() {
 			pi.Ip = i.Addr.String()
 		}
@@ -261,11 +266,11 @@ func (s *Server) status() *cmdpb.StatusResponse {
 
 // Watch sends the status whenever it changes, and ends after the domain
 // is gone.
-func (s *Server) Watch(_ *cmdpb.WatchRequest, stream cmdpb.Command_WatchServer) error {
+func (s *Server) Watch(_ *launchercmd.WatchRequest, stream launchercmd.Command_WatchServer) error {
 	ctx := stream.Context()
 	tick := time.NewTicker(statusPoll)
 	defer tick.Stop()
-	var last *cmdpb.StatusResponse
+	var last *launchercmd.StatusResponse
 	for {
 		// Take the change channel before reading the status, so no change
 		// falls between the two.
@@ -304,30 +309,30 @@ func isClosed(c <-chan struct{}) bool {
 }
 
 // Pause suspends a Running guest and waits until it is Paused.
-func (s *Server) Pause(ctx context.Context, _ *cmdpb.PauseRequest) (*cmdpb.PauseResponse, error) {
+func (s *Server) Pause(ctx context.Context, _ *launchercmd.PauseRequest) (*launchercmd.PauseResponse, error) {
 	d, err := s.startedDomain("pause")
 	if err != nil {
 		return nil, err
 	}
-	if err := s.transition(ctx, d, "pause", launcher.StateRunning, launcher.StatePaused, d.Pause); err != nil {
+	if err := s.transition(ctx, d, "pause", v1.DomainRunning, v1.DomainPaused, d.Pause); err != nil {
 		return nil, err
 	}
-	return &cmdpb.PauseResponse{}, nil
+	return &launchercmd.PauseResponse{}, nil
 }
 
 // Resume runs a Paused guest again and waits until it is Running.
-func (s *Server) Resume(ctx context.Context, _ *cmdpb.ResumeRequest) (*cmdpb.ResumeResponse, error) {
+func (s *Server) Resume(ctx context.Context, _ *launchercmd.ResumeRequest) (*launchercmd.ResumeResponse, error) {
 	d, err := s.startedDomain("resume")
 	if err != nil {
 		return nil, err
 	}
-	if err := s.transition(ctx, d, "resume", launcher.StatePaused, launcher.StateRunning, d.Resume); err != nil {
+	if err := s.transition(ctx, d, "resume", v1.DomainPaused, v1.DomainRunning, d.Resume); err != nil {
 		return nil, err
 	}
-	return &cmdpb.ResumeResponse{}, nil
+	return &launchercmd.ResumeResponse{}, nil
 }
 
-func (s *Server) transition(ctx context.Context, d Domain, op string, from, to launcher.State, do func() error) error {
+func (s *Server) transition(ctx context.Context, d Domain, op string, from, to v1.DomainState, do func() error) error {
 	if err := s.require(d, op, from); err != nil {
 		return err
 	}
@@ -341,14 +346,14 @@ func (s *Server) transition(ctx context.Context, d Domain, op string, from, to l
 }
 
 // require fails with FailedPrecondition unless the domain is in state want.
-func (s *Server) require(d Domain, op string, want launcher.State) error {
+func (s *Server) require(d Domain, op string, want v1.DomainState) error {
 	if st, _ := d.State(); st != want {
 		return s.errorf(codes.FailedPrecondition, op, "domain is %s", stateName(st))
 	}
 	return nil
 }
 
-func stateName(st launcher.State) string {
+func stateName(st v1.DomainState) string {
 	if st == "" {
 		return "not started"
 	}
@@ -358,7 +363,7 @@ func stateName(st launcher.State) string {
 // Shutdown shuts the guest down (ACPI, then destroy after the grace
 // period). Concurrent calls share one shutdown; it goes on even if the
 // caller hangs up.
-func (s *Server) Shutdown(ctx context.Context, _ *cmdpb.ShutdownRequest) (*cmdpb.ShutdownResponse, error) {
+func (s *Server) Shutdown(ctx context.Context, _ *launchercmd.ShutdownRequest) (*launchercmd.ShutdownResponse, error) {
 	d, err := s.startedDomain("shutdown")
 	if err != nil {
 		return nil, err
@@ -367,7 +372,7 @@ func (s *Server) Shutdown(ctx context.Context, _ *cmdpb.ShutdownRequest) (*cmdpb
 	started := s.shutdownDone != nil
 	if !started {
 		switch st, _ := d.State(); st {
-		case launcher.StateShutdown, launcher.StateCrashed, "":
+		case v1.DomainShutdown, v1.DomainCrashed, "":
 			s.shutdownMu.Unlock()
 			return nil, s.errorf(codes.FailedPrecondition, "shutdown", "domain is %s", stateName(st))
 		}
@@ -385,7 +390,7 @@ func (s *Server) Shutdown(ctx context.Context, _ *cmdpb.ShutdownRequest) (*cmdpb
 	if s.shutdownErr != nil {
 		return nil, s.shutdownErr
 	}
-	return &cmdpb.ShutdownResponse{Graceful: s.shutdownGraceful, State: s.shutdownState}, nil
+	return &launchercmd.ShutdownResponse{Graceful: s.shutdownGraceful, State: s.shutdownState}, nil
 }
 
 // shutdown runs the one shutdown and closes done when it is over. ctx
@@ -407,7 +412,7 @@ const consoleChunk = 32 << 10
 
 // Console relays the serial console. The handler goroutine alone sends;
 // one goroutine reads the console, one receives from the client.
-func (s *Server) Console(stream cmdpb.Command_ConsoleServer) error {
+func (s *Server) Console(stream launchercmd.Command_ConsoleServer) error {
 	ctx := stream.Context()
 	d, err := s.startedDomain("console")
 	if err != nil {
@@ -415,7 +420,7 @@ func (s *Server) Console(stream cmdpb.Command_ConsoleServer) error {
 	}
 	c, err := d.Console()
 	if err != nil {
-		if st, _ := d.State(); st != launcher.StateRunning && st != launcher.StatePaused {
+		if st, _ := d.State(); st != v1.DomainRunning && st != v1.DomainPaused {
 			return s.errorf(codes.FailedPrecondition, "console", "domain is %s: %v", stateName(st), err)
 		}
 		return s.errorf(codes.Internal, "console", "%v", err)
@@ -463,7 +468,7 @@ func (s *Server) Console(stream cmdpb.Command_ConsoleServer) error {
 	for {
 		select {
 		case b := <-out:
-			if err := stream.Send(&cmdpb.ConsoleData{Data: b}); err != nil {
+			if err := stream.Send(&launchercmd.ConsoleData{Data: b}); err != nil {
 				return err
 			}
 		case err := <-readErr:

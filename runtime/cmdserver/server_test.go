@@ -17,15 +17,14 @@ import (
 	"google.golang.org/grpc/status"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
-	"github.com/podvirt/podvirt/runtime/cmdserver/cmdpb"
-	"github.com/podvirt/podvirt/runtime/launcher"
-	"github.com/podvirt/podvirt/runtime/network"
+	"github.com/podvirt/podvirt/contracts/launchercmd"
+	"github.com/podvirt/podvirt/runtime/cmdclient"
 )
 
 // fakeDomain is a Domain whose state the test sets.
 type fakeDomain struct {
 	mu         sync.Mutex
-	state      launcher.State
+	state      v1.DomainState
 	reason     string
 	watch      chan struct{}
 	done       chan struct{}
@@ -33,24 +32,24 @@ type fakeDomain struct {
 	stuck      bool // Pause and Resume succeed but the state never changes
 	consoleErr error
 	opened     chan net.Conn // the guest's end of each console opened
-	ifaces     []launcher.Interface
+	ifaces     []Interface
 
 	release       chan struct{} // Shutdown waits for it when set
 	shutdownCalls int
 	grace         time.Duration
 }
 
-func newFake(st launcher.State) *fakeDomain {
+func newFake(st v1.DomainState) *fakeDomain {
 	return &fakeDomain{state: st, reason: "test", watch: make(chan struct{}), done: make(chan struct{}), opened: make(chan net.Conn, 10)}
 }
 
-func (f *fakeDomain) set(st launcher.State) {
+func (f *fakeDomain) set(st v1.DomainState) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.state = st
 	close(f.watch)
 	f.watch = make(chan struct{})
-	if st == launcher.StateShutdown || st == launcher.StateCrashed {
+	if st == v1.DomainShutdown || st == v1.DomainCrashed {
 		select {
 		case <-f.done:
 		default:
@@ -59,13 +58,13 @@ func (f *fakeDomain) set(st launcher.State) {
 	}
 }
 
-func (f *fakeDomain) State() (launcher.State, string) {
+func (f *fakeDomain) State() (v1.DomainState, string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.state, f.reason
 }
 
-func (f *fakeDomain) WaitState(ctx context.Context, s launcher.State) error {
+func (f *fakeDomain) WaitState(ctx context.Context, s v1.DomainState) error {
 	for {
 		f.mu.Lock()
 		cur, w := f.state, f.watch
@@ -86,13 +85,13 @@ func (f *fakeDomain) Pause() error {
 		return f.pauseErr
 	}
 	if !f.stuck {
-		f.set(launcher.StatePaused)
+		f.set(v1.DomainPaused)
 	}
 	return nil
 }
 
 func (f *fakeDomain) Resume() error {
-	f.set(launcher.StateRunning)
+	f.set(v1.DomainRunning)
 	return nil
 }
 
@@ -109,7 +108,7 @@ func (f *fakeDomain) Shutdown(ctx context.Context, grace time.Duration) (bool, e
 			return false, errors.New("shutdown context canceled")
 		}
 	}
-	f.set(launcher.StateShutdown)
+	f.set(v1.DomainShutdown)
 	return true, nil
 }
 
@@ -128,14 +127,14 @@ func (f *fakeDomain) Changed() <-chan struct{} {
 	return f.watch
 }
 
-func (f *fakeDomain) Interfaces() []launcher.Interface { return f.ifaces }
-func (f *fakeDomain) Done() <-chan struct{}            { return f.done }
+func (f *fakeDomain) Interfaces() []Interface { return f.ifaces }
+func (f *fakeDomain) Done() <-chan struct{}   { return f.done }
 
 // serve runs a server for d on a socket in a temp dir and returns a
 // client of it.
-func serve(t *testing.T, d Domain) (cmdpb.CommandClient, string) {
+func serve(t *testing.T, d Domain) (launchercmd.CommandClient, string) {
 	t.Helper()
-	path := SocketPath(t.TempDir(), "uid-1")
+	path := launchercmd.SocketPath(t.TempDir(), "uid-1")
 	s := New(d, Config{VMI: "test/vm", UID: "uid-1", DomainName: "test_vm", Grace: 42 * time.Second})
 	if err := s.ListenAndServe(path); err != nil {
 		t.Fatal(err)
@@ -145,7 +144,7 @@ func serve(t *testing.T, d Domain) (cmdpb.CommandClient, string) {
 			t.Error(err)
 		}
 	})
-	c, cc, err := Dial(path)
+	c, cc, err := cmdclient.Dial(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,14 +167,14 @@ func wantStatus(t *testing.T, err error, code codes.Code, msg string) {
 }
 
 func TestStatus(t *testing.T) {
-	f := newFake(launcher.StateRunning)
+	f := newFake(v1.DomainRunning)
 	mac, _ := net.ParseMAC("02:00:00:00:00:01")
-	f.ifaces = []launcher.Interface{
-		{Network: "net1", Tap: "tap0", MAC: mac, Addr: netip.MustParsePrefix("10.0.0.5/24"), Acked: true},
-		{Network: "l2", Tap: "tap1", MAC: mac},
+	f.ifaces = []Interface{
+		{Network: "net1", MAC: mac, Addr: netip.MustParsePrefix("10.0.0.5/24"), Acked: true},
+		{Network: "l2", MAC: mac},
 	}
 	c, _ := serve(t, f)
-	resp, err := c.Status(ctxT(t), &cmdpb.StatusRequest{})
+	resp, err := c.Status(ctxT(t), &launchercmd.StatusRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,60 +190,60 @@ func TestStatus(t *testing.T) {
 }
 
 func TestPauseResume(t *testing.T) {
-	f := newFake(launcher.StateRunning)
+	f := newFake(v1.DomainRunning)
 	c, _ := serve(t, f)
 	ctx := ctxT(t)
-	if _, err := c.Pause(ctx, &cmdpb.PauseRequest{}); err != nil {
+	if _, err := c.Pause(ctx, &launchercmd.PauseRequest{}); err != nil {
 		t.Fatal(err)
 	}
-	if resp, err := c.Status(ctx, &cmdpb.StatusRequest{}); err != nil || resp.GetState() != "Paused" {
+	if resp, err := c.Status(ctx, &launchercmd.StatusRequest{}); err != nil || resp.GetState() != "Paused" {
 		t.Fatalf("status after pause: %v %v", resp, err)
 	}
-	_, err := c.Pause(ctx, &cmdpb.PauseRequest{})
+	_, err := c.Pause(ctx, &launchercmd.PauseRequest{})
 	wantStatus(t, err, codes.FailedPrecondition, "pause vmi test/vm: domain is Paused")
-	if _, err := c.Resume(ctx, &cmdpb.ResumeRequest{}); err != nil {
+	if _, err := c.Resume(ctx, &launchercmd.ResumeRequest{}); err != nil {
 		t.Fatal(err)
 	}
-	_, err = c.Resume(ctx, &cmdpb.ResumeRequest{})
+	_, err = c.Resume(ctx, &launchercmd.ResumeRequest{})
 	wantStatus(t, err, codes.FailedPrecondition, "resume vmi test/vm: domain is Running")
 }
 
 func TestErrors(t *testing.T) {
 	t.Run("pause-shutdown", func(t *testing.T) {
-		c, _ := serve(t, newFake(launcher.StateShutdown))
-		_, err := c.Pause(ctxT(t), &cmdpb.PauseRequest{})
+		c, _ := serve(t, newFake(v1.DomainShutdown))
+		_, err := c.Pause(ctxT(t), &launchercmd.PauseRequest{})
 		wantStatus(t, err, codes.FailedPrecondition, "pause vmi test/vm: domain is Shutdown")
 	})
 	t.Run("pause-libvirt", func(t *testing.T) {
-		f := newFake(launcher.StateRunning)
+		f := newFake(v1.DomainRunning)
 		f.pauseErr = errors.New("domain test_vm: pause: boom")
 		c, _ := serve(t, f)
-		_, err := c.Pause(ctxT(t), &cmdpb.PauseRequest{})
+		_, err := c.Pause(ctxT(t), &launchercmd.PauseRequest{})
 		wantStatus(t, err, codes.Internal, "pause vmi test/vm: domain test_vm: pause: boom")
 	})
 	t.Run("pause-deadline", func(t *testing.T) {
-		f := newFake(launcher.StateRunning)
+		f := newFake(v1.DomainRunning)
 		f.stuck = true
 		c, _ := serve(t, f)
 		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 		defer cancel()
-		_, err := c.Pause(ctx, &cmdpb.PauseRequest{})
+		_, err := c.Pause(ctx, &launchercmd.PauseRequest{})
 		if status.Code(err) != codes.DeadlineExceeded {
 			t.Fatalf("got %v, want DeadlineExceeded", err)
 		}
 	})
 	t.Run("resume-not-started", func(t *testing.T) {
 		c, _ := serve(t, newFake(""))
-		_, err := c.Resume(ctxT(t), &cmdpb.ResumeRequest{})
+		_, err := c.Resume(ctxT(t), &launchercmd.ResumeRequest{})
 		wantStatus(t, err, codes.FailedPrecondition, "resume vmi test/vm: domain is not started")
 	})
 	t.Run("shutdown-crashed", func(t *testing.T) {
-		c, _ := serve(t, newFake(launcher.StateCrashed))
-		_, err := c.Shutdown(ctxT(t), &cmdpb.ShutdownRequest{})
+		c, _ := serve(t, newFake(v1.DomainCrashed))
+		_, err := c.Shutdown(ctxT(t), &launchercmd.ShutdownRequest{})
 		wantStatus(t, err, codes.FailedPrecondition, "shutdown vmi test/vm: domain is Crashed")
 	})
 	t.Run("console-shutdown", func(t *testing.T) {
-		f := newFake(launcher.StateShutdown)
+		f := newFake(v1.DomainShutdown)
 		f.consoleErr = errors.New("domain test_vm: open console: no domain")
 		c, _ := serve(t, f)
 		s, err := c.Console(ctxT(t))
@@ -259,23 +258,23 @@ func TestErrors(t *testing.T) {
 // TestShutdown: concurrent calls share one shutdown with the configured
 // grace period, which goes on when a caller hangs up.
 func TestShutdown(t *testing.T) {
-	f := newFake(launcher.StateRunning)
+	f := newFake(v1.DomainRunning)
 	f.release = make(chan struct{})
 	c, _ := serve(t, f)
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
-	_, err := c.Shutdown(ctx, &cmdpb.ShutdownRequest{})
+	_, err := c.Shutdown(ctx, &launchercmd.ShutdownRequest{})
 	if status.Code(err) != codes.DeadlineExceeded {
 		t.Fatalf("got %v, want DeadlineExceeded", err)
 	}
 	type result struct {
-		resp *cmdpb.ShutdownResponse
+		resp *launchercmd.ShutdownResponse
 		err  error
 	}
 	results := make(chan result, 2)
 	for range 2 {
 		go func() {
-			resp, err := c.Shutdown(ctxT(t), &cmdpb.ShutdownRequest{})
+			resp, err := c.Shutdown(ctxT(t), &launchercmd.ShutdownRequest{})
 			results <- result{resp, err}
 		}()
 	}
@@ -292,21 +291,21 @@ func TestShutdown(t *testing.T) {
 	if calls != 1 || grace != 42*time.Second {
 		t.Fatalf("launcher Shutdown called %d times with grace %s, want once with 42s", calls, grace)
 	}
-	_, err = c.Shutdown(ctxT(t), &cmdpb.ShutdownRequest{})
+	_, err = c.Shutdown(ctxT(t), &launchercmd.ShutdownRequest{})
 	if err != nil {
 		t.Fatalf("shutdown after shutdown: %v", err)
 	}
 }
 
 func TestConsole(t *testing.T) {
-	f := newFake(launcher.StateRunning)
+	f := newFake(v1.DomainRunning)
 	c, _ := serve(t, f)
 	ctx := ctxT(t)
 	s, err := c.Console(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Send(&cmdpb.ConsoleData{Data: []byte("ls\n")}); err != nil {
+	if err := s.Send(&launchercmd.ConsoleData{Data: []byte("ls\n")}); err != nil {
 		t.Fatal(err)
 	}
 	var guest net.Conn
@@ -347,28 +346,28 @@ func TestConsole(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s2.Send(&cmdpb.ConsoleData{Data: []byte("x")}); err != nil {
+	if err := s2.Send(&launchercmd.ConsoleData{Data: []byte("x")}); err != nil {
 		t.Fatal(err)
 	}
-	f.set(launcher.StateShutdown)
+	f.set(v1.DomainShutdown)
 	if _, err := s2.Recv(); !errors.Is(err, io.EOF) {
 		t.Fatalf("recv after the domain went: %v, want EOF", err)
 	}
 }
 
 func TestSocket(t *testing.T) {
-	if got, want := SocketPath("", "abc"), filepath.Join(v1.SocketDir, "abc.sock"); got != want {
+	if got, want := launchercmd.SocketPath("", "abc"), filepath.Join(v1.SocketDir, "abc.sock"); got != want {
 		t.Fatalf("SocketPath %s, want %s", got, want)
 	}
 	dir := filepath.Join(t.TempDir(), "sockets")
-	path := SocketPath(dir, "uid-2")
+	path := launchercmd.SocketPath(dir, "uid-2")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(path, nil, 0o644); err != nil { // stale
 		t.Fatal(err)
 	}
-	s := New(newFake(launcher.StateRunning), Config{VMI: "test/vm"})
+	s := New(newFake(v1.DomainRunning), Config{VMI: "test/vm"})
 	if err := s.ListenAndServe(path); err != nil {
 		t.Fatal(err)
 	}
@@ -376,12 +375,12 @@ func TestSocket(t *testing.T) {
 	if err != nil || fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("socket %v %v", fi, err)
 	}
-	c, cc, err := Dial(path)
+	c, cc, err := cmdclient.Dial(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer cc.Close()
-	if _, err := c.Status(ctxT(t), &cmdpb.StatusRequest{}); err != nil {
+	if _, err := c.Status(ctxT(t), &launchercmd.StatusRequest{}); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Stop(5 * time.Second); err != nil {
@@ -396,34 +395,34 @@ func TestSocket(t *testing.T) {
 // refuses other commands, starts once for its own UID only, and Watch
 // follows the domain until it is gone.
 func TestStartWatch(t *testing.T) {
-	f := newFake(launcher.StateStarting)
+	f := newFake(v1.DomainStarting)
 	var starts int
-	var gotNets *network.Status
-	s := NewWaiting("uid-1", func(_ context.Context, vmi *v1.VirtualMachineInstance, nets *network.Status) (Domain, Config, error) {
+	var gotNets *launchercmd.Networks
+	s := NewWaiting("uid-1", func(_ context.Context, vmi *v1.VirtualMachineInstance, nets *launchercmd.Networks) (Domain, Config, error) {
 		starts++
 		gotNets = nets
 		return f, Config{VMI: vmi.Namespace + "/" + vmi.Name, DomainName: "test_vm", Grace: time.Second}, nil
 	})
-	path := SocketPath(t.TempDir(), "uid-1")
+	path := launchercmd.SocketPath(t.TempDir(), "uid-1")
 	if err := s.ListenAndServe(path); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = s.Stop(5 * time.Second) })
-	c, cc, err := Dial(path)
+	c, cc, err := cmdclient.Dial(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cc.Close() })
 	ctx := ctxT(t)
 
-	resp, err := c.Status(ctx, &cmdpb.StatusRequest{})
+	resp, err := c.Status(ctx, &launchercmd.StatusRequest{})
 	if err != nil || resp.GetState() != "" || resp.GetUid() != "uid-1" {
 		t.Fatalf("status before start: %v %v", resp, err)
 	}
-	_, err = c.Pause(ctx, &cmdpb.PauseRequest{})
+	_, err = c.Pause(ctx, &launchercmd.PauseRequest{})
 	wantStatus(t, err, codes.FailedPrecondition, "pause vmi uid uid-1: domain is not started (the launcher waits for the node daemon's Start)")
 
-	w, err := c.Watch(ctx, &cmdpb.WatchRequest{})
+	w, err := c.Watch(ctx, &launchercmd.WatchRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -431,17 +430,17 @@ func TestStartWatch(t *testing.T) {
 		t.Fatalf("first watch status: %v %v", st, err)
 	}
 
-	_, err = c.Start(ctx, &cmdpb.StartRequest{Vmi: []byte(`{"metadata":{"namespace":"test","name":"vm","uid":"uid-2"}}`)})
+	_, err = c.Start(ctx, &launchercmd.StartRequest{Vmi: []byte(`{"metadata":{"namespace":"test","name":"vm","uid":"uid-2"}}`)})
 	wantStatus(t, err, codes.InvalidArgument, `start vmi uid uid-1: VMI test/vm has UID "uid-2", this launcher serves "uid-1"`)
 	vmi := []byte(`{"metadata":{"namespace":"test","name":"vm","uid":"uid-1"}}`)
 	nets := []byte(`{"networks":[{"name":"l2","result":{"cniVersion":"1.1.0"}}]}`)
 	for range 2 {
-		resp, err := c.Start(ctx, &cmdpb.StartRequest{Vmi: vmi, Networks: nets})
+		resp, err := c.Start(ctx, &launchercmd.StartRequest{Vmi: vmi, Networks: nets})
 		if err != nil || resp.GetState() != "Starting" || resp.GetVmi() != "test/vm" || resp.GetDomain() != "test_vm" {
 			t.Fatalf("start: %v %v", resp, err)
 		}
 	}
-	if starts != 1 || gotNets == nil || len(gotNets.Networks) != 1 || gotNets.Networks[0].Name != "l2" {
+	if starts != 1 || gotNets == nil || len(gotNets.Attachments) != 1 || gotNets.Attachments[0].Name != "l2" {
 		t.Fatalf("start func ran %d times with networks %+v, want once with l2", starts, gotNets)
 	}
 	select {
@@ -453,7 +452,7 @@ func TestStartWatch(t *testing.T) {
 	want := []string{"Starting", "Running", "Shutdown"}
 	for i, state := range want {
 		if i > 0 {
-			f.set(launcher.State(state))
+			f.set(v1.DomainState(state))
 		}
 		st, err := w.Recv()
 		if err != nil || st.GetState() != state {
@@ -468,10 +467,10 @@ func TestStartWatch(t *testing.T) {
 // TestDialLongPath: the node reaches a pod's socket by a path longer than
 // a socket address may be (the kubelet's emptyDir path).
 func TestDialLongPath(t *testing.T) {
-	f := newFake(launcher.StateRunning)
+	f := newFake(v1.DomainRunning)
 	short := t.TempDir()
 	s := New(f, Config{VMI: "test/vm", UID: "uid-1"})
-	if err := s.ListenAndServe(SocketPath(short, "uid-1")); err != nil {
+	if err := s.ListenAndServe(launchercmd.SocketPath(short, "uid-1")); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = s.Stop(5 * time.Second) })
@@ -483,16 +482,16 @@ func TestDialLongPath(t *testing.T) {
 	if err := os.Symlink(short, link); err != nil {
 		t.Fatal(err)
 	}
-	path := SocketPath(link, "uid-1")
+	path := launchercmd.SocketPath(link, "uid-1")
 	if len(path) <= 108 {
 		t.Fatalf("path %s is short enough for a plain socket address", path)
 	}
-	c, cc, err := Dial(path)
+	c, cc, err := cmdclient.Dial(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer cc.Close()
-	if resp, err := c.Status(ctxT(t), &cmdpb.StatusRequest{}); err != nil || resp.GetState() != "Running" {
+	if resp, err := c.Status(ctxT(t), &launchercmd.StatusRequest{}); err != nil || resp.GetState() != "Running" {
 		t.Fatalf("status over %d-byte path: %v %v", len(path), resp, err)
 	}
 }

@@ -12,7 +12,6 @@ import (
 	"libvirt.org/go/libvirtxml"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
-	"github.com/podvirt/podvirt/runtime/kvm"
 )
 
 // Domain types.
@@ -32,8 +31,8 @@ type DiskSource struct {
 
 // Options are what the launcher knows beyond the VMI.
 type Options struct {
-	// DomainType is kvm or qemu; empty picks kvm when KVM really works
-	// here (see DefaultDomainType).
+	// DomainType is kvm or qemu, as the caller decided (the launcher
+	// probes KVM: runtime/launcher.DefaultDomainType).
 	DomainType string
 	// Disks maps volume name to its disk; volumes missing here get the
 	// defaults of their source (see DefaultDiskSource).
@@ -42,7 +41,7 @@ type Options struct {
 	// the VMI's cloudInitNoCloud volume (BuildNoCloudISO).
 	CloudInitDisk string
 	// Taps maps interface name to the tap the CNI plugin made for it; an
-	// interface with tap binding missing here uses TapForNetwork.
+	// interface with tap binding missing here uses podlink.TapForNetwork.
 	Taps map[string]Tap
 	// ConsoleLog, when set, receives a copy of the serial console.
 	ConsoleLog string
@@ -57,19 +56,6 @@ type Options struct {
 	VNCSocket string
 }
 
-// KVMDevice is the device kvm.Probe tries to decide the default domain type.
-var KVMDevice = kvm.DevicePath
-
-// DefaultDomainType is kvm when kvm.Probe(KVMDevice) succeeds — the device
-// exists, the CPU has VMX/SVM and a throwaway VM runs — qemu (TCG)
-// otherwise.
-func DefaultDomainType() string {
-	if kvm.Probe(KVMDevice) == nil {
-		return DomainKVM
-	}
-	return DomainQEMU
-}
-
 // DomainName is the libvirt name of a VMI's domain.
 func DomainName(vmi *v1.VirtualMachineInstance) string {
 	return vmi.Namespace + "_" + vmi.Name
@@ -77,9 +63,6 @@ func DomainName(vmi *v1.VirtualMachineInstance) string {
 
 // Convert renders vmi as a libvirt domain.
 func Convert(vmi *v1.VirtualMachineInstance, opts Options) (*libvirtxml.Domain, error) {
-	if opts.DomainType == "" {
-		opts.DomainType = DefaultDomainType()
-	}
 	if opts.DomainType != DomainKVM && opts.DomainType != DomainQEMU {
 		return nil, fmt.Errorf("domain type %q: must be %q or %q", opts.DomainType, DomainKVM, DomainQEMU)
 	}

@@ -11,7 +11,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
-	"github.com/podvirt/podvirt/runtime/kvm"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
@@ -109,30 +108,5 @@ func TestConvertErrors(t *testing.T) {
 				t.Fatal("no error")
 			}
 		})
-	}
-}
-
-func TestDefaultDomainType(t *testing.T) {
-	old := KVMDevice
-	t.Cleanup(func() { KVMDevice = old })
-	KVMDevice = filepath.Join(t.TempDir(), "kvm")
-	if got := DefaultDomainType(); got != DomainQEMU {
-		t.Fatalf("without %s: %s", KVMDevice, got)
-	}
-	// A device node that exists is not enough: it must be a KVM that runs
-	// guests.
-	if err := os.WriteFile(KVMDevice, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if got := DefaultDomainType(); got != DomainQEMU {
-		t.Fatalf("with a regular file at %s: %s", KVMDevice, got)
-	}
-	KVMDevice = kvm.DevicePath
-	want := DomainQEMU
-	if kvm.Probe(kvm.DevicePath) == nil {
-		want = DomainKVM
-	}
-	if got := DefaultDomainType(); got != want {
-		t.Fatalf("on this host (kvm.Probe: %v): %s, want %s", kvm.Probe(kvm.DevicePath), got, want)
 	}
 }

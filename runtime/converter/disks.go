@@ -7,12 +7,7 @@ import (
 	"libvirt.org/go/libvirtxml"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
-)
-
-// Disk formats.
-const (
-	FormatRaw   = "raw"
-	FormatQCOW2 = "qcow2"
+	"github.com/podvirt/podvirt/contracts/diskmeta"
 )
 
 // ContainerDiskFile is the disk inside a containerDisk image.
@@ -24,14 +19,14 @@ const ContainerDiskFile = "disk/disk.qcow2"
 func DefaultDiskSource(vol *v1.Volume, opts Options) (DiskSource, error) {
 	switch {
 	case vol.PersistentVolumeClaim != nil:
-		return DiskSource{Path: v1.FilesystemDiskPath(vol.Name), Format: FormatRaw}, nil
+		return DiskSource{Path: v1.FilesystemDiskPath(vol.Name), Format: diskmeta.FormatRaw}, nil
 	case vol.ContainerDisk != nil:
-		return DiskSource{Path: filepath.Join(v1.DiskDir, vol.Name, ContainerDiskFile), Format: FormatQCOW2}, nil
+		return DiskSource{Path: filepath.Join(v1.DiskDir, vol.Name, ContainerDiskFile), Format: diskmeta.FormatQCOW2}, nil
 	case vol.CloudInitNoCloud != nil:
 		if opts.CloudInitDisk == "" {
 			return DiskSource{}, fmt.Errorf("volume %q: no cloud-init disk was built", vol.Name)
 		}
-		return DiskSource{Path: opts.CloudInitDisk, Format: FormatRaw}, nil
+		return DiskSource{Path: opts.CloudInitDisk, Format: diskmeta.FormatRaw}, nil
 	}
 	return DiskSource{}, fmt.Errorf("volume %q has no source", vol.Name)
 }
@@ -57,8 +52,8 @@ func convertDisks(dom *libvirtxml.Domain, vmi *v1.VirtualMachineInstance, opts O
 				return err
 			}
 		}
-		if src.Format != FormatRaw && src.Format != FormatQCOW2 {
-			return fmt.Errorf("disk %q: format %q: must be %q or %q", d.Name, src.Format, FormatRaw, FormatQCOW2)
+		if src.Format != diskmeta.FormatRaw && src.Format != diskmeta.FormatQCOW2 {
+			return fmt.Errorf("disk %q: format %q: must be %q or %q", d.Name, src.Format, diskmeta.FormatRaw, diskmeta.FormatQCOW2)
 		}
 		bus := d.Bus
 		if bus == "" {

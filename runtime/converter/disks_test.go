@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
+	"github.com/podvirt/podvirt/contracts/diskmeta"
 )
 
 func TestConvertDisks(t *testing.T) {
@@ -22,8 +23,8 @@ func TestConvertDisks(t *testing.T) {
 			)
 			o.CloudInitDisk = "/var/run/podvirt/private/cloud-init.iso"
 			o.Disks = map[string]DiskSource{
-				"root":    {Path: "/var/run/podvirt/private/root.qcow2", Format: FormatQCOW2},
-				"scratch": {Path: "/dev/podvirt/scratch", Format: FormatRaw, Block: true},
+				"root":    {Path: "/var/run/podvirt/private/root.qcow2", Format: diskmeta.FormatQCOW2},
+				"scratch": {Path: "/dev/podvirt/scratch", Format: diskmeta.FormatRaw, Block: true},
 			}
 		}},
 	})

@@ -6,7 +6,7 @@ import (
 	"libvirt.org/go/libvirtxml"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
-	"github.com/podvirt/podvirt/cni"
+	"github.com/podvirt/podvirt/contracts/podlink"
 )
 
 // Tap is the CNI-made tap of a tap-bound interface and the MAC the guest
@@ -14,12 +14,6 @@ import (
 type Tap struct {
 	Dev string
 	MAC string
-}
-
-// TapForNetwork is the tap podvirt-l2 makes for the VMI network named
-// network when the controller attaches it under PodInterfaceName.
-func TapForNetwork(network string) string {
-	return cni.TapName(v1.PodInterfaceName(network))
 }
 
 // convertInterfaces adds one NIC per VMI interface: a pod network NIC
@@ -60,7 +54,7 @@ func convertInterfaces(dom *libvirtxml.Domain, vmi *v1.VirtualMachineInstance, o
 		case v1.InterfaceBindingTap:
 			tap, ok := opts.Taps[ifc.Name]
 			if !ok {
-				tap = Tap{Dev: TapForNetwork(ifc.Name)}
+				tap = Tap{Dev: podlink.TapForNetwork(ifc.Name)}
 			}
 			if tap.MAC != "" {
 				if mac != "" && mac != tap.MAC {

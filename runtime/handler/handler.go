@@ -22,6 +22,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
@@ -41,16 +42,14 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
-	"github.com/podvirt/podvirt/runtime/cmdclient"
-	"github.com/podvirt/podvirt/runtime/cmdserver/cmdpb"
-	"github.com/podvirt/podvirt/runtime/network"
+	"github.com/podvirt/podvirt/contracts/launchercmd"
 )
 
 // NetworkResults gives the CNI results of a launcher pod's L2
 // attachments: for each of the VMI's tap-bound (Multus) networks, the
-// podvirt-l2 ADD result of the pod interface v1.PodInterfaceName(network).
+// podvirt-l2 ADD result of the pod interface podlink.InterfaceName(network).
 type NetworkResults interface {
-	PodNetworks(ctx context.Context, pod *corev1.Pod, vmi *v1.VirtualMachineInstance) (*network.Status, error)
+	PodNetworks(ctx context.Context, pod *corev1.Pod, vmi *v1.VirtualMachineInstance) (*launchercmd.Networks, error)
 }
 
 // Config is what the handler needs beyond the API server.
@@ -66,6 +65,9 @@ type Config struct {
 	// SocketRetry is how often a launcher pod whose socket is not there
 	// yet is looked at again (default 1s).
 	SocketRetry time.Duration
+	// Registerer takes the handler's metrics; nil leaves them
+	// unregistered.
+	Registerer prometheus.Registerer
 }
 
 // Event reasons the handler writes on VMIs.
@@ -96,18 +98,6 @@ func CacheOptions(node string) cache.Options {
 	}
 }
 
-// Scheme knows the Kubernetes types and podvirt's.
-func Scheme() (*runtime.Scheme, error) {
-	s := runtime.NewScheme()
-	if err := corev1.AddToScheme(s); err != nil {
-		return nil, err
-	}
-	if err := v1.AddToScheme(s); err != nil {
-		return nil, err
-	}
-	return s, nil
-}
-
 // eventRecorder is the part of the events API the handler uses.
 type eventRecorder interface {
 	Eventf(regarding, related runtime.Object, eventtype, reason, action, note string, args ...any)
@@ -120,6 +110,7 @@ type Reconciler struct {
 	Config   Config
 
 	sessions sessions
+	metrics  *metrics
 	wake     chan event.TypedGenericEvent[*v1.VirtualMachineInstance]
 	stop     chan struct{}
 }
@@ -136,15 +127,20 @@ func Setup(mgr manager.Manager, cfg Config) (*Reconciler, error) {
 	if cfg.SocketRetry == 0 {
 		cfg.SocketRetry = time.Second
 	}
-	registerMetrics()
+	m, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, fmt.Errorf("handler metrics: %w", err)
+	}
 	r := &Reconciler{
+		sessions: sessions{gauge: m.openSessions},
+		metrics:  m,
 		Client:   mgr.GetClient(),
 		Recorder: mgr.GetEventRecorder("podvirt-handler"),
 		Config:   cfg,
 		wake:     make(chan event.TypedGenericEvent[*v1.VirtualMachineInstance], 64),
 		stop:     make(chan struct{}),
 	}
-	err := ctrl.NewControllerManagedBy(mgr).
+	err = ctrl.NewControllerManagedBy(mgr).
 		Named("handler").
 		For(&v1.VirtualMachineInstance{}).
 		Watches(&corev1.Pod{}, crhandler.EnqueueRequestsFromMapFunc(podToVMI)).
@@ -189,7 +185,7 @@ func (r *Reconciler) notifier(key types.NamespacedName) func() {
 // SocketPath is where the node sees the command socket of vmi in its
 // launcher pod: the pod's socket emptyDir in the kubelet's pod directory.
 func SocketPath(kubeletRoot string, pod *corev1.Pod, vmi *v1.VirtualMachineInstance) string {
-	return cmdclient.SocketPath(filepath.Join(kubeletRoot, "pods", string(pod.UID), "volumes", "kubernetes.io~empty-dir", v1.SocketVolumeName), string(vmi.UID))
+	return launchercmd.SocketPath(filepath.Join(kubeletRoot, "pods", string(pod.UID), "volumes", "kubernetes.io~empty-dir", v1.SocketVolumeName), string(vmi.UID))
 }
 
 // Reconcile brings one VMI's launcher and status in step.
@@ -227,7 +223,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 			log.FromContext(ctx).V(1).Info("waiting for the launcher's socket", "socket", sock)
 			return ctrl.Result{RequeueAfter: r.Config.SocketRetry}, nil
 		}
-		sess, err = openSession(key, string(vmi.UID), sock, r.notifier(req.NamespacedName))
+		sess, err = openSession(log.FromContext(ctx), key, string(vmi.UID), sock, r.notifier(req.NamespacedName))
 		if err != nil {
 			log.FromContext(ctx).Info("launcher not answering yet", "socket", sock, "err", err)
 			return ctrl.Result{RequeueAfter: r.Config.SocketRetry}, nil
@@ -296,10 +292,10 @@ func (r *Reconciler) start(ctx context.Context, sess *session, vmi *v1.VirtualMa
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	startsTotal.Inc()
-	resp, err := sess.client.Start(ctx, &cmdpb.StartRequest{Vmi: spec, Networks: nets})
+	r.metrics.startsTotal.Inc()
+	resp, err := sess.client.Start(ctx, &launchercmd.StartRequest{Vmi: spec, Networks: nets})
 	if err != nil {
-		startFailures.Inc()
+		r.metrics.startFailures.Inc()
 		r.Recorder.Eventf(vmi, pod, corev1.EventTypeWarning, ReasonStartFailed, "Start", "launcher %s could not start the domain: %v", pod.Name, status.Convert(err).Message())
 		if status.Code(err) == codes.Internal {
 			// Rendering or starting the domain failed: that VMI will not
@@ -331,14 +327,14 @@ func needsNetworks(vmi *v1.VirtualMachineInstance) bool {
 }
 
 // syncPause pauses or resumes the guest as the VMI's annotation says.
-func (r *Reconciler) syncPause(ctx context.Context, sess *session, vmi *v1.VirtualMachineInstance, last *cmdpb.StatusResponse) error {
+func (r *Reconciler) syncPause(ctx context.Context, sess *session, vmi *v1.VirtualMachineInstance, last *launchercmd.StatusResponse) error {
 	want := vmi.Annotations[v1.PausedAnnotation] == "true"
-	state := v1.DomainState(last.GetState())
+	state := last.DomainState()
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	switch {
 	case want && state == v1.DomainRunning:
-		if _, err := sess.client.Pause(ctx, &cmdpb.PauseRequest{}); status.Code(err) == codes.FailedPrecondition {
+		if _, err := sess.client.Pause(ctx, &launchercmd.PauseRequest{}); status.Code(err) == codes.FailedPrecondition {
 			return nil // the state changed meanwhile; the watch brings it
 		} else if err != nil {
 			r.Recorder.Eventf(vmi, nil, corev1.EventTypeWarning, ReasonPauseFailed, "Pause", "pause: %v", status.Convert(err).Message())
@@ -346,7 +342,7 @@ func (r *Reconciler) syncPause(ctx context.Context, sess *session, vmi *v1.Virtu
 		}
 		r.Recorder.Eventf(vmi, nil, corev1.EventTypeNormal, ReasonPaused, "Pause", "the guest is paused")
 	case !want && state == v1.DomainPaused:
-		if _, err := sess.client.Resume(ctx, &cmdpb.ResumeRequest{}); status.Code(err) == codes.FailedPrecondition {
+		if _, err := sess.client.Resume(ctx, &launchercmd.ResumeRequest{}); status.Code(err) == codes.FailedPrecondition {
 			return nil
 		} else if err != nil {
 			r.Recorder.Eventf(vmi, nil, corev1.EventTypeWarning, ReasonPauseFailed, "Resume", "resume: %v", status.Convert(err).Message())

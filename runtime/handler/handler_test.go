@@ -22,9 +22,10 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
+	"github.com/podvirt/podvirt/contracts/launchercmd"
 	"github.com/podvirt/podvirt/controller"
+	"github.com/podvirt/podvirt/internal/polltest"
 	"github.com/podvirt/podvirt/runtime/cmdclient"
-	"github.com/podvirt/podvirt/runtime/cmdserver/cmdpb"
 	"github.com/podvirt/podvirt/runtime/converter"
 	"github.com/podvirt/podvirt/test/guest"
 )
@@ -78,7 +79,7 @@ func runPod(t *testing.T, vmi *v1.VirtualMachineInstance) *corev1.Pod {
 	t.Helper()
 	ctx := context.Background()
 	pod := &corev1.Pod{}
-	eventually(t, 30*time.Second, "the controller made the launcher pod", func() (bool, string) {
+	polltest.Eventually(t, 30*time.Second, "the controller made the launcher pod", func() (bool, string) {
 		pods := &corev1.PodList{}
 		if err := k8s.List(ctx, pods, client.InNamespace(vmi.Namespace), client.MatchingLabels{v1.CreatedByLabel: string(getVMI(t, vmi.Namespace, vmi.Name).UID)}); err != nil {
 			return false, err.Error()
@@ -183,7 +184,7 @@ func startLauncher(t *testing.T, vmi *v1.VirtualMachineInstance, pod *corev1.Pod
 		close(lp.exited)
 	}()
 	t.Cleanup(func() { lp.stop(t) })
-	eventually(t, 10*time.Second, "the launcher runs in its PID namespace", func() (bool, string) {
+	polltest.Eventually(t, 10*time.Second, "the launcher runs in its PID namespace", func() (bool, string) {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", lp.cmd.Process.Pid, lp.cmd.Process.Pid))
 		if err != nil {
 			return false, err.Error()
@@ -281,7 +282,7 @@ func eventReasons(t *testing.T, vmi *v1.VirtualMachineInstance) []string {
 
 func waitEvents(t *testing.T, vmi *v1.VirtualMachineInstance, reasons ...string) {
 	t.Helper()
-	eventually(t, 30*time.Second, "events "+strings.Join(reasons, ", "), func() (bool, string) {
+	polltest.Eventually(t, 30*time.Second, "events "+strings.Join(reasons, ", "), func() (bool, string) {
 		got := eventReasons(t, vmi)
 		for _, r := range reasons {
 			found := false
@@ -314,7 +315,7 @@ func TestLifecycle(t *testing.T) {
 	vmi = waitVMI(t, vmi, bootTimeout, v1.Running, v1.DomainRunning, lp)
 	t.Logf("VMI Running %s after the launcher started", time.Since(start).Round(time.Millisecond))
 	if !meta.IsStatusConditionTrue(vmi.Status.Conditions, controllerReady) {
-		eventually(t, 10*time.Second, "the VMI is Ready", func() (bool, string) {
+		polltest.Eventually(t, 10*time.Second, "the VMI is Ready", func() (bool, string) {
 			v := getVMI(t, ns, vmi.Name)
 			return meta.IsStatusConditionTrue(v.Status.Conditions, controllerReady), fmt.Sprintf("conditions %+v", v.Status.Conditions)
 		})
@@ -379,7 +380,7 @@ func poweroff(t *testing.T, lp *launcherProc) {
 	tick := time.NewTicker(3 * time.Second)
 	defer tick.Stop()
 	for {
-		if err := stream.Send(&cmdpb.ConsoleData{Data: []byte("\npoweroff\n")}); err != nil {
+		if err := stream.Send(&launchercmd.ConsoleData{Data: []byte("\npoweroff\n")}); err != nil {
 			return // the domain is gone
 		}
 		select {

@@ -18,6 +18,8 @@ import (
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/cni"
+	"github.com/podvirt/podvirt/contracts/podlink"
+	"github.com/podvirt/podvirt/internal/polltest"
 	"github.com/podvirt/podvirt/test/deps"
 	"github.com/podvirt/podvirt/test/guest"
 	"github.com/podvirt/podvirt/test/netnstest"
@@ -57,7 +59,7 @@ func TestL2Interface(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	args := &skel.CmdArgs{ContainerID: "ctr-l2", Netns: podNS.Path(), IfName: v1.PodInterfaceName(network), StdinData: conf,
+	args := &skel.CmdArgs{ContainerID: "ctr-l2", Netns: podNS.Path(), IfName: podlink.InterfaceName(network), StdinData: conf,
 		Args: fmt.Sprintf("K8S_POD_NAMESPACE=%s;K8S_POD_NAME=%s;K8S_POD_UID=%s", pod.Namespace, pod.Name, pod.UID)}
 	var raw []byte
 	if err := node.Do(func(ns.NetNS) error {
@@ -81,7 +83,7 @@ func TestL2Interface(t *testing.T) {
 	lp := startLauncher(t, vmi, pod, true, podNS.Path())
 	waitVMI(t, vmi, bootTimeout, v1.Running, v1.DomainRunning, lp)
 	var got v1.VirtualMachineInstanceNetworkInterface
-	eventually(t, time.Minute, "status.interfaces shows the CNI address", func() (bool, string) {
+	polltest.Eventually(t, time.Minute, "status.interfaces shows the CNI address", func() (bool, string) {
 		cur := getVMI(t, namespace, vmi.Name)
 		if len(cur.Status.Interfaces) != 1 {
 			return false, fmt.Sprintf("interfaces %+v", cur.Status.Interfaces)

@@ -20,8 +20,10 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	"github.com/podvirt/podvirt/api/scheme"
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/controller"
+	"github.com/podvirt/podvirt/internal/polltest"
 	"github.com/podvirt/podvirt/runtime/libvirtd"
 	"github.com/podvirt/podvirt/test/apiserver"
 )
@@ -95,7 +97,7 @@ func buildLauncher(out string) error {
 }
 
 func startManagers(srv *apiserver.Server) (stop func(), err error) {
-	scheme, err := controller.Scheme()
+	scheme, err := scheme.New()
 	if err != nil {
 		return nil, err
 	}
@@ -166,7 +168,7 @@ func namespace(t *testing.T) string {
 		_ = k8s.DeleteAllOf(ctx, &v1.VirtualMachineInstance{}, in)
 		// The controller waits for the launcher pods to go: play the
 		// kubelet and remove them.
-		eventually(t, 30*time.Second, "VMIs are gone", func() (bool, string) {
+		polltest.Eventually(t, 30*time.Second, "VMIs are gone", func() (bool, string) {
 			_ = k8s.DeleteAllOf(ctx, &corev1.Pod{}, in, client.GracePeriodSeconds(0))
 			vmis := &v1.VirtualMachineInstanceList{}
 			if err := k8s.List(ctx, vmis, in); err != nil {
@@ -177,23 +179,4 @@ func namespace(t *testing.T) string {
 		_ = k8s.Delete(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}})
 	})
 	return name
-}
-
-// eventually polls cond until it holds or timeout passes; it fails the
-// test with cond's last word.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	var last string
-	for {
-		ok, msg := cond()
-		if ok {
-			return
-		}
-		last = msg
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting until %s: %s", timeout, what, last)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }

@@ -1,34 +1,46 @@
 package handler
 
 import (
-	"sync"
-
 	"github.com/prometheus/client_golang/prometheus"
-	"sigs.k8s.io/controller-runtime/pkg/metrics"
 )
 
-var (
-	openSessions = prometheus.NewGauge(prometheus.GaugeOpts{
-		Name: "podvirt_handler_launcher_sessions",
-		Help: "Launchers the node daemon is connected to.",
-	})
-	startsTotal = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "podvirt_handler_domain_starts_total",
-		Help: "Start calls sent to launchers.",
-	})
-	startFailures = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "podvirt_handler_domain_start_failures_total",
-		Help: "Start calls that failed.",
-	})
-	statusWrites = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "podvirt_handler_status_writes_total",
-		Help: "VMI status patches written.",
-	})
-	registerOnce sync.Once
-)
+// metrics are the handler's Prometheus metrics, registered with the
+// Registerer the caller gives (Config.Registerer), as the CSI driver does.
+type metrics struct {
+	openSessions  prometheus.Gauge
+	startsTotal   prometheus.Counter
+	startFailures prometheus.Counter
+	statusWrites  prometheus.Counter
+}
 
-func registerMetrics() {
-	registerOnce.Do(func() {
-		metrics.Registry.MustRegister(openSessions, startsTotal, startFailures, statusWrites)
-	})
+// newMetrics makes the metrics and registers them with reg; nil reg
+// leaves them unregistered (they still count).
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		openSessions: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "podvirt_handler_launcher_sessions",
+			Help: "Launchers the node daemon is connected to.",
+		}),
+		startsTotal: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "podvirt_handler_domain_starts_total",
+			Help: "Start calls sent to launchers.",
+		}),
+		startFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "podvirt_handler_domain_start_failures_total",
+			Help: "Start calls that failed.",
+		}),
+		statusWrites: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "podvirt_handler_status_writes_total",
+			Help: "VMI status patches written.",
+		}),
+	}
+	if reg == nil {
+		return m, nil
+	}
+	for _, c := range []prometheus.Collector{m.openSessions, m.startsTotal, m.startFailures, m.statusWrites} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
 }

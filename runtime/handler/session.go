@@ -5,15 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"sync"
 	"time"
 
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
+	"github.com/podvirt/podvirt/contracts/launchercmd"
 	"github.com/podvirt/podvirt/runtime/cmdclient"
-	"github.com/podvirt/podvirt/runtime/cmdserver/cmdpb"
 )
 
 // session is the handler's connection to one launcher: it follows the
@@ -23,13 +24,14 @@ type session struct {
 	key    string // the VMI's namespace/name
 	uid    string // the VMI's UID
 	socket string
-	client cmdpb.CommandClient
+	log    logr.Logger
+	client launchercmd.CommandClient
 	conn   *grpc.ClientConn
 	cancel context.CancelFunc
 	done   chan struct{} // closed when the watch has ended
 
 	mu   sync.Mutex // guards the fields below
-	last *cmdpb.StatusResponse
+	last *launchercmd.StatusResponse
 	// lost says why the launcher went away while its domain was not
 	// finished; empty while it is there (or ended cleanly).
 	lost      string
@@ -38,13 +40,13 @@ type session struct {
 
 // openSession connects to the launcher at socket and follows its status
 // in the background; notify is called after every change.
-func openSession(key, uid, socket string, notify func()) (*session, error) {
+func openSession(log logr.Logger, key, uid, socket string, notify func()) (*session, error) {
 	client, conn, err := cmdclient.Dial(socket)
 	if err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &session{key: key, uid: uid, socket: socket, client: client, conn: conn, cancel: cancel, done: make(chan struct{})}
+	s := &session{key: key, uid: uid, socket: socket, log: log, client: client, conn: conn, cancel: cancel, done: make(chan struct{})}
 	// The first status proves a launcher answers on the socket.
 	first, err := s.status(ctx)
 	if err != nil {
@@ -57,10 +59,10 @@ func openSession(key, uid, socket string, notify func()) (*session, error) {
 	return s, nil
 }
 
-func (s *session) status(ctx context.Context) (*cmdpb.StatusResponse, error) {
+func (s *session) status(ctx context.Context) (*launchercmd.StatusResponse, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	st, err := s.client.Status(ctx, &cmdpb.StatusRequest{})
+	st, err := s.client.Status(ctx, &launchercmd.StatusRequest{})
 	if err != nil {
 		return nil, fmt.Errorf("launcher %s: status: %w", s.socket, err)
 	}
@@ -76,7 +78,7 @@ func (s *session) watch(ctx context.Context, notify func()) {
 		return // closed by the handler
 	}
 	s.mu.Lock()
-	final := s.last != nil && finished(s.last.GetState())
+	final := s.last != nil && finished(s.last.DomainState())
 	if !final {
 		state := s.last.GetState()
 		if state == "" {
@@ -85,12 +87,12 @@ func (s *session) watch(ctx context.Context, notify func()) {
 		s.lost = fmt.Sprintf("the launcher went away (command socket %s: %v) while the domain was %s", s.socket, err, state)
 	}
 	s.mu.Unlock()
-	slog.Info("launcher session ended", "vmi-uid", s.uid, "lost", !final, "err", err)
+	s.log.Info("launcher session ended", "vmi-uid", s.uid, "lost", !final, "err", err)
 	notify()
 }
 
 func (s *session) follow(ctx context.Context, notify func()) error {
-	stream, err := s.client.Watch(ctx, &cmdpb.WatchRequest{})
+	stream, err := s.client.Watch(ctx, &launchercmd.WatchRequest{})
 	if err != nil {
 		return err
 	}
@@ -110,7 +112,7 @@ func (s *session) follow(ctx context.Context, notify func()) error {
 }
 
 // snapshot returns the last status and why the launcher was lost.
-func (s *session) snapshot() (*cmdpb.StatusResponse, string) {
+func (s *session) snapshot() (*launchercmd.StatusResponse, string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.last, s.lost
@@ -132,14 +134,15 @@ func (s *session) close() {
 	_ = s.conn.Close()
 }
 
-func finished(state string) bool {
-	return state == string(v1.DomainShutdown) || state == string(v1.DomainCrashed)
+func finished(state v1.DomainState) bool {
+	return state == v1.DomainShutdown || state == v1.DomainCrashed
 }
 
 // sessions are the open sessions, by VMI namespace/name.
 type sessions struct {
-	mu sync.Mutex
-	m  map[string]*session
+	mu    sync.Mutex
+	m     map[string]*session
+	gauge prometheus.Gauge // set to the number of open sessions
 }
 
 func (ss *sessions) get(key string) *session {
@@ -155,7 +158,7 @@ func (ss *sessions) put(s *session) {
 		ss.m = map[string]*session{}
 	}
 	ss.m[s.key] = s
-	openSessions.Set(float64(len(ss.m)))
+	ss.gauge.Set(float64(len(ss.m)))
 }
 
 // drop closes and forgets the session of key, if any.
@@ -163,7 +166,7 @@ func (ss *sessions) drop(key string) {
 	ss.mu.Lock()
 	s := ss.m[key]
 	delete(ss.m, key)
-	openSessions.Set(float64(len(ss.m)))
+	ss.gauge.Set(float64(len(ss.m)))
 	ss.mu.Unlock()
 	if s != nil {
 		s.close()

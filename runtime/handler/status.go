@@ -13,7 +13,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
-	"github.com/podvirt/podvirt/runtime/cmdserver/cmdpb"
+	"github.com/podvirt/podvirt/contracts/launchercmd"
 )
 
 // observed is the part of a VMI's status the handler owns.
@@ -26,9 +26,9 @@ type observed struct {
 // was) into the VMI status fields the handler owns. cur is the VMI's
 // current domain status, whose transition time is kept while the state
 // stays.
-func observe(last *cmdpb.StatusResponse, lost string, cur *v1.DomainStatus, now metav1.Time) observed {
+func observe(last *launchercmd.StatusResponse, lost string, cur *v1.DomainStatus, now metav1.Time) observed {
 	var o observed
-	state := v1.DomainState(last.GetState())
+	state := last.DomainState()
 	reason, message := last.GetReason(), ""
 	switch {
 	case lost != "":
@@ -69,7 +69,7 @@ func (r *Reconciler) writeStatus(ctx context.Context, vmi *v1.VirtualMachineInst
 	if err := r.Client.Status().Patch(ctx, vmi, client.RawPatch(types.MergePatchType, patch)); err != nil {
 		return fmt.Errorf("write status of VMI %s/%s: %w", vmi.Namespace, vmi.Name, err)
 	}
-	statusWrites.Inc()
+	r.metrics.statusWrites.Inc()
 	r.recordTransition(prev, o.Domain)
 	return nil
 }

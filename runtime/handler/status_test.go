@@ -7,31 +7,31 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
-	"github.com/podvirt/podvirt/runtime/cmdserver/cmdpb"
+	"github.com/podvirt/podvirt/contracts/launchercmd"
 )
 
 // TestObserve: what the handler writes for each launcher report.
 func TestObserve(t *testing.T) {
 	t0 := metav1.NewTime(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	t1 := metav1.NewTime(t0.Add(time.Minute))
-	running := &cmdpb.StatusResponse{State: "Running", Reason: "event 2 detail 0", Interfaces: []*cmdpb.Interface{
+	running := &launchercmd.StatusResponse{State: "Running", Reason: "event 2 detail 0", Interfaces: []*launchercmd.Interface{
 		{Network: "l2", Mac: "02:00:00:00:00:01", Ip: "10.1.2.3/24", Acked: true},
 		{Network: "raw", Mac: "02:00:00:00:00:02"},
 	}}
 	for _, tc := range []struct {
 		name      string
-		last      *cmdpb.StatusResponse
+		last      *launchercmd.StatusResponse
 		lost      string
 		cur       *v1.DomainStatus
 		wantState v1.DomainState
 		reason    string
 		when      metav1.Time
 	}{
-		{name: "waiting for Start", last: &cmdpb.StatusResponse{}},
+		{name: "waiting for Start", last: &launchercmd.StatusResponse{}},
 		{name: "first Running", last: running, wantState: v1.DomainRunning, reason: "event 2 detail 0", when: t1},
 		{name: "still Running keeps the time", last: running, cur: &v1.DomainStatus{State: v1.DomainRunning, LastTransitionTime: t0}, wantState: v1.DomainRunning, reason: "event 2 detail 0", when: t0},
-		{name: "Running to Paused", last: &cmdpb.StatusResponse{State: "Paused", Reason: "event 3 detail 0"}, cur: &v1.DomainStatus{State: v1.DomainRunning, LastTransitionTime: t0}, wantState: v1.DomainPaused, reason: "event 3 detail 0", when: t1},
-		{name: "guest powered off", last: &cmdpb.StatusResponse{State: "Shutdown", Reason: "event 5 detail 0"}, wantState: v1.DomainShutdown, reason: "event 5 detail 0", when: t1},
+		{name: "Running to Paused", last: &launchercmd.StatusResponse{State: "Paused", Reason: "event 3 detail 0"}, cur: &v1.DomainStatus{State: v1.DomainRunning, LastTransitionTime: t0}, wantState: v1.DomainPaused, reason: "event 3 detail 0", when: t1},
+		{name: "guest powered off", last: &launchercmd.StatusResponse{State: "Shutdown", Reason: "event 5 detail 0"}, wantState: v1.DomainShutdown, reason: "event 5 detail 0", when: t1},
 		{name: "launcher lost", last: running, lost: "the launcher went away", wantState: v1.DomainCrashed, reason: ReasonLauncherLost, when: t1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -1,9 +1,7 @@
 package launcher
 
 import (
-	"net"
-	"net/netip"
-
+	"github.com/podvirt/podvirt/runtime/cmdserver"
 	"github.com/podvirt/podvirt/runtime/dhcp"
 	"github.com/podvirt/podvirt/runtime/network"
 )
@@ -15,30 +13,13 @@ type nicServer struct {
 	server *dhcp.Server
 }
 
-// Interface is one guest NIC as the launcher knows it from its DHCP
-// leases.
-type Interface struct {
-	// Network is the VMI network (and interface) name.
-	Network string
-	// Tap is the tap the NIC is plugged into.
-	Tap string
-	// MAC is the guest's MAC.
-	MAC net.HardwareAddr
-	// Addr is the address the lease gives the guest; invalid for an
-	// L2-only network (no lease: the guest brings its own).
-	Addr netip.Prefix
-	// Acked is whether the launcher's DHCP server has acknowledged the
-	// lease to the guest at least once.
-	Acked bool
-}
-
 // Interfaces returns the guest NICs passed to ServeDHCP, in order.
-func (l *Launcher) Interfaces() []Interface {
+func (l *Launcher) Interfaces() []cmdserver.Interface {
 	l.dhcp.mu.Lock()
 	defer l.dhcp.mu.Unlock()
-	out := make([]Interface, 0, len(l.dhcp.nics))
+	out := make([]cmdserver.Interface, 0, len(l.dhcp.nics))
 	for _, ns := range l.dhcp.nics {
-		i := Interface{Network: ns.nic.Network, Tap: ns.nic.Tap, MAC: ns.nic.MAC}
+		i := cmdserver.Interface{Network: ns.nic.Network, MAC: ns.nic.MAC}
 		if ns.nic.Lease != nil {
 			i.Addr = ns.nic.Lease.Addr
 		}

@@ -23,6 +23,9 @@ import (
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/cni"
+	"github.com/podvirt/podvirt/contracts/diskmeta"
+	"github.com/podvirt/podvirt/contracts/launchercmd"
+	"github.com/podvirt/podvirt/contracts/podlink"
 	"github.com/podvirt/podvirt/runtime/converter"
 	"github.com/podvirt/podvirt/runtime/dhcp"
 	"github.com/podvirt/podvirt/runtime/libvirtd"
@@ -113,12 +116,12 @@ type l2VM struct {
 func startL2VM(t *testing.T, art guest.Artifacts, node ns.NetNS, conf []byte, name string) *l2VM {
 	t.Helper()
 	pod := netnstest.New(t)
-	raw, res := cniAdd(t, node, pod, "ctr-"+name, v1.PodInterfaceName(l2Net), conf)
+	raw, res := cniAdd(t, node, pod, "ctr-"+name, podlink.InterfaceName(l2Net), conf)
 	if len(res.IPs) == 0 {
 		t.Fatalf("CNI result has no IP: %s", raw)
 	}
-	st := network.Status{Networks: []network.Attachment{{Name: l2Net, Result: raw}}}
-	nics, err := st.GuestNICs()
+	st := launchercmd.Networks{Attachments: []launchercmd.Attachment{{Name: l2Net, Result: raw}}}
+	nics, err := network.GuestNICs(&st)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,7 +152,7 @@ func startL2VM(t *testing.T, art guest.Artifacts, node ns.NetNS, conf []byte, na
 	console := filepath.Join(dir, "console.log")
 	xml, err := converter.ConvertXML(vmi, converter.Options{
 		DomainType: converter.DomainQEMU,
-		Disks:      map[string]converter.DiskSource{"root": {Path: overlay, Format: converter.FormatQCOW2}},
+		Disks:      map[string]converter.DiskSource{"root": {Path: overlay, Format: diskmeta.FormatQCOW2}},
 		ConsoleLog: console,
 		Taps:       map[string]converter.Tap{l2Net: {Dev: nics[0].Tap, MAC: nics[0].MAC.String()}},
 	})

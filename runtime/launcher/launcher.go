@@ -3,6 +3,11 @@
 // gracefully (ACPI, then destroy after the grace period), pause, resume,
 // reboot, and stream its serial console. Done is closed when the domain
 // is gone, which is when the launcher process exits.
+//
+// Run is the launcher process itself (podvirt-launcher only wires its
+// flags to it): a private libvirtd, the command socket
+// (runtime/cmdserver), and the domain rendered for this pod — disks with
+// their declared formats, the taps podvirt-l2 made, DHCP on them.
 package launcher
 
 import (
@@ -15,23 +20,14 @@ import (
 	"time"
 
 	"libvirt.org/go/libvirt"
-)
 
-// State is the domain's state as the rest of podvirt sees it.
-type State string
-
-// States.
-const (
-	StateStarting State = "Starting"
-	StateRunning  State = "Running"
-	StatePaused   State = "Paused"
-	StateShutdown State = "Shutdown" // the guest powered off or was shut down
-	StateCrashed  State = "Crashed"  // QEMU died or the guest crashed
+	v1 "github.com/podvirt/podvirt/api/v1alpha1"
+	"github.com/podvirt/podvirt/runtime/cmdserver"
 )
 
 // Event is one lifecycle change of the domain.
 type Event struct {
-	State  State
+	State  v1.DomainState
 	Reason string
 	Time   time.Time
 }
@@ -66,7 +62,7 @@ type Launcher struct {
 
 	mu      sync.Mutex // guards the fields below
 	dom     *libvirt.Domain
-	state   State
+	state   v1.DomainState
 	reason  string
 	events  []Event
 	watch   chan struct{} // closed and replaced on every event
@@ -106,7 +102,7 @@ func (l *Launcher) Start(xml string) error {
 	l.mu.Lock()
 	l.dom = dom
 	l.started = time.Now()
-	l.setLocked(StateStarting, "defined")
+	l.setLocked(v1.DomainStarting, "defined")
 	l.mu.Unlock()
 	if err := dom.Create(); err != nil {
 		_ = dom.Undefine()
@@ -123,18 +119,19 @@ func (l *Launcher) Start(xml string) error {
 	return nil
 }
 
-func stateOf(s libvirt.DomainState) State {
+// stateOf is the podvirt domain state of a libvirt domain state.
+func stateOf(s libvirt.DomainState) v1.DomainState {
 	switch s {
 	case libvirt.DOMAIN_RUNNING:
-		return StateRunning
+		return v1.DomainRunning
 	case libvirt.DOMAIN_PAUSED, libvirt.DOMAIN_PMSUSPENDED:
-		return StatePaused
+		return v1.DomainPaused
 	case libvirt.DOMAIN_CRASHED:
-		return StateCrashed
+		return v1.DomainCrashed
 	case libvirt.DOMAIN_SHUTOFF, libvirt.DOMAIN_SHUTDOWN:
-		return StateShutdown
+		return v1.DomainShutdown
 	}
-	return StateStarting
+	return v1.DomainStarting
 }
 
 func (l *Launcher) onLifecycle(_ *libvirt.Connect, d *libvirt.Domain, ev *libvirt.DomainEventLifecycle) {
@@ -146,16 +143,16 @@ func (l *Launcher) onLifecycle(_ *libvirt.Connect, d *libvirt.Domain, ev *libvir
 	defer l.mu.Unlock()
 	switch ev.Event {
 	case libvirt.DOMAIN_EVENT_STARTED, libvirt.DOMAIN_EVENT_RESUMED:
-		l.setLocked(StateRunning, eventName(ev))
+		l.setLocked(v1.DomainRunning, eventName(ev))
 	case libvirt.DOMAIN_EVENT_SUSPENDED:
-		l.setLocked(StatePaused, eventName(ev))
+		l.setLocked(v1.DomainPaused, eventName(ev))
 	case libvirt.DOMAIN_EVENT_CRASHED:
-		l.setLocked(StateCrashed, eventName(ev))
+		l.setLocked(v1.DomainCrashed, eventName(ev))
 	case libvirt.DOMAIN_EVENT_STOPPED:
-		st := StateShutdown
+		st := v1.DomainShutdown
 		switch libvirt.DomainEventStoppedDetailType(ev.Detail) {
 		case libvirt.DOMAIN_EVENT_STOPPED_CRASHED, libvirt.DOMAIN_EVENT_STOPPED_FAILED:
-			st = StateCrashed
+			st = v1.DomainCrashed
 		}
 		l.setLocked(st, eventName(ev))
 		l.goneLocked()
@@ -168,7 +165,7 @@ func eventName(ev *libvirt.DomainEventLifecycle) string {
 	return fmt.Sprintf("event %d detail %d", ev.Event, ev.Detail)
 }
 
-func (l *Launcher) setLocked(s State, reason string) {
+func (l *Launcher) setLocked(s v1.DomainState, reason string) {
 	l.state, l.reason = s, reason
 	l.events = append(l.events, Event{State: s, Reason: reason, Time: time.Now()})
 	close(l.watch)
@@ -196,7 +193,7 @@ func (l *Launcher) Changed() <-chan struct{} {
 func (l *Launcher) Done() <-chan struct{} { return l.done }
 
 // State returns the current state and what caused it.
-func (l *Launcher) State() (State, string) {
+func (l *Launcher) State() (v1.DomainState, string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.state, l.reason
@@ -210,7 +207,7 @@ func (l *Launcher) Events() []Event {
 }
 
 // WaitState waits until the domain is in state s.
-func (l *Launcher) WaitState(ctx context.Context, s State) error {
+func (l *Launcher) WaitState(ctx context.Context, s v1.DomainState) error {
 	for {
 		l.mu.Lock()
 		cur, w := l.state, l.watch
@@ -396,3 +393,5 @@ func (l *Launcher) Close() error {
 	errs = append(errs, l.stopDHCP())
 	return errors.Join(errs...)
 }
+
+var _ cmdserver.Domain = (*Launcher)(nil)

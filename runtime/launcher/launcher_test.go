@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
+	"github.com/podvirt/podvirt/contracts/diskmeta"
 	"github.com/podvirt/podvirt/runtime/converter"
 	"github.com/podvirt/podvirt/runtime/libvirtd"
 	"github.com/podvirt/podvirt/test/guest"
@@ -107,7 +108,7 @@ func newTestVM(t testing.TB, name string) *testVM {
 	console := filepath.Join(dir, "console.log")
 	xml, err := converter.ConvertXML(vmi, converter.Options{
 		DomainType:    converter.DomainQEMU,
-		Disks:         map[string]converter.DiskSource{"root": {Path: overlay, Format: converter.FormatQCOW2}},
+		Disks:         map[string]converter.DiskSource{"root": {Path: overlay, Format: diskmeta.FormatQCOW2}},
 		CloudInitDisk: iso,
 		ConsoleLog:    console,
 	})
@@ -175,7 +176,7 @@ func TestLifecycle(t *testing.T) {
 	// and ran the user-data, whose output only that script can print.
 	waitConsole(t, vm.console, 0, userDataToken("life"), time.Minute)
 	waitConsole(t, vm.console, 0, guest.CloudInitMarker+" hostname=life", time.Minute)
-	if s, _ := l.State(); s != StateRunning {
+	if s, _ := l.State(); s != v1.DomainRunning {
 		t.Fatalf("state %s after boot, want Running", s)
 	}
 
@@ -223,13 +224,13 @@ func TestLifecycle(t *testing.T) {
 		if err := l.Pause(); err != nil {
 			t.Fatal(err)
 		}
-		if err := l.WaitState(ctx, StatePaused); err != nil {
+		if err := l.WaitState(ctx, v1.DomainPaused); err != nil {
 			t.Fatal(err)
 		}
 		if err := l.Resume(); err != nil {
 			t.Fatal(err)
 		}
-		if err := l.WaitState(ctx, StateRunning); err != nil {
+		if err := l.WaitState(ctx, v1.DomainRunning); err != nil {
 			t.Fatal(err)
 		}
 	})
@@ -248,7 +249,7 @@ func TestLifecycle(t *testing.T) {
 		}
 		t.Logf("guest powered off in %s", time.Since(start).Round(time.Millisecond))
 		waitConsole(t, vm.console, 0, guest.ShutdownMarker, time.Second)
-		if s, _ := l.State(); s != StateShutdown {
+		if s, _ := l.State(); s != v1.DomainShutdown {
 			t.Fatalf("state %s after shutdown", s)
 		}
 	})
@@ -262,7 +263,7 @@ func TestDestroyAfterGrace(t *testing.T) {
 	l := startVM(t, d, vm)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if err := l.WaitState(ctx, StateRunning); err != nil {
+	if err := l.WaitState(ctx, v1.DomainRunning); err != nil {
 		t.Fatal(err)
 	}
 	if err := l.Pause(); err != nil {

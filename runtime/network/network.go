@@ -1,22 +1,9 @@
-// Package network is the launcher's network input: the CNI results of the
-// launcher pod's L2 attachments, and what the launcher makes of them — for
-// each tap-bound VMI interface, the tap QEMU opens, the MAC the guest
-// uses, and the lease the launcher serves the guest over DHCP.
-//
-// The input is one JSON document (Status), written by whoever saw the CNI
-// results — the node handler, from the pod's Multus network-status and the
-// delegate results, or a test that ran the plugin itself — to a file the
-// launcher reads (podvirt-launcher --networks FILE):
-//
-//	{"networks": [
-//	  {"name": "l2", "result": {"cniVersion": "1.1.0", "interfaces": [...], "ips": [...], ...}}
-//	]}
-//
-// name is the VMI network (and interface) name; interface is the pod
-// interface the plugin was called with (default v1.PodInterfaceName(name));
-// result is podvirt-l2's ADD result, in any spec version it speaks. The
-// Multus network-status annotation alone is not enough: its "ips" carry
-// no prefix length and it has no routes.
+// Package network is what the launcher makes of its network input
+// (launchercmd.Networks: the CNI results of the launcher pod's L2
+// attachments): for each tap-bound VMI interface, the tap QEMU opens, the
+// MAC the guest uses, and the lease the launcher serves the guest over
+// DHCP. The input comes with the node daemon's Start, or from a file
+// (podvirt-launcher --networks FILE, see Load).
 package network
 
 import (
@@ -29,26 +16,10 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/types/create"
 
-	v1 "github.com/podvirt/podvirt/api/v1alpha1"
-	"github.com/podvirt/podvirt/cni"
+	"github.com/podvirt/podvirt/contracts/launchercmd"
+	"github.com/podvirt/podvirt/contracts/podlink"
 	"github.com/podvirt/podvirt/runtime/dhcp"
 )
-
-// Status is the launcher's network input.
-type Status struct {
-	Networks []Attachment `json:"networks"`
-}
-
-// Attachment is the CNI result of one VMI network's pod interface.
-type Attachment struct {
-	// Name is the VMI network name.
-	Name string `json:"name"`
-	// Interface is the pod interface name the plugin was called with;
-	// empty means v1.PodInterfaceName(Name).
-	Interface string `json:"interface,omitempty"`
-	// Result is the plugin's ADD result, as it printed it.
-	Result json.RawMessage `json:"result"`
-}
 
 // GuestNIC is one tap-bound guest NIC.
 type GuestNIC struct {
@@ -65,24 +36,24 @@ type GuestNIC struct {
 	Lease *dhcp.Lease
 }
 
-// Load reads a Status from path.
-func Load(path string) (*Status, error) {
+// Load reads the network input from path.
+func Load(path string) (*launchercmd.Networks, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	s := &Status{}
+	s := &launchercmd.Networks{}
 	if err := json.Unmarshal(b, s); err != nil {
 		return nil, fmt.Errorf("decoding network status %s: %w", path, err)
 	}
 	return s, nil
 }
 
-// GuestNICs returns the guest NIC of every attachment.
-func (s *Status) GuestNICs() ([]GuestNIC, error) {
+// GuestNICs returns the guest NIC of every attachment of s.
+func GuestNICs(s *launchercmd.Networks) ([]GuestNIC, error) {
 	var nics []GuestNIC
-	for _, a := range s.Networks {
-		nic, err := a.GuestNIC()
+	for _, a := range s.Attachments {
+		nic, err := FromAttachment(a)
 		if err != nil {
 			return nil, err
 		}
@@ -91,14 +62,14 @@ func (s *Status) GuestNICs() ([]GuestNIC, error) {
 	return nics, nil
 }
 
-// GuestNIC reads the tap, guest MAC and lease out of the CNI result.
-func (a Attachment) GuestNIC() (GuestNIC, error) {
+// FromAttachment reads the tap, guest MAC and lease out of a's CNI result.
+func FromAttachment(a launchercmd.Attachment) (GuestNIC, error) {
 	fail := func(format string, args ...any) (GuestNIC, error) {
 		return GuestNIC{}, fmt.Errorf("network %q: "+format, append([]any{a.Name}, args...)...)
 	}
 	podIf := a.Interface
 	if podIf == "" {
-		podIf = v1.PodInterfaceName(a.Name)
+		podIf = podlink.InterfaceName(a.Name)
 	}
 	if len(a.Result) == 0 {
 		return fail("no CNI result")
@@ -111,7 +82,7 @@ func (a Attachment) GuestNIC() (GuestNIC, error) {
 	if err != nil {
 		return fail("converting CNI result: %v", err)
 	}
-	tapName := cni.TapName(podIf)
+	tapName := podlink.TapName(podIf)
 	tapIdx := -1
 	for i, ifc := range res.Interfaces {
 		if ifc.Name == tapName && ifc.Sandbox != "" {

@@ -8,8 +8,8 @@ import (
 	"strings"
 	"testing"
 
-	v1 "github.com/podvirt/podvirt/api/v1alpha1"
-	"github.com/podvirt/podvirt/cni"
+	"github.com/podvirt/podvirt/contracts/launchercmd"
+	"github.com/podvirt/podvirt/contracts/podlink"
 )
 
 // resultJSON is a podvirt-l2 bridge-mode guest-tap result of version ver.
@@ -18,8 +18,8 @@ func resultJSON(ver, podIf string) string {
 	 {"name":"pvbr0","mac":"0a:00:00:00:00:01"},
 	 {"name":"veth1234","mac":"0a:00:00:00:00:02"},
 	 {"name":"` + podIf + `","mac":"0a:00:00:00:00:03","sandbox":"/var/run/netns/pod"},
-	 {"name":"` + cni.PodBridgeName(podIf) + `","mac":"0a:00:00:00:00:04","sandbox":"/var/run/netns/pod"},
-	 {"name":"` + cni.TapName(podIf) + `","mac":"02:aa:bb:cc:dd:ee","mtu":1450,"sandbox":"/var/run/netns/pod"}],
+	 {"name":"` + podlink.BridgeName(podIf) + `","mac":"0a:00:00:00:00:04","sandbox":"/var/run/netns/pod"},
+	 {"name":"` + podlink.TapName(podIf) + `","mac":"02:aa:bb:cc:dd:ee","mtu":1450,"sandbox":"/var/run/netns/pod"}],
 	"ips":[{` + map[bool]string{true: `"version":"4",`, false: ""}[strings.HasPrefix(ver, "0.3")] + `"interface":4,"address":"10.4.0.7/24","gateway":"10.4.0.1"},
 	       {` + map[bool]string{true: `"version":"6",`, false: ""}[strings.HasPrefix(ver, "0.3")] + `"interface":4,"address":"fd00::7/64"}],
 	"routes":[{"dst":"0.0.0.0/0"},{"dst":"192.168.0.0/16","gw":"10.4.0.254"},{"dst":"172.16.0.0/12"},{"dst":"::/0"}],
@@ -28,10 +28,10 @@ func resultJSON(ver, podIf string) string {
 }
 
 func TestGuestNIC(t *testing.T) {
-	podIf := v1.PodInterfaceName("l2")
+	podIf := podlink.InterfaceName("l2")
 	for _, ver := range []string{"0.3.1", "0.4.0", "1.0.0", "1.1.0"} {
 		t.Run(ver, func(t *testing.T) {
-			st := Status{Networks: []Attachment{{Name: "l2", Result: json.RawMessage(resultJSON(ver, podIf))}}}
+			st := launchercmd.Networks{Attachments: []launchercmd.Attachment{{Name: "l2", Result: json.RawMessage(resultJSON(ver, podIf))}}}
 			path := filepath.Join(t.TempDir(), "networks.json")
 			b, _ := json.Marshal(st)
 			if err := os.WriteFile(path, b, 0o644); err != nil {
@@ -41,7 +41,7 @@ func TestGuestNIC(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			nics, err := loaded.GuestNICs()
+			nics, err := GuestNICs(loaded)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -49,7 +49,7 @@ func TestGuestNIC(t *testing.T) {
 				t.Fatalf("%d NICs", len(nics))
 			}
 			n := nics[0]
-			if n.Network != "l2" || n.Tap != cni.TapName(podIf) || n.NetNS != "/var/run/netns/pod" || n.MAC.String() != "02:aa:bb:cc:dd:ee" {
+			if n.Network != "l2" || n.Tap != podlink.TapName(podIf) || n.NetNS != "/var/run/netns/pod" || n.MAC.String() != "02:aa:bb:cc:dd:ee" {
 				t.Errorf("NIC %+v", n)
 			}
 			l := n.Lease
@@ -74,21 +74,21 @@ func TestGuestNIC(t *testing.T) {
 }
 
 func TestGuestNICErrors(t *testing.T) {
-	for name, a := range map[string]Attachment{
+	for name, a := range map[string]launchercmd.Attachment{
 		"no result":  {Name: "l2"},
-		"not a tap":  {Name: "other", Result: json.RawMessage(resultJSON("1.1.0", v1.PodInterfaceName("l2")))},
+		"not a tap":  {Name: "other", Result: json.RawMessage(resultJSON("1.1.0", podlink.InterfaceName("l2")))},
 		"bad json":   {Name: "l2", Result: json.RawMessage(`{"cniVersion":`)},
 		"no version": {Name: "l2", Result: json.RawMessage(`{"interfaces":[]}`)},
 	} {
-		if _, err := a.GuestNIC(); err == nil {
+		if _, err := FromAttachment(a); err == nil {
 			t.Errorf("%s: no error", name)
 		}
 	}
 	// An L2-only network: a tap and no address.
-	podIf := v1.PodInterfaceName("l2")
-	a := Attachment{Name: "l2", Result: json.RawMessage(`{"cniVersion":"1.1.0","interfaces":[{"name":"` + cni.TapName(podIf) + `","mac":"02:aa:bb:cc:dd:ee","sandbox":"/x"}]}`)}
-	n, err := a.GuestNIC()
-	if err != nil || n.Lease != nil || n.Tap != cni.TapName(podIf) {
+	podIf := podlink.InterfaceName("l2")
+	a := launchercmd.Attachment{Name: "l2", Result: json.RawMessage(`{"cniVersion":"1.1.0","interfaces":[{"name":"` + podlink.TapName(podIf) + `","mac":"02:aa:bb:cc:dd:ee","sandbox":"/x"}]}`)}
+	n, err := FromAttachment(a)
+	if err != nil || n.Lease != nil || n.Tap != podlink.TapName(podIf) {
 		t.Errorf("L2-only: %+v %v", n, err)
 	}
 }

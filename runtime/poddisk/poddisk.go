@@ -12,7 +12,7 @@ import (
 	"path/filepath"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
-	"github.com/podvirt/podvirt/csi/volume"
+	"github.com/podvirt/podvirt/contracts/diskmeta"
 	"github.com/podvirt/podvirt/runtime/converter"
 )
 
@@ -23,13 +23,13 @@ import (
 func Source(diskDir, name string) (src converter.DiskSource, ok bool, err error) {
 	dev := filepath.Join(diskDir, name+".dev")
 	if fi, err := os.Stat(dev); err == nil && fi.Mode()&os.ModeDevice != 0 {
-		return converter.DiskSource{Path: dev, Format: converter.FormatRaw, Block: true}, true, nil
+		return converter.DiskSource{Path: dev, Format: diskmeta.FormatRaw, Block: true}, true, nil
 	}
 	dir := filepath.Join(diskDir, name)
-	if _, err := os.Stat(filepath.Join(dir, volume.MetaName)); errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(filepath.Join(dir, diskmeta.FileName)); errors.Is(err, os.ErrNotExist) {
 		return converter.DiskSource{}, false, nil
 	}
-	m, err := volume.ReadMeta(dir)
+	m, err := diskmeta.Read(dir)
 	if err != nil {
 		return converter.DiskSource{}, false, fmt.Errorf("volume %s: %w", name, err)
 	}

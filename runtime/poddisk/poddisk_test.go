@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/podvirt/podvirt/contracts/diskmeta"
 	"github.com/podvirt/podvirt/csi/volume"
 	"github.com/podvirt/podvirt/runtime/converter"
 )
@@ -17,7 +18,7 @@ func TestSource(t *testing.T) {
 	}
 	ctx := context.Background()
 	diskDir := t.TempDir()
-	for _, format := range []string{volume.FormatQCOW2, volume.FormatRaw} {
+	for _, format := range []string{diskmeta.FormatQCOW2, diskmeta.FormatRaw} {
 		dir := filepath.Join(diskDir, format)
 		if err := os.Mkdir(dir, 0o755); err != nil {
 			t.Fatal(err)
@@ -48,7 +49,7 @@ func TestSource(t *testing.T) {
 	if err := os.Mkdir(bad, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(bad, volume.MetaName), []byte(`{"format":"vmdk"}`), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(bad, diskmeta.FileName), []byte(`{"format":"vmdk"}`), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if _, _, err := Source(diskDir, "bad"); err == nil {

@@ -32,6 +32,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	"github.com/podvirt/podvirt/api/scheme"
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/controller"
 	"github.com/podvirt/podvirt/runtime/handler"
@@ -98,7 +99,7 @@ func TestVMIOnCluster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	scheme, err := controller.Scheme()
+	scheme, err := scheme.New()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -270,7 +271,7 @@ func launcherLog(ctx context.Context, cfg *rest.Config, ns, pod string) string {
 // without KVM (emulation), until the test ends.
 func startController(ctx context.Context, t *testing.T, cfg *rest.Config) {
 	t.Helper()
-	scheme, err := controller.Scheme()
+	scheme, err := scheme.New()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -30,6 +30,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sync/errgroup"
+
+	"github.com/podvirt/podvirt/internal/atomicfile"
 )
 
 // recipe changes whenever the way a root is assembled changes, so that
@@ -160,7 +162,7 @@ func resolve(ctx context.Context, base string, spec Spec) ([]string, error) {
 		return nil, fmt.Errorf("resolve Debian packages %v: apt-get planned no installs: %s", spec.Packages, lastLines(out))
 	}
 	slices.Sort(pkgs)
-	if err := writeAtomic(cached, []byte(strings.Join(pkgs, "\n")+"\n")); err != nil {
+	if err := atomicfile.Write(cached, []byte(strings.Join(pkgs, "\n")+"\n"), 0o644); err != nil {
 		return nil, err
 	}
 	return pkgs, nil
@@ -408,14 +410,6 @@ func lock(path string) (unlock func(), err error) {
 		return nil, fmt.Errorf("lock %s: %w", path, err)
 	}
 	return func() { f.Close() }, nil
-}
-
-func writeAtomic(path string, data []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }
 
 func lastLines(b []byte) string {

@@ -12,6 +12,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
+	"github.com/podvirt/podvirt/internal/polltest"
 )
 
 // playNode does what the kubelet and the node daemon do for every
@@ -64,7 +65,7 @@ func playNode(ctx context.Context) {
 func waitRunning(t *testing.T, name string, old types.UID) types.UID {
 	t.Helper()
 	var uid types.UID
-	eventually(t, fmt.Sprintf("a new VMI %s is Running", name), func() (bool, string) {
+	polltest.Eventually(t, 30*time.Second, fmt.Sprintf("a new VMI %s is Running", name), func() (bool, string) {
 		vmi := getVMI(t, controlledNS, name)
 		if vmi == nil {
 			return false, "no VMI"
@@ -77,7 +78,7 @@ func waitRunning(t *testing.T, name string, old types.UID) types.UID {
 
 func waitStopped(t *testing.T, name string) {
 	t.Helper()
-	eventually(t, "VM "+name+" is Stopped with no VMI", func() (bool, string) {
+	polltest.Eventually(t, 30*time.Second, "VM "+name+" is Stopped with no VMI", func() (bool, string) {
 		vm := getVM(t, controlledNS, name)
 		vmi := getVMI(t, controlledNS, name)
 		return vmi == nil && vm.Status.PrintableStatus == v1.PrintableStatusStopped && len(vm.Status.StateChangeRequests) == 0,
@@ -100,7 +101,7 @@ func TestWithController(t *testing.T) {
 		<-done
 		bg := context.Background()
 		_ = k8s.DeleteAllOf(bg, &v1.VirtualMachine{}, client.InNamespace(controlledNS))
-		eventually(t, "the controller removed every VM", func() (bool, string) {
+		polltest.Eventually(t, 30*time.Second, "the controller removed every VM", func() (bool, string) {
 			vms := &v1.VirtualMachineList{}
 			_ = k8s.List(bg, vms, client.InNamespace(controlledNS))
 			pods := &corev1.PodList{}

@@ -26,6 +26,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	"github.com/podvirt/podvirt/api/scheme"
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/controller"
 	"github.com/podvirt/podvirt/test/apiserver"
@@ -89,7 +90,7 @@ func writeKubeconfig(cfg *rest.Config, path string) (string, error) {
 }
 
 func startController(cfg *rest.Config) (func(), error) {
-	scheme, err := controller.Scheme()
+	scheme, err := scheme.New()
 	if err != nil {
 		return nil, err
 	}
@@ -214,19 +215,4 @@ func getVMI(t *testing.T, ns, name string) *v1.VirtualMachineInstance {
 		t.Fatal(err)
 	}
 	return vmi
-}
-
-func eventually(t *testing.T, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		ok, last := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s: %s", what, last)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }

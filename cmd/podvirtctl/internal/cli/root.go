@@ -14,15 +14,13 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 	"k8s.io/client-go/kubernetes"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	v1 "github.com/podvirt/podvirt/api/v1alpha1"
+	"github.com/podvirt/podvirt/api/scheme"
 )
 
 // Main runs the command line args (args[0] is the program) and returns the
@@ -97,7 +95,7 @@ func (o *options) session() (*session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("namespace from kubeconfig: %w", err)
 	}
-	scheme, err := newScheme()
+	scheme, err := scheme.New()
 	if err != nil {
 		return nil, err
 	}
@@ -110,17 +108,6 @@ func (o *options) session() (*session, error) {
 		return nil, err
 	}
 	return &session{o: o, config: cfg, c: c, kube: kube, ns: ns}, nil
-}
-
-func newScheme() (*runtime.Scheme, error) {
-	s := runtime.NewScheme()
-	if err := clientgoscheme.AddToScheme(s); err != nil {
-		return nil, err
-	}
-	if err := v1.AddToScheme(s); err != nil {
-		return nil, err
-	}
-	return s, nil
 }
 
 // exactlyOneName is cobra's argument check, with a message that says what

@@ -1,0 +1,73 @@
+// Package diskmeta is the metadata file of a disk.podvirt.io volume: the
+// CSI driver writes it into every volume directory (csi/volume), the
+// launcher reads it to declare the disk's format to libvirt (runtime/poddisk),
+// so no one ever probes a format — a guest-written raw disk probed as qcow2
+// could point QEMU at a host file through a backing file.
+package diskmeta
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// Disk formats.
+const (
+	FormatQCOW2 = "qcow2"
+	FormatRaw   = "raw"
+)
+
+// FileName is the metadata file in a volume directory.
+const FileName = "podvirt-disk.json"
+
+// Meta is what a volume directory says about its disk.
+type Meta struct {
+	// Format of disk.img: "qcow2" or "raw".
+	Format string `json:"format"`
+	// BaseFormat is the format of base.img; empty when the disk has no
+	// backing file.
+	BaseFormat string `json:"baseFormat,omitempty"`
+	// Source is the image the disk was made from, for people reading the
+	// directory (docker://…, https://…); empty for empty disks.
+	Source string `json:"source,omitempty"`
+	// Digest of the source image in the node cache.
+	Digest string `json:"digest,omitempty"`
+}
+
+// HasBase reports whether the disk is an overlay on base.img.
+func (m Meta) HasBase() bool { return m.BaseFormat != "" }
+
+// ValidFormat reports whether f is a disk format volumes use.
+func ValidFormat(f string) bool { return f == FormatQCOW2 || f == FormatRaw }
+
+// Path is the metadata file of the volume directory dir.
+func Path(dir string) string { return filepath.Join(dir, FileName) }
+
+// Read reads the metadata of the volume directory dir.
+func Read(dir string) (Meta, error) {
+	b, err := os.ReadFile(Path(dir))
+	if err != nil {
+		return Meta{}, fmt.Errorf("read disk metadata of volume %s: %w (is it a disk.podvirt.io volume?)", dir, err)
+	}
+	var m Meta
+	if err := json.Unmarshal(b, &m); err != nil {
+		return Meta{}, fmt.Errorf("decode disk metadata %s: %w", Path(dir), err)
+	}
+	if !ValidFormat(m.Format) {
+		return Meta{}, fmt.Errorf("disk metadata %s: format %q: must be %q or %q", Path(dir), m.Format, FormatQCOW2, FormatRaw)
+	}
+	if m.BaseFormat != "" && !ValidFormat(m.BaseFormat) {
+		return Meta{}, fmt.Errorf("disk metadata %s: base format %q: must be %q or %q", Path(dir), m.BaseFormat, FormatQCOW2, FormatRaw)
+	}
+	return m, nil
+}
+
+// Encode is m as the metadata file holds it.
+func Encode(m Meta) ([]byte, error) {
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	return append(b, '\n'), nil
+}
