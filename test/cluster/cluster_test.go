@@ -18,6 +18,8 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
+
+	"github.com/podvirt/podvirt/internal/polltest"
 )
 
 // testConfig is a cluster that can run beside a developer's `make up`:
@@ -101,9 +103,10 @@ func TestCluster(t *testing.T) {
 		// /var/lib/kubelet/device-plugins: the node's own copy, never the
 		// host's directory that every other cluster would share.
 		own := filepath.Join(c.DevicePluginDir(), "kubelet.sock")
-		if err := waitExists(ctx, own, time.Minute); err != nil {
-			t.Fatalf("the kubelet's device-plugin socket is not in the node's own directory: %v", err)
-		}
+		polltest.Eventually(t, time.Minute, "the kubelet's device-plugin socket is in the node's own directory", func() (bool, string) {
+			_, err := os.Stat(own)
+			return err == nil, fmt.Sprint(err)
+		})
 		host := "/var/lib/kubelet/device-plugins/kubelet.sock"
 		if a, b := stat(t, own), statOrNil(host); b != nil && os.SameFile(a, b) {
 			t.Errorf("%s on the host is the node's own socket: the bind mount leaked out of the node's mount namespace", host)
@@ -137,22 +140,6 @@ func TestCluster(t *testing.T) {
 	}
 	if added := newEntries(netnsBefore, "/run/netns"); len(added) > 0 {
 		t.Errorf("network namespaces left in /run/netns: %v", added)
-	}
-}
-
-func waitExists(ctx context.Context, path string, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	for {
-		_, err := os.Stat(path)
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%s: %w (after %s)", path, err, timeout)
-		case <-time.After(100 * time.Millisecond):
-		}
 	}
 }
 
