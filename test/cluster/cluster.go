@@ -14,7 +14,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"k8s.io/client-go/kubernetes"
@@ -170,7 +169,7 @@ func (c *Cluster) Up(ctx context.Context) error {
 		run  func(context.Context) error
 	}{
 		{"certificates and kubeconfigs", c.writeCredentials},
-		{"node paths of its own (" + strings.Join(nodePaths, ", ") + ")", func(context.Context) error { return c.shareStateDir() }},
+		{"node paths of its own under " + c.path("node"), func(context.Context) error { return c.shareStateDir() }},
 		{"node bridge " + c.link("node"), c.setupNodeLink},
 		{"etcd", c.startEtcd},
 		{"kube-apiserver", c.startAPIServer},

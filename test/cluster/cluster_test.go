@@ -111,8 +111,8 @@ func TestCluster(t *testing.T) {
 		if a, b := stat(t, own), statOrNil(host); b != nil && os.SameFile(a, b) {
 			t.Errorf("%s on the host is the node's own socket: the bind mount leaked out of the node's mount namespace", host)
 		}
-		for _, p := range nodePaths {
-			for _, mp := range mountsUnder(p) {
+		for _, np := range nodePaths {
+			for _, mp := range mountsUnder(np.host) {
 				t.Errorf("mount %s is visible on the host: node paths must stay in the node's mount namespace", mp)
 			}
 		}

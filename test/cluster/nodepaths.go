@@ -2,7 +2,6 @@ package cluster
 
 import (
 	"fmt"
-	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -16,16 +15,23 @@ import (
 // its state directory, bind-mounted over these paths in the mount namespace
 // of its containerd and kubelet (and so of every container and CNI plugin
 // they start), so clusters on one machine never share them.
-var nodePaths = []string{
-	"/var/lib/kubelet/device-plugins",
-	"/var/lib/cni",
-	"/run/podvirt",
-	"/var/lib/podvirt",
+var nodePaths = []struct{ host, own string }{
+	{"/var/lib/kubelet/device-plugins", "device-plugins"},
+	{"/var/lib/cni", "cni-lib"},
+	{"/run/podvirt", "run-podvirt"},
+	{"/var/lib/podvirt", "lib-podvirt"},
 }
 
-// nodePathSource is where the node's own copy of the host path p lives.
+// nodePathSource is where the node's own copy of the host path p lives:
+// a short name under <Dir>/node, since sockets are made there and a unix
+// socket's path has at most 107 bytes.
 func (c *Cluster) nodePathSource(p string) string {
-	return c.path("node-paths", strings.ReplaceAll(strings.TrimPrefix(p, "/"), "/", "_"))
+	for _, np := range nodePaths {
+		if np.host == p {
+			return c.path("node", np.own)
+		}
+	}
+	panic("cluster: " + p + " is not one of nodePaths")
 }
 
 // DevicePluginDir is, on the host, the directory this cluster's kubelet
@@ -56,8 +62,8 @@ exec "$@"`
 // the recorded pid is the component's own.
 func (c *Cluster) inNodeNamespace(p process) process {
 	args := []string{"--mount", "--propagation", "unchanged", "--", "/bin/sh", "-c", nodeNamespaceScript, "podvirt-node-namespace"}
-	for _, target := range nodePaths {
-		args = append(args, c.nodePathSource(target), target)
+	for _, np := range nodePaths {
+		args = append(args, c.path("node", np.own), np.host)
 	}
 	args = append(append(args, "--", p.path), p.args...)
 	return process{name: p.name, path: p.path, launcher: "/usr/bin/unshare", args: args, env: p.env}
