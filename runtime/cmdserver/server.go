@@ -4,8 +4,6 @@
 // resumes and shuts it down, and attaches to its serial console.
 package cmdserver
 
-import ()
-
 import (
 	"context"
 	"encoding/json"

@@ -317,7 +317,7 @@ func (h *Helm) prepareUpgrade(ctx context.Context, release, ns string, progress 
 		Status   string `json:"status"`
 	}
 	if err := json.Unmarshal([]byte(out), &history); err != nil || len(history) == 0 {
-		return "", fmt.Errorf("helm history %s: unreadable answer %q: %v", release, out, err)
+		return "", fmt.Errorf("helm history %s: unreadable answer %q: %w", release, out, err)
 	}
 	latest := history[len(history)-1]
 	if latest.Status == "deployed" {
