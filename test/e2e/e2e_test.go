@@ -474,9 +474,18 @@ func TestDemoRunsTwice(t *testing.T) {
 	if again := vmiUIDs(ctx, t, names); !maps.Equal(again, first) {
 		t.Errorf("second run replaced VMIs: before %v, after %v", first, again)
 	}
-	t.Logf("first run %s (install %s + VMs %s), second run %s", firstTook.Round(time.Second), installTook.Round(time.Second), vmsTook.Round(time.Second), secondTook.Round(time.Second))
-	if secondTook > firstTook/2 {
-		t.Errorf("second run took %s, the first %s: want far less (at most half)", secondTook, firstTook)
+	// It redid none of the work: no image imported, no VM started again
+	// (above). Its time is what is left — checks, helm's no-op upgrade,
+	// the pings and probes — measured at 0.3–0.46 of the first run's,
+	// idle and under a parallel build; asserted with room for a loaded
+	// machine.
+	if strings.Contains(out, ": imported sha256:") {
+		t.Errorf("second run imported images again, want every one already in containerd")
+	}
+	t.Logf("first run %s (install %s + VMs %s), second run %s (%.2f of the first)", firstTook.Round(time.Second),
+		installTook.Round(time.Second), vmsTook.Round(time.Second), secondTook.Round(time.Second), secondTook.Seconds()/firstTook.Seconds())
+	if secondTook >= firstTook {
+		t.Errorf("second run took %s, the first %s: want far less", secondTook, firstTook)
 	}
 
 	// Interrupted while helm runs (Ctrl+C): the next run finishes the job.
