@@ -476,8 +476,8 @@ func TestDemoRunsTwice(t *testing.T) {
 	}
 	// It redid none of the work: no image imported, no VM started again
 	// (above). Its time is what is left — checks, helm's no-op upgrade,
-	// the pings and probes — measured at 0.3–0.46 of the first run's,
-	// idle and under a parallel build; asserted with room for a loaded
+	// the pings and probes — measured at 0.46 of the first run's
+	// under a parallel build; asserted with room for a loaded
 	// machine.
 	if strings.Contains(out, ": imported sha256:") {
 		t.Errorf("second run imported images again, want every one already in containerd")
