@@ -16,30 +16,21 @@ import (
 // of its containerd and kubelet (and so of every container and CNI plugin
 // they start), so clusters on one machine never share them.
 var nodePaths = []struct{ host, own string }{
-	{"/var/lib/kubelet/device-plugins", "device-plugins"},
+	{"/var/lib/kubelet/device-plugins", ownDevicePlugins},
 	{"/var/lib/cni", "cni-lib"},
 	{"/run/podvirt", "run-podvirt"},
 	{"/var/lib/podvirt", "lib-podvirt"},
 }
 
-// nodePathSource is where the node's own copy of the host path p lives:
-// a short name under <Dir>/node, since sockets are made there and a unix
-// socket's path has at most 107 bytes.
-func (c *Cluster) nodePathSource(p string) string {
-	for _, np := range nodePaths {
-		if np.host == p {
-			return c.path("node", np.own)
-		}
-	}
-	panic("cluster: " + p + " is not one of nodePaths")
-}
+// ownDevicePlugins names the node's copy of the kubelet's device-plugins
+// dir. The copies have short names under <Dir>/node: sockets are made
+// there, and a unix socket's path has at most 107 bytes.
+const ownDevicePlugins = "device-plugins"
 
 // DevicePluginDir is, on the host, the directory this cluster's kubelet
 // sees as /var/lib/kubelet/device-plugins: where a device plugin run
 // outside the cluster's pods (a test) registers with this kubelet.
-func (c *Cluster) DevicePluginDir() string {
-	return c.nodePathSource("/var/lib/kubelet/device-plugins")
-}
+func (c *Cluster) DevicePluginDir() string { return c.path("node", ownDevicePlugins) }
 
 // nodeNamespaceScript runs in a new mount namespace that still shares the
 // cluster's state directory with the host (see shareStateDir). Its
