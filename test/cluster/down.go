@@ -18,6 +18,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/podvirt/podvirt/test/pidproc"
 )
 
 // Down stops every process the cluster started and removes the links,
@@ -133,7 +135,7 @@ func (c *Cluster) strayPids() []int {
 	}
 	var pids []int
 	for _, pid := range append(processesUnder(c.cfg.Dir), cgroupRootPids(c.cfg.Name)...) {
-		if !slices.Contains(mine, pid) && !slices.Contains(pids, pid) && alive(pid) {
+		if !slices.Contains(mine, pid) && !slices.Contains(pids, pid) && pidproc.Alive(pid) {
 			pids = append(pids, pid)
 		}
 	}

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/podvirt/podvirt/test/pidproc"
 )
 
 // process is a long-running component the cluster starts and stops by pid.
@@ -52,37 +54,20 @@ func (c *Cluster) start(p process) error {
 	pid := cmd.Process.Pid
 	// Not waited on: the process outlives this one (make up returns).
 	_ = cmd.Process.Release()
-	return os.WriteFile(c.path("pids", p.name+".pid"), []byte(strconv.Itoa(pid)), 0o600)
+	return pidproc.Write(c.path("pids", p.name+".pid"), pid)
 }
 
 // running reports the recorded pid of the named process when that pid is
-// alive and still runs the program at path (a pid can be reused).
+// alive and still runs the program at path.
 func (c *Cluster) running(name, path string) (int, bool) {
-	b, err := os.ReadFile(c.path("pids", name+".pid"))
-	if err != nil {
-		return 0, false
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil {
-		return 0, false
-	}
-	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
-	if err != nil || strings.TrimSuffix(exe, " (deleted)") != path {
-		return 0, false
-	}
-	return pid, true
+	return pidproc.Recorded(c.path("pids", name+".pid"), path)
 }
 
 // stop ends the named process: SIGTERM, then SIGKILL after grace.
 func (c *Cluster) stop(name, path string, grace time.Duration) error {
-	pid, ok := c.running(name, path)
-	if ok {
-		_ = syscall.Kill(pid, syscall.SIGTERM)
-		if !waitGone(pid, grace) {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-			if !waitGone(pid, 5*time.Second) {
-				return fmt.Errorf("%s (pid %d) did not exit after SIGKILL", name, pid)
-			}
+	if pid, ok := c.running(name, path); ok {
+		if err := pidproc.Stop(pid, syscall.SIGTERM, grace); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
 		}
 	}
 	err := os.Remove(c.path("pids", name+".pid"))
@@ -90,29 +75,6 @@ func (c *Cluster) stop(name, path string, grace time.Duration) error {
 		return nil
 	}
 	return err
-}
-
-func alive(pid int) bool {
-	// A zombie has exited; only its parent has yet to reap it.
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	if i := bytes.LastIndexByte(b, ')'); i > 0 && i+2 < len(b) {
-		return b[i+2] != 'Z'
-	}
-	return true
-}
-
-func waitGone(pid int, d time.Duration) bool {
-	deadline := time.Now().Add(d)
-	for time.Now().Before(deadline) {
-		if !alive(pid) {
-			return true
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return !alive(pid)
 }
 
 // permanentError marks a condition's error as final: waitFor stops polling.
@@ -178,7 +140,7 @@ func processesUnder(dir string) []int {
 			continue
 		}
 		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil || !bytes.Contains(cmdline, []byte(dir)) || !alive(pid) {
+		if err != nil || !bytes.Contains(cmdline, []byte(dir)) || !pidproc.Alive(pid) {
 			continue
 		}
 		pids = append(pids, pid)

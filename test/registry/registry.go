@@ -33,6 +33,8 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/podvirt/podvirt/test/pidproc"
 )
 
 // Binary is the registry executable Debian's docker-registry package installs.
@@ -152,20 +154,12 @@ func previousPort(dir, host string) int {
 // leftRunning finds a registry process an earlier Start on this Dir left
 // running: the recorded pid, alive, running Binary with this config.
 func (r *Registry) leftRunning() (int, bool) {
-	b, err := os.ReadFile(filepath.Join(r.opts.Dir, pidFile))
-	if err != nil {
+	pid, ok := pidproc.Recorded(filepath.Join(r.opts.Dir, pidFile), Binary)
+	if !ok {
 		return 0, false
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || pid <= 0 {
-		return 0, false
-	}
-	exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
 	cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	if exe != Binary || !bytes.Contains(cmdline, []byte(r.config)) || !processAlive(pid) {
-		return 0, false
-	}
-	return pid, true
+	return pid, bytes.Contains(cmdline, []byte(r.config))
 }
 
 // adopt takes over the running registry pid if it serves at r.Addr.
@@ -253,7 +247,7 @@ func (r *Registry) Restart(ctx context.Context) error {
 		log.Close()
 		return fmt.Errorf("registry %s: starting %s: %w", r.Addr, Binary, err)
 	}
-	if err := os.WriteFile(filepath.Join(r.opts.Dir, pidFile), []byte(strconv.Itoa(cmd.Process.Pid)), 0o644); err != nil {
+	if err := pidproc.Write(filepath.Join(r.opts.Dir, pidFile), cmd.Process.Pid); err != nil {
 		_ = cmd.Process.Kill()
 		log.Close()
 		return err
@@ -357,13 +351,8 @@ func (r *Registry) Stop() { r.mu.Lock(); defer r.mu.Unlock(); r.stopLocked(sysca
 
 func (r *Registry) stopLocked(sig syscall.Signal) {
 	if r.adopted != 0 {
-		_ = syscall.Kill(r.adopted, sig)
-		for deadline := time.Now().Add(10 * time.Second); processAlive(r.adopted) && time.Now().Before(deadline); {
-			time.Sleep(20 * time.Millisecond)
-		}
-		if processAlive(r.adopted) {
-			_ = syscall.Kill(r.adopted, syscall.SIGKILL)
-		}
+		// Not our child: found and stopped by pid.
+		_ = pidproc.Stop(r.adopted, sig, 10*time.Second)
 		r.adopted = 0
 		return
 	}
@@ -378,16 +367,6 @@ func (r *Registry) stopLocked(sig syscall.Signal) {
 		<-r.done
 	}
 	r.cmd = nil
-}
-
-// processAlive reports whether pid runs and is not a zombie.
-func processAlive(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	i := bytes.LastIndexByte(b, ')')
-	return i < 0 || i+2 >= len(b) || b[i+2] != 'Z'
 }
 
 func freePort(host string) (int, error) {

@@ -12,6 +12,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+
+	"github.com/podvirt/podvirt/test/pidproc"
 )
 
 func TestTLSWithAuth(t *testing.T) {
@@ -128,7 +130,7 @@ func TestStartAgainOnTheSameDir(t *testing.T) {
 	}
 
 	second.Stop()
-	if processAlive(pid) {
+	if pidproc.Alive(pid) {
 		t.Fatalf("Stop of the adopted registry left pid %d running", pid)
 	}
 	third, err := Start(ctx, Options{Dir: dir})
