@@ -20,6 +20,7 @@ import (
 	"github.com/podvirt/podvirt/csi/importer"
 	"github.com/podvirt/podvirt/csi/volume"
 	"github.com/podvirt/podvirt/internal/polltest"
+	"github.com/podvirt/podvirt/internal/testlog"
 )
 
 // requireTools fails the test when what the driver runs is missing.
@@ -57,7 +58,7 @@ func startDriver(t testing.TB, stateDir string, opts Options) *testDriver {
 		opts.NodeID = "node-a"
 	}
 	if opts.Log == nil {
-		opts.Log = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+		opts.Log = slog.New(slog.NewTextHandler(testlog.Writer(t), &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}
 	d, err := New(opts)
 	if err != nil {
@@ -145,13 +146,6 @@ func loopsOf(t testing.TB, stateDir string) []string {
 	return out
 }
 
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
 // childEnv makes the test binary a driver process (see TestMain), so a test
 // can kill it as a crash would.
 const childEnv = "PODVIRT_CSI_TEST_DRIVER"
@@ -203,7 +197,7 @@ func startChildDriver(t *testing.T, stateDir string) *childDriver {
 	}
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), childEnv+"="+stateDir)
-	cmd.Stdout, cmd.Stderr = testWriter{t}, testWriter{t}
+	cmd.Stdout, cmd.Stderr = testlog.Writer(t), testlog.Writer(t)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

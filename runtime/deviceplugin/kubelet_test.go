@@ -20,6 +20,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
+	"github.com/podvirt/podvirt/internal/testlog"
 	"github.com/podvirt/podvirt/test/cluster"
 )
 
@@ -34,15 +35,8 @@ func kubeletConfig(t *testing.T, dir string) cluster.Config {
 		ServiceSubnet: "10.0.3.0/24",
 		BasePort:      8543,
 		KubeProxy:     false,
-		Progress:      logWriter{t},
+		Progress:      testlog.Writer(t),
 	}
-}
-
-type logWriter struct{ t *testing.T }
-
-func (w logWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
 }
 
 // registrations counts the plugins' "registered with the kubelet" log

@@ -20,6 +20,7 @@ import (
 	"k8s.io/client-go/dynamic"
 
 	"github.com/podvirt/podvirt/internal/polltest"
+	"github.com/podvirt/podvirt/internal/testlog"
 )
 
 // testConfig is a cluster that can run beside a developer's `make up`:
@@ -38,15 +39,8 @@ func testConfig(t *testing.T) Config {
 		PodSubnet:     "10.245.0.0/24",
 		ServiceSubnet: "10.0.1.0/24",
 		BasePort:      7443,
-		Progress:      testWriter{t},
+		Progress:      testlog.Writer(t),
 	}
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
 }
 
 // TestCluster brings a real cluster up, runs pods on the real kubelet

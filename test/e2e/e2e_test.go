@@ -25,6 +25,7 @@ import (
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
 	csidriver "github.com/podvirt/podvirt/csi/driver"
+	"github.com/podvirt/podvirt/internal/testlog"
 	"github.com/podvirt/podvirt/test/chart"
 	"github.com/podvirt/podvirt/test/cluster"
 	"github.com/podvirt/podvirt/test/stack"
@@ -444,7 +445,7 @@ func TestDemoRunsTwice(t *testing.T) {
 	run := func(ctx context.Context, what string) (string, time.Duration, error) {
 		var out strings.Builder
 		opts := stackOptions
-		opts.Progress = io.MultiWriter(&out, testLog{t})
+		opts.Progress = io.MultiWriter(&out, testlog.Writer(t))
 		start := time.Now()
 		err := stack.Demo(ctx, st.Cluster, opts)
 		t.Logf("%s: %s (%v)", what, time.Since(start).Round(time.Second), err)
@@ -491,7 +492,7 @@ func TestDemoRunsTwice(t *testing.T) {
 	// Interrupted while helm runs (Ctrl+C): the next run finishes the job.
 	hctx, cancel := context.WithCancel(ctx)
 	opts := stackOptions
-	opts.Progress = cancelOn{marker: "helm upgrade --install", cancel: cancel, w: testLog{t}}
+	opts.Progress = cancelOn{marker: "helm upgrade --install", cancel: cancel, w: testlog.Writer(t)}
 	if err := stack.Demo(hctx, st.Cluster, opts); err == nil {
 		t.Log("the interrupted run finished before the interrupt took effect")
 	}
@@ -544,13 +545,6 @@ func (c cancelOn) Write(p []byte) (int, error) {
 		c.cancel()
 	}
 	return c.w.Write(p)
-}
-
-type testLog struct{ t *testing.T }
-
-func (l testLog) Write(p []byte) (int, error) {
-	l.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
 }
 
 // TestUninstall runs last: helm uninstall removes every object of the

@@ -35,18 +35,12 @@ import (
 	"github.com/podvirt/podvirt/api/scheme"
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/controller"
+	"github.com/podvirt/podvirt/internal/testlog"
 	"github.com/podvirt/podvirt/runtime/handler"
 	"github.com/podvirt/podvirt/test/cluster"
 	"github.com/podvirt/podvirt/test/guest"
 	"github.com/podvirt/podvirt/test/images"
 )
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
 
 // TestVMIOnCluster: a VMI booting the test guest from a disk on a local
 // PersistentVolume runs in an unprivileged launcher pod and goes Running;
@@ -71,7 +65,7 @@ func TestVMIOnCluster(t *testing.T) {
 		ServiceSubnet: "10.0.2.0/24",
 		BasePort:      8443,
 		KubeProxy:     false,
-		Progress:      testWriter{t},
+		Progress:      testlog.Writer(t),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -90,7 +84,7 @@ func TestVMIOnCluster(t *testing.T) {
 	kubeletRoot := filepath.Join(dir, "cluster", "kubelet")
 
 	start := time.Now()
-	if _, err := images.BuildAndImport(ctx, c.ContainerdSocket(), images.Options{Progress: testWriter{t}}, images.Launcher); err != nil {
+	if _, err := images.BuildAndImport(ctx, c.ContainerdSocket(), images.Options{Progress: testlog.Writer(t)}, images.Launcher); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("launcher image built and imported in %s", time.Since(start).Round(time.Second))
