@@ -324,21 +324,26 @@ func (s *Stack) unhealthy(ctx context.Context, have, want *v1.VirtualMachine) (s
 // DeleteVM deletes the VM name (its disks stay) and waits until it and its
 // VMI are gone.
 func (s *Stack) DeleteVM(ctx context.Context, name string, timeout time.Duration) error {
-	key := client.ObjectKey{Namespace: Namespace, Name: name}
-	vm := &v1.VirtualMachine{ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: name}}
-	if err := s.Client.Delete(ctx, vm); client.IgnoreNotFound(err) != nil {
-		return fmt.Errorf("deleting vm %s: %w", name, err)
+	meta := metav1.ObjectMeta{Namespace: Namespace, Name: name}
+	return s.deleteAndWait(ctx, "vm "+name, timeout, &v1.VirtualMachine{ObjectMeta: meta}, &v1.VirtualMachineInstance{ObjectMeta: meta})
+}
+
+// deleteAndWait deletes obj (what, in messages) and waits until it, and the
+// objects also (a VM's VMI, say), are gone.
+func (s *Stack) deleteAndWait(ctx context.Context, what string, timeout time.Duration, obj client.Object, also ...client.Object) error {
+	if err := s.Client.Delete(ctx, obj); client.IgnoreNotFound(err) != nil {
+		return fmt.Errorf("deleting %s: %w", what, err)
 	}
 	err := Poll(ctx, timeout, func() (bool, error) {
-		for _, o := range []client.Object{&v1.VirtualMachine{}, &v1.VirtualMachineInstance{}} {
-			if err := s.Client.Get(ctx, key, o); !apierrors.IsNotFound(err) {
+		for _, o := range append([]client.Object{obj}, also...) {
+			if err := s.Client.Get(ctx, client.ObjectKeyFromObject(o), o.DeepCopyObject().(client.Object)); !apierrors.IsNotFound(err) {
 				return false, nil
 			}
 		}
 		return true, nil
 	})
 	if err != nil {
-		return fmt.Errorf("vm %s: it or its VMI still exists %s after delete: %w", name, timeout, err)
+		return fmt.Errorf("%s: it or what goes with it still exists %s after delete: %w", what, timeout, err)
 	}
 	return nil
 }
@@ -352,7 +357,7 @@ func (s *Stack) ProbeFromPod(ctx context.Context, name, vmNAD, addr string, time
 	pod := cluster.ProbePod(name, map[string]string{v1.MultusNetworksAnnotation: PodNetwork(vmNAD)})
 	pod.Namespace = Namespace
 	// One an interrupted run left behind would stand in the way.
-	if err := s.deletePod(ctx, pod, time.Minute); err != nil {
+	if err := s.deleteAndWait(ctx, "pod "+pod.Namespace+"/"+pod.Name, time.Minute, pod.DeepCopy()); err != nil {
 		return "", err
 	}
 	pod.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "PROBE_CONNECT", Value: addr}}
@@ -364,20 +369,6 @@ func (s *Stack) ProbeFromPod(ctx context.Context, name, vmNAD, addr string, time
 		return "", fmt.Errorf("a pod on NAD %s reaching %s: %w", PodNetwork(vmNAD), addr, err)
 	}
 	return logs, nil
-}
-
-func (s *Stack) deletePod(ctx context.Context, pod *corev1.Pod, timeout time.Duration) error {
-	if err := s.Client.Delete(ctx, pod.DeepCopy()); client.IgnoreNotFound(err) != nil {
-		return fmt.Errorf("deleting pod %s/%s: %w", pod.Namespace, pod.Name, err)
-	}
-	err := Poll(ctx, timeout, func() (bool, error) {
-		err := s.Client.Get(ctx, client.ObjectKeyFromObject(pod), &corev1.Pod{})
-		return apierrors.IsNotFound(err), nil
-	})
-	if err != nil {
-		return fmt.Errorf("pod %s/%s still exists %s after delete: %w", pod.Namespace, pod.Name, timeout, err)
-	}
-	return nil
 }
 
 // Poll calls cond every 250 ms until it returns true or an error, or
