@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/podvirt/podvirt/internal/polltest"
 )
 
 // The crash test runs an import in a child process (this test binary, re-executed) and
@@ -103,6 +105,10 @@ func TestKillMidImportThenRestart(t *testing.T) {
 			if bases, _ := filepath.Glob(filepath.Join(dir, "bases", "*")); len(bases) != 0 {
 				t.Fatalf("a half-written base is in the cache: %v", bases)
 			}
+			// The registry may still push bytes into the dead child's connection until it
+			// notices the close; count them as served before the restart.
+			polltest.Until(t, time.Minute, "the registry to stop serving the killed child's download",
+				func() bool { return counter.inFlight.Load() == 0 })
 			servedBefore := counter.blobBytes.Load()
 			counter.delay.Store(0)
 

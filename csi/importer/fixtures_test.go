@@ -199,6 +199,7 @@ type countingHandler struct {
 	next      http.Handler
 	blobGETs  atomic.Int64
 	blobBytes atomic.Int64
+	inFlight  atomic.Int64 // blob GETs being served now
 	delay     atomic.Int64 // per 64 KiB written, in ns
 	tamper    atomic.Bool  // flip a byte in every blob response
 }
@@ -244,6 +245,8 @@ func (w *countingWriter) Write(p []byte) (int, error) {
 func (h *countingHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
 		h.blobGETs.Add(1)
+		h.inFlight.Add(1)
+		defer h.inFlight.Add(-1)
 		h.next.ServeHTTP(&countingWriter{ResponseWriter: w, h: h, ctx: r.Context()}, r)
 		return
 	}
