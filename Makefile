@@ -14,7 +14,7 @@ CLUSTER := go run ./test/cmd/podvirt-cluster
 # time: not for correctness (each cluster has its own node paths and runs
 # beside any other, the demo's included) but because their TCG guests and
 # kubelets would share 2 cores.
-E2E_DIRS := test/cluster test/chart test/noderuntime runtime/deviceplugin test/e2e
+E2E_DIRS := test/env/cluster test/env/chart test/suites/noderuntime runtime/deviceplugin test/suites/e2e
 E2E_PKGS := $(patsubst %,./%/...,$(E2E_DIRS))
 
 .PHONY: all deps build images test unit e2e bench lint generate up down demo kubectl-path clean
@@ -31,14 +31,17 @@ build:
 
 # Every component image (and the CSI sidecars), built without Docker and
 # imported into the running `make up` cluster's containerd; unchanged
-# images are skipped (test/images).
+# images are skipped (test/images/components).
 images: deps
 	go run ./test/cmd/podvirt-images --version $(VERSION) import
 
-# The README's test command: every package's tests on real parts, then e2e.
+# The README's test command: every package's tests on real parts, then e2e
+# even when a package failed, so one run reports every failure.
 test: deps
-	go test -count=1 -timeout 30m $$(go list ./... | grep -v $(patsubst %,-e /%,$(E2E_DIRS)))
-	$(MAKE) --no-print-directory e2e
+	@status=0; \
+	go test -count=1 -timeout 30m $$(go list ./... | grep -v $(patsubst %,-e /%,$(E2E_DIRS))) || status=1; \
+	$(MAKE) --no-print-directory e2e || status=1; \
+	exit $$status
 
 e2e: deps
 	go test -count=1 -timeout 60m -p 1 $(E2E_PKGS)
@@ -51,7 +54,7 @@ bench: deps
 	go test -run '^$$' -bench . -benchtime 3x -timeout 30m ./csi/importer/
 	go test -run '^$$' -bench CreateFromCache -benchtime 20x ./csi/driver/
 	go test -run '^$$' -bench BootVsVirsh -benchtime 5x -timeout 60m ./runtime/launcher/
-	go test -run '^$$' -bench . -benchtime 1x -timeout 90m ./test/e2e/
+	go test -run '^$$' -bench . -benchtime 1x -timeout 90m ./test/suites/e2e/
 
 lint:
 	@$(DEPS) lint
