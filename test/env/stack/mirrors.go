@@ -6,8 +6,11 @@ import (
 	"net"
 	"path/filepath"
 
-	"github.com/podvirt/podvirt/test/guest"
-	"github.com/podvirt/podvirt/test/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+
+	"github.com/podvirt/podvirt/test/env/registry"
+	"github.com/podvirt/podvirt/test/images/guest"
 )
 
 // GuestRepo is the repository the test guest's containerDisk is pushed to.
@@ -20,6 +23,7 @@ type Mirrors struct {
 	Down, Up *registry.Registry
 	// Digest is the guest image's manifest digest, the same on both.
 	Digest string
+	guest  v1.Image
 }
 
 // StartMirrors runs the pair on host (an address the CSI driver reaches:
@@ -35,7 +39,7 @@ func StartMirrors(ctx context.Context, dir, host string, detach bool) (*Mirrors,
 	if err != nil {
 		return nil, err
 	}
-	m := &Mirrors{}
+	m := &Mirrors{guest: img}
 	for i, r := range []**registry.Registry{&m.Down, &m.Up} {
 		reg, err := registry.Start(ctx, registry.Options{
 			Dir: filepath.Join(dir, fmt.Sprintf("mirror-%d", i+1)), Host: host, Detach: detach,
@@ -62,7 +66,24 @@ func (m *Mirrors) Hosts() []string { return []string{m.Down.Addr, m.Up.Addr} }
 
 // GuestSource is the PVC source annotation for the guest image. Its
 // registry name is logical: the StorageClass's mirrors serve it.
-const GuestSource = "docker://registry.podvirt.local/" + GuestRepo + ":latest"
+const GuestSource = "docker://" + guestRegistry + "/" + GuestRepo + ":latest"
+
+const guestRegistry = "registry.podvirt.local"
+
+// PushFresh pushes the guest to the mirror that is up as GuestRepo:tag,
+// annotated with tag so its manifest digest is new: a disk from it is
+// imported through the mirrors (the stopped one first), never served from
+// a node's cache, whatever ran before. It returns the PVC source.
+func (m *Mirrors) PushFresh(ctx context.Context, tag string) (string, error) {
+	img, ok := mutate.Annotations(m.guest, map[string]string{"podvirt.io/test-variant": tag}).(v1.Image)
+	if !ok {
+		return "", fmt.Errorf("annotating the guest image for tag %s", tag)
+	}
+	if _, err := m.Up.Push(ctx, GuestRepo+":"+tag, img); err != nil {
+		return "", err
+	}
+	return "docker://" + guestRegistry + "/" + GuestRepo + ":" + tag, nil
+}
 
 // Stop stops both registries.
 func (m *Mirrors) Stop() {

@@ -23,10 +23,10 @@ import (
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/runtime/converter"
 	"github.com/podvirt/podvirt/runtime/libvirtd"
-	"github.com/podvirt/podvirt/test/durations"
-	"github.com/podvirt/podvirt/test/guest"
-	"github.com/podvirt/podvirt/test/netnstest"
-	"github.com/podvirt/podvirt/test/stack"
+	"github.com/podvirt/podvirt/test/env/stack"
+	"github.com/podvirt/podvirt/test/harness/durations"
+	"github.com/podvirt/podvirt/test/harness/netnstest"
+	"github.com/podvirt/podvirt/test/images/guest"
 )
 
 // BenchmarkBootVsLibvirt measures, for at least 5 VMs one after another,
@@ -37,7 +37,7 @@ import (
 // `virsh start` on a libvirtd already running on the node. It reports both
 // medians and their ratio (goal ≤ 1.10):
 //
-//	go test -run '^$' -bench BootVsLibvirt -benchtime 1x -timeout 60m ./test/e2e/
+//	go test -run '^$' -bench BootVsLibvirt -benchtime 1x -timeout 60m ./test/suites/e2e/
 func BenchmarkBootVsLibvirt(b *testing.B) {
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Minute)
 	defer cancel()
@@ -61,7 +61,7 @@ func BenchmarkBootVsLibvirt(b *testing.B) {
 // BenchmarkTenVMsAtOnce creates 10 VMs at once and measures the time until
 // all their VMIs are Running with an L2 address, and each VM's own time:
 //
-//	go test -run '^$' -bench TenVMsAtOnce -benchtime 1x -timeout 60m ./test/e2e/
+//	go test -run '^$' -bench TenVMsAtOnce -benchtime 1x -timeout 60m ./test/suites/e2e/
 func BenchmarkTenVMsAtOnce(b *testing.B) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()

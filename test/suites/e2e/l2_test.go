@@ -1,0 +1,126 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1 "github.com/podvirt/podvirt/api/v1alpha1"
+	csidriver "github.com/podvirt/podvirt/csi/driver"
+	"github.com/podvirt/podvirt/test/env/stack"
+)
+
+// TestVMsOnSharedL2 is the demo as a test, on the bridge NAD and on the
+// macvlan NAD: two VMs from the registry pair (the first mirror down)
+// reaching each other, and reached from a plain pod on the same L2.
+func TestVMsOnSharedL2(t *testing.T) {
+	useStack(t)
+	for _, tt := range []struct{ mode, nad string }{
+		{"bridge", stack.VMNetwork},
+		{"macvlan", stack.MacvlanNetwork},
+	} {
+		t.Run(tt.mode, func(t *testing.T) {
+			ctx := testContext(t, 25*time.Minute)
+			names := []string{tt.mode + "-a", tt.mode + "-b"}
+			// The bridge VMs' image is pushed fresh, so their disks are
+			// imported through the mirrors whatever the node's cache holds.
+			source := stack.GuestSource
+			if tt.mode == "bridge" {
+				var err error
+				if source, err = st.Mirrors.PushFresh(ctx, fmt.Sprintf("l2-%d", time.Now().UnixNano())); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for _, n := range names {
+				vm := stack.VMOn(n, v1.RunStrategyAlways, tt.nad)
+				vm.Spec.DiskTemplates[0].ObjectMeta.Annotations[v1.DiskSourceAnnotation] = source
+				createVM(ctx, t, vm)
+				t.Cleanup(func() { deleteVM(t, n) })
+			}
+			ips := map[string]string{}
+			for _, n := range names {
+				vmi, err := st.WaitRunning(ctx, n, 12*time.Minute)
+				if err != nil {
+					t.Fatal(err)
+				}
+				ips[n] = stack.GuestIP(vmi)
+			}
+			if tt.mode == "bridge" {
+				checkFailover(ctx, t, names[0]+"-root", names[1]+"-root")
+			}
+			for i, n := range names {
+				peer := names[1-i]
+				out, err := st.RunInConsole(ctx, n, stack.PingCommand(ips[peer]), 3*time.Minute)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !strings.Contains(out, " 0% packet loss") {
+					t.Fatalf("vm %s → vm %s (%s) over the %s L2:\n%s", n, peer, ips[peer], tt.mode, out)
+				}
+			}
+			for _, n := range names {
+				logs, err := st.ProbeFromPod(ctx, "probe-"+n, tt.nad, stack.HostPort(ips[n], stack.VMPort), 3*time.Minute)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !strings.Contains(logs, "ok") {
+					t.Fatalf("pod → vm %s over the %s L2: %s", n, tt.mode, logs)
+				}
+			}
+		})
+	}
+}
+
+// checkFailover asserts that the disks were imported from the mirror that
+// is up, and that nothing claims to have come from the stopped first one:
+// the CSI driver's progress events name the mirror in use.
+func checkFailover(ctx context.Context, t *testing.T, claims ...string) {
+	t.Helper()
+	up, down := "from "+st.Mirrors.Up.Addr, "from "+st.Mirrors.Down.Addr
+	var seen []string
+	fromUp := false
+	for _, claim := range claims {
+		for _, e := range importEvents(ctx, t, claim) {
+			seen = append(seen, e.Reason+": "+e.Message)
+			if strings.Contains(e.Message, down) {
+				t.Errorf("pvc %s: an import from the stopped mirror: %s", claim, e.Message)
+			}
+			fromUp = fromUp || strings.Contains(e.Message, up)
+		}
+	}
+	if !fromUp {
+		t.Errorf("no import event names the mirror that is up (%s); events:\n%s", st.Mirrors.Up.Addr, strings.Join(seen, "\n"))
+	}
+}
+
+// importEvents waits for the ImportCompleted event of claim and returns
+// all its events.
+func importEvents(ctx context.Context, t *testing.T, claim string) []corev1.Event {
+	t.Helper()
+	events := &corev1.EventList{}
+	err := stack.Poll(ctx, time.Minute, func() (bool, error) {
+		if err := st.Client.List(ctx, events, client.InNamespace(stack.Namespace),
+			client.MatchingFields{"involvedObject.name": claim}); err != nil {
+			return false, err
+		}
+		for _, e := range events.Items {
+			if e.Reason == csidriver.ReasonImportCompleted {
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	if err != nil {
+		var seen []string
+		for _, e := range events.Items {
+			seen = append(seen, e.Reason+": "+e.Message)
+		}
+		t.Fatalf("pvc %s: no %s event: %v; events:\n%s", claim, csidriver.ReasonImportCompleted, err, strings.Join(seen, "\n"))
+	}
+	return events.Items
+}
