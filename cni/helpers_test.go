@@ -21,7 +21,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/podvirt/podvirt/test/deps"
-	"github.com/podvirt/podvirt/test/netnstest"
+	"github.com/podvirt/podvirt/test/harness/netnstest"
 )
 
 // Spec versions every mode is tested with.

@@ -26,7 +26,7 @@ import (
 	"github.com/podvirt/podvirt/api/scheme"
 	"github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/internal/polltest"
-	"github.com/podvirt/podvirt/test/apiserver"
+	"github.com/podvirt/podvirt/test/harness/apiserver"
 )
 
 // The tests share one API server and one controller manager, started by

@@ -18,7 +18,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/podvirt/podvirt/api/v1alpha1"
-	"github.com/podvirt/podvirt/test/apiserver"
+	"github.com/podvirt/podvirt/test/harness/apiserver"
 )
 
 // k8s reaches the test API server; nil when it could not start (the tests

@@ -18,7 +18,7 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	registerapi "k8s.io/kubelet/pkg/apis/pluginregistration/v1"
 
-	"github.com/podvirt/podvirt/test/apiserver"
+	"github.com/podvirt/podvirt/test/harness/apiserver"
 )
 
 // TestRun starts the driver with the chart's flags against a real API

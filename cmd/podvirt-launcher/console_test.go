@@ -23,7 +23,7 @@ import (
 	"github.com/podvirt/podvirt/runtime/converter"
 	"github.com/podvirt/podvirt/runtime/launcher"
 	"github.com/podvirt/podvirt/runtime/libvirtd"
-	"github.com/podvirt/podvirt/test/guest"
+	"github.com/podvirt/podvirt/test/images/guest"
 )
 
 // buildLauncher builds this command, as the launcher image holds it.

@@ -40,7 +40,7 @@ import (
 
 	"github.com/podvirt/podvirt/api/scheme"
 	"github.com/podvirt/podvirt/api/v1alpha1"
-	"github.com/podvirt/podvirt/test/apiserver"
+	"github.com/podvirt/podvirt/test/harness/apiserver"
 )
 
 // KubeVirt's density CI budget: 100 VMIs within 300 s.

@@ -25,7 +25,7 @@ import (
 	"github.com/podvirt/podvirt/contracts/diskmeta"
 	"github.com/podvirt/podvirt/csi/cluster"
 	"github.com/podvirt/podvirt/internal/polltest"
-	"github.com/podvirt/podvirt/test/apiserver"
+	"github.com/podvirt/podvirt/test/harness/apiserver"
 )
 
 // TestClaimSourcesAndEvents runs CreateVolume the way external-provisioner

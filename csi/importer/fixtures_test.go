@@ -34,8 +34,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/podvirt/podvirt/csi/image"
-	"github.com/podvirt/podvirt/test/guest"
-	testregistry "github.com/podvirt/podvirt/test/registry"
+	testregistry "github.com/podvirt/podvirt/test/env/registry"
+	"github.com/podvirt/podvirt/test/images/guest"
 )
 
 // needTool fails the test when a host tool is missing, naming make deps.
@@ -337,7 +337,7 @@ func fileSHA256(t testing.TB, p string) string {
 	return "sha256:" + hex.EncodeToString(h.Sum(nil))
 }
 
-// realRegistry is a docker-registry process (test/registry) as the
+// realRegistry is a docker-registry process (test/env/registry) as the
 // importer's tests use it: with TLS and an htpasswd user, or plain HTTP
 // without auth.
 type realRegistry struct {
@@ -422,7 +422,7 @@ func nilLogger() *log.Logger { return log.New(io.Discard, "", 0) }
 func pemOf(der []byte) []byte { return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}) }
 
 // guestContainerDisk is the real test guest (built once into the shared cache) as
-// test/guest packs it into its containerDisk image; and the disk itself.
+// test/images/guest packs it into its containerDisk image; and the disk itself.
 func guestContainerDisk(t testing.TB) (v1.Image, string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)

@@ -74,7 +74,7 @@ func TestImportInProcessRegistry(t *testing.T) {
 	}
 }
 
-// The real test guest's containerDisk (test/guest's OCI tar) through a real
+// The real test guest's containerDisk (test/images/guest's OCI tar) through a real
 // docker-registry with TLS and htpasswd.
 func TestImportRealRegistryTLSAuth(t *testing.T) {
 	ctx := testCtx(t, 5*time.Minute)

@@ -25,7 +25,7 @@ import (
 	"github.com/podvirt/podvirt/runtime/converter"
 	"github.com/podvirt/podvirt/runtime/launcher"
 	"github.com/podvirt/podvirt/runtime/libvirtd"
-	"github.com/podvirt/podvirt/test/guest"
+	"github.com/podvirt/podvirt/test/images/guest"
 )
 
 // TestRealGuest boots the test guest under a private libvirtd through

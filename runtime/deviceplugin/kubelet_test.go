@@ -21,7 +21,7 @@ import (
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/internal/testlog"
-	"github.com/podvirt/podvirt/test/cluster"
+	"github.com/podvirt/podvirt/test/env/cluster"
 )
 
 // kubeletConfig is this package's own cluster, which runs beside the

@@ -15,7 +15,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 
-	"github.com/podvirt/podvirt/test/netnstest"
+	"github.com/podvirt/podvirt/test/harness/netnstest"
 )
 
 // link is a veth pair srv0 (in the server's netns) – cli0 (in the

@@ -27,7 +27,7 @@ import (
 	"github.com/podvirt/podvirt/internal/polltest"
 	"github.com/podvirt/podvirt/runtime/cmdclient"
 	"github.com/podvirt/podvirt/runtime/converter"
-	"github.com/podvirt/podvirt/test/guest"
+	"github.com/podvirt/podvirt/test/images/guest"
 )
 
 // bootTimeout bounds a TCG boot on a loaded 2-core machine.

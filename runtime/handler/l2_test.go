@@ -21,8 +21,8 @@ import (
 	"github.com/podvirt/podvirt/contracts/podlink"
 	"github.com/podvirt/podvirt/internal/polltest"
 	"github.com/podvirt/podvirt/test/deps"
-	"github.com/podvirt/podvirt/test/guest"
-	"github.com/podvirt/podvirt/test/netnstest"
+	"github.com/podvirt/podvirt/test/harness/netnstest"
+	"github.com/podvirt/podvirt/test/images/guest"
 )
 
 // TestL2Interface: a VMI on a podvirt-l2 network (bridge mode, guest tap)

@@ -25,7 +25,7 @@ import (
 	"github.com/podvirt/podvirt/controller"
 	"github.com/podvirt/podvirt/internal/polltest"
 	"github.com/podvirt/podvirt/runtime/libvirtd"
-	"github.com/podvirt/podvirt/test/apiserver"
+	"github.com/podvirt/podvirt/test/harness/apiserver"
 )
 
 // The tests share one API server, one controller manager (the real VMI

@@ -13,8 +13,8 @@ import (
 
 	"github.com/podvirt/podvirt/runtime/converter"
 	"github.com/podvirt/podvirt/runtime/libvirtd"
-	"github.com/podvirt/podvirt/test/durations"
-	"github.com/podvirt/podvirt/test/guest"
+	"github.com/podvirt/podvirt/test/harness/durations"
+	"github.com/podvirt/podvirt/test/images/guest"
 )
 
 // BenchmarkBootVsVirsh measures launcher start → guest boot marker against

@@ -31,8 +31,8 @@ import (
 	"github.com/podvirt/podvirt/runtime/libvirtd"
 	"github.com/podvirt/podvirt/runtime/network"
 	"github.com/podvirt/podvirt/test/deps"
-	"github.com/podvirt/podvirt/test/guest"
-	"github.com/podvirt/podvirt/test/netnstest"
+	"github.com/podvirt/podvirt/test/harness/netnstest"
+	"github.com/podvirt/podvirt/test/images/guest"
 )
 
 // The L2 network the guests share, and the names in the throwaway node

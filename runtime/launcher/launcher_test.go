@@ -19,7 +19,7 @@ import (
 	"github.com/podvirt/podvirt/contracts/diskmeta"
 	"github.com/podvirt/podvirt/runtime/converter"
 	"github.com/podvirt/podvirt/runtime/libvirtd"
-	"github.com/podvirt/podvirt/test/guest"
+	"github.com/podvirt/podvirt/test/images/guest"
 )
 
 // startDaemon runs a private libvirtd for the test, stopped at cleanup.

@@ -12,9 +12,9 @@ import (
 	"path/filepath"
 	"syscall"
 
-	"github.com/podvirt/podvirt/test/cluster"
 	"github.com/podvirt/podvirt/test/deps"
-	"github.com/podvirt/podvirt/test/stack"
+	"github.com/podvirt/podvirt/test/env/cluster"
+	"github.com/podvirt/podvirt/test/env/stack"
 )
 
 const usage = `usage: podvirt-cluster [--dir DIR] COMMAND

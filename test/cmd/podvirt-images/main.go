@@ -12,9 +12,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/podvirt/podvirt/test/cluster"
-	"github.com/podvirt/podvirt/test/image"
-	"github.com/podvirt/podvirt/test/images"
+	"github.com/podvirt/podvirt/test/env/cluster"
+	"github.com/podvirt/podvirt/test/images/components"
+	"github.com/podvirt/podvirt/test/images/oci"
 )
 
 const usage = `usage: podvirt-images [flags] COMMAND [IMAGE...]
@@ -34,7 +34,7 @@ func main() {
 	if dir := os.Getenv("PODVIRT_CLUSTER_DIR"); dir != "" {
 		cfg.Dir = dir
 	}
-	var opts images.Options
+	var opts components.Options
 	var socket, out string
 	flags := flag.NewFlagSet("podvirt-images", flag.ContinueOnError)
 	flags.StringVar(&cfg.Dir, "dir", cfg.Dir, "state directory of the local cluster (env PODVIRT_CLUSTER_DIR)")
@@ -58,15 +58,15 @@ func main() {
 	}
 }
 
-func run(ctx context.Context, cfg cluster.Config, opts images.Options, socket, out, command string, names []string) error {
+func run(ctx context.Context, cfg cluster.Config, opts components.Options, socket, out, command string, names []string) error {
 	start := time.Now()
 	switch command {
 	case "list":
 		if len(names) == 0 {
-			names = images.All
+			names = components.All
 		}
 		for _, n := range names {
-			fmt.Println(images.Ref(n))
+			fmt.Println(components.Ref(n))
 		}
 		return nil
 	case "import":
@@ -80,11 +80,11 @@ func run(ctx context.Context, cfg cluster.Config, opts images.Options, socket, o
 		if _, err := os.Stat(socket); err != nil {
 			return fmt.Errorf("no containerd at %s: is the local cluster up? ('make up')", socket)
 		}
-		if _, err := images.BuildAndImport(ctx, socket, opts, names...); err != nil {
+		if _, err := components.BuildAndImport(ctx, socket, opts, names...); err != nil {
 			return err
 		}
 	case "save":
-		imgs, err := images.Build(ctx, opts, names...)
+		imgs, err := components.Build(ctx, opts, names...)
 		if err != nil {
 			return err
 		}
@@ -93,7 +93,7 @@ func run(ctx context.Context, cfg cluster.Config, opts images.Options, socket, o
 		}
 		for _, img := range imgs {
 			path := filepath.Join(out, img.Name+".tar")
-			if err := image.WriteOCITar(img.Image, img.Ref, path); err != nil {
+			if err := oci.WriteOCITar(img.Image, img.Ref, path); err != nil {
 				return err
 			}
 			fmt.Printf("%s -> %s\n", img.Ref, path)

@@ -1,5 +1,5 @@
 // Package chart drives the podvirt Helm chart (charts/podvirt) with the
-// pinned helm binary: values for a local cluster (test/cluster), the
+// pinned helm binary: values for a local cluster (test/env/cluster), the
 // VolumeSnapshot CRDs the chart expects the cluster to have, install and
 // uninstall. `make demo` and the e2e suite install podvirt through it; its
 // tests lint, render, dry-run and install the chart on real API servers.
@@ -35,15 +35,15 @@ import (
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
 
-	"github.com/podvirt/podvirt/test/cluster"
 	"github.com/podvirt/podvirt/test/deps"
-	"github.com/podvirt/podvirt/test/images"
+	"github.com/podvirt/podvirt/test/env/cluster"
+	"github.com/podvirt/podvirt/test/images/components"
 )
 
 // Dir is the chart's directory in this checkout.
 func Dir() string {
 	_, file, _, _ := runtime.Caller(0)
-	return filepath.Join(filepath.Dir(file), "..", "..", "charts", "podvirt")
+	return filepath.Join(filepath.Dir(file), "..", "..", "..", "charts", "podvirt")
 }
 
 // Helm runs the pinned helm with its state (cache, config, data) in a
@@ -202,7 +202,7 @@ func Install(ctx context.Context, c *cluster.Cluster, h *Helm, opts InstallOptio
 	if err != nil {
 		return err
 	}
-	changed, err := images.BuildAndImport(ctx, c.ContainerdSocket(), images.Options{Progress: opts.Progress})
+	changed, err := components.BuildAndImport(ctx, c.ContainerdSocket(), components.Options{Progress: opts.Progress})
 	if err != nil {
 		return err
 	}

@@ -24,8 +24,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/restmapper"
 
-	"github.com/podvirt/podvirt/test/apiserver"
-	"github.com/podvirt/podvirt/test/cluster"
+	"github.com/podvirt/podvirt/test/env/cluster"
+	"github.com/podvirt/podvirt/test/harness/apiserver"
 )
 
 // valueSets is the matrix every test renders: the defaults and sets that

@@ -19,7 +19,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/podvirt/podvirt/api/v1alpha1"
-	"github.com/podvirt/podvirt/test/cluster"
+	"github.com/podvirt/podvirt/test/env/cluster"
 )
 
 type clientset = kubernetes.Interface

@@ -13,7 +13,7 @@ import (
 )
 
 // NetworkAttachmentDefinitionCRD returns the CRD every local cluster has,
-// for tests on a bare API server (test/apiserver).
+// for tests on a bare API server (test/harness/apiserver).
 func NetworkAttachmentDefinitionCRD() *apiextensionsv1.CustomResourceDefinition {
 	return networkAttachmentDefinitionCRD()
 }

@@ -19,7 +19,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
-	"github.com/podvirt/podvirt/test/pidproc"
+	"github.com/podvirt/podvirt/test/harness/pidproc"
 )
 
 // Down stops every process the cluster started and removes the links,

@@ -13,7 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/podvirt/podvirt/test/image"
+	"github.com/podvirt/podvirt/test/images/oci"
 )
 
 // PauseImage is the pod sandbox image of every local cluster, built by
@@ -91,18 +91,18 @@ func (c *Cluster) BuildAndImport(ctx context.Context, pkg, ref string, entrypoin
 	}
 	defer os.RemoveAll(work)
 	bin := filepath.Join(work, "bin")
-	if err := image.GoBinary(ctx, pkg, bin); err != nil {
+	if err := oci.GoBinary(ctx, pkg, bin); err != nil {
 		return err
 	}
-	img, err := image.Build(image.Spec{Ref: ref, Files: []image.File{{Path: entrypoint[0], Source: bin}}, Entrypoint: entrypoint})
+	img, err := oci.Build(oci.Spec{Ref: ref, Files: []oci.File{{Path: entrypoint[0], Source: bin}}, Entrypoint: entrypoint})
 	if err != nil {
 		return err
 	}
 	tarPath := filepath.Join(work, "image.tar")
-	if err := image.WriteOCITar(img, ref, tarPath); err != nil {
+	if err := oci.WriteOCITar(img, ref, tarPath); err != nil {
 		return err
 	}
-	return image.Import(ctx, c.ContainerdSocket(), tarPath)
+	return oci.Import(ctx, c.ContainerdSocket(), tarPath)
 }
 
 // writeCNIConfig installs the plugins into the node's CNI bin dir and

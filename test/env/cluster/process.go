@@ -13,7 +13,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/podvirt/podvirt/test/pidproc"
+	"github.com/podvirt/podvirt/test/harness/pidproc"
 )
 
 // process is a long-running component the cluster starts and stops by pid.

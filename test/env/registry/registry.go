@@ -34,7 +34,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"golang.org/x/crypto/bcrypt"
 
-	"github.com/podvirt/podvirt/test/pidproc"
+	"github.com/podvirt/podvirt/test/harness/pidproc"
 )
 
 // Binary is the registry executable Debian's docker-registry package installs.

@@ -13,7 +13,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 
-	"github.com/podvirt/podvirt/test/pidproc"
+	"github.com/podvirt/podvirt/test/harness/pidproc"
 )
 
 func TestTLSWithAuth(t *testing.T) {

@@ -21,8 +21,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
-	"github.com/podvirt/podvirt/test/chart"
-	"github.com/podvirt/podvirt/test/cluster"
+	"github.com/podvirt/podvirt/test/env/chart"
+	"github.com/podvirt/podvirt/test/env/cluster"
 )
 
 // The demo's names.

@@ -3,7 +3,7 @@
 // imports them into a local cluster's containerd:
 //
 //   - podvirt-launcher: a Debian bookworm root with libvirtd, QEMU (x86,
-//     TCG or KVM), qemu-img, OVMF and passt (test/image/debian), plus the
+//     TCG or KVM), qemu-img, OVMF and passt (test/images/debian), plus the
 //     launcher (cgo, links libvirt);
 //   - podvirt-controller: the static controller alone;
 //   - podvirt-handler: the static node daemon and the podvirt-l2 CNI plugin
@@ -17,7 +17,7 @@
 // Big layers (the Debian roots) are cached under the cache dir and reused as
 // they are; only a changed binary's small layer is rebuilt. Import skips an
 // image containerd already has at the same digest.
-package images
+package components
 
 import (
 	"context"
@@ -33,8 +33,8 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/podvirt/podvirt/test/deps"
-	"github.com/podvirt/podvirt/test/image"
-	"github.com/podvirt/podvirt/test/image/debian"
+	"github.com/podvirt/podvirt/test/images/debian"
+	"github.com/podvirt/podvirt/test/images/oci"
 )
 
 // The images' names, as Build and the chart's values know them.
@@ -167,7 +167,7 @@ func Import(ctx context.Context, socket string, imgs []Image, progress io.Writer
 		if err != nil {
 			return imported, fmt.Errorf("image %s: %w", img.Ref, err)
 		}
-		present, err := image.Present(ctx, socket, img.Ref, digest)
+		present, err := oci.Present(ctx, socket, img.Ref, digest)
 		if err != nil {
 			return imported, err
 		}
@@ -176,10 +176,10 @@ func Import(ctx context.Context, socket string, imgs []Image, progress io.Writer
 			continue
 		}
 		tar := filepath.Join(work, img.Name+".tar")
-		if err := image.WriteOCITar(img.Image, img.Ref, tar); err != nil {
+		if err := oci.WriteOCITar(img.Image, img.Ref, tar); err != nil {
 			return imported, err
 		}
-		if err := image.Import(ctx, socket, tar); err != nil {
+		if err := oci.Import(ctx, socket, tar); err != nil {
 			return imported, err
 		}
 		_ = os.Remove(tar)
@@ -260,22 +260,22 @@ func build(ctx context.Context, opts Options, name string, bins map[string]strin
 		if err != nil {
 			return nil, err
 		}
-		return image.Build(image.Spec{
+		return oci.Build(oci.Spec{
 			Ref:        ref,
 			Base:       []v1.Layer{base},
-			Files:      []image.File{{Path: "/usr/bin/podvirt-launcher", Source: bins["podvirt-launcher"]}},
+			Files:      []oci.File{{Path: "/usr/bin/podvirt-launcher", Source: bins["podvirt-launcher"]}},
 			Entrypoint: []string{"/usr/bin/podvirt-launcher"},
 		})
 	case Controller:
-		return image.Build(image.Spec{
+		return oci.Build(oci.Spec{
 			Ref:        ref,
-			Files:      []image.File{{Path: "/usr/bin/podvirt-controller", Source: bins["podvirt-controller"]}},
+			Files:      []oci.File{{Path: "/usr/bin/podvirt-controller", Source: bins["podvirt-controller"]}},
 			Entrypoint: []string{"/usr/bin/podvirt-controller"},
 		})
 	case Handler:
-		return image.Build(image.Spec{
+		return oci.Build(oci.Spec{
 			Ref: ref,
-			Files: []image.File{
+			Files: []oci.File{
 				{Path: "/usr/bin/podvirt-handler", Source: bins["podvirt-handler"]},
 				{Path: "/usr/bin/podvirt-l2", Source: bins["podvirt-l2"]},
 			},
@@ -286,10 +286,10 @@ func build(ctx context.Context, opts Options, name string, bins map[string]strin
 		if err != nil {
 			return nil, err
 		}
-		return image.Build(image.Spec{
+		return oci.Build(oci.Spec{
 			Ref:        ref,
 			Base:       []v1.Layer{base},
-			Files:      []image.File{{Path: "/usr/bin/podvirt-csi", Source: bins["podvirt-csi"]}},
+			Files:      []oci.File{{Path: "/usr/bin/podvirt-csi", Source: bins["podvirt-csi"]}},
 			Entrypoint: []string{"/usr/bin/podvirt-csi"},
 		})
 	default: // a CSI sidecar
@@ -297,9 +297,9 @@ func build(ctx context.Context, opts Options, name string, bins map[string]strin
 		if err != nil {
 			return nil, err
 		}
-		return image.Build(image.Spec{
+		return oci.Build(oci.Spec{
 			Ref:        ref,
-			Files:      []image.File{{Path: "/" + name, Source: bin}},
+			Files:      []oci.File{{Path: "/" + name, Source: bin}},
 			Entrypoint: []string{"/" + name},
 		})
 	}
@@ -316,7 +316,7 @@ func rootLayer(ctx context.Context, opts Options, spec debian.Spec) (v1.Layer, e
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	layer, err := image.DirLayer(root.Dir, filepath.Join(dir, "rootfs-"+root.Key+".tar.zst"))
+	layer, err := oci.DirLayer(root.Dir, filepath.Join(dir, "rootfs-"+root.Key+".tar.zst"))
 	if err != nil {
 		return nil, err
 	}

@@ -1,4 +1,4 @@
-package images
+package components
 
 import (
 	"bytes"
@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/podvirt/podvirt/test/deps"
-	"github.com/podvirt/podvirt/test/image"
+	"github.com/podvirt/podvirt/test/images/oci"
 )
 
 // TestLauncherImageRunsLibvirtAndQEMU builds the launcher image, imports it
@@ -41,7 +41,7 @@ func TestLauncherImageRunsLibvirtAndQEMU(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ok, err := image.Present(ctx, socket, Ref(Launcher), digest); err != nil || !ok {
+	if ok, err := oci.Present(ctx, socket, Ref(Launcher), digest); err != nil || !ok {
 		t.Fatalf("after Import, Present(%s, %s) = %v, %v; want true", Ref(Launcher), digest, ok, err)
 	}
 	// A second import of the same image is skipped.

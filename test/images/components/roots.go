@@ -1,6 +1,6 @@
-package images
+package components
 
-import "github.com/podvirt/podvirt/test/image/debian"
+import "github.com/podvirt/podvirt/test/images/debian"
 
 // The system users and groups the libvirt/QEMU packages' maintainer
 // scripts would create: libvirt's QEMU driver refuses to start unless its

@@ -5,7 +5,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
-	"github.com/podvirt/podvirt/test/image"
+	"github.com/podvirt/podvirt/test/images/oci"
 )
 
 // ContainerDiskPath is where a containerDisk image holds its disk.
@@ -19,14 +19,14 @@ func WriteContainerDisk(art Artifacts, ref, path string) error {
 	if err != nil {
 		return fmt.Errorf("containerDisk %s: %w", ref, err)
 	}
-	return image.WriteOCITar(img, ref, path)
+	return oci.WriteOCITar(img, ref, path)
 }
 
 // ContainerDisk is the guest's disk as a containerDisk image, to push to a
 // registry.
 func ContainerDisk(art Artifacts) (v1.Image, error) {
-	return image.Build(image.Spec{
+	return oci.Build(oci.Spec{
 		Ref:   "podvirt.local/guest:containerdisk",
-		Files: []image.File{{Path: ContainerDiskPath, Source: art.Disk, Mode: 0o444}},
+		Files: []oci.File{{Path: ContainerDiskPath, Source: art.Disk, Mode: 0o444}},
 	})
 }

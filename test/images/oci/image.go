@@ -4,7 +4,7 @@
 // image is written as an OCI image-layout tar with go-containerregistry, and
 // `ctr` imports that tar into a containerd (Present tells whether it is
 // already there).
-package image
+package oci
 
 import (
 	"archive/tar"

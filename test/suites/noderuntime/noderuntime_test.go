@@ -37,9 +37,9 @@ import (
 	"github.com/podvirt/podvirt/controller"
 	"github.com/podvirt/podvirt/internal/testlog"
 	"github.com/podvirt/podvirt/runtime/handler"
-	"github.com/podvirt/podvirt/test/cluster"
-	"github.com/podvirt/podvirt/test/guest"
-	"github.com/podvirt/podvirt/test/images"
+	"github.com/podvirt/podvirt/test/env/cluster"
+	"github.com/podvirt/podvirt/test/images/components"
+	"github.com/podvirt/podvirt/test/images/guest"
 )
 
 // TestVMIOnCluster: a VMI booting the test guest from a disk on a local
@@ -84,7 +84,7 @@ func TestVMIOnCluster(t *testing.T) {
 	kubeletRoot := filepath.Join(dir, "cluster", "kubelet")
 
 	start := time.Now()
-	if _, err := images.BuildAndImport(ctx, c.ContainerdSocket(), images.Options{Progress: testlog.Writer(t)}, images.Launcher); err != nil {
+	if _, err := components.BuildAndImport(ctx, c.ContainerdSocket(), components.Options{Progress: testlog.Writer(t)}, components.Launcher); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("launcher image built and imported in %s", time.Since(start).Round(time.Second))
@@ -101,7 +101,7 @@ func TestVMIOnCluster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := envtest.InstallCRDs(restCfg, envtest.CRDInstallOptions{Paths: []string{"../../charts/podvirt/crds"}, ErrorIfPathMissing: true}); err != nil {
+	if _, err := envtest.InstallCRDs(restCfg, envtest.CRDInstallOptions{Paths: []string{"../../../charts/podvirt/crds"}, ErrorIfPathMissing: true}); err != nil {
 		t.Fatalf("installing podvirt's CRDs: %v", err)
 	}
 	startController(ctx, t, restCfg)
@@ -277,7 +277,7 @@ func startController(ctx context.Context, t *testing.T, cfg *rest.Config) {
 		t.Fatal(err)
 	}
 	ccfg := controller.DefaultConfig()
-	ccfg.LauncherImage = images.Ref(images.Launcher)
+	ccfg.LauncherImage = components.Ref(components.Launcher)
 	ccfg.UseEmulation = true
 	if err := controller.Setup(mgr, ccfg); err != nil {
 		t.Fatal(err)
@@ -299,7 +299,7 @@ func startHandler(ctx context.Context, t *testing.T, dir string, c *cluster.Clus
 	t.Helper()
 	bin := filepath.Join(dir, "bin")
 	build := exec.CommandContext(ctx, "go", "build", "-o", bin+"/", "./cmd/podvirt-handler", "./cmd/podvirt-l2")
-	build.Dir = "../.."
+	build.Dir = "../../.."
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("building podvirt-handler: %v: %s", err, out)

@@ -29,10 +29,10 @@ import (
 	"github.com/podvirt/podvirt/api/scheme"
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/controller"
-	"github.com/podvirt/podvirt/test/apiserver"
+	"github.com/podvirt/podvirt/test/harness/apiserver"
 )
 
-// The tests share one real API server (test/apiserver, RBAC on). Most run
+// The tests share one real API server (test/harness/apiserver, RBAC on). Most run
 // podvirtctl against VMs and VMIs they write themselves, with no
 // controller, so they can check exactly what a command changed. Tests in
 // controlledNS also run the real controller (its cache limited to that
