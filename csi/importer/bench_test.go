@@ -38,7 +38,7 @@ func BenchmarkDiskFromCache(b *testing.B) {
 			host, _ := inProcessRegistry(b)
 			push(b, img, host+"/os/cached:1")
 			c := newTestCache(b, b.TempDir(), 0, Options{})
-			src := Source{URL: "docker://" + host + "/os/cached:1"}
+			src := Source{AllowPrivate: true, URL: "docker://" + host + "/os/cached:1"}
 			base, err := c.Acquire(ctx, src, "warm", nil)
 			if err != nil {
 				b.Fatal(err)

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/podvirt/podvirt/csi/egress"
 	"github.com/podvirt/podvirt/csi/image"
 	"github.com/podvirt/podvirt/internal/atomicfile"
 )
@@ -39,6 +41,7 @@ type Cache struct {
 	health   *health
 	metrics  *metrics
 	log      *slog.Logger
+	egress   egress.Policy // AllowPrivate comes from each source
 
 	mu       sync.Mutex // guards idx and inflight
 	idx      index
@@ -80,6 +83,9 @@ type Options struct {
 	// (default 32 MiB): the most a crash can cost it.
 	CheckpointBytes int64
 	Logger          *slog.Logger
+	// PodCIDRs and ServiceCIDRs are the cluster's: imports may not reach them unless
+	// their source allows private addresses (csi/egress).
+	PodCIDRs, ServiceCIDRs []netip.Prefix
 }
 
 // NewCache opens (or creates) the cache in dir, capped at maxBytes of bases (0: no cap),
@@ -110,7 +116,7 @@ func NewCacheWithOptions(dir string, maxBytes int64, reg prometheus.Registerer, 
 		o.Logger = slog.Default()
 	}
 	c := &Cache{dir: dir, maxBytes: maxBytes, limits: o.Limits, stall: o.Stall, ckptSize: o.CheckpointBytes, metrics: m, log: o.Logger,
-		inflight: map[string]*flight{}}
+		inflight: map[string]*flight{}, egress: egress.Policy{PodCIDRs: o.PodCIDRs, ServiceCIDRs: o.ServiceCIDRs}}
 	c.health = &health{until: map[string]time.Time{}, backoff: o.MirrorBackoff,
 		failovers: func(mirror string) { m.failovers.WithLabelValues(mirror).Inc() }}
 	for _, d := range []string{dir, filepath.Join(dir, "bases"), filepath.Join(dir, "partial")} {
@@ -199,12 +205,18 @@ func (c *Cache) save() error {
 	return nil
 }
 
-// sourceKey names a source independently of its digest.
+// sourceKey names a source independently of its digest. A source fetched with private
+// addresses allowed is another source: a claim whose StorageClass does not allow them
+// must not get, from the cache, what the URL meant inside the cluster.
 func sourceKey(src Source) string {
+	k := src.URL
 	if src.Checksum != "" {
-		return src.URL + "#" + strings.ToLower(src.Checksum)
+		k += "#" + strings.ToLower(src.Checksum)
 	}
-	return src.URL
+	if src.AllowPrivate {
+		k += "#private"
+	}
+	return k
 }
 
 // Acquire resolves src to a digest, imports it into the cache unless it is there (joining

@@ -32,7 +32,7 @@ func childImport() int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
-	if _, err := c.Acquire(context.Background(), Source{URL: os.Getenv("SOURCE_URL")}, "vol-child", nil); err != nil {
+	if _, err := c.Acquire(context.Background(), Source{AllowPrivate: true, URL: os.Getenv("SOURCE_URL")}, "vol-child", nil); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
@@ -113,7 +113,7 @@ func TestKillMidImportThenRestart(t *testing.T) {
 			counter.delay.Store(0)
 
 			c := newTestCache(t, dir, 0, Options{})
-			base, err := c.Acquire(ctx, Source{URL: "docker://" + host + "/os/k:1"}, "vol-1", nil)
+			base, err := c.Acquire(ctx, Source{AllowPrivate: true, URL: "docker://" + host + "/os/k:1"}, "vol-1", nil)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -3,6 +3,7 @@ package importer
 import (
 	"errors"
 
+	"github.com/podvirt/podvirt/csi/egress"
 	"github.com/podvirt/podvirt/csi/image"
 )
 
@@ -21,7 +22,8 @@ func terminal(err error) error {
 }
 
 // IsTerminal reports whether err cannot heal by retrying: the image is missing on every
-// mirror, fails its checksum or digest, or is refused by validation. Connection errors,
+// mirror, fails its checksum or digest, is refused by validation, or lies at an address
+// the egress policy refuses. Connection errors,
 // 5xx answers and stalls are not terminal.
 func IsTerminal(err error) bool {
 	var t *terminalError
@@ -29,5 +31,6 @@ func IsTerminal(err error) bool {
 		return true
 	}
 	var ie *image.Error
-	return errors.As(err, &ie)
+	var re *egress.RefusedError
+	return errors.As(err, &ie) || errors.As(err, &re)
 }

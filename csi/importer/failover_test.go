@@ -123,7 +123,7 @@ func TestMirrorFailover(t *testing.T) {
 	}
 	var mu sync.Mutex
 	var mirrors []string
-	src := Source{URL: "docker://registry.example/os/guest:1", Mirrors: []string{down, proxy.host(), hostC}}
+	src := Source{AllowPrivate: true, URL: "docker://registry.example/os/guest:1", Mirrors: []string{down, proxy.host(), hostC}}
 	base, err := c.Acquire(ctx, src, "vol-1", func(p Progress) {
 		mu.Lock()
 		if len(mirrors) == 0 || mirrors[len(mirrors)-1] != p.Mirror {
@@ -178,7 +178,7 @@ func TestMirrorStall(t *testing.T) {
 	counterA.delay.Store(int64(time.Hour)) // sends 64 KiB, then nothing
 	c := newTestCache(t, t.TempDir(), 0, Options{Stall: time.Second})
 	start := time.Now()
-	base, err := c.Acquire(ctx, Source{URL: "docker://registry.example/os/s:1", Mirrors: []string{hostA, hostB}}, "v", nil)
+	base, err := c.Acquire(ctx, Source{AllowPrivate: true, URL: "docker://registry.example/os/s:1", Mirrors: []string{hostA, hostB}}, "v", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,7 +216,7 @@ func TestMirror5xx(t *testing.T) {
 	good, _ := inProcessRegistry(t)
 	push(t, img, good+"/os/5:1")
 	c := newTestCache(t, t.TempDir(), 0, Options{})
-	src := Source{URL: "docker://registry.example/os/5:1", Mirrors: []string{brokenHost, good}}
+	src := Source{AllowPrivate: true, URL: "docker://registry.example/os/5:1", Mirrors: []string{brokenHost, good}}
 	base, err := c.Acquire(ctx, src, "v", nil)
 	if err != nil {
 		t.Fatal(err)
@@ -231,7 +231,7 @@ func TestMirror5xx(t *testing.T) {
 		t.Fatalf("order after a 503: %v", order)
 	}
 	// Only unhealthy mirrors left: they are still tried (and fail as retryable, not terminal).
-	_, err = c.Acquire(ctx, Source{URL: "docker://registry.example/os/other:1", Mirrors: []string{brokenHost}}, "w", nil)
+	_, err = c.Acquire(ctx, Source{AllowPrivate: true, URL: "docker://registry.example/os/other:1", Mirrors: []string{brokenHost}}, "w", nil)
 	if err == nil || IsTerminal(err) || !strings.Contains(err.Error(), "503") {
 		t.Fatalf("503 everywhere: %v, want a retryable error naming the 503", err)
 	}

@@ -384,9 +384,9 @@ func (r *realRegistry) pushOpts() []remote.Option {
 
 func (r *realRegistry) source(repo string) Source {
 	if r.plain {
-		return Source{URL: "docker://" + r.host + "/" + repo}
+		return Source{AllowPrivate: true, URL: "docker://" + r.host + "/" + repo}
 	}
-	return Source{URL: "docker://" + r.host + "/" + repo, Username: r.user, Password: r.pass, CACertsPEM: r.CACertPEM}
+	return Source{AllowPrivate: true, URL: "docker://" + r.host + "/" + repo, Username: r.user, Password: r.pass, CACertsPEM: r.CACertPEM}
 }
 
 // refused asserts err is an image refusal for reason and terminal.

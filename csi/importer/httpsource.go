@@ -42,13 +42,13 @@ func (c *Cache) planHTTP(src Source) (*job, string, error) {
 	c.mu.Lock()
 	digest := c.idx.Sources[sourceKey(src)]
 	c.mu.Unlock()
-	return c.newJob(src, &httpSource{src: src}, "url:"+src.URL), digest, nil
+	return c.newJob(src, &httpSource{src: src}, "url:"+sourceKey(src)), digest, nil
 }
 
 // stream downloads an http(s) source into w (decompressing .gz/.xz), checks its
 // checksum, and returns the sha256 of the downloaded bytes.
 func (s *httpSource) stream(ctx context.Context, j *job, w *sparseWriter, cp *checkpoint) (string, error) {
-	tr, err := baseTransport(s.src)
+	tr, err := j.c.baseTransport(s.src)
 	if err != nil {
 		return "", err
 	}

@@ -36,7 +36,7 @@ func TestImportInProcessRegistry(t *testing.T) {
 	c := newTestCache(t, dir, 0, Options{})
 	var last Progress
 	var calls int
-	base, err := c.Acquire(ctx, Source{URL: "docker://" + host + "/vm/fedora:40"}, "vol-1", func(p Progress) { last = p; calls++ })
+	base, err := c.Acquire(ctx, Source{AllowPrivate: true, URL: "docker://" + host + "/vm/fedora:40"}, "vol-1", func(p Progress) { last = p; calls++ })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,7 +54,7 @@ func TestImportInProcessRegistry(t *testing.T) {
 		t.Fatalf("progress: %d calls, last %+v", calls, last)
 	}
 	gets := counter.blobGETs.Load()
-	again, err := c.Acquire(ctx, Source{URL: "docker://" + host + "/vm/fedora:40"}, "vol-2", nil)
+	again, err := c.Acquire(ctx, Source{AllowPrivate: true, URL: "docker://" + host + "/vm/fedora:40"}, "vol-2", nil)
 	cached := base
 	cached.Cached = true
 	if err != nil || again != cached {
@@ -65,7 +65,7 @@ func TestImportInProcessRegistry(t *testing.T) {
 	}
 	// By digest, and after a restart: the index survives.
 	c2 := newTestCache(t, dir, 0, Options{})
-	byDigest, err := c2.Acquire(ctx, Source{URL: "docker://" + host + "/vm/fedora@" + base.Digest}, "vol-3", nil)
+	byDigest, err := c2.Acquire(ctx, Source{AllowPrivate: true, URL: "docker://" + host + "/vm/fedora@" + base.Digest}, "vol-3", nil)
 	if err != nil || byDigest != cached {
 		t.Fatalf("Acquire by digest after restart = %+v, %v", byDigest, err)
 	}
@@ -109,7 +109,7 @@ func TestImportRealRegistryTLSAuth(t *testing.T) {
 	// The same credentials as a dockerconfigjson Secret would hold them.
 	dcj := []byte(`{"auths":{"` + reg.host + `":{"username":"` + reg.user + `","password":"` + reg.pass + `"}}}`)
 	c2 := newTestCache(t, t.TempDir(), 0, Options{})
-	src2 := Source{URL: src.URL, DockerConfigJSON: dcj, CACertsPEM: reg.CACertPEM}
+	src2 := Source{AllowPrivate: true, URL: src.URL, DockerConfigJSON: dcj, CACertsPEM: reg.CACertPEM}
 	if b2, err := c2.Acquire(ctx, src2, "vol-1", nil); err != nil || b2.Digest != base.Digest {
 		t.Fatalf("import with dockerconfigjson: %+v, %v", b2, err)
 	}
@@ -136,7 +136,7 @@ func TestImportHTTPChecksum(t *testing.T) {
 
 	c := newTestCache(t, t.TempDir(), 0, Options{})
 	sum := fileSHA256(t, disk)
-	base, err := c.Acquire(ctx, Source{URL: srv.URL + "/web.qcow2", Checksum: sum, CACertsPEM: ca}, "vol-1", nil)
+	base, err := c.Acquire(ctx, Source{AllowPrivate: true, URL: srv.URL + "/web.qcow2", Checksum: sum, CACertsPEM: ca}, "vol-1", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,7 +146,7 @@ func TestImportHTTPChecksum(t *testing.T) {
 	sameContent(t, disk, base.Path)
 
 	xzSum := fileSHA256(t, disk+".xz")
-	bx, err := c.Acquire(ctx, Source{URL: srv.URL + "/web.qcow2.xz", Checksum: xzSum, CACertsPEM: ca}, "vol-2", nil)
+	bx, err := c.Acquire(ctx, Source{AllowPrivate: true, URL: srv.URL + "/web.qcow2.xz", Checksum: xzSum, CACertsPEM: ca}, "vol-2", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,7 +155,7 @@ func TestImportHTTPChecksum(t *testing.T) {
 		t.Fatalf("xz base digest %s, want the download's %s", bx.Digest, xzSum)
 	}
 
-	if _, err := c.Acquire(ctx, Source{URL: srv.URL + "/missing.qcow2", CACertsPEM: ca}, "vol-3", nil); !IsTerminal(err) {
+	if _, err := c.Acquire(ctx, Source{AllowPrivate: true, URL: srv.URL + "/missing.qcow2", CACertsPEM: ca}, "vol-3", nil); !IsTerminal(err) {
 		t.Fatalf("404 over HTTP: %v, want a terminal error", err)
 	}
 }
@@ -176,7 +176,7 @@ func TestConcurrentAcquireDownloadsOnce(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			bases[i], errs[i] = c.Acquire(ctx, Source{URL: "docker://" + host + "/vm/c:1"}, "vol-"+string(rune('a'+i)), nil)
+			bases[i], errs[i] = c.Acquire(ctx, Source{AllowPrivate: true, URL: "docker://" + host + "/vm/c:1"}, "vol-"+string(rune('a'+i)), nil)
 		}()
 	}
 	wg.Wait()
@@ -208,7 +208,7 @@ func TestCacheEviction(t *testing.T) {
 	}
 	dir := t.TempDir()
 	c := newTestCache(t, dir, 1, Options{}) // a cap that every base exceeds: only held bases stay
-	src := func(tag string) Source { return Source{URL: "docker://" + host + "/vm/e:" + tag} }
+	src := func(tag string) Source { return Source{AllowPrivate: true, URL: "docker://" + host + "/vm/e:" + tag} }
 	a, err := c.Acquire(ctx, src("a"), "vol-a", nil)
 	if err != nil {
 		t.Fatal(err)

@@ -77,7 +77,7 @@ func TestMaliciousImagesRefused(t *testing.T) {
 			defer counter.tamper.Store(false)
 			dir := t.TempDir()
 			c := newTestCache(t, dir, 0, Options{Limits: image.Limits{MaxVirtualSize: 64 << 30, CPUSeconds: 30, AddressSpace: 1 << 30, Timeout: time.Minute}})
-			_, err := c.Acquire(ctx, Source{URL: "docker://" + repo}, "vol-1", nil)
+			_, err := c.Acquire(ctx, Source{AllowPrivate: true, URL: "docker://" + repo}, "vol-1", nil)
 			refused(t, err, tc.want)
 			if !strings.Contains(err.Error(), tc.words) {
 				t.Fatalf("message %q does not mention %q", err, tc.words)
@@ -92,7 +92,7 @@ func TestMaliciousImagesRefused(t *testing.T) {
 		defer srv.Close()
 		dir := t.TempDir()
 		c := newTestCache(t, dir, 0, Options{})
-		_, err := c.Acquire(ctx, Source{URL: srv.URL + "/good.qcow2", Checksum: "sha256:" + strings.Repeat("0", 64)}, "vol-1", nil)
+		_, err := c.Acquire(ctx, Source{AllowPrivate: true, URL: srv.URL + "/good.qcow2", Checksum: "sha256:" + strings.Repeat("0", 64)}, "vol-1", nil)
 		refused(t, err, image.ReasonChecksum)
 		t.Logf("%v", err)
 		assertEmptyCache(t, dir)
@@ -100,7 +100,7 @@ func TestMaliciousImagesRefused(t *testing.T) {
 	t.Run("404 on every mirror", func(t *testing.T) {
 		dir := t.TempDir()
 		c := newTestCache(t, dir, 0, Options{})
-		_, err := c.Acquire(ctx, Source{URL: "docker://" + host + "/nothing/here:1", Mirrors: []string{host, host}}, "vol-1", nil)
+		_, err := c.Acquire(ctx, Source{AllowPrivate: true, URL: "docker://" + host + "/nothing/here:1", Mirrors: []string{host, host}}, "vol-1", nil)
 		if err == nil || !IsTerminal(err) || !strings.Contains(err.Error(), "not found on any") {
 			t.Fatalf("missing image: %v, want terminal 'not found on any'", err)
 		}

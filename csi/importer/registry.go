@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"time"
@@ -19,11 +18,22 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/podvirt/podvirt/csi/egress"
 )
 
+// policy is the egress policy of an import of src.
+func (c *Cache) policy(src Source) egress.Policy {
+	p := c.egress
+	p.AllowPrivate = src.AllowPrivate
+	return p
+}
+
 // baseTransport is the HTTP transport for a source: the system CAs plus the source's own,
-// certificate checks off only when the user asked for an insecure source.
-func baseTransport(src Source) (*http.Transport, error) {
+// certificate checks off only when the user asked for an insecure source. Every connection
+// it makes (the source, redirects, registry tokens and blob redirects) is dialed through
+// the egress policy, and never through a proxy, which would dial unchecked.
+func (c *Cache) baseTransport(src Source) (*http.Transport, error) {
 	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12}
 	if len(src.CACertsPEM) > 0 {
 		pool, err := x509.SystemCertPool()
@@ -37,8 +47,8 @@ func baseTransport(src Source) (*http.Transport, error) {
 	}
 	tlsCfg.InsecureSkipVerify = src.Insecure //nolint:gosec // only when the user said insecure
 	return &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		Proxy:                 nil,
+		DialContext:           c.policy(src).DialContext(10*time.Second, 30*time.Second),
 		TLSClientConfig:       tlsCfg,
 		TLSHandshakeTimeout:   10 * time.Second,
 		ResponseHeaderTimeout: 30 * time.Second,

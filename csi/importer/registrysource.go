@@ -49,7 +49,7 @@ func (c *Cache) planRegistry(ctx context.Context, src Source) (*job, string, err
 	if err != nil {
 		return nil, "", err
 	}
-	tr, err := baseTransport(src)
+	tr, err := c.baseTransport(src)
 	if err != nil {
 		return nil, "", err
 	}

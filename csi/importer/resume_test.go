@@ -32,7 +32,7 @@ func TestHTTPInterruptedResumes(t *testing.T) {
 		files.ServeHTTP(&cuttingWriter{ResponseWriter: w, cut: &cutAt, served: &served, slow: &slow}, r)
 	}))
 	t.Cleanup(srv.Close)
-	src := Source{URL: srv.URL + "/h.qcow2", Checksum: fileSHA256(t, disk)}
+	src := Source{AllowPrivate: true, URL: srv.URL + "/h.qcow2", Checksum: fileSHA256(t, disk)}
 	dir := t.TempDir()
 	c := newTestCache(t, dir, 0, Options{CheckpointBytes: 2 << 20})
 
@@ -127,7 +127,7 @@ func TestHTTPFileChangedBeforeResume(t *testing.T) {
 	t.Cleanup(srv.Close)
 	dir := t.TempDir()
 	c := newTestCache(t, dir, 0, Options{CheckpointBytes: 1 << 20})
-	src := Source{URL: srv.URL + "/disk.qcow2"} // no checksum: only If-Range protects the resume
+	src := Source{AllowPrivate: true, URL: srv.URL + "/disk.qcow2"} // no checksum: only If-Range protects the resume
 	cutAt.Store(fileSize(t, served) / 2)
 	if _, err := c.Acquire(ctx, src, "v", nil); err == nil || IsTerminal(err) {
 		t.Fatalf("cut download: %v", err)

@@ -19,6 +19,9 @@ type Source struct {
 	CACertsPEM []byte
 	// Insecure allows plain HTTP and unverified TLS; only when the user asked for it.
 	Insecure bool
+	// AllowPrivate lets the import reach loopback and cluster (pod, Service) addresses,
+	// for in-cluster registries and servers an admin opted in (csi/egress).
+	AllowPrivate bool
 }
 
 // Progress reports an import in flight.
