@@ -83,12 +83,14 @@ func TestClaimSourcesAndEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	sum := sha256.Sum256(data)
-	web := httptest.NewServer(http.FileServer(http.Dir(filepath.Dir(img))))
-	t.Cleanup(web.Close)
-	webHost := strings.TrimPrefix(web.URL, "http://")
+	webSrv := httptest.NewServer(http.FileServer(http.Dir(filepath.Dir(img))))
+	t.Cleanup(webSrv.Close)
+	webHost := strings.TrimPrefix(webSrv.URL, "http://")
 
 	td := startImportDriver(t, Options{Cluster: kube, ProgressInterval: 500 * time.Millisecond})
-	private := map[string]string{ParamRegistrySecretName: "registry-creds", ParamCAConfigMap: "registry-ca"}
+	// The registry and web server listen on loopback: the class opts in.
+	private := map[string]string{ParamRegistrySecretName: "registry-creds", ParamCAConfigMap: "registry-ca", ParamAllowPrivateSources: "true"}
+	web := map[string]string{ParamInsecureRegistries: webHost, ParamAllowPrivateSources: "true"}
 
 	tests := []struct {
 		claim       string
@@ -116,16 +118,16 @@ func TestClaimSourcesAndEvents(t *testing.T) {
 		},
 		{
 			claim:       "checksum-ok",
-			annotations: map[string]string{v1.DiskSourceAnnotation: web.URL + "/disk.qcow2", v1.DiskChecksumAnnotation: "sha256:" + hex.EncodeToString(sum[:])},
+			annotations: map[string]string{v1.DiskSourceAnnotation: webSrv.URL + "/disk.qcow2", v1.DiskChecksumAnnotation: "sha256:" + hex.EncodeToString(sum[:])},
 			size:        8 << 20,
-			params:      map[string]string{ParamInsecureRegistries: webHost},
+			params:      web,
 			wantReasons: []string{ReasonImportStarted, ReasonImportCompleted},
 		},
 		{
 			claim:       "checksum-bad",
-			annotations: map[string]string{v1.DiskSourceAnnotation: web.URL + "/disk.qcow2", v1.DiskChecksumAnnotation: "sha256:" + strings.Repeat("0", 64)},
+			annotations: map[string]string{v1.DiskSourceAnnotation: webSrv.URL + "/disk.qcow2", v1.DiskChecksumAnnotation: "sha256:" + strings.Repeat("0", 64)},
 			size:        8 << 20,
-			params:      map[string]string{ParamInsecureRegistries: webHost},
+			params:      web,
 			wantCode:    codes.FailedPrecondition,
 			wantMsg:     "will not be retried",
 			wantReasons: []string{ReasonImportStarted, ReasonImportFailed},
@@ -143,12 +145,32 @@ func TestClaimSourcesAndEvents(t *testing.T) {
 			claim:       "no-credentials",
 			annotations: map[string]string{v1.DiskSourceAnnotation: unseen},
 			size:        32 << 20,
-			params:      map[string]string{ParamCAConfigMap: "registry-ca"},
+			params:      map[string]string{ParamCAConfigMap: "registry-ca", ParamAllowPrivateSources: "true"},
 			// The registry's 401 may heal (a Secret added to the class):
 			// the provisioner retries, the claim shows why.
 			wantCode:    codes.Unavailable,
 			wantMsg:     "401 Unauthorized",
 			wantReasons: []string{ReasonImportStarted, ReasonImportRetrying},
+		},
+		{
+			// Any claim author picks the source: the class limits it.
+			claim:       "not-allowed",
+			annotations: map[string]string{v1.DiskSourceAnnotation: "http://169.254.169.254/latest/meta-data/iam"},
+			size:        8 << 20,
+			params:      merge(web, map[string]string{ParamAllowedSources: "quay.io, https://images.example.com/vm/"}),
+			wantCode:    codes.FailedPrecondition,
+			wantMsg:     "not allowed by StorageClass parameter allowedSources (quay.io, https://images.example.com/vm/)",
+			wantReasons: []string{ReasonImportFailed},
+		},
+		{
+			// Without the opt-in, the web server on loopback is out of reach.
+			claim:       "loopback",
+			annotations: map[string]string{v1.DiskSourceAnnotation: webSrv.URL + "/disk.qcow2"},
+			size:        8 << 20,
+			params:      map[string]string{ParamInsecureRegistries: webHost},
+			wantCode:    codes.FailedPrecondition,
+			wantMsg:     "refused by the image egress policy: loopback address",
+			wantReasons: []string{ReasonImportStarted, ReasonImportFailed},
 		},
 	}
 	for _, tt := range tests {

@@ -79,7 +79,17 @@ func (d *Driver) resolveImage(ctx context.Context, req *csi.CreateVolumeRequest,
 	if d.opts.Cache == nil {
 		return status.Errorf(codes.FailedPrecondition, "CreateVolume %q: source %s: %v", p.name, source, errNoCache)
 	}
-	src := importer.Source{URL: source, Checksum: checksum, Mirrors: p.params.mirrors}
+	p.failureKey = source + " " + checksum
+	if !p.params.sourceAllowed(source) {
+		if f, ok := d.store.Failure(p.name); ok && f.Key == p.failureKey {
+			return status.Error(codes.Code(f.Code), f.Message) // reported on the claim already
+		}
+		return d.fail(*p, finalImportError(codes.FailedPrecondition,
+			"image %s for volume %q is not allowed by StorageClass parameter %s (%s): name an image from those, or ask the cluster admin to add it there",
+			source, p.name, ParamAllowedSources, strings.Join(p.params.allowed, ", ")))
+	}
+	// With registries, a docker:// source is fetched from them only (importer.Source.Mirrors).
+	src := importer.Source{URL: source, Checksum: checksum, Mirrors: p.params.mirrors, AllowPrivate: p.params.allowPrivate}
 	insecure, err := p.params.insecureFor(source)
 	if err != nil {
 		return status.Errorf(codes.InvalidArgument, "CreateVolume %q: %v", p.name, err)
@@ -132,7 +142,6 @@ func (d *Driver) resolveImage(ctx context.Context, req *csi.CreateVolumeRequest,
 		}
 	}
 	p.image = &src
-	p.failureKey = source + " " + checksum
 	return nil
 }
 

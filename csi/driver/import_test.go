@@ -250,7 +250,8 @@ func startImportDriver(t testing.TB, opts Options) *testDriver {
 }
 
 func sourceParams(reg *testRegistry, source string, extra ...string) map[string]string {
-	p := map[string]string{ParamSource: source, ParamInsecureRegistries: reg.host}
+	// The test registry listens on loopback, which imports reach only when opted in.
+	p := map[string]string{ParamSource: source, ParamInsecureRegistries: reg.host, ParamAllowPrivateSources: "true"}
 	for i := 0; i+1 < len(extra); i += 2 {
 		p[extra[i]] = extra[i+1]
 	}
@@ -515,7 +516,7 @@ func TestImportHTTP(t *testing.T) {
 	srv := httptest.NewServer(http.FileServer(http.Dir(filepath.Dir(img))))
 	t.Cleanup(srv.Close)
 	td := startImportDriver(t, Options{})
-	params := map[string]string{ParamSource: srv.URL + "/disk.qcow2", ParamInsecureRegistries: strings.TrimPrefix(srv.URL, "http://")}
+	params := map[string]string{ParamSource: srv.URL + "/disk.qcow2", ParamInsecureRegistries: strings.TrimPrefix(srv.URL, "http://"), ParamAllowPrivateSources: "true"}
 	v, err := td.controller().CreateVolume(ctx, createReq("pvc-http", 8<<20, false, params))
 	if err != nil {
 		t.Fatal(err)

@@ -2,10 +2,14 @@ package driver
 
 import (
 	"fmt"
+	"net"
 	"net/url"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
+
+	"github.com/google/go-containerregistry/pkg/name"
 
 	"github.com/podvirt/podvirt/contracts/diskmeta"
 	"github.com/podvirt/podvirt/csi/volume"
@@ -46,6 +50,13 @@ const (
 	// unverified TLS. An import uses insecure transport only when every
 	// host it may use is listed.
 	ParamInsecureRegistries = "insecureRegistries"
+	// ParamAllowedSources lists what claims may import (comma or newline
+	// separated): hosts (quay.io, reg:5000, *.example.com) or URL prefixes
+	// (https://images.example.com/vm/, docker://quay.io/myorg/). Empty: any.
+	ParamAllowedSources = "allowedSources"
+	// ParamAllowPrivateSources ("true") lets imports reach loopback and the
+	// cluster's pod and Service addresses, for in-cluster registries.
+	ParamAllowPrivateSources = "allowPrivateSources"
 )
 
 // Keys external-provisioner adds with --extra-create-metadata.
@@ -73,13 +84,16 @@ type params struct {
 	caConfigMap       string
 	caNamespace       string
 	insecure          []string
+	allowed           []string
+	allowPrivate      bool
 	claimName         string
 	claimNamespace    string
 	formatWasExplicit bool
 }
 
 var knownParams = []string{ParamSource, ParamRegistries, ParamFormat, ParamCloneStrategy, ParamPreallocation,
-	ParamRegistrySecretName, ParamRegistrySecretNamespace, ParamCAConfigMap, ParamCAConfigMapNamespace, ParamInsecureRegistries}
+	ParamRegistrySecretName, ParamRegistrySecretNamespace, ParamCAConfigMap, ParamCAConfigMapNamespace, ParamInsecureRegistries,
+	ParamAllowedSources, ParamAllowPrivateSources}
 
 // parseParams checks the StorageClass parameters for a volume (block says
 // its mode). Unknown keys are refused so a typo does not go unnoticed.
@@ -111,6 +125,14 @@ func parseParams(in map[string]string, block bool) (params, error) {
 			p.caNamespace = v
 		case ParamInsecureRegistries:
 			p.insecure = splitList(v)
+		case ParamAllowedSources:
+			p.allowed = splitList(v)
+		case ParamAllowPrivateSources:
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return p, fmt.Errorf("StorageClass parameter %s=%q: use true or false", ParamAllowPrivateSources, v)
+			}
+			p.allowPrivate = b
 		case paramPVCName:
 			p.claimName = v
 		case paramPVCNamespace:
@@ -142,7 +164,96 @@ func parseParams(in map[string]string, block bool) (params, error) {
 			return p, fmt.Errorf("StorageClass parameter %s: %w", ParamSource, err)
 		}
 	}
+	for _, a := range p.allowed {
+		if err := checkAllowedPattern(a); err != nil {
+			return p, fmt.Errorf("StorageClass parameter %s: %w", ParamAllowedSources, err)
+		}
+	}
 	return p, nil
+}
+
+// checkAllowedPattern accepts a host[:port], *.domain[:port], or a URL prefix.
+func checkAllowedPattern(a string) error {
+	if strings.Contains(a, "://") {
+		u, err := url.Parse(a)
+		if err != nil || u.Host == "" || (u.Scheme != "docker" && u.Scheme != "http" && u.Scheme != "https") {
+			return fmt.Errorf("%q is not a URL prefix such as https://images.example.com/vm/ or docker://quay.io/myorg/", a)
+		}
+		return nil
+	}
+	if strings.ContainsAny(a, "/?#@") || strings.Contains(strings.TrimPrefix(a, "*."), "*") {
+		return fmt.Errorf("%q is not a host such as quay.io, registry.example:5000 or *.example.com", a)
+	}
+	return nil
+}
+
+// sourceAllowed says whether the StorageClass's allowedSources admit the
+// source (as the claim or class names it; with registries, a docker://
+// source is fetched from them only, whatever host it names).
+func (p params) sourceAllowed(source string) bool {
+	if len(p.allowed) == 0 {
+		return true
+	}
+	scheme, host, pathPart := splitSource(source)
+	if host == "" || strings.Contains("/"+pathPart+"/", "/../") {
+		return false
+	}
+	canonical := scheme + "://" + host + "/" + pathPart
+	for _, a := range p.allowed {
+		if strings.Contains(a, "://") {
+			prefix := strings.TrimSuffix(a, "/")
+			if canonical == prefix || source == prefix || strings.HasPrefix(canonical, prefix+"/") {
+				return true
+			}
+			continue
+		}
+		if hostMatches(a, host) {
+			return true
+		}
+	}
+	return false
+}
+
+// splitSource returns a source's scheme, host (the registry of a docker://
+// reference, as the importer resolves it) and path.
+func splitSource(source string) (scheme, host, pathPart string) {
+	if ref, ok := strings.CutPrefix(source, "docker://"); ok {
+		r, err := name.ParseReference(ref)
+		if err != nil {
+			return "docker", "", ""
+		}
+		sep := ":"
+		if _, ok := r.(name.Digest); ok {
+			sep = "@"
+		}
+		return "docker", r.Context().RegistryStr(), r.Context().RepositoryStr() + sep + r.Identifier()
+	}
+	u, err := url.Parse(source)
+	if err != nil {
+		return "", "", ""
+	}
+	return u.Scheme, strings.ToLower(u.Host), strings.TrimPrefix(u.EscapedPath(), "/")
+}
+
+// hostMatches: a pattern without a port matches the host on any port;
+// *.example.com matches names below example.com, not example.com itself.
+func hostMatches(pattern, host string) bool {
+	pattern = strings.ToLower(pattern)
+	hostOnly, port, err := net.SplitHostPort(host)
+	if err != nil {
+		hostOnly, port = host, ""
+	}
+	pHost, pPort, err := net.SplitHostPort(pattern)
+	if err != nil {
+		pHost, pPort = pattern, ""
+	}
+	if pPort != "" && pPort != port {
+		return false
+	}
+	if suffix, ok := strings.CutPrefix(pHost, "*."); ok {
+		return strings.HasSuffix(hostOnly, "."+suffix)
+	}
+	return hostOnly == pHost
 }
 
 // checkSourceURL accepts docker://… and http(s)://… image sources.
