@@ -32,6 +32,7 @@ import (
 	"github.com/podvirt/podvirt/cmd/internal/version"
 	"github.com/podvirt/podvirt/csi/cluster"
 	"github.com/podvirt/podvirt/csi/driver"
+	"github.com/podvirt/podvirt/csi/egress"
 	"github.com/podvirt/podvirt/csi/importer"
 	"github.com/podvirt/podvirt/csi/registration"
 )
@@ -63,6 +64,8 @@ func run(ctx context.Context, args []string) error {
 		kubeletEndpoint = fs.String("kubelet-endpoint", "/var/lib/kubelet/plugins/"+driver.Name+"/csi.sock", "the CSI socket's path as the kubelet sees it, announced at registration")
 		metricsAddr     = fs.String("metrics-address", ":9811", "address of the Prometheus /metrics endpoint; empty disables it")
 		kubeconfig      = fs.String("kubeconfig", "", "kubeconfig file; empty means in-cluster")
+		podCIDRs        = fs.String("pod-cidrs", "", "the cluster's pod CIDRs (comma separated): imports may not reach them unless the StorageClass sets allowPrivateSources")
+		serviceCIDRs    = fs.String("service-cidrs", "", "the cluster's Service CIDRs (comma separated), refused like --pod-cidrs")
 		verbose         = fs.Bool("v", false, "debug logging")
 	)
 	if err := fs.Parse(args); err != nil {
@@ -79,6 +82,17 @@ func run(ctx context.Context, args []string) error {
 	if err != nil || size.Value() <= 0 {
 		return fmt.Errorf("--cache-size %q: give a positive quantity such as 20Gi", *cacheSize)
 	}
+	pods, err := egress.ParseCIDRs(*podCIDRs)
+	if err != nil {
+		return fmt.Errorf("--pod-cidrs: %w", err)
+	}
+	services, err := egress.ParseCIDRs(*serviceCIDRs)
+	if err != nil {
+		return fmt.Errorf("--service-cidrs: %w", err)
+	}
+	if len(pods) == 0 || len(services) == 0 {
+		log.Warn("no --pod-cidrs or --service-cidrs: imports are kept from loopback and link-local addresses only, not from the cluster's pods and Services")
+	}
 	cfg, err := restconfig.Load(*kubeconfig)
 	if err != nil {
 		return err
@@ -94,7 +108,8 @@ func run(ctx context.Context, args []string) error {
 	if err := os.MkdirAll(*stateDir, 0o755); err != nil {
 		return fmt.Errorf("--state-dir: %w", err)
 	}
-	cache, err := importer.NewCache(filepath.Join(*stateDir, "cache"), size.Value(), reg)
+	cache, err := importer.NewCacheWithOptions(filepath.Join(*stateDir, "cache"), size.Value(), reg,
+		importer.Options{Logger: log, PodCIDRs: pods, ServiceCIDRs: services})
 	if err != nil {
 		return fmt.Errorf("image cache: %w", err)
 	}

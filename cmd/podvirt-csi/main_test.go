@@ -145,6 +145,10 @@ func TestRunRefusesBadFlags(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "--cache-size") {
 		t.Errorf("run with --cache-size lots: %v", err)
 	}
+	err = run(context.Background(), []string{"--node-id", "n", "--pod-cidrs", "10.244.0.0"})
+	if err == nil || !strings.Contains(err.Error(), "--pod-cidrs") {
+		t.Errorf("run with --pod-cidrs 10.244.0.0: %v, want it to name --pod-cidrs", err)
+	}
 	err = run(context.Background(), []string{"--node-id", "n", "--state-dir", t.TempDir()})
 	if err == nil || !strings.Contains(err.Error(), "--kubeconfig") {
 		t.Errorf("run outside a pod without --kubeconfig: %v, want it to name --kubeconfig", err)
