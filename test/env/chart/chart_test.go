@@ -38,10 +38,11 @@ var valueSets = []struct {
 }{
 	{"defaults", nil, map[string]int{
 		"Deployment": 2, "DaemonSet": 2, "CSIDriver": 1, "StorageClass": 1, "VolumeSnapshotClass": 1,
-		"ClusterRole": 4, "Role": 3, "ServiceAccount": 4, "NetworkAttachmentDefinition": 0,
+		"ClusterRole": 4, "Role": 3, "ServiceAccount": 4, "NetworkAttachmentDefinition": 0, "NetworkPolicy": 1,
 	}},
 	{"without CSI and snapshot controller", []string{"csi.enabled=false", "snapshotController.enabled=false"}, map[string]int{
 		"Deployment": 1, "DaemonSet": 1, "CSIDriver": 0, "StorageClass": 0, "VolumeSnapshotClass": 0, "ClusterRole": 2,
+		"NetworkPolicy": 0,
 	}},
 	{"storage options", []string{
 		"csi.capacity=true", "storageClass.registries={reg-a.example:5000,reg-b.example:5000}",
@@ -49,7 +50,11 @@ var valueSets = []struct {
 		"storageClass.cloneStrategy=copy", "storageClass.default=true", "storageClass.reclaimPolicy=Retain",
 		"storageClass.extraParameters.registrySecretName=pull", "storageClass.extraParameters.source=docker://os/debian:12",
 		"volumeSnapshotClass.deletionPolicy=Retain", "csi.cacheSize=50Gi",
-	}, map[string]int{"StorageClass": 1, "VolumeSnapshotClass": 1}},
+		"storageClass.allowedSources={quay.io,https://images.example.com/vm/}", "storageClass.allowPrivateSources=true",
+		"csi.podCIDRs={10.244.0.0/16}", "csi.serviceCIDRs={10.96.0.0/12,fd00:10::/108}",
+		"csi.networkPolicy.extraEgress[0].to[0].podSelector.matchLabels.app=registry",
+	}, map[string]int{"StorageClass": 1, "VolumeSnapshotClass": 1, "NetworkPolicy": 1}},
+	{"no network policy", []string{"csi.networkPolicy.enabled=false"}, map[string]int{"NetworkPolicy": 0, "DaemonSet": 2}},
 	{"networks, KVM, two controllers, pull secrets", []string{
 		"networks.macvlan.create=true", "networks.bridge.create=true", "networks.macvlan.master=ens4",
 		"controller.useEmulation=false", "controller.replicas=2", "imagePullSecrets[0].name=regcred",
@@ -108,6 +113,8 @@ func TestSchemaRejects(t *testing.T) {
 		{"controller.useEmulaton=true", "useEmulaton"},
 		{"storageClass.registries={a b}", "/storageClass/registries"},
 		{"images.launcher.tag=", "/images/launcher/tag"},
+		{"csi.podCIDRs={10.244.0.0}", "/csi/podCIDRs"},
+		{"storageClass.allowPrivateSources=yes", "/storageClass/allowPrivateSources"},
 	} {
 		t.Run(tc.set, func(t *testing.T) {
 			_, err := h.Run(ctx, "template", "t", Dir(), "--set", tc.set)

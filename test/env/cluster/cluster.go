@@ -150,6 +150,10 @@ func (c *Cluster) NodeName() string { return c.cfg.Name }
 // NodeIP is the node's address; pods and the host both reach it.
 func (c *Cluster) NodeIP() net.IP { return c.cfg.NodeIP }
 
+// PodSubnet and ServiceSubnet are the cluster's pod and Service CIDRs.
+func (c *Cluster) PodSubnet() string     { return c.cfg.PodSubnet }
+func (c *Cluster) ServiceSubnet() string { return c.cfg.ServiceSubnet }
+
 // RESTConfig is a cluster-admin client configuration.
 func (c *Cluster) RESTConfig() (*rest.Config, error) {
 	return clientcmd.BuildConfigFromFlags("", c.Kubeconfig())

@@ -107,6 +107,11 @@ func Install(ctx context.Context, c *cluster.Cluster, opts Options) (*Stack, err
 		Set: []string{
 			"storageClass.registries={" + hosts + "}",
 			"storageClass.insecureRegistries={" + hosts + "}",
+			// Imports may not reach the cluster's pods and Services; the
+			// mirrors listen on the node's address, outside both, so the
+			// class needs no allowPrivateSources.
+			"csi.podCIDRs={" + c.PodSubnet() + "}",
+			"csi.serviceCIDRs={" + c.ServiceSubnet() + "}",
 			"storageClass.default=true",
 			"networks.bridge.create=true",
 			"networks.bridge.name=" + VMNetwork,
