@@ -385,6 +385,17 @@ type Interface struct {
 	// +kubebuilder:validation:XValidation:rule="!self.matches('^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$') || self.substring(1, 2).matches('[02468aceACE]')",message="macAddress must be a unicast address: the first byte must be even, like 02:…",reason=FieldValueInvalid
 	MACAddress string `json:"macAddress,omitempty"`
 
+	// IPAddress is the guest's address on its Multus network, e.g.
+	// "192.168.200.20" or "192.168.200.20/24", inside the range of the
+	// network's IPAM. In a VM, empty means the controller reserves one for
+	// the VM and records it here with the network's prefix; it stays the
+	// VM's across restarts until the VM is deleted.
+	//
+	// +optional
+	// +kubebuilder:validation:MaxLength=43
+	// +kubebuilder:validation:XValidation:rule="isIP(self) || isCIDR(self)",message="ipAddress must be an IP address, like 192.168.200.20, optionally with its prefix, like 192.168.200.20/24",reason=FieldValueInvalid
+	IPAddress string `json:"ipAddress,omitempty"`
+
 	// Model is the NIC model. Default virtio.
 	//
 	// +optional
