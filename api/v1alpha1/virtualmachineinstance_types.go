@@ -622,9 +622,11 @@ type VirtualMachineInstanceStatus struct {
 	// +optional
 	LauncherPod string `json:"launcherPod,omitempty"`
 
-	// Conditions: Ready (the guest runs and the launcher pod is ready),
-	// PodScheduled (copied from the launcher pod), Synchronized (False when
-	// the controller cannot make the launcher pod).
+	// Conditions: Ready (the guest runs, is not paused, and the launcher
+	// pod is ready), Paused (True while the guest is paused, its reason
+	// why, e.g. PausedByUser; absent otherwise), PodScheduled (copied from
+	// the launcher pod), Synchronized (False when the controller cannot
+	// make the launcher pod).
 	//
 	// +optional
 	// +listType=map
