@@ -588,6 +588,11 @@ const (
 // DomainStates are all domain states, as the CRD's enum lists them.
 var DomainStates = []DomainState{DomainStarting, DomainRunning, DomainPaused, DomainShutdown, DomainCrashed}
 
+// DomainReasonPausedByUser is the DomainStatus.Reason of a guest paused on
+// request (the PausedAnnotation); the controller gives the VMI's Paused
+// condition this reason.
+const DomainReasonPausedByUser = "PausedByUser"
+
 // VirtualMachineInstanceStatus is what the controller and the node daemon
 // observe.
 //
@@ -628,9 +633,11 @@ type VirtualMachineInstanceStatus struct {
 	// +optional
 	LauncherPod string `json:"launcherPod,omitempty"`
 
-	// Conditions: Ready (the guest runs and the launcher pod is ready),
-	// PodScheduled (copied from the launcher pod), Synchronized (False when
-	// the controller cannot make the launcher pod).
+	// Conditions: Ready (the guest runs, is not paused, and the launcher
+	// pod is ready), Paused (True while the guest is paused, its reason
+	// why, e.g. PausedByUser; absent otherwise), PodScheduled (copied from
+	// the launcher pod), Synchronized (False when the controller cannot
+	// make the launcher pod).
 	//
 	// +optional
 	// +listType=map
@@ -695,8 +702,9 @@ type VolumeStatus struct {
 type DomainStatus struct {
 	// State is the domain's state.
 	State DomainState `json:"state"`
-	// Reason is libvirt's reason for the state, e.g. "Shutdown" or
-	// "Crashed".
+	// Reason is why the domain is in its state, as a CamelCase word made
+	// from libvirt's event or state reason, e.g. "PausedByUser", "IOError",
+	// "Shutdown" or "Crashed"; "Unknown" for a code podvirt has no word for.
 	//
 	// +optional
 	Reason string `json:"reason,omitempty"`
