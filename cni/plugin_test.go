@@ -235,3 +235,43 @@ func expectCleanFailure(t *testing.T, a *attachment, dataDir string, code uint, 
 		}
 	}
 }
+
+// The address the controller reserved for a VM reaches host-local through
+// runtimeConfig.ips (Multus passes it when the NAD declares the ips
+// capability): the guest gets exactly it, and another pod asking for the
+// same address is refused, naming it, and leaves nothing behind.
+func TestRequestedAddress(t *testing.T) {
+	requireRoot(t)
+	useCNIPath(t, upstreamPluginDir(t))
+	n := newNode(t)
+	dataDir := t.TempDir()
+	attach := func(id, podUID string) *attachment {
+		f := modeFields(ModeBridge, 0)
+		f["guest"] = GuestTap
+		f["ipam"] = hostLocal(dataDir, "10.1.2.0/24")
+		f["resultsDir"] = t.TempDir()
+		f["runtimeConfig"] = map[string]any{"ips": []string{"10.1.2.77/24"}, "mac": "02:70:76:00:00:07"}
+		a := newAttachment(n, newNS(t), id, "net1", conf("1.0.0", f))
+		a.args.Args = "K8S_POD_UID=" + podUID
+		return a
+	}
+	first := attach("ctr-first", "5d0c3a8e-0000-4000-8000-000000000001")
+	res := first.addOK(t)
+	t.Cleanup(func() { _ = first.del() })
+	if ip, ipIf := guestIP(t, res); ip.String() != "10.1.2.77" || ipIf.Mac != "02:70:76:00:00:07" {
+		t.Fatalf("guest got %s on MAC %s, want the requested 10.1.2.77 on 02:70:76:00:00:07", ip, ipIf.Mac)
+	}
+	second := attach("ctr-second", "5d0c3a8e-0000-4000-8000-000000000002")
+	if _, err := second.add(); err == nil || !strings.Contains(err.Error(), "10.1.2.77") {
+		t.Fatalf("second ADD for a held address: %v, want an error naming 10.1.2.77", err)
+	}
+	if got := linkNames(t, second.pod); !slices.Equal(got, []string{"lo"}) {
+		t.Errorf("links left in the second pod after its failed ADD: %v", got)
+	}
+	if got := leases(t, dataDir); !slices.Equal(got, []string{"10.1.2.77"}) {
+		t.Errorf("host-local leases %v, want only the first pod's 10.1.2.77", got)
+	}
+	if err := second.del(); err != nil {
+		t.Errorf("DEL after failed ADD: %v", err)
+	}
+}

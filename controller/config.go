@@ -14,6 +14,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/apimachinery/pkg/api/resource"
+
+	"github.com/podvirt/podvirt/controller/identity"
 )
 
 // DefaultLauncherImage is the launcher image unless configured otherwise.
@@ -47,12 +49,16 @@ type Config struct {
 	// BackoffResetAfter is how long a VMI must run before its VM's
 	// failure count is cleared.
 	BackoffResetAfter time.Duration
+	// MACRange is where the MACs of VM interfaces without one come from.
+	MACRange identity.MACRange
 	// VMWorkers and VMIWorkers are the reconcilers' concurrency.
 	VMWorkers, VMIWorkers int
 	// Registerer takes the controller's metrics; nil leaves them
 	// unregistered.
 	Registerer prometheus.Registerer
 }
+
+var defaultMACRange, _ = identity.ParseMACRange(identity.DefaultMACRange)
 
 // DefaultConfig is the configuration with every default filled in.
 func DefaultConfig() Config {
@@ -64,6 +70,7 @@ func DefaultConfig() Config {
 		RestartBackoff:     10 * time.Second,
 		MaxRestartBackoff:  5 * time.Minute,
 		BackoffResetAfter:  5 * time.Minute,
+		MACRange:           defaultMACRange,
 		VMWorkers:          16,
 		VMIWorkers:         16,
 	}
@@ -77,6 +84,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("controller config: launcher command is empty")
 	case c.CPUAllocationRatio < 1:
 		return fmt.Errorf("controller config: cpu allocation ratio %d is below 1", c.CPUAllocationRatio)
+	case c.MACRange == identity.MACRange{}:
+		return fmt.Errorf("controller config: no MAC range")
 	case c.VMWorkers < 1 || c.VMIWorkers < 1:
 		return fmt.Errorf("controller config: workers must be at least 1 (vm %d, vmi %d)", c.VMWorkers, c.VMIWorkers)
 	case c.ContainerDiskSize.Sign() <= 0:

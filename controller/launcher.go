@@ -78,6 +78,9 @@ type multusSelection struct {
 	Namespace string `json:"namespace,omitempty"`
 	Interface string `json:"interface,omitempty"`
 	MAC       string `json:"mac,omitempty"`
+	// IPs are the addresses the network's IPAM is asked for (Multus passes
+	// them on as runtimeConfig.ips), in CIDR form.
+	IPs []string `json:"ips,omitempty"`
 }
 
 // launcherPod builds the launcher pod of vmi. claims holds the volume mode of
@@ -315,6 +318,9 @@ func multusNetworks(vmi *v1alpha1.VirtualMachineInstance) (string, error) {
 			continue
 		}
 		sel := multusSelection{Name: m.NetworkName, Interface: podlink.InterfaceName(iface.Name), MAC: iface.MACAddress}
+		if iface.IPAddress != "" {
+			sel.IPs = []string{iface.IPAddress}
+		}
 		if ns, n, ok := strings.Cut(m.NetworkName, "/"); ok {
 			sel.Namespace, sel.Name = ns, n
 		}

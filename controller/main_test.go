@@ -14,6 +14,7 @@ import (
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -62,7 +63,11 @@ func runTests(m *testing.M) int {
 		// density benchmark should not share the CPU with it.
 		return m.Run()
 	}
-	srv, err := apiserver.Start(apiserver.Options{CRDDirs: []string{"../charts/podvirt/crds"}})
+	srv, err := apiserver.Start(apiserver.Options{
+		CRDDirs: []string{"../charts/podvirt/crds"},
+		// VMs' L2 addresses come from their NetworkAttachmentDefinitions.
+		CRDs: []*apiextensionsv1.CustomResourceDefinition{apiserver.NetworkAttachmentDefinitionCRD()},
+	})
 	if err != nil {
 		startErr = err
 		return m.Run()

@@ -2,8 +2,10 @@ package controller
 
 import (
 	"fmt"
+	"regexp"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/podvirt/podvirt/api/v1alpha1"
@@ -12,6 +14,7 @@ import (
 // VMI condition types and reasons the controller writes.
 const (
 	ConditionReady        = "Ready"
+	ConditionPaused       = "Paused"
 	ConditionPodScheduled = "PodScheduled"
 	ConditionSynchronized = "Synchronized"
 
@@ -25,6 +28,8 @@ const (
 	ReasonDomainShutdown     = "DomainShutdown"
 	ReasonGuestNotRunning    = "GuestNotRunning"
 	ReasonGuestRunning       = "GuestRunning"
+	ReasonPaused             = "Paused"
+	ReasonUnknown            = "Unknown"
 	ReasonPodNotReady        = "LauncherPodNotReady"
 	ReasonUnschedulable      = corev1.PodReasonUnschedulable
 	ReasonVMIFinal           = "VMIFinished"
@@ -127,9 +132,25 @@ func podCondition(pod *corev1.Pod, t corev1.PodConditionType) *corev1.PodConditi
 	return nil
 }
 
-// vmiConditions computes the Ready and PodScheduled conditions of a VMI in
-// phase, with launcher pod (nil when gone).
-func vmiConditions(phase v1alpha1.VirtualMachineInstancePhase, pod *corev1.Pod, generation int64) []metav1.Condition {
+// setConditions writes vmi's Ready, Paused and PodScheduled conditions
+// (vmiConditions) into its status, and removes Paused once the guest runs
+// again: absent, as in KubeVirt, rather than False.
+func setConditions(vmi *v1alpha1.VirtualMachineInstance, pod *corev1.Pod) {
+	conds := vmiConditions(vmi, pod)
+	if meta.FindStatusCondition(conds, ConditionPaused) == nil {
+		meta.RemoveStatusCondition(&vmi.Status.Conditions, ConditionPaused)
+	}
+	for _, c := range conds {
+		// Keeps the transition time of a condition whose status stayed.
+		meta.SetStatusCondition(&vmi.Status.Conditions, c)
+	}
+}
+
+// vmiConditions computes the Ready and PodScheduled conditions of vmi with
+// launcher pod (nil when gone), and Paused while its guest is paused. The
+// controller alone computes them, from the node daemon's status.domain.
+func vmiConditions(vmi *v1alpha1.VirtualMachineInstance, pod *corev1.Pod) []metav1.Condition {
+	phase, generation := vmi.Status.Phase, vmi.Generation
 	var out []metav1.Condition
 	if c := podCondition(pod, corev1.PodScheduled); c != nil {
 		reason := c.Reason
@@ -141,6 +162,15 @@ func vmiConditions(phase v1alpha1.VirtualMachineInstancePhase, pod *corev1.Pod, 
 			Reason: reason, Message: c.Message, ObservedGeneration: generation,
 		})
 	}
+	paused := phase == v1alpha1.Running && vmi.Status.Domain != nil && vmi.Status.Domain.State == v1alpha1.DomainPaused
+	var why string
+	if paused {
+		why = pausedReason(vmi)
+		out = append(out, metav1.Condition{
+			Type: ConditionPaused, Status: metav1.ConditionTrue,
+			Reason: why, Message: pausedMessage(vmi, why), ObservedGeneration: generation,
+		})
+	}
 	ready := metav1.Condition{Type: ConditionReady, Status: metav1.ConditionFalse, ObservedGeneration: generation}
 	podReady := podCondition(pod, corev1.PodReady)
 	switch {
@@ -148,10 +178,46 @@ func vmiConditions(phase v1alpha1.VirtualMachineInstancePhase, pod *corev1.Pod, 
 		ready.Reason, ready.Message = ReasonVMIFinal, "the VMI has finished"
 	case phase != v1alpha1.Running:
 		ready.Reason, ready.Message = ReasonGuestNotRunning, "the guest is not running yet"
+	case paused && vmi.Annotations[v1alpha1.PausedAnnotation] == "true":
+		ready.Reason = ReasonPaused
+		ready.Message = fmt.Sprintf("the guest is paused: resume it with `podvirtctl unpause vmi %s`", vmi.Name)
+	case paused:
+		// The node daemon resumes a guest whose VMI does not ask to be
+		// paused (runtime/handler's syncPause).
+		ready.Reason = ReasonPaused
+		ready.Message = fmt.Sprintf("the guest is paused (%s) though the VMI does not ask for it: the node daemon resumes it", why)
 	case podReady == nil || podReady.Status != corev1.ConditionTrue:
 		ready.Reason, ready.Message = ReasonPodNotReady, "the launcher pod is not ready"
 	default:
 		ready.Status, ready.Reason = metav1.ConditionTrue, ReasonGuestRunning
 	}
 	return append(out, ready)
+}
+
+// conditionReason is what the API server accepts as a condition's reason
+// (metav1.Condition's pattern).
+var conditionReason = regexp.MustCompile(`^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$`)
+
+// pausedReason says why vmi's guest is paused: the launcher's word for
+// libvirt's reason (PausedByUser, IOError, ...), which is the truth even
+// when the VMI also asks to be paused. Without a word (Unknown, or an older
+// launcher's event numbers, which the API server refuses as a reason) it is
+// PausedByUser when the VMI asks to be paused, else Unknown.
+func pausedReason(vmi *v1alpha1.VirtualMachineInstance) string {
+	r := vmi.Status.Domain.Reason
+	switch {
+	case r != "" && r != ReasonUnknown && len(r) <= 1024 && conditionReason.MatchString(r):
+		return r
+	case vmi.Annotations[v1alpha1.PausedAnnotation] == "true":
+		return v1alpha1.DomainReasonPausedByUser
+	}
+	return ReasonUnknown
+}
+
+func pausedMessage(vmi *v1alpha1.VirtualMachineInstance, reason string) string {
+	msg := "libvirt paused the guest (" + reason + ")"
+	if reason == v1alpha1.DomainReasonPausedByUser {
+		msg = "the guest was paused on request"
+	}
+	return joinMessage(msg, vmi.Status.Domain.Message)
 }

@@ -18,6 +18,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
 	"github.com/podvirt/podvirt/api/v1alpha1"
+	"github.com/podvirt/podvirt/controller/identity"
 )
 
 // VM condition types and reasons.
@@ -32,6 +33,9 @@ const (
 	ReasonVMIFailed     = "VMIFailed"
 	ReasonNoFailure     = "NoFailure"
 	ReasonIgnoredChange = "StateChangeIgnored"
+	// ReasonIdentityAssigned: the controller recorded MACs and addresses
+	// in the VM's spec.
+	ReasonIdentityAssigned = "IdentityAssigned"
 )
 
 // VMReconciler applies a VM's run strategy: it creates and deletes the VM's
@@ -45,6 +49,7 @@ type VMReconciler struct {
 	Now       func() time.Time
 
 	metrics *instruments
+	claims  *identity.Claims
 }
 
 func (r *VMReconciler) now() time.Time {
@@ -56,6 +61,16 @@ func (r *VMReconciler) now() time.Time {
 
 // SetupWithManager registers the reconciler with mgr.
 func (r *VMReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	ctx := context.Background()
+	if err := mgr.GetFieldIndexer().IndexField(ctx, &v1alpha1.VirtualMachine{}, indexMAC, macIndex); err != nil {
+		return fmt.Errorf("index VMs by MAC: %w", err)
+	}
+	if err := mgr.GetFieldIndexer().IndexField(ctx, &v1alpha1.VirtualMachine{}, indexAddress, addressIndex); err != nil {
+		return fmt.Errorf("index VMs by address: %w", err)
+	}
+	// Longer than the cache takes to show an update, so a value handed
+	// out is never handed out again before the cache has it.
+	r.claims = identity.NewClaims(2 * time.Minute)
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("vm").
 		For(&v1alpha1.VirtualMachine{}).
@@ -91,6 +106,26 @@ func (r *VMReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Re
 			return requeueOnConflict(fmt.Errorf("add finalizer to VM %s/%s: %w", vm.Namespace, vm.Name, err))
 		}
 		orig = vm.DeepCopy()
+	}
+
+	changed, err := r.assignIdentity(ctx, vm)
+	if rf, ok := asRefusal(err); ok {
+		r.fail(vm, rf.reason, "Start", rf.msg)
+		if res, uerr := r.updateStatus(ctx, orig, vm, vmi); uerr != nil {
+			return res, uerr
+		}
+		// The holder may go, or a NAD appear, without this VM changing.
+		return ctrl.Result{RequeueAfter: 30 * time.Second}, nil
+	}
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if changed {
+		if err := r.Client.Update(ctx, vm); err != nil {
+			return requeueOnConflict(fmt.Errorf("record MACs and addresses of VM %s/%s: %w", vm.Namespace, vm.Name, err))
+		}
+		r.Recorder.Eventf(vm, nil, corev1.EventTypeNormal, ReasonIdentityAssigned, "Start", "%s", identityOf(vm))
+		return ctrl.Result{}, nil // the update brings the VM back with its new generation
 	}
 
 	if err := r.ensureDisks(ctx, vm); err != nil {
@@ -423,6 +458,7 @@ func (r *VMReconciler) finalize(ctx context.Context, orig, vm *v1alpha1.VirtualM
 	if err := r.Client.Patch(ctx, vm, patch); err != nil && !apierrors.IsNotFound(err) {
 		return requeueOnConflict(fmt.Errorf("remove finalizer from VM %s/%s: %w", vm.Namespace, vm.Name, err))
 	}
+	r.claims.Release(string(vm.UID)) // its MACs and addresses are free now
 	return ctrl.Result{}, nil
 }
 

@@ -93,7 +93,7 @@ func (r *VMIReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 		if err := r.deletePod(ctx, vmi, pod); err != nil {
 			return ctrl.Result{}, err
 		}
-		vmi.Status.Conditions = mergeConditions(vmi.Status.Conditions, vmiConditions(vmi.Status.Phase, pod, vmi.Generation))
+		setConditions(vmi, pod)
 
 	case pod == nil && vmi.Status.LauncherPod == "":
 		setPhase(vmi, v1alpha1.Pending, now)
@@ -133,7 +133,7 @@ func (r *VMIReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 				r.warn(vmi, ReasonUnschedulable, "Schedule", "launcher pod %s cannot be scheduled: %s", pod.Name, c.Message)
 			}
 		}
-		vmi.Status.Conditions = mergeConditions(vmi.Status.Conditions, vmiConditions(vmi.Status.Phase, pod, vmi.Generation))
+		setConditions(vmi, pod)
 		if vmi.Status.Phase.IsFinal() {
 			if err := r.deletePod(ctx, vmi, pod); err != nil {
 				return ctrl.Result{}, err
@@ -292,15 +292,6 @@ func setPhase(vmi *v1alpha1.VirtualMachineInstance, phase v1alpha1.VirtualMachin
 	vmi.Status.PhaseTransitionTimestamps = append(vmi.Status.PhaseTransitionTimestamps, v1alpha1.VirtualMachineInstancePhaseTransitionTimestamp{
 		Phase: phase, PhaseTransitionTimestamp: metav1.NewTime(now),
 	})
-}
-
-// mergeConditions sets each of update in conds, keeping transition times of
-// conditions whose status did not change.
-func mergeConditions(conds []metav1.Condition, update []metav1.Condition) []metav1.Condition {
-	for _, c := range update {
-		meta.SetStatusCondition(&conds, c)
-	}
-	return conds
 }
 
 func podFinished(pod *corev1.Pod) bool {

@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	"sigs.k8s.io/yaml"
@@ -295,6 +297,80 @@ func TestDeleteRunningVMI(t *testing.T) {
 	waitNoVMI(t, ns, "bye")
 	if err := k8s.Get(context.Background(), client.ObjectKeyFromObject(pod), &corev1.Pod{}); err == nil {
 		t.Error("the launcher pod outlived its VMI")
+	}
+}
+
+// TestPausedVMI pauses a running VM's guest the way podvirtctl and the
+// node daemon do (the annotation, then status.domain Paused): the VMI is
+// not Ready and Paused, and so is its VM; resumed, both are Ready again and
+// the Paused condition is gone.
+func TestPausedVMI(t *testing.T) {
+	ns := namespace(t)
+	const name = "nap"
+	create(t, testVM(ns, name, v1alpha1.RunStrategyAlways))
+	vmi := waitVMI(t, ns, name, "", "")
+	runVMI(t, vmi)
+
+	setPausedAnnotation(t, vmi, true)
+	setDomain(t, vmi, v1alpha1.DomainPaused, v1alpha1.DomainReasonPausedByUser)
+	polltest.Eventually(t, wait, "the VMI is Paused and not Ready", func() (bool, string) {
+		conds := getVMI(t, ns, name).Status.Conditions
+		ready, paused := meta.FindStatusCondition(conds, ConditionReady), meta.FindStatusCondition(conds, ConditionPaused)
+		return ready != nil && ready.Status == metav1.ConditionFalse && ready.Reason == ReasonPaused &&
+				strings.Contains(ready.Message, "podvirtctl unpause vmi "+name) &&
+				paused != nil && paused.Status == metav1.ConditionTrue && paused.Reason == v1alpha1.DomainReasonPausedByUser,
+			fmt.Sprintf("Ready %+v, Paused %+v", ready, paused)
+	})
+	waitVMStatus(t, ns, name, v1alpha1.PrintableStatusPaused)
+	polltest.Eventually(t, wait, "the VM of the paused VMI is not ready", func() (bool, string) {
+		vm := getVM(t, ns, name)
+		return !vm.Status.Ready && meta.IsStatusConditionFalse(vm.Status.Conditions, ConditionReady), fmt.Sprint(vm.Status.Conditions)
+	})
+	if vmi := getVMI(t, ns, name); vmi.Status.Phase != v1alpha1.Running {
+		t.Errorf("paused VMI in phase %s, want Running", vmi.Status.Phase)
+	}
+
+	setPausedAnnotation(t, vmi, false)
+	setDomain(t, vmi, v1alpha1.DomainRunning, "Unpaused")
+	polltest.Eventually(t, wait, "the VMI is Ready and not Paused", func() (bool, string) {
+		conds := getVMI(t, ns, name).Status.Conditions
+		paused := meta.FindStatusCondition(conds, ConditionPaused)
+		return meta.IsStatusConditionTrue(conds, ConditionReady) && paused == nil, fmt.Sprint(conds)
+	})
+	waitVMStatus(t, ns, name, v1alpha1.PrintableStatusRunning)
+	polltest.Eventually(t, wait, "the VM of the resumed VMI is ready", func() (bool, string) {
+		vm := getVM(t, ns, name)
+		return vm.Status.Ready && meta.IsStatusConditionTrue(vm.Status.Conditions, ConditionReady), fmt.Sprint(vm.Status.Conditions)
+	})
+}
+
+// setPausedAnnotation sets or removes podvirt.io/paused, as podvirtctl
+// pause|unpause do.
+func setPausedAnnotation(t *testing.T, vmi *v1alpha1.VirtualMachineInstance, paused bool) {
+	t.Helper()
+	var value any
+	if paused {
+		value = "true"
+	}
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]any{v1alpha1.PausedAnnotation: value}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := k8s.Patch(context.Background(), vmi, client.RawPatch(types.MergePatchType, patch)); err != nil {
+		t.Fatalf("annotate VMI %s: %v", vmi.Name, err)
+	}
+}
+
+// setDomain writes status.domain's state and reason, as the node daemon
+// does.
+func setDomain(t *testing.T, vmi *v1alpha1.VirtualMachineInstance, state v1alpha1.DomainState, reason string) {
+	t.Helper()
+	patch, err := json.Marshal(map[string]any{"status": map[string]any{"domain": v1alpha1.DomainStatus{State: state, Reason: reason, LastTransitionTime: metav1.Now()}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := k8s.Status().Patch(context.Background(), vmi, client.RawPatch(types.MergePatchType, patch)); err != nil {
+		t.Fatalf("write domain status of VMI %s: %v", vmi.Name, err)
 	}
 }
 

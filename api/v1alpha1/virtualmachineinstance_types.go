@@ -385,6 +385,17 @@ type Interface struct {
 	// +kubebuilder:validation:XValidation:rule="!self.matches('^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$') || self.substring(1, 2).matches('[02468aceACE]')",message="macAddress must be a unicast address: the first byte must be even, like 02:…",reason=FieldValueInvalid
 	MACAddress string `json:"macAddress,omitempty"`
 
+	// IPAddress is the guest's address on its Multus network, e.g.
+	// "192.168.200.20" or "192.168.200.20/24", inside the range of the
+	// network's IPAM. In a VM, empty means the controller reserves one for
+	// the VM and records it here with the network's prefix; it stays the
+	// VM's across restarts until the VM is deleted.
+	//
+	// +optional
+	// +kubebuilder:validation:MaxLength=43
+	// +kubebuilder:validation:XValidation:rule="isIP(self) || isCIDR(self)",message="ipAddress must be an IP address, like 192.168.200.20, optionally with its prefix, like 192.168.200.20/24",reason=FieldValueInvalid
+	IPAddress string `json:"ipAddress,omitempty"`
+
 	// Model is the NIC model. Default virtio.
 	//
 	// +optional
@@ -577,6 +588,11 @@ const (
 // DomainStates are all domain states, as the CRD's enum lists them.
 var DomainStates = []DomainState{DomainStarting, DomainRunning, DomainPaused, DomainShutdown, DomainCrashed}
 
+// DomainReasonPausedByUser is the DomainStatus.Reason of a guest paused on
+// request (the PausedAnnotation); the controller gives the VMI's Paused
+// condition this reason.
+const DomainReasonPausedByUser = "PausedByUser"
+
 // VirtualMachineInstanceStatus is what the controller and the node daemon
 // observe.
 //
@@ -617,9 +633,11 @@ type VirtualMachineInstanceStatus struct {
 	// +optional
 	LauncherPod string `json:"launcherPod,omitempty"`
 
-	// Conditions: Ready (the guest runs and the launcher pod is ready),
-	// PodScheduled (copied from the launcher pod), Synchronized (False when
-	// the controller cannot make the launcher pod).
+	// Conditions: Ready (the guest runs, is not paused, and the launcher
+	// pod is ready), Paused (True while the guest is paused, its reason
+	// why, e.g. PausedByUser; absent otherwise), PodScheduled (copied from
+	// the launcher pod), Synchronized (False when the controller cannot
+	// make the launcher pod).
 	//
 	// +optional
 	// +listType=map
@@ -684,8 +702,9 @@ type VolumeStatus struct {
 type DomainStatus struct {
 	// State is the domain's state.
 	State DomainState `json:"state"`
-	// Reason is libvirt's reason for the state, e.g. "Shutdown" or
-	// "Crashed".
+	// Reason is why the domain is in its state, as a CamelCase word made
+	// from libvirt's event or state reason, e.g. "PausedByUser", "IOError",
+	// "Shutdown" or "Crashed"; "Unknown" for a code podvirt has no word for.
 	//
 	// +optional
 	Reason string `json:"reason,omitempty"`

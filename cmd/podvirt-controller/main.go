@@ -26,6 +26,7 @@ import (
 	"github.com/podvirt/podvirt/cmd/internal/restconfig"
 	"github.com/podvirt/podvirt/cmd/internal/version"
 	"github.com/podvirt/podvirt/controller"
+	"github.com/podvirt/podvirt/controller/identity"
 )
 
 func main() {
@@ -58,6 +59,7 @@ func run(args []string) error {
 		burst           = fs.Int("kube-api-burst", 400, "API request burst")
 		launcherCommand = fs.String("launcher-command", strings.Join(controller.DefaultLauncherCommand, " "), "launcher pod command, space-separated")
 		containerDisk   = fs.String("container-disk-size", cfg.ContainerDiskSize.String(), "size of the ephemeral PVC of a containerDisk")
+		macRange        = fs.String("mac-range", identity.DefaultMACRange, "FIRST-LAST: where the MACs of VM interfaces without one come from")
 		logLevel        = fs.Int("v", 0, "log verbosity (0 info, 1 debug)")
 	)
 	fs.StringVar(&cfg.LauncherImage, "launcher-image", envOr("PODVIRT_LAUNCHER_IMAGE", controller.DefaultLauncherImage), "launcher image (env PODVIRT_LAUNCHER_IMAGE)")
@@ -79,6 +81,9 @@ func run(args []string) error {
 		return fmt.Errorf("--container-disk-size %q: %w", *containerDisk, err)
 	}
 	cfg.ContainerDiskSize = size
+	if cfg.MACRange, err = identity.ParseMACRange(*macRange); err != nil {
+		return fmt.Errorf("--mac-range: %w", err)
+	}
 
 	level := slog.LevelInfo
 	if *logLevel > 0 {

@@ -5,8 +5,8 @@
 // attachments (Start), follows the domain (Watch), and writes what it
 // sees to the VMI: status.domain and status.interfaces, with a merge
 // patch of just those fields, and events. The controller derives the
-// VMI's phase and its Ready condition from that and from the pod
-// (controller/phase.go): Running or Paused → Running, Shutdown →
+// VMI's phase and its Ready and Paused conditions from that and from the
+// pod (controller/phase.go): Running or Paused → Running, Shutdown →
 // Succeeded, Crashed → Failed. A launcher that goes away before its
 // domain ended is reported as a Crashed domain, so the VMI fails and the
 // run strategy acts. The podvirt.io/paused annotation pauses and resumes

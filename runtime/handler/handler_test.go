@@ -240,8 +240,9 @@ func waitVMI(t *testing.T, vmi *v1.VirtualMachineInstance, timeout time.Duration
 		}
 		if time.Now().After(deadline) {
 			b, _ := os.ReadFile(lp.consoleLog())
-			t.Fatalf("VMI %s: phase %s, domain %s after %s; want %s/%s\nlauncher output:\n%s\nconsole:\n%s",
-				vmi.Name, cur.Status.Phase, domainState(cur), timeout, phase, state, guest.Tail(lp.out.Bytes(), 3000), guest.Tail(b, 1500))
+			t.Fatalf("VMI %s: phase %s (%s: %s), domain %+v after %s; want %s/%s\nconditions: %+v\nlauncher output:\n%s\nconsole:\n%s",
+				vmi.Name, cur.Status.Phase, cur.Status.Reason, cur.Status.Message, cur.Status.Domain, timeout, phase, state,
+				cur.Status.Conditions, guest.Tail(lp.out.Bytes(), 3000), guest.Tail(b, 1500))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

@@ -14,7 +14,7 @@ import (
 func TestObserve(t *testing.T) {
 	t0 := metav1.NewTime(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	t1 := metav1.NewTime(t0.Add(time.Minute))
-	running := &launchercmd.StatusResponse{State: "Running", Reason: "event 2 detail 0", Interfaces: []*launchercmd.Interface{
+	running := &launchercmd.StatusResponse{State: "Running", Reason: "Booted", Interfaces: []*launchercmd.Interface{
 		{Network: "l2", Mac: "02:00:00:00:00:01", Ip: "10.1.2.3/24", Acked: true},
 		{Network: "raw", Mac: "02:00:00:00:00:02"},
 	}}
@@ -28,10 +28,10 @@ func TestObserve(t *testing.T) {
 		when      metav1.Time
 	}{
 		{name: "waiting for Start", last: &launchercmd.StatusResponse{}},
-		{name: "first Running", last: running, wantState: v1.DomainRunning, reason: "event 2 detail 0", when: t1},
-		{name: "still Running keeps the time", last: running, cur: &v1.DomainStatus{State: v1.DomainRunning, LastTransitionTime: t0}, wantState: v1.DomainRunning, reason: "event 2 detail 0", when: t0},
-		{name: "Running to Paused", last: &launchercmd.StatusResponse{State: "Paused", Reason: "event 3 detail 0"}, cur: &v1.DomainStatus{State: v1.DomainRunning, LastTransitionTime: t0}, wantState: v1.DomainPaused, reason: "event 3 detail 0", when: t1},
-		{name: "guest powered off", last: &launchercmd.StatusResponse{State: "Shutdown", Reason: "event 5 detail 0"}, wantState: v1.DomainShutdown, reason: "event 5 detail 0", when: t1},
+		{name: "first Running", last: running, wantState: v1.DomainRunning, reason: "Booted", when: t1},
+		{name: "still Running keeps the time", last: running, cur: &v1.DomainStatus{State: v1.DomainRunning, LastTransitionTime: t0}, wantState: v1.DomainRunning, reason: "Booted", when: t0},
+		{name: "Running to Paused", last: &launchercmd.StatusResponse{State: "Paused", Reason: "PausedByUser"}, cur: &v1.DomainStatus{State: v1.DomainRunning, LastTransitionTime: t0}, wantState: v1.DomainPaused, reason: "PausedByUser", when: t1},
+		{name: "guest powered off", last: &launchercmd.StatusResponse{State: "Shutdown", Reason: "Shutdown"}, wantState: v1.DomainShutdown, reason: "Shutdown", when: t1},
 		{name: "launcher lost", last: running, lost: "the launcher went away", wantState: v1.DomainCrashed, reason: ReasonLauncherLost, when: t1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -102,7 +102,7 @@ func (l *Launcher) Start(xml string) error {
 	l.mu.Lock()
 	l.dom = dom
 	l.started = time.Now()
-	l.setLocked(v1.DomainStarting, "defined")
+	l.setLocked(v1.DomainStarting, "Defined")
 	l.mu.Unlock()
 	if err := dom.Create(); err != nil {
 		_ = dom.Undefine()
@@ -112,7 +112,7 @@ func (l *Launcher) Start(xml string) error {
 	if st, reason, err := dom.GetState(); err == nil {
 		l.mu.Lock()
 		if !l.gone {
-			l.setLocked(stateOf(st), fmt.Sprintf("reason %d", reason))
+			l.setLocked(stateOf(st), stateReason(st, reason))
 		}
 		l.mu.Unlock()
 	}
@@ -139,30 +139,27 @@ func (l *Launcher) onLifecycle(_ *libvirt.Connect, d *libvirt.Domain, ev *libvir
 	if err != nil || name != l.name {
 		return
 	}
+	reason := eventReason(ev.Event, ev.Detail)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	switch ev.Event {
 	case libvirt.DOMAIN_EVENT_STARTED, libvirt.DOMAIN_EVENT_RESUMED:
-		l.setLocked(v1.DomainRunning, eventName(ev))
+		l.setLocked(v1.DomainRunning, reason)
 	case libvirt.DOMAIN_EVENT_SUSPENDED:
-		l.setLocked(v1.DomainPaused, eventName(ev))
+		l.setLocked(v1.DomainPaused, reason)
 	case libvirt.DOMAIN_EVENT_CRASHED:
-		l.setLocked(v1.DomainCrashed, eventName(ev))
+		l.setLocked(v1.DomainCrashed, reason)
 	case libvirt.DOMAIN_EVENT_STOPPED:
 		st := v1.DomainShutdown
 		switch libvirt.DomainEventStoppedDetailType(ev.Detail) {
 		case libvirt.DOMAIN_EVENT_STOPPED_CRASHED, libvirt.DOMAIN_EVENT_STOPPED_FAILED:
 			st = v1.DomainCrashed
 		}
-		l.setLocked(st, eventName(ev))
+		l.setLocked(st, reason)
 		l.goneLocked()
 	case libvirt.DOMAIN_EVENT_UNDEFINED:
 		l.goneLocked()
 	}
-}
-
-func eventName(ev *libvirt.DomainEventLifecycle) string {
-	return fmt.Sprintf("event %d detail %d", ev.Event, ev.Detail)
 }
 
 func (l *Launcher) setLocked(s v1.DomainState, reason string) {

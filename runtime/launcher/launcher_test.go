@@ -227,11 +227,18 @@ func TestLifecycle(t *testing.T) {
 		if err := l.WaitState(ctx, v1.DomainPaused); err != nil {
 			t.Fatal(err)
 		}
+		// The controller's Paused condition takes this reason.
+		if _, reason := l.State(); reason != v1.DomainReasonPausedByUser {
+			t.Errorf("paused with reason %q, want %s", reason, v1.DomainReasonPausedByUser)
+		}
 		if err := l.Resume(); err != nil {
 			t.Fatal(err)
 		}
 		if err := l.WaitState(ctx, v1.DomainRunning); err != nil {
 			t.Fatal(err)
+		}
+		if _, reason := l.State(); reason != "Unpaused" {
+			t.Errorf("resumed with reason %q, want Unpaused", reason)
 		}
 	})
 
@@ -249,8 +256,8 @@ func TestLifecycle(t *testing.T) {
 		}
 		t.Logf("guest powered off in %s", time.Since(start).Round(time.Millisecond))
 		waitConsole(t, vm.console, 0, guest.ShutdownMarker, time.Second)
-		if s, _ := l.State(); s != v1.DomainShutdown {
-			t.Fatalf("state %s after shutdown", s)
+		if s, reason := l.State(); s != v1.DomainShutdown || reason != "Shutdown" {
+			t.Fatalf("state %s (%s) after shutdown, want Shutdown (Shutdown)", s, reason)
 		}
 	})
 }
@@ -280,5 +287,8 @@ func TestDestroyAfterGrace(t *testing.T) {
 	case <-l.Done():
 	default:
 		t.Fatal("domain not gone after destroy")
+	}
+	if s, reason := l.State(); s != v1.DomainShutdown || reason != "Destroyed" {
+		t.Errorf("after destroy: %s (%s), want Shutdown (Destroyed)", s, reason)
 	}
 }

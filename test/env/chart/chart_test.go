@@ -164,7 +164,7 @@ func TestTemplateDryRun(t *testing.T) {
 	}
 	srv, err := apiserver.Start(apiserver.Options{
 		CRDDirs: []string{Dir() + "/crds", snapshotCRDs},
-		CRDs:    []*apiextensionsv1.CustomResourceDefinition{cluster.NetworkAttachmentDefinitionCRD()},
+		CRDs:    []*apiextensionsv1.CustomResourceDefinition{apiserver.NetworkAttachmentDefinitionCRD()},
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -10,46 +10,9 @@ import (
 	apiextensions "k8s.io/apiextensions-apiserver/pkg/client/clientset/clientset"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/podvirt/podvirt/test/harness/apiserver"
 )
-
-// NetworkAttachmentDefinitionCRD returns the CRD every local cluster has,
-// for tests on a bare API server (test/harness/apiserver).
-func NetworkAttachmentDefinitionCRD() *apiextensionsv1.CustomResourceDefinition {
-	return networkAttachmentDefinitionCRD()
-}
-
-// networkAttachmentDefinitionCRD is the k8s.cni.cncf.io/v1 CRD of the
-// Network Plumbing Working Group's multi-network spec, which Multus reads.
-func networkAttachmentDefinitionCRD() *apiextensionsv1.CustomResourceDefinition {
-	str := apiextensionsv1.JSONSchemaProps{Type: "string"}
-	return &apiextensionsv1.CustomResourceDefinition{
-		ObjectMeta: metav1.ObjectMeta{Name: "network-attachment-definitions.k8s.cni.cncf.io"},
-		Spec: apiextensionsv1.CustomResourceDefinitionSpec{
-			Group: "k8s.cni.cncf.io",
-			Scope: apiextensionsv1.NamespaceScoped,
-			Names: apiextensionsv1.CustomResourceDefinitionNames{
-				Plural: "network-attachment-definitions", Singular: "network-attachment-definition",
-				Kind: "NetworkAttachmentDefinition", ShortNames: []string{"net-attach-def"},
-			},
-			Versions: []apiextensionsv1.CustomResourceDefinitionVersion{{
-				Name: "v1", Served: true, Storage: true,
-				Schema: &apiextensionsv1.CustomResourceValidation{OpenAPIV3Schema: &apiextensionsv1.JSONSchemaProps{
-					Type:        "object",
-					Description: "NetworkAttachmentDefinition is a CRD schema specified by the Network Plumbing Working Group to express the intent for attaching pods to one or more logical or physical networks.",
-					Properties: map[string]apiextensionsv1.JSONSchemaProps{
-						"apiVersion": str,
-						"kind":       str,
-						"metadata":   {Type: "object"},
-						"spec": {
-							Type:       "object",
-							Properties: map[string]apiextensionsv1.JSONSchemaProps{"config": {Type: "string", Description: "A CNI network configuration (JSON)."}},
-						},
-					},
-				}},
-			}},
-		},
-	}
-}
 
 // multusRBAC lets Multus (user podvirt:multus) read pods and their network
 // attachments and write the network-status annotation; nothing more.
@@ -80,7 +43,7 @@ func (c *Cluster) applyAddons(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	crd := networkAttachmentDefinitionCRD()
+	crd := apiserver.NetworkAttachmentDefinitionCRD()
 	if _, err := ext.ApiextensionsV1().CustomResourceDefinitions().Create(ctx, crd, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("create CRD %s: %w", crd.Name, err)
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -101,6 +102,10 @@ func Install(ctx context.Context, c *cluster.Cluster, opts Options) (*Stack, err
 		return nil, err
 	}
 	opts.say("NADs: %s (bridge %s-l2) and %s (macvlan on veth %s), each with a -pods twin for plain pods", VMNetwork, c.NodeName(), MacvlanNetwork, master)
+	if err := dropUnmanagedPodNetworks(ctx, cl); err != nil {
+		m.Stop()
+		return nil, err
+	}
 	hosts := strings.Join(m.Hosts(), ",")
 	err = chart.Install(ctx, c, h, chart.InstallOptions{
 		Release: Release, Namespace: Namespace,
@@ -114,11 +119,13 @@ func Install(ctx context.Context, c *cluster.Cluster, opts Options) (*Stack, err
 			"csi.serviceCIDRs={" + c.ServiceSubnet() + "}",
 			"storageClass.default=true",
 			"networks.bridge.create=true",
+			"networks.bridge.pods.create=true",
 			"networks.bridge.name=" + VMNetwork,
 			// Named after the cluster, so its `down` removes the bridge
 			// podvirt-l2 creates on the node.
 			"networks.bridge.bridge=" + c.NodeName() + "-l2",
 			"networks.macvlan.create=true",
+			"networks.macvlan.pods.create=true",
 			"networks.macvlan.name=" + MacvlanNetwork,
 			"networks.macvlan.master=" + master,
 		},
@@ -129,13 +136,28 @@ func Install(ctx context.Context, c *cluster.Cluster, opts Options) (*Stack, err
 		m.Stop()
 		return nil, err
 	}
-	s := &Stack{Cluster: c, Client: cl, Mirrors: m, Helm: h, opts: opts}
+	return &Stack{Cluster: c, Client: cl, Mirrors: m, Helm: h, opts: opts}, nil
+}
+
+// dropUnmanagedPodNetworks deletes the -pods twin NADs an earlier demo
+// made itself, so the chart, which makes them now, can install them.
+func dropUnmanagedPodNetworks(ctx context.Context, cl client.Client) error {
 	for _, nad := range []string{VMNetwork, MacvlanNetwork} {
-		if err := s.podNetwork(ctx, nad); err != nil {
-			return nil, err
+		obj := &unstructured.Unstructured{}
+		obj.SetAPIVersion("k8s.cni.cncf.io/v1")
+		obj.SetKind("NetworkAttachmentDefinition")
+		err := cl.Get(ctx, client.ObjectKey{Namespace: Namespace, Name: PodNetwork(nad)}, obj)
+		if apierrors.IsNotFound(err) || meta.IsNoMatchError(err) || err == nil && obj.GetLabels()["app.kubernetes.io/managed-by"] == "Helm" {
+			continue
+		}
+		if err == nil {
+			err = cl.Delete(ctx, obj)
+		}
+		if client.IgnoreNotFound(err) != nil {
+			return fmt.Errorf("removing NAD %s/%s of an earlier demo: %w", Namespace, PodNetwork(nad), err)
 		}
 	}
-	return s, nil
+	return nil
 }
 
 // macvlanMaster makes the link the macvlan NAD's children hang off: one
@@ -167,33 +189,6 @@ func progressPrefix(w io.Writer) io.Writer {
 		return io.Discard
 	}
 	return w
-}
-
-// podNetwork adds a NAD for plain pods on the L2 of the chart's NAD vmNAD:
-// its config without guest: tap, under the same CNI network name, so
-// host-local hands out addresses from one store.
-func (s *Stack) podNetwork(ctx context.Context, vmNAD string) error {
-	nad := &unstructured.Unstructured{}
-	nad.SetAPIVersion("k8s.cni.cncf.io/v1")
-	nad.SetKind("NetworkAttachmentDefinition")
-	if err := s.Client.Get(ctx, client.ObjectKey{Namespace: Namespace, Name: vmNAD}, nad); err != nil {
-		return fmt.Errorf("reading the chart's NAD %s/%s: %w", Namespace, vmNAD, err)
-	}
-	config, _, _ := unstructured.NestedString(nad.Object, "spec", "config")
-	podConfig := strings.Replace(config, `"guest": "tap"`, `"guest": "none"`, 1)
-	if podConfig == config {
-		return fmt.Errorf("NAD %s/%s: no \"guest\": \"tap\" in its config to turn off for pods:\n%s", Namespace, vmNAD, config)
-	}
-	pods := &unstructured.Unstructured{}
-	pods.SetAPIVersion("k8s.cni.cncf.io/v1")
-	pods.SetKind("NetworkAttachmentDefinition")
-	pods.SetNamespace(Namespace)
-	pods.SetName(PodNetwork(vmNAD))
-	_ = unstructured.SetNestedField(pods.Object, podConfig, "spec", "config")
-	if err := s.Client.Create(ctx, pods); err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("creating NAD %s/%s: %w", Namespace, PodNetwork(vmNAD), err)
-	}
-	return nil
 }
 
 // VM is a VM on the bridge L2 with a disk imported from the mirrors; its
@@ -261,6 +256,44 @@ func (s *Stack) WaitRunning(ctx context.Context, name string, timeout time.Durat
 	return &vmi, nil
 }
 
+// L2Identity is the MAC and address of the VMI's L2 interface.
+func L2Identity(vmi *v1.VirtualMachineInstance) string {
+	for _, i := range vmi.Status.Interfaces {
+		if i.Name == "l2" {
+			return fmt.Sprintf("MAC %s, address %s", i.MAC, i.IP)
+		}
+	}
+	return "interface not reported yet"
+}
+
+// RestartKeepsIdentity restarts the VM name (its VMI is replaced, as
+// `podvirtctl restart` does) and checks that the new VMI has the MAC and
+// the address of the old one.
+func (s *Stack) RestartKeepsIdentity(ctx context.Context, name string) error {
+	old, err := s.WaitRunning(ctx, name, 10*time.Minute)
+	if err != nil {
+		return err
+	}
+	before := L2Identity(old)
+	s.opts.say("restarting vm %s (L2 %s)", name, before)
+	if err := s.Client.Delete(ctx, old, client.Preconditions{UID: &old.UID}); client.IgnoreNotFound(err) != nil {
+		return fmt.Errorf("restarting vm %s: %w", name, err)
+	}
+	var vmi *v1.VirtualMachineInstance
+	if err := Poll(ctx, 10*time.Minute, func() (bool, error) {
+		v, err := s.WaitRunning(ctx, name, 10*time.Minute)
+		vmi = v
+		return err == nil && v.UID != old.UID, err
+	}); err != nil {
+		return fmt.Errorf("vm %s after its restart: %w", name, err)
+	}
+	if after := L2Identity(vmi); after != before {
+		return fmt.Errorf("vm %s changed its L2 identity on restart: before %s, after %s", name, before, after)
+	}
+	s.opts.say("vm %s restarted: same L2 %s", name, before)
+	return nil
+}
+
 // GuestIP is the VMI's address on its L2 interface ("" until known).
 func GuestIP(vmi *v1.VirtualMachineInstance) string {
 	for _, i := range vmi.Status.Interfaces {
@@ -274,33 +307,34 @@ func GuestIP(vmi *v1.VirtualMachineInstance) string {
 
 // ensureVM makes want exist: it creates the VM, reuses the one already
 // there when it is healthy (a second `make demo`), or deletes and creates
-// it again when it is not. Its disks are kept either way. It says which.
-func (s *Stack) ensureVM(ctx context.Context, want *v1.VirtualMachine) error {
+// it again when it is not. Its disks are kept either way. It says which,
+// and reports whether the VM is new.
+func (s *Stack) ensureVM(ctx context.Context, want *v1.VirtualMachine) (bool, error) {
 	var have v1.VirtualMachine
 	err := s.Client.Get(ctx, client.ObjectKeyFromObject(want), &have)
 	switch {
 	case apierrors.IsNotFound(err):
 		s.opts.say("creating vm %s (disk from %s, NIC on NAD %s)", want.Name, GuestSource, VMNetwork)
 	case err != nil:
-		return fmt.Errorf("reading vm %s: %w", want.Name, err)
+		return false, fmt.Errorf("reading vm %s: %w", want.Name, err)
 	default:
 		why, err := s.unhealthy(ctx, &have, want)
 		if err != nil {
-			return err
+			return false, err
 		}
 		if why == "" {
 			s.opts.say("reusing vm %s: it is already here and healthy (%s)", want.Name, have.Status.PrintableStatus)
-			return nil
+			return false, nil
 		}
 		s.opts.say("replacing vm %s: %s (its disks are kept)", want.Name, why)
 		if err := s.DeleteVM(ctx, want.Name, 5*time.Minute); err != nil {
-			return err
+			return false, err
 		}
 	}
 	if err := s.Client.Create(ctx, want); err != nil {
-		return fmt.Errorf("creating vm %s: %w", want.Name, err)
+		return false, fmt.Errorf("creating vm %s: %w", want.Name, err)
 	}
-	return nil
+	return true, nil
 }
 
 // unhealthy says why the existing VM have cannot stand for want ("" when
@@ -404,8 +438,9 @@ func Demo(ctx context.Context, c *cluster.Cluster, opts Options) error {
 		return err
 	}
 	names := []string{"demo-1", "demo-2"}
+	fresh := map[string]bool{}
 	for _, n := range names {
-		if err := s.ensureVM(ctx, VM(n, v1.RunStrategyAlways)); err != nil {
+		if fresh[n], err = s.ensureVM(ctx, VM(n, v1.RunStrategyAlways)); err != nil {
 			return err
 		}
 	}
@@ -416,7 +451,14 @@ func Demo(ctx context.Context, c *cluster.Cluster, opts Options) error {
 			return err
 		}
 		ips[n] = GuestIP(vmi)
-		opts.say("vmi %s Running on %s, L2 address %s", n, vmi.Status.NodeName, ips[n])
+		opts.say("vmi %s Running on %s, L2 %s", n, vmi.Status.NodeName, L2Identity(vmi))
+	}
+	// A VM is a pet: a new one is restarted once to show it keeps its MAC
+	// and address (a second demo run leaves the VMs alone).
+	if n := names[1]; fresh[n] {
+		if err := s.RestartKeepsIdentity(ctx, n); err != nil {
+			return err
+		}
 	}
 	for i, n := range names {
 		peer := names[1-i]

@@ -11,6 +11,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -32,31 +34,23 @@ func TestLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// Paused is not Ready: the VMI says so with its conditions.
 	podvirtctl(ctx, t, "pause", "vm", name)
-	if err := stack.Poll(ctx, 2*time.Minute, func() (bool, error) {
-		v, err := getVMI(ctx, name)
-		return err == nil && v.Status.Domain != nil && v.Status.Domain.State == v1.DomainPaused, err
-	}); err != nil {
-		t.Fatalf("pause: domain not Paused: %v", err)
-	}
+	waitConditions(ctx, t, name, "pause", v1.DomainPaused, metav1.ConditionFalse, true)
 	podvirtctl(ctx, t, "unpause", "vm", name)
-	if err := stack.Poll(ctx, 2*time.Minute, func() (bool, error) {
-		v, err := getVMI(ctx, name)
-		return err == nil && v.Status.Domain != nil && v.Status.Domain.State == v1.DomainRunning, err
-	}); err != nil {
-		t.Fatalf("unpause: domain not Running: %v", err)
-	}
+	waitConditions(ctx, t, name, "unpause", v1.DomainRunning, metav1.ConditionTrue, false)
 
+	// A VM is a pet: restart and stop/start keep its MAC and address.
+	identity := stack.L2Identity(vmi)
 	podvirtctl(ctx, t, "restart", name)
 	vmi = waitNewVMI(ctx, t, name, vmi.UID)
+	sameIdentity(ctx, t, name, identity, "restart")
 
 	podvirtctl(ctx, t, "stop", name)
 	waitNoVMI(ctx, t, name)
 	podvirtctl(ctx, t, "start", name)
 	waitNewVMI(ctx, t, name, vmi.UID)
-	if _, err := st.WaitRunning(ctx, name, 8*time.Minute); err != nil {
-		t.Fatal(err)
-	}
+	sameIdentity(ctx, t, name, identity, "stop and start")
 
 	// Data survives the VM: write, delete the VM (disks are retained by
 	// default), boot a new VM on the same PVC, read.
@@ -88,6 +82,39 @@ func TestLifecycle(t *testing.T) {
 	if !strings.Contains(out, token) {
 		t.Fatalf("the new VM on the retained disk does not see %s:\n%s", token, out)
 	}
+}
+
+// waitConditions waits until the VMI's domain is in state, its Ready
+// condition has ready, and it has a Paused condition or not.
+func waitConditions(ctx context.Context, t *testing.T, name, after string, state v1.DomainState, ready metav1.ConditionStatus, paused bool) {
+	t.Helper()
+	var conds []metav1.Condition
+	if err := stack.Poll(ctx, 2*time.Minute, func() (bool, error) {
+		v, err := getVMI(ctx, name)
+		if err != nil || v.Status.Domain == nil || v.Status.Domain.State != state {
+			return false, err
+		}
+		conds = v.Status.Conditions
+		r := meta.FindStatusCondition(conds, "Ready")
+		p := meta.FindStatusCondition(conds, "Paused")
+		return r != nil && r.Status == ready && (p != nil && p.Status == metav1.ConditionTrue) == paused, nil
+	}); err != nil {
+		t.Fatalf("after %s: want domain %s, Ready %s, Paused condition %v; conditions %+v: %v", after, state, ready, paused, conds, err)
+	}
+}
+
+// sameIdentity waits until the VM runs with an L2 address and checks its
+// MAC and address are want.
+func sameIdentity(ctx context.Context, t *testing.T, name, want, after string) {
+	t.Helper()
+	vmi, err := st.WaitRunning(ctx, name, 8*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := stack.L2Identity(vmi); got != want {
+		t.Fatalf("after %s, vm %s has L2 %s; before, %s", after, name, got, want)
+	}
+	t.Logf("after %s, vm %s kept L2 %s", after, name, want)
 }
 
 // TestRunStrategies: Always replaces a VMI whose guest powered off;
