@@ -205,7 +205,8 @@ func (r *VMReconciler) free(ctx context.Context, index, key, owner string) (bool
 // that controllers of clusters sharing an L2 rarely pick the same.
 func (r *VMReconciler) freeMAC(ctx context.Context, owner string) (string, error) {
 	macs := r.Config.MACRange
-	start := rand.Uint64N(macs.Size())
+	start := rand.Uint64N(macs.Size()) //nolint:gosec // spreads picks, guards nothing: uniqueness comes from the index
+
 	for i := range min(macs.Size(), 1<<20) {
 		mac := macs.At((start + i) % macs.Size())
 		ok, err := r.free(ctx, indexMAC, mac, owner)

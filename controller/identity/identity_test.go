@@ -99,7 +99,10 @@ func TestParseAddress(t *testing.T) {
 func TestClaims(t *testing.T) {
 	c := NewClaims(time.Minute)
 	now := time.Now()
-	if !c.Claim("k", "a", now) || !c.Claim("k", "a", now) {
+	if !c.Claim("k", "a", now) {
+		t.Fatal("a free key cannot be claimed")
+	}
+	if !c.Claim("k", "a", now) {
 		t.Fatal("the owner cannot claim its own key again")
 	}
 	if c.Claim("k", "b", now) || !c.HeldByOther("k", "b", now) || c.HeldByOther("k", "a", now) {
