@@ -206,7 +206,6 @@ func (r *VMReconciler) free(ctx context.Context, index, key, owner string) (bool
 func (r *VMReconciler) freeMAC(ctx context.Context, owner string) (string, error) {
 	macs := r.Config.MACRange
 	start := rand.Uint64N(macs.Size()) //nolint:gosec // spreads picks, guards nothing: uniqueness comes from the index
-
 	for i := range min(macs.Size(), 1<<20) {
 		mac := macs.At((start + i) % macs.Size())
 		ok, err := r.free(ctx, indexMAC, mac, owner)
