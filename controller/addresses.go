@@ -189,7 +189,9 @@ func (r *VMReconciler) holder(ctx context.Context, vm *v1alpha1.VirtualMachine, 
 	return "", nil
 }
 
-// free reports whether no VM holds key in index and claims it for owner.
+// free reports whether no VM but owner holds key in index and claims it
+// for owner. Owner itself may hold it: a reconcile of a VM the cache shows
+// older than its last write gets the value that write recorded.
 func (r *VMReconciler) free(ctx context.Context, index, key, owner string) (bool, error) {
 	if r.claims.HeldByOther(index+"/"+key, owner, r.now()) {
 		return false, nil
@@ -198,7 +200,12 @@ func (r *VMReconciler) free(ctx context.Context, index, key, owner string) (bool
 	if err := r.Client.List(ctx, vms, client.MatchingFields{index: key}); err != nil {
 		return false, fmt.Errorf("looking up VMs by %s %s: %w", index, key, err)
 	}
-	return len(vms.Items) == 0 && r.claims.Claim(index+"/"+key, owner, r.now()), nil
+	for _, vm := range vms.Items {
+		if string(vm.UID) != owner {
+			return false, nil
+		}
+	}
+	return r.claims.Claim(index+"/"+key, owner, r.now()), nil
 }
 
 // freeMAC is a MAC of the range no VM holds, tried from a random place so
