@@ -78,16 +78,27 @@ func addressKey(nad string, a netip.Addr) string { return nad + "=" + a.String()
 // networkOf is "namespace/name" of the NetworkAttachmentDefinition the
 // interface iface of vm is on, or "" when it is not on a Multus network.
 func networkOf(vm *v1alpha1.VirtualMachine, iface string) string {
-	for _, n := range vm.Spec.Template.Spec.Networks {
+	return specNetwork(vm.Namespace, &vm.Spec.Template.Spec, iface)
+}
+
+// specNetwork is networkOf for the spec of a VM or VMI in namespace ns.
+func specNetwork(ns string, spec *v1alpha1.VirtualMachineInstanceSpec, iface string) string {
+	for _, n := range spec.Networks {
 		if n.Name != iface || n.Multus == nil {
 			continue
 		}
-		if ns, name, ok := strings.Cut(n.Multus.NetworkName, "/"); ok {
-			return ns + "/" + name
-		}
-		return vm.Namespace + "/" + n.Multus.NetworkName
+		return qualifiedNAD(ns, n.Multus.NetworkName)
 	}
 	return ""
+}
+
+// qualifiedNAD is "namespace/name" of a NetworkAttachmentDefinition
+// named "namespace/name" or "name" (in ns).
+func qualifiedNAD(ns, name string) string {
+	if n, nad, ok := strings.Cut(name, "/"); ok {
+		return n + "/" + nad
+	}
+	return ns + "/" + name
 }
 
 // assignIdentity gives every interface of vm a MAC and, on an L2 network

@@ -49,7 +49,24 @@ const (
 	// pause/unpause set it: there is no aggregated API server to carry a
 	// pause subresource, and the spec stays the user's.
 	PausedAnnotation = "podvirt.io/paused"
+	// L2NetworkAnnotation on a Service, "namespace/name" or "name" (in the
+	// Service's namespace) of a NetworkAttachmentDefinition, makes it an
+	// L2 Service: the controller keeps its EndpointSlices, holding the
+	// addresses on that network of the VMIs L2SelectorAnnotation picks.
+	L2NetworkAnnotation = "podvirt.io/l2-network"
+	// L2SelectorAnnotation on an L2 Service is a label selector over VMIs
+	// in the Service's namespace, e.g. "app=web,tier in (front)". It
+	// stands in for spec.selector, which the Service must not have:
+	// Kubernetes' EndpointSlice controller would fill slices with the
+	// launcher pods' addresses, which carry the VMI's labels.
+	L2SelectorAnnotation = "podvirt.io/l2-selector"
 )
+
+// EndpointSliceManagedBy is the endpointslice.kubernetes.io/managed-by
+// value of the EndpointSlices the controller keeps for L2 Services. A label
+// value has no "/", so it is written like Kubernetes' own
+// endpointslice-controller.k8s.io.
+const EndpointSliceManagedBy = "controller.podvirt.io"
 
 // Finalizers.
 const (
