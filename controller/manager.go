@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -13,16 +14,19 @@ import (
 )
 
 // CacheOptions limits the manager's cache to what the controller reads:
-// of all pods, only launcher pods are cached.
+// of all pods, only launcher pods are cached, and of all EndpointSlices only
+// those of L2 Services.
 func CacheOptions() cache.Options {
 	return cache.Options{
 		ByObject: map[client.Object]cache.ByObject{
-			&corev1.Pod{}: {Label: labels.SelectorFromSet(labels.Set{v1alpha1.AppLabel: v1alpha1.AppLauncher})},
+			&corev1.Pod{}:                {Label: labels.SelectorFromSet(labels.Set{v1alpha1.AppLabel: v1alpha1.AppLauncher})},
+			&discoveryv1.EndpointSlice{}: {Label: labels.SelectorFromSet(labels.Set{discoveryv1.LabelManagedBy: v1alpha1.EndpointSliceManagedBy})},
 		},
 	}
 }
 
-// Setup registers the VM and VMI reconcilers and the metrics with mgr.
+// Setup registers the VM, VMI and L2 Service reconcilers and the metrics
+// with mgr.
 func Setup(mgr ctrl.Manager, cfg Config) error {
 	if err := cfg.validate(); err != nil {
 		return err
@@ -50,6 +54,14 @@ func Setup(mgr ctrl.Manager, cfg Config) error {
 	}
 	if err := vm.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up VM controller: %w", err)
+	}
+	l2 := &L2ServiceReconciler{
+		Client:    mgr.GetClient(),
+		APIReader: mgr.GetAPIReader(),
+		Recorder:  mgr.GetEventRecorder("podvirt-controller"),
+	}
+	if err := l2.SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("set up L2 Service controller: %w", err)
 	}
 	return nil
 }
