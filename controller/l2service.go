@@ -118,7 +118,7 @@ func l2Selector(svc *corev1.Service) (labels.Selector, error) {
 	}
 	sel, err := labels.Parse(s)
 	if err != nil {
-		return nil, fmt.Errorf("annotation %s: %q is not a label selector (%v): write it like app=web,tier in (front)", v1alpha1.L2SelectorAnnotation, s, err)
+		return nil, fmt.Errorf("annotation %s: %q is not a label selector (%w): write it like app=web,tier in (front)", v1alpha1.L2SelectorAnnotation, s, err)
 	}
 	return sel, nil
 }
