@@ -3,11 +3,15 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
@@ -53,6 +57,7 @@ func TestVMsOnSharedL2(t *testing.T) {
 			if tt.mode == "bridge" {
 				checkFailover(ctx, t, names[0]+"-root", names[1]+"-root")
 			}
+			checkL2Service(ctx, t, "web-"+tt.mode, tt.nad, ips)
 			for i, n := range names {
 				peer := names[1-i]
 				out, err := st.RunInConsole(ctx, n, stack.PingCommand(ips[peer]), 3*time.Minute)
@@ -123,4 +128,43 @@ func importEvents(ctx context.Context, t *testing.T, claim string) []corev1.Even
 		t.Fatalf("pvc %s: no %s event: %v; events:\n%s", claim, csidriver.ReasonImportCompleted, err, strings.Join(seen, "\n"))
 	}
 	return events.Items
+}
+
+// checkL2Service puts an L2 Service in front of the VMs (their names and
+// L2 addresses in ips) on nad and waits until its EndpointSlice holds
+// every address, ready, on the VMs' HTTP port.
+func checkL2Service(ctx context.Context, t *testing.T, name, nad string, ips map[string]string) {
+	t.Helper()
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: stack.Namespace, Annotations: map[string]string{
+			v1.L2NetworkAnnotation:  nad,
+			v1.L2SelectorAnnotation: v1.VMNameLabel + " in (" + strings.Join(slices.Sorted(maps.Keys(ips)), ",") + ")",
+		}},
+		Spec: corev1.ServiceSpec{ClusterIP: corev1.ClusterIPNone, Ports: []corev1.ServicePort{{Name: "http", Port: int32(stack.VMPort)}}},
+	}
+	if err := st.Client.Create(ctx, svc); err != nil {
+		t.Fatalf("creating L2 Service %s: %v", name, err)
+	}
+	t.Cleanup(func() { _ = st.Client.Delete(context.Background(), svc) })
+	want := slices.Sorted(maps.Values(ips))
+	var got []string
+	if err := stack.Poll(ctx, 2*time.Minute, func() (bool, error) {
+		list := &discoveryv1.EndpointSliceList{}
+		if err := st.Client.List(ctx, list, client.InNamespace(stack.Namespace), client.MatchingLabels{discoveryv1.LabelServiceName: name}); err != nil {
+			return false, err
+		}
+		got = nil
+		for _, sl := range list.Items {
+			for _, ep := range sl.Endpoints {
+				if ep.Conditions.Ready != nil && *ep.Conditions.Ready && len(sl.Ports) == 1 && *sl.Ports[0].Port == int32(stack.VMPort) {
+					got = append(got, ep.Addresses...)
+				}
+			}
+		}
+		slices.Sort(got)
+		return slices.Equal(got, want), nil
+	}); err != nil {
+		t.Fatalf("L2 Service %s on %s: ready addresses %v, want the VMs' %v: %v", name, nad, got, want, err)
+	}
+	t.Logf("L2 Service %s on %s: EndpointSlice holds %v, ready", name, nad, got)
 }
