@@ -29,7 +29,6 @@ const (
 	ReasonGuestNotRunning    = "GuestNotRunning"
 	ReasonGuestRunning       = "GuestRunning"
 	ReasonPaused             = "Paused"
-	ReasonUnknown            = "Unknown"
 	ReasonPodNotReady        = "LauncherPodNotReady"
 	ReasonUnschedulable      = corev1.PodReasonUnschedulable
 	ReasonVMIFinal           = "VMIFinished"
@@ -206,12 +205,12 @@ var conditionReason = regexp.MustCompile(`^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])
 func pausedReason(vmi *v1alpha1.VirtualMachineInstance) string {
 	r := vmi.Status.Domain.Reason
 	switch {
-	case r != "" && r != ReasonUnknown && len(r) <= 1024 && conditionReason.MatchString(r):
+	case r != "" && r != v1alpha1.DomainReasonUnknown && len(r) <= 1024 && conditionReason.MatchString(r):
 		return r
 	case vmi.Annotations[v1alpha1.PausedAnnotation] == "true":
 		return v1alpha1.DomainReasonPausedByUser
 	}
-	return ReasonUnknown
+	return v1alpha1.DomainReasonUnknown
 }
 
 func pausedMessage(vmi *v1alpha1.VirtualMachineInstance, reason string) string {

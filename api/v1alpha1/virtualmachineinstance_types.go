@@ -593,6 +593,11 @@ var DomainStates = []DomainState{DomainStarting, DomainRunning, DomainPaused, Do
 // condition this reason.
 const DomainReasonPausedByUser = "PausedByUser"
 
+// DomainReasonUnknown is the DomainStatus.Reason for a libvirt reason code
+// the launcher has no word for: reasons are words only, as the conditions
+// the controller copies them into must be.
+const DomainReasonUnknown = "Unknown"
+
 // VirtualMachineInstanceStatus is what the controller and the node daemon
 // observe.
 //

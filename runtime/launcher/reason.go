@@ -6,11 +6,6 @@ import (
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
 )
 
-// reasonUnknown stands for a reason code this launcher has no word for:
-// the VMI's status.domain.reason, and the Paused condition the controller
-// copies it into, carry words only (a condition's reason must be one).
-const reasonUnknown = "Unknown"
-
 // Words for libvirt's event details and state reasons, which are numbered
 // per event type and per state.
 var (
@@ -135,7 +130,7 @@ func eventReason(ev libvirt.DomainEventType, detail int) string {
 		r = crashedReasons[libvirt.DomainEventCrashedDetailType(detail)]
 	}
 	if r == "" {
-		return reasonUnknown // a libvirt newer than this table
+		return v1.DomainReasonUnknown // a libvirt newer than this table
 	}
 	return r
 }
@@ -160,7 +155,7 @@ func stateReason(s libvirt.DomainState, reason int) string {
 		r = "PMSuspended"
 	}
 	if r == "" {
-		return reasonUnknown // *_UNKNOWN, or a libvirt newer than this table
+		return v1.DomainReasonUnknown // *_UNKNOWN, or a libvirt newer than this table
 	}
 	return r
 }

@@ -48,8 +48,8 @@ func TestEventReasons(t *testing.T) {
 		// something else under another event.
 		{libvirt.DOMAIN_EVENT_STOPPED, int(libvirt.DOMAIN_EVENT_SUSPENDED_IOERROR), "Crashed"},
 		// Codes this launcher has no word for.
-		{libvirt.DOMAIN_EVENT_SUSPENDED, 1000, reasonUnknown},
-		{libvirt.DomainEventType(1000), 0, reasonUnknown},
+		{libvirt.DOMAIN_EVENT_SUSPENDED, 1000, v1.DomainReasonUnknown},
+		{libvirt.DomainEventType(1000), 0, v1.DomainReasonUnknown},
 	} {
 		if got := eventReason(tc.event, tc.detail); got != tc.want {
 			t.Errorf("event %d detail %d → %q, want %q", tc.event, tc.detail, got, tc.want)
@@ -69,7 +69,7 @@ func TestStateReasons(t *testing.T) {
 		{libvirt.DOMAIN_PAUSED, int(libvirt.DOMAIN_PAUSED_WATCHDOG), "Watchdog"},
 		{libvirt.DOMAIN_PAUSED, int(libvirt.DOMAIN_PAUSED_API_ERROR), "APIError"},
 		{libvirt.DOMAIN_PAUSED, int(libvirt.DOMAIN_PAUSED_STARTING_UP), "StartingUp"},
-		{libvirt.DOMAIN_PAUSED, int(libvirt.DOMAIN_PAUSED_UNKNOWN), reasonUnknown},
+		{libvirt.DOMAIN_PAUSED, int(libvirt.DOMAIN_PAUSED_UNKNOWN), v1.DomainReasonUnknown},
 		{libvirt.DOMAIN_RUNNING, int(libvirt.DOMAIN_RUNNING_BOOTED), "Booted"},
 		{libvirt.DOMAIN_RUNNING, int(libvirt.DOMAIN_RUNNING_UNPAUSED), "Unpaused"},
 		{libvirt.DOMAIN_SHUTOFF, int(libvirt.DOMAIN_SHUTOFF_SHUTDOWN), "Shutdown"},
@@ -78,8 +78,8 @@ func TestStateReasons(t *testing.T) {
 		{libvirt.DOMAIN_SHUTOFF, int(libvirt.DOMAIN_SHUTOFF_DAEMON), "KilledByDaemon"},
 		{libvirt.DOMAIN_CRASHED, int(libvirt.DOMAIN_CRASHED_PANICKED), "Panicked"},
 		{libvirt.DOMAIN_PMSUSPENDED, int(libvirt.DOMAIN_PMSUSPENDED_UNKNOWN), "PMSuspended"},
-		{libvirt.DOMAIN_NOSTATE, int(libvirt.DOMAIN_NOSTATE_UNKNOWN), reasonUnknown},
-		{libvirt.DOMAIN_PAUSED, 1000, reasonUnknown},
+		{libvirt.DOMAIN_NOSTATE, int(libvirt.DOMAIN_NOSTATE_UNKNOWN), v1.DomainReasonUnknown},
+		{libvirt.DOMAIN_PAUSED, 1000, v1.DomainReasonUnknown},
 	} {
 		if got := stateReason(tc.state, tc.reason); got != tc.want {
 			t.Errorf("state %d reason %d → %q, want %q", tc.state, tc.reason, got, tc.want)
