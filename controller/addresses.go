@@ -124,7 +124,7 @@ func (r *VMReconciler) assignIdentity(ctx context.Context, vm *v1alpha1.VirtualM
 			if err != nil {
 				return false, err
 			}
-			if holder != "" || !r.claims.Claim(indexMAC+"/"+mac, owner, r.now()) {
+			if holder != "" || !r.claim(indexMAC, mac, owner) {
 				return false, &refusal{ReasonMACInUse, fmt.Sprintf(
 					"interface %s: MAC %s is already taken by VM %s; set another macAddress, or remove it to get a free one", ifc.Name, ifc.MACAddress, orStarting(holder))}
 			}
@@ -162,7 +162,7 @@ func (r *VMReconciler) assignIdentity(ctx context.Context, vm *v1alpha1.VirtualM
 		if err != nil {
 			return false, err
 		}
-		if holder != "" || !r.claims.Claim(indexAddress+"/"+key, owner, r.now()) {
+		if holder != "" || !r.claim(indexAddress, key, owner) {
 			return false, &refusal{ReasonAddressInUse, fmt.Sprintf(
 				"interface %s: address %s on network %s is already taken by VM %s; set another ipAddress, or remove it to get a free one", ifc.Name, a, nad, orStarting(holder))}
 		}
@@ -183,12 +183,9 @@ func orStarting(holder string) string {
 // holder is the VM other than vm that holds key in index, "" if none. Of
 // two VMs that ask for the same value, the older keeps it.
 func (r *VMReconciler) holder(ctx context.Context, vm *v1alpha1.VirtualMachine, index, key string) (string, error) {
-	vms := &v1alpha1.VirtualMachineList{}
-	if err := r.Client.List(ctx, vms, client.MatchingFields{index: key}); err != nil {
-		return "", fmt.Errorf("looking up VMs by %s %s: %w", index, key, err)
-	}
-	for i := range vms.Items {
-		o := &vms.Items[i]
+	vms, err := r.holding(ctx, index, key)
+	for i := range vms {
+		o := &vms[i]
 		if o.UID == vm.UID {
 			continue
 		}
@@ -197,26 +194,37 @@ func (r *VMReconciler) holder(ctx context.Context, vm *v1alpha1.VirtualMachine, 
 			return o.Namespace + "/" + o.Name, nil
 		}
 	}
-	return "", nil
+	return "", err
 }
 
 // free reports whether no VM but owner holds key in index and claims it
 // for owner. Owner itself may hold it: a reconcile of a VM the cache shows
 // older than its last write gets the value that write recorded.
 func (r *VMReconciler) free(ctx context.Context, index, key, owner string) (bool, error) {
-	if r.claims.HeldByOther(index+"/"+key, owner, r.now()) {
-		return false, nil
+	vms, err := r.holding(ctx, index, key)
+	if err != nil {
+		return false, err
 	}
-	vms := &v1alpha1.VirtualMachineList{}
-	if err := r.Client.List(ctx, vms, client.MatchingFields{index: key}); err != nil {
-		return false, fmt.Errorf("looking up VMs by %s %s: %w", index, key, err)
-	}
-	for _, vm := range vms.Items {
+	for _, vm := range vms {
 		if string(vm.UID) != owner {
 			return false, nil
 		}
 	}
-	return r.claims.Claim(index+"/"+key, owner, r.now()), nil
+	return r.claim(index, key, owner), nil
+}
+
+// holding lists the VMs the cache's index shows holding key.
+func (r *VMReconciler) holding(ctx context.Context, index, key string) ([]v1alpha1.VirtualMachine, error) {
+	vms := &v1alpha1.VirtualMachineList{}
+	if err := r.Client.List(ctx, vms, client.MatchingFields{index: key}); err != nil {
+		return nil, fmt.Errorf("looking up VMs by %s %s: %w", index, key, err)
+	}
+	return vms.Items, nil
+}
+
+// claim claims key of index for owner until the cache shows who holds it.
+func (r *VMReconciler) claim(index, key, owner string) bool {
+	return r.claims.Claim(index+"/"+key, owner, r.now())
 }
 
 // freeMAC is a MAC of the range no VM holds, tried from a random place so

@@ -126,14 +126,12 @@ func l2Selector(svc *corev1.Service) (labels.Selector, error) {
 // l2Network is "namespace/name" of an L2 Service's NAD.
 func l2Network(svc *corev1.Service) (string, error) {
 	v := strings.TrimSpace(svc.Annotations[v1alpha1.L2NetworkAnnotation])
-	ns, name, qualified := strings.Cut(v, "/")
-	if !qualified {
-		ns, name = svc.Namespace, v
-	}
+	nad := qualifiedNAD(svc.Namespace, v)
+	ns, name, _ := strings.Cut(nad, "/")
 	if len(validation.IsDNS1123Subdomain(name)) > 0 || len(validation.IsDNS1123Label(ns)) > 0 {
 		return "", fmt.Errorf("annotation %s: %q is not a NetworkAttachmentDefinition: write namespace/name, or name for one in the Service's namespace", v1alpha1.L2NetworkAnnotation, v)
 	}
-	return ns + "/" + name, nil
+	return nad, nil
 }
 
 // Reconcile makes the Service's slices hold what its VMIs say, and deletes
@@ -178,16 +176,11 @@ func (r *L2ServiceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 		if sameSlice(cur, w) {
 			continue
 		}
+		// A slice's name fixes its address type (-l2 IPv4, -l2-ipv6 IPv6),
+		// which is immutable; the rest is ours to set.
 		next := cur.DeepCopy()
 		next.Labels, next.OwnerReferences = w.Labels, w.OwnerReferences
-		next.AddressType, next.Endpoints, next.Ports = w.AddressType, w.Endpoints, w.Ports
-		if next.AddressType != cur.AddressType {
-			// Immutable: make the slice anew.
-			if err := r.Client.Delete(ctx, cur, client.Preconditions{UID: &cur.UID}); client.IgnoreNotFound(err) != nil {
-				return ctrl.Result{}, fmt.Errorf("delete EndpointSlice %s/%s to change its address type: %w", cur.Namespace, cur.Name, err)
-			}
-			return ctrl.Result{RequeueAfter: 50 * time.Millisecond}, nil
-		}
+		next.Endpoints, next.Ports = w.Endpoints, w.Ports
 		if err := r.Client.Update(ctx, next); err != nil {
 			return requeueOnConflict(fmt.Errorf("update EndpointSlice %s/%s: %w", cur.Namespace, cur.Name, err))
 		}

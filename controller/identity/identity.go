@@ -248,14 +248,6 @@ func (c *Claims) Claim(key, owner string, now time.Time) bool {
 	return true
 }
 
-// HeldByOther reports whether an owner other than owner holds key.
-func (c *Claims) HeldByOther(key, owner string, now time.Time) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	h, ok := c.m[key]
-	return ok && h.owner != owner && now.Before(h.until)
-}
-
 // Release drops every claim of owner (a VM that is gone).
 func (c *Claims) Release(owner string) {
 	c.mu.Lock()
