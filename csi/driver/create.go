@@ -56,10 +56,8 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 		}
 		return &csi.CreateVolumeResponse{Volume: d.csiVolume(v)}, nil
 	}
-	if p.failureKey != "" {
-		if f, ok := d.store.Failure(p.name); ok && f.Key == p.failureKey {
-			return nil, status.Error(codes.Code(f.Code), f.Message)
-		}
+	if err := d.rememberedFailure(&p); err != nil {
+		return nil, err
 	}
 
 	d.opsMu.Lock()

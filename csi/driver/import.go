@@ -81,8 +81,8 @@ func (d *Driver) resolveImage(ctx context.Context, req *csi.CreateVolumeRequest,
 	}
 	p.failureKey = source + " " + checksum
 	if !p.params.sourceAllowed(source) {
-		if f, ok := d.store.Failure(p.name); ok && f.Key == p.failureKey {
-			return status.Error(codes.Code(f.Code), f.Message) // reported on the claim already
+		if err := d.rememberedFailure(p); err != nil {
+			return err // reported on the claim already
 		}
 		return d.fail(*p, finalImportError(codes.FailedPrecondition,
 			"image %s for volume %q is not allowed by StorageClass parameter %s (%s): name an image from those, or ask the cluster admin to add it there",
@@ -248,6 +248,18 @@ func (d *Driver) importVolume(ctx context.Context, p plan, v state.Volume) (stat
 	d.event(p.claim, corev1.EventTypeNormal, ReasonImportCompleted, fmt.Sprintf("Volume %s is ready on node %s: %s (%s, %s, virtual size %s) %s, as %s, after %s",
 		p.id, d.opts.NodeID, src.URL, base.Digest, base.Format, describeSize(base.VirtualSize), from, how, time.Since(start).Round(time.Millisecond)))
 	return v, nil
+}
+
+// rememberedFailure is the final import failure remembered for p's image,
+// answered again without another attempt or event; nil when there is none.
+func (d *Driver) rememberedFailure(p *plan) error {
+	if p.failureKey == "" {
+		return nil
+	}
+	if f, ok := d.store.Failure(p.name); ok && f.Key == p.failureKey {
+		return status.Error(codes.Code(f.Code), f.Message)
+	}
+	return nil
 }
 
 // fail remembers a final import error for the claim and reports it there.
