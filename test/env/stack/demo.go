@@ -16,11 +16,10 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/podvirt/podvirt/api/scheme"
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/test/env/chart"
 	"github.com/podvirt/podvirt/test/env/cluster"
@@ -65,14 +64,6 @@ type Stack struct {
 	opts    Options
 }
 
-// Scheme knows core types and podvirt's.
-func Scheme() *runtime.Scheme {
-	s := runtime.NewScheme()
-	_ = clientgoscheme.AddToScheme(s)
-	_ = v1.AddToScheme(s)
-	return s
-}
-
 // Install starts the registry pair on the node's address, then builds and
 // imports the images and installs the chart with a StorageClass naming
 // both mirrors (the stopped one first) and the bridge-mode NAD.
@@ -81,7 +72,11 @@ func Install(ctx context.Context, c *cluster.Cluster, opts Options) (*Stack, err
 	if err != nil {
 		return nil, err
 	}
-	cl, err := client.New(cfg, client.Options{Scheme: Scheme()})
+	sch, err := scheme.New()
+	if err != nil {
+		return nil, err
+	}
+	cl, err := client.New(cfg, client.Options{Scheme: sch})
 	if err != nil {
 		return nil, err
 	}
