@@ -2,7 +2,6 @@ package controller
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
@@ -54,13 +53,7 @@ func l2Service(ns, name, network, selector string) *corev1.Service {
 // setInterfaces writes status.interfaces, as the node daemon does.
 func setInterfaces(t *testing.T, vmi *v1alpha1.VirtualMachineInstance, ifaces ...v1alpha1.VirtualMachineInstanceNetworkInterface) {
 	t.Helper()
-	patch, err := json.Marshal(map[string]any{"status": map[string]any{"interfaces": ifaces}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := k8s.Status().Patch(context.Background(), vmi, client.RawPatch(types.MergePatchType, patch)); err != nil {
-		t.Fatalf("write interfaces of VMI %s: %v", vmi.Name, err)
-	}
+	patchVMIStatus(t, vmi, "interfaces", ifaces)
 }
 
 // getSlice returns the EndpointSlice, or nil when there is none.

@@ -365,12 +365,18 @@ func setPausedAnnotation(t *testing.T, vmi *v1alpha1.VirtualMachineInstance, pau
 // does.
 func setDomain(t *testing.T, vmi *v1alpha1.VirtualMachineInstance, state v1alpha1.DomainState, reason string) {
 	t.Helper()
-	patch, err := json.Marshal(map[string]any{"status": map[string]any{"domain": v1alpha1.DomainStatus{State: state, Reason: reason, LastTransitionTime: metav1.Now()}}})
+	patchVMIStatus(t, vmi, "domain", v1alpha1.DomainStatus{State: state, Reason: reason, LastTransitionTime: metav1.Now()})
+}
+
+// patchVMIStatus writes one field of vmi's status with a merge patch.
+func patchVMIStatus(t *testing.T, vmi *v1alpha1.VirtualMachineInstance, field string, value any) {
+	t.Helper()
+	patch, err := json.Marshal(map[string]any{"status": map[string]any{field: value}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := k8s.Status().Patch(context.Background(), vmi, client.RawPatch(types.MergePatchType, patch)); err != nil {
-		t.Fatalf("write domain status of VMI %s: %v", vmi.Name, err)
+		t.Fatalf("write status.%s of VMI %s: %v", field, vmi.Name, err)
 	}
 }
 
