@@ -9,6 +9,11 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/podvirt/podvirt/cmd/internal/version.Version=$(VERSION)
 DEPS := test/deps/deps.sh
 CLUSTER := go run ./test/cmd/podvirt-cluster
+# `make up NODES=2` (or PODVIRT_NODES=2): nodes of the local cluster; unset
+# keeps as many as it has (1 for a new one).
+ifdef NODES
+export PODVIRT_NODES := $(NODES)
+endif
 
 # Packages that bring up a whole cluster run after the rest, one at a
 # time: not for correctness (each cluster has its own node paths and runs

@@ -1,5 +1,6 @@
-// Command podvirt-cluster brings a real single-node Kubernetes up on this
-// machine and takes it down again (`make up`, `make down`, `make demo`).
+// Command podvirt-cluster brings a real Kubernetes of one or more nodes up
+// on this machine and takes it down again (`make up`, `make down`, `make
+// demo`).
 package main
 
 import (
@@ -10,6 +11,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"syscall"
 
 	"github.com/podvirt/podvirt/test/deps"
@@ -17,10 +19,11 @@ import (
 	"github.com/podvirt/podvirt/test/env/stack"
 )
 
-const usage = `usage: podvirt-cluster [--dir DIR] COMMAND
+const usage = `usage: podvirt-cluster [--dir DIR] [--nodes N] COMMAND
 
 Commands:
-  up          bring the local cluster up (again: harmless) and print its kubeconfig
+  up          bring the local cluster up (again: harmless; with more nodes: adds
+              them) and print its kubeconfig
   down        stop every process of the cluster and remove its links, mounts,
               network namespaces, cgroups and state directory
   demo        up, then install podvirt and boot two VMs on a shared L2 (see README)
@@ -32,8 +35,17 @@ func main() {
 	if dir := os.Getenv("PODVIRT_CLUSTER_DIR"); dir != "" {
 		cfg.Dir = dir
 	}
+	if n := os.Getenv("PODVIRT_NODES"); n != "" {
+		v, err := strconv.Atoi(n)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "podvirt-cluster: PODVIRT_NODES=%q is not a number of nodes\n", n)
+			os.Exit(2)
+		}
+		cfg.Nodes = v
+	}
 	flags := flag.NewFlagSet("podvirt-cluster", flag.ContinueOnError)
 	flags.StringVar(&cfg.Dir, "dir", cfg.Dir, "state directory of the cluster (env PODVIRT_CLUSTER_DIR)")
+	flags.IntVar(&cfg.Nodes, "nodes", cfg.Nodes, "number of nodes (env PODVIRT_NODES, make up NODES=N); default: as many as the cluster has, 1 for a new one")
 	flags.Usage = func() { fmt.Fprint(os.Stderr, usage); flags.PrintDefaults() }
 	if err := flags.Parse(os.Args[1:]); err != nil {
 		os.Exit(2)

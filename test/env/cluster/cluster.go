@@ -1,10 +1,12 @@
-// Package cluster runs a real single-node Kubernetes on this machine for
-// development and tests: etcd, kube-apiserver, kube-controller-manager,
-// kube-scheduler, kube-proxy and the kubelet (built from k8s.io/kubernetes
-// by `make deps`), containerd + runc, a CNI bridge pod network with Multus
-// as the meta plugin. All state lives under one directory; every process it
-// starts is recorded by pid, and Down removes every process, link, mount,
-// netns and cgroup that Up made.
+// Package cluster runs a real Kubernetes of one or more nodes on this
+// machine for development and tests: etcd, kube-apiserver,
+// kube-controller-manager, kube-scheduler and, per node, the kubelet,
+// kube-proxy (built from k8s.io/kubernetes by `make deps`), containerd +
+// runc, a CNI bridge pod network with Multus as the meta plugin. The first
+// node is the machine itself; every other node runs in a network and mount
+// namespace of its own (see nodes.go). All state lives under one directory;
+// every process it starts is recorded by pid, and Down removes every
+// process, link, mount, netns and cgroup that Up made.
 package cluster
 
 import (
@@ -14,6 +16,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"k8s.io/client-go/kubernetes"
@@ -30,16 +34,23 @@ type Config struct {
 	// Dir holds all state: PKI, etcd data, containerd root, kubelet root,
 	// logs, pid files, kubeconfigs.
 	Dir string
-	// Name is the node name; it also prefixes the links Up creates
-	// (<Name>-node, <Name>-pods; at most 9 characters) and names the
-	// cgroup root of the kubelet (/<Name>).
+	// Name is the first node's name (the others are <Name>-2, <Name>-3,
+	// ...); it also prefixes the links Up creates (<Name>-node,
+	// <Name>-pods; at most 9 characters) and names the cgroup root of each
+	// node's kubelet (/<node name>).
 	Name string
-	// NodeIP is put as a /32 on the <Name>-node bridge: the kubelet refuses
-	// a loopback node IP and this kernel has no dummy links. The API server
-	// and kubelet listen on it, so nothing listens beyond this machine.
+	// Nodes is how many nodes the cluster has: 0 means as many as it was
+	// brought up with (1 for a new cluster). A cluster never shrinks:
+	// asking for fewer nodes than it has keeps them all.
+	Nodes int
+	// NodeIP is the first node's address, put as a /24 on the <Name>-node
+	// bridge: the kubelet refuses a loopback node IP and this kernel has no
+	// dummy links. The API server listens on it too. Node i has NodeIP+i-1
+	// in that /24, so nothing listens beyond this machine.
 	NodeIP net.IP
-	// PodSubnet is the default pod network, served by the bridge plugin
-	// with host-local IPAM on <Name>-pods.
+	// PodSubnet is the default pod network of the whole cluster; node i
+	// gets its i-th /24, served by the bridge plugin with host-local IPAM on
+	// that node's <Name>-pods.
 	PodSubnet string
 	// ServiceSubnet holds ClusterIPs; its first address is the API server's.
 	ServiceSubnet string
@@ -60,7 +71,7 @@ func DefaultConfig() Config {
 		Dir:           filepath.Join(deps.Cache(), "cluster"),
 		Name:          "podvirt",
 		NodeIP:        net.IPv4(10, 250, 0, 1),
-		PodSubnet:     "10.244.0.0/24",
+		PodSubnet:     "10.240.0.0/16",
 		ServiceSubnet: "10.0.0.0/24",
 		BasePort:      6443,
 		KubeProxy:     true,
@@ -97,7 +108,34 @@ func (c Config) validate() error {
 			return fmt.Errorf("cluster config: %s %q: %w", field, cidr, err)
 		}
 	}
+	n := c.nodeCount()
+	if n < 1 || n > maxNodes {
+		return fmt.Errorf("cluster config: Nodes %d must be 1–%d", c.Nodes, maxNodes)
+	}
+	if last := int(c.NodeIP.To4()[3]) + n - 1; last > 254 {
+		return fmt.Errorf("cluster config: NodeIP %v leaves no room in its /24 for %d nodes: use an address ending in at most %d", c.NodeIP, n, 255-n)
+	}
+	_, pods, _ := net.ParseCIDR(c.PodSubnet)
+	if ones, bits := pods.Mask.Size(); bits != 32 || ones > 24 || 1<<(24-ones) < n {
+		return fmt.Errorf("cluster config: PodSubnet %s must be IPv4 and hold a /24 per node (%d nodes): use a /%d or wider", c.PodSubnet, n, 24-bitsFor(n))
+	}
 	return nil
+}
+
+func (c Config) nodeCount() int {
+	if c.Nodes == 0 {
+		return 1
+	}
+	return c.Nodes
+}
+
+// bitsFor is the number of bits that count n values.
+func bitsFor(n int) int {
+	b := 0
+	for 1<<b < n {
+		b++
+	}
+	return b
 }
 
 // Cluster is a local cluster described by its Config.
@@ -108,6 +146,9 @@ type Cluster struct {
 
 // New checks cfg and finds the binaries `make deps` installed.
 func New(cfg Config) (*Cluster, error) {
+	if recorded := recordedNodes(cfg.Dir); recorded > cfg.Nodes {
+		cfg.Nodes = recorded
+	}
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
@@ -126,28 +167,49 @@ func New(cfg Config) (*Cluster, error) {
 	return &Cluster{cfg: cfg, bins: bins}, nil
 }
 
+// recordedNodes is the node count Up recorded under dir (0 when none).
+func recordedNodes(dir string) int {
+	b, err := os.ReadFile(filepath.Join(dir, "node-count"))
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	return n
+}
+
 // Kubeconfig is the cluster-admin kubeconfig's path.
 func (c *Cluster) Kubeconfig() string { return filepath.Join(c.cfg.Dir, "kubeconfig") }
 
-// ContainerdSocket is the path of the node's containerd socket, for
-// importing images.
-func (c *Cluster) ContainerdSocket() string {
-	return filepath.Join(c.cfg.Dir, "containerd", "containerd.sock")
+// ContainerdSocket is the path of the first node's containerd socket, for
+// importing images (ContainerdSockets has every node's).
+func (c *Cluster) ContainerdSocket() string { return c.first().ContainerdSocket }
+
+// ContainerdSockets are every node's containerd sockets, as the host sees
+// them: an image a pod may use goes into each.
+func (c *Cluster) ContainerdSockets() []string {
+	var sockets []string
+	for _, n := range c.Nodes() {
+		sockets = append(sockets, n.ContainerdSocket)
+	}
+	return sockets
 }
 
-// CNIBinDir is the node's CNI plugin directory (where a node daemon
-// installs extra plugins).
-func (c *Cluster) CNIBinDir() string { return filepath.Join(c.cfg.Dir, "cni", "bin") }
+// CNIBinDir is each node's CNI plugin directory (where a node daemon
+// installs extra plugins), as the node sees it; the first node's as the
+// host sees it.
+func (c *Cluster) CNIBinDir() string { return c.path("cni", "bin") }
 
-// KubeletRootDir is the kubelet's --root-dir (under Dir, not
-// /var/lib/kubelet): what a DaemonSet mounts to reach pod volumes and
-// plugin sockets (the chart's kubeletRootDir).
+// KubeletRootDir is each kubelet's --root-dir (under Dir, not
+// /var/lib/kubelet) as its node sees it: what a DaemonSet mounts to reach
+// pod volumes and plugin sockets (the chart's kubeletRootDir). On the host
+// it is the first node's; Node.KubeletRootDir is any node's.
 func (c *Cluster) KubeletRootDir() string { return c.path("kubelet") }
 
-// NodeName is the name of the cluster's only node.
+// NodeName is the name of the cluster's first node.
 func (c *Cluster) NodeName() string { return c.cfg.Name }
 
-// NodeIP is the node's address; pods and the host both reach it.
+// NodeIP is the first node's address, which is the API server's too; pods
+// on every node and the host reach it.
 func (c *Cluster) NodeIP() net.IP { return c.cfg.NodeIP }
 
 // PodSubnet and ServiceSubnet are the cluster's pod and Service CIDRs.
@@ -168,25 +230,26 @@ func (c *Cluster) Up(ctx context.Context) error {
 			return err
 		}
 	}
-	steps := []struct {
-		name string
-		run  func(context.Context) error
-	}{
+	// Recorded first, so a `down` after a failed `up` finds every node.
+	if err := os.WriteFile(c.path("node-count"), []byte(strconv.Itoa(len(c.Nodes()))+"\n"), 0o600); err != nil {
+		return err
+	}
+	steps := []step{
 		{"certificates and kubeconfigs", c.writeCredentials},
 		{"node paths of its own under " + c.path("node"), func(context.Context) error { return c.shareStateDir() }},
-		{"node bridge " + c.link("node"), c.setupNodeLink},
+		{"underlay bridge " + c.link("node") + " and L2 segment " + c.link("seg"), c.setupNodeLink},
 		{"etcd", c.startEtcd},
 		{"kube-apiserver", c.startAPIServer},
 		{"kube-controller-manager and kube-scheduler", c.startControllers},
-		{"containerd", c.startContainerd},
-		{"pause image", c.importPause},
-		{"pod network (bridge) and Multus", c.writeCNIConfig},
 		{"NetworkAttachmentDefinition CRD and Multus RBAC", c.applyAddons},
-		{"kubelet", c.startKubelet},
-		{"kube-proxy", c.startKubeProxy},
-		{"node Ready", c.waitNodeReady},
-		{"default ServiceAccount", c.waitDefaultServiceAccount},
 	}
+	for _, n := range c.Nodes() {
+		steps = append(steps, c.nodeSteps(n)...)
+	}
+	for _, n := range c.Nodes() {
+		steps = append(steps, step{"node " + n.Name + " Ready", func(ctx context.Context) error { return c.waitNodeReady(ctx, n) }})
+	}
+	steps = append(steps, step{"default ServiceAccount", c.waitDefaultServiceAccount})
 	for _, s := range steps {
 		t := time.Now()
 		c.progress("%s ...", s.name)
@@ -195,8 +258,14 @@ func (c *Cluster) Up(ctx context.Context) error {
 		}
 		c.progress("%s: done (%.1fs)", s.name, time.Since(t).Seconds())
 	}
-	c.progress("cluster %q is up in %.0fs; kubeconfig: %s", c.cfg.Name, time.Since(start).Seconds(), c.Kubeconfig())
+	c.progress("cluster %q is up with %d node(s) in %.0fs; kubeconfig: %s", c.cfg.Name, len(c.Nodes()), time.Since(start).Seconds(), c.Kubeconfig())
 	return nil
+}
+
+// step is one named step of bringing the cluster (or a node) up.
+type step struct {
+	name string
+	run  func(context.Context) error
 }
 
 func (c *Cluster) clientset() (*kubernetes.Clientset, error) {

@@ -3,7 +3,6 @@ package cluster
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -16,28 +15,20 @@ import (
 	"github.com/vishvananda/netlink"
 )
 
-// setupNodeLink creates the <Name>-node bridge holding NodeIP/32: an
-// address that is not loopback (the kubelet insists) and reaches nothing
-// outside this machine.
+// setupNodeLink creates the <Name>-node bridge, the underlay every node
+// joins, holding NodeIP/24: an address that is not loopback (the kubelet
+// insists) and reaches nothing outside this machine; and the shared L2
+// segment.
 func (c *Cluster) setupNodeLink(context.Context) error {
-	name := c.link("node")
-	link, err := netlink.LinkByName(name)
+	link, err := c.ensureBridge(c.link("node"))
 	if err != nil {
-		if !errors.As(err, &netlink.LinkNotFoundError{}) {
-			return fmt.Errorf("look up link %s: %w", name, err)
-		}
-		if err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name}}); err != nil {
-			return fmt.Errorf("create bridge %s: %w", name, err)
-		}
-		if link, err = netlink.LinkByName(name); err != nil {
-			return err
-		}
+		return err
 	}
-	addr := &netlink.Addr{IPNet: &net.IPNet{IP: c.cfg.NodeIP, Mask: net.CIDRMask(32, 32)}}
+	addr := &netlink.Addr{IPNet: &net.IPNet{IP: c.cfg.NodeIP, Mask: net.CIDRMask(24, 32)}}
 	if err := netlink.AddrReplace(link, addr); err != nil {
-		return fmt.Errorf("add %s to %s: %w", addr, name, err)
+		return fmt.Errorf("add %s to %s: %w", addr, link.Attrs().Name, err)
 	}
-	return netlink.LinkSetUp(link)
+	return c.setupSegment()
 }
 
 func (c *Cluster) startEtcd(ctx context.Context) error {

@@ -32,11 +32,15 @@ func (c *Cluster) certRequests() []certRequest {
 			dns: []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"},
 			ips: []net.IP{c.cfg.NodeIP, net.IPv4(127, 0, 0, 1), svcIP},
 		},
-		{
-			file: "kubelet-serving", cn: "system:node:" + c.cfg.Name, orgs: []string{"system:nodes"}, server: true,
-			dns: []string{c.cfg.Name, "localhost"}, ips: []net.IP{c.cfg.NodeIP, net.IPv4(127, 0, 0, 1)},
-		},
-		{file: "kubelet", cn: "system:node:" + c.cfg.Name, orgs: []string{"system:nodes"}, client: true},
+	}
+	for _, n := range c.Nodes() {
+		reqs = append(reqs,
+			certRequest{
+				file: kubeletCert(n, "kubelet-serving"), cn: "system:node:" + n.Name, orgs: []string{"system:nodes"}, server: true,
+				dns: []string{n.Name, "localhost"}, ips: []net.IP{n.IP, net.IPv4(127, 0, 0, 1)},
+			},
+			certRequest{file: kubeletCert(n, "kubelet"), cn: "system:node:" + n.Name, orgs: []string{"system:nodes"}, client: true},
+		)
 	}
 	for _, id := range identities {
 		r := certRequest{file: id.file, cn: id.user, client: true}
@@ -47,6 +51,10 @@ func (c *Cluster) certRequests() []certRequest {
 	}
 	return reqs
 }
+
+// kubeletCert names node n's kubelet certificate (base "kubelet" or
+// "kubelet-serving"): the first node's keeps the single-node name.
+func kubeletCert(n Node, base string) string { return processName(base, n) }
 
 func (c *Cluster) server() string {
 	return fmt.Sprintf("https://%s", net.JoinHostPort(c.cfg.NodeIP.String(), fmt.Sprint(c.cfg.ports().apiserver)))
@@ -64,7 +72,9 @@ func (c *Cluster) writeCredentials(context.Context) error {
 		c.path("kubeconfigs", "scheduler.kubeconfig"):          "scheduler",
 		c.path("kubeconfigs", "kube-proxy.kubeconfig"):         "kube-proxy",
 		c.path("kubeconfigs", "multus.kubeconfig"):             "multus",
-		c.path("kubeconfigs", "kubelet.kubeconfig"):            "kubelet",
+	}
+	for _, n := range c.Nodes() {
+		configs[c.path("kubeconfigs", kubeletCert(n, "kubelet")+".kubeconfig")] = kubeletCert(n, "kubelet")
 	}
 	for path, cert := range configs {
 		if _, err := os.Stat(path); err == nil {

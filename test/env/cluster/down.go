@@ -29,27 +29,48 @@ import (
 func (c *Cluster) Down(ctx context.Context) error {
 	start := time.Now()
 	var errs []error
-	// The kubelet goes first, or it would restart the pods removed below.
-	for _, name := range []string{"kubelet", "kube-scheduler", "kube-controller-manager"} {
+	nodes := c.Nodes()
+	// The kubelets go first, or they would restart the pods removed below.
+	for _, n := range nodes {
+		errs = append(errs, c.stopProcess(processName("kubelet", n)))
+	}
+	for _, name := range []string{"kube-scheduler", "kube-controller-manager"} {
 		errs = append(errs, c.stopProcess(name))
 	}
-	if _, ok := c.running("containerd", c.bins.containerd); ok {
-		c.progress("removing pod sandboxes through CRI ...")
-		errs = append(errs, c.removeSandboxes(ctx))
+	for _, n := range nodes {
+		if _, ok := c.running(processName("containerd", n), c.bins.containerd); ok {
+			c.progress("removing the pod sandboxes of node %s through CRI ...", n.Name)
+			errs = append(errs, c.removeSandboxes(ctx, n))
+		}
+		errs = append(errs, c.stopProcess(processName("containerd", n)))
 	}
-	errs = append(errs, c.stopProcess("containerd"))
 	c.killLeftovers()
-	if _, ok := c.running("kube-proxy", c.bins.kubeProxy); ok {
-		errs = append(errs, c.stopProcess("kube-proxy"))
-		// kube-proxy leaves its iptables chains behind unless told to go.
+	for _, n := range nodes {
+		name := processName("kube-proxy", n)
+		if _, ok := c.running(name, c.bins.kubeProxy); !ok {
+			continue
+		}
+		errs = append(errs, c.stopProcess(name))
+		// kube-proxy leaves its iptables chains behind unless told to go;
+		// another node's go with its network namespace.
+		if !n.First() {
+			continue
+		}
 		if out, err := exec.CommandContext(ctx, c.bins.kubeProxy, "--cleanup").CombinedOutput(); err != nil {
 			errs = append(errs, fmt.Errorf("kube-proxy --cleanup: %w: %s", err, strings.TrimSpace(string(out))))
 		}
 	}
+	for _, n := range nodes[1:] {
+		errs = append(errs, c.stopProcess(holderName(n)))
+	}
 	for _, name := range []string{"kube-apiserver", "etcd"} {
 		errs = append(errs, c.stopProcess(name))
 	}
-	errs = append(errs, c.unmountAll(), c.deleteLinks(), removeCgroupRoot(c.cfg.Name), removeKubeletChains())
+	errs = append(errs, c.unmountAll(), c.deleteLinks())
+	for _, n := range nodes {
+		errs = append(errs, removeCgroupRoot(n.Name))
+	}
+	errs = append(errs, removeKubeletChains())
 	if left := c.Leftovers(); len(left) > 0 {
 		errs = append(errs, fmt.Errorf("still present after teardown: %s", strings.Join(left, "; ")))
 	} else if err := os.RemoveAll(c.cfg.Dir); err != nil {
@@ -64,11 +85,20 @@ func (c *Cluster) Down(ctx context.Context) error {
 
 // components maps each process the cluster records by pid to its binary.
 func (c *Cluster) components() map[string]string {
-	return map[string]string{
+	m := map[string]string{
 		"etcd": c.bins.etcd, "kube-apiserver": c.bins.apiserver, "kube-controller-manager": c.bins.controllerManager,
-		"kube-scheduler": c.bins.scheduler, "kubelet": c.bins.kubelet, "kube-proxy": c.bins.kubeProxy,
-		"containerd": c.bins.containerd,
+		"kube-scheduler": c.bins.scheduler,
 	}
+	sleep, _ := sleepPath()
+	for _, n := range c.Nodes() {
+		m[processName("kubelet", n)] = c.bins.kubelet
+		m[processName("kube-proxy", n)] = c.bins.kubeProxy
+		m[processName("containerd", n)] = c.bins.containerd
+		if !n.First() {
+			m[holderName(n)] = sleep
+		}
+	}
+	return m
 }
 
 func (c *Cluster) stopProcess(name string) error {
@@ -79,12 +109,13 @@ func (c *Cluster) stopProcess(name string) error {
 	return c.stop(name, path, 20*time.Second)
 }
 
-// removeSandboxes stops and removes every pod sandbox, so containerd tears
-// down the containers, runs CNI DEL and removes the network namespaces.
-func (c *Cluster) removeSandboxes(ctx context.Context) error {
+// removeSandboxes stops and removes every pod sandbox of node n, so its
+// containerd tears down the containers, runs CNI DEL and removes the
+// network namespaces.
+func (c *Cluster) removeSandboxes(ctx context.Context, n Node) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	conn, err := grpc.NewClient("unix://"+c.ContainerdSocket(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient("unix://"+n.ContainerdSocket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return err
 	}
@@ -134,7 +165,11 @@ func (c *Cluster) strayPids() []int {
 		}
 	}
 	var pids []int
-	for _, pid := range append(processesUnder(c.cfg.Dir), cgroupRootPids(c.cfg.Name)...) {
+	candidates := processesUnder(c.cfg.Dir)
+	for _, n := range c.Nodes() {
+		candidates = append(candidates, cgroupRootPids(n.Name)...)
+	}
+	for _, pid := range candidates {
 		if !slices.Contains(mine, pid) && !slices.Contains(pids, pid) && pidproc.Alive(pid) {
 			pids = append(pids, pid)
 		}
@@ -278,8 +313,10 @@ func (c *Cluster) Leftovers() []string {
 	for _, mp := range mountsUnder(c.cfg.Dir) {
 		left = append(left, "mount "+mp)
 	}
-	for _, cg := range cgroupRootExists(c.cfg.Name) {
-		left = append(left, "cgroup "+cg)
+	for _, n := range c.Nodes() {
+		for _, cg := range cgroupRootExists(n.Name) {
+			left = append(left, "cgroup "+cg)
+		}
 	}
 	if !otherKubeletRunning() {
 		left = append(left, kubeletChainsLeft()...)

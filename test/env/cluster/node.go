@@ -20,7 +20,25 @@ import (
 // code from test/cmd/podvirt-pause.
 const PauseImage = "podvirt.local/pause:1"
 
-func (c *Cluster) startContainerd(ctx context.Context) error {
+// nodeSteps bring node n up, or finish bringing it up.
+func (c *Cluster) nodeSteps(n Node) []step {
+	var steps []step
+	if !n.First() {
+		steps = append(steps, step{"node " + n.Name + ": network and mount namespaces", func(ctx context.Context) error { return c.startHolder(ctx, n) }})
+	}
+	return append(steps,
+		step{"node " + n.Name + ": containerd", func(ctx context.Context) error { return c.startContainerd(ctx, n) }},
+		step{"node " + n.Name + ": pause image", func(ctx context.Context) error { return c.importPause(ctx, n) }},
+		step{"node " + n.Name + ": pod network (bridge) and Multus", func(context.Context) error { return c.writeCNIConfig(n) }},
+		step{"node " + n.Name + ": kubelet", func(context.Context) error { return c.startKubelet(n) }},
+		step{"node " + n.Name + ": kube-proxy", func(context.Context) error { return c.startKubeProxy(n) }},
+	)
+}
+
+// startContainerd writes node n's containerd config, with the paths the
+// node sees (its own under Dir/nodes/<name> appear at Dir/...), and starts
+// it in the node's namespaces.
+func (c *Cluster) startContainerd(ctx context.Context, n Node) error {
 	dir := c.path("containerd")
 	config := fmt.Sprintf(`version = 2
 root = %[1]q
@@ -59,32 +77,39 @@ state = %[2]q
 [plugins."io.containerd.grpc.v1.cri".cni]
   bin_dir = %[8]q
   conf_dir = %[9]q
-`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), c.ContainerdSocket(), c.ContainerdSocket()+".ttrpc",
+`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), filepath.Join(dir, "containerd.sock"), filepath.Join(dir, "containerd.sock.ttrpc"),
 		filepath.Join(dir, "opt"), PauseImage, c.bins.runc, c.CNIBinDir(), c.path("cni", "net.d"))
-	if err := writeFile(filepath.Join(dir, "config.toml"), config); err != nil {
+	if err := writeFile(c.nodePath(n, "containerd", "config.toml"), config); err != nil {
 		return err
 	}
-	err := c.start(c.inNodeNamespace(process{name: "containerd", path: c.bins.containerd, args: []string{
+	p, err := c.inNode(n, process{name: processName("containerd", n), path: c.bins.containerd, args: []string{
 		"--config", filepath.Join(dir, "config.toml"), "--log-level", "info",
-	}}))
+	}})
+	if err == nil {
+		err = c.start(p)
+	}
 	if err != nil {
 		return err
 	}
-	return c.waitFor(ctx, "containerd", "containerd", time.Minute, func(ctx context.Context) (bool, error) {
-		err := exec.CommandContext(ctx, c.bins.ctr, "--address", c.ContainerdSocket(), "version").Run()
+	return c.waitFor(ctx, "containerd of node "+n.Name, p.name, time.Minute, func(ctx context.Context) (bool, error) {
+		err := exec.CommandContext(ctx, c.bins.ctr, "--address", n.ContainerdSocket, "version").Run()
 		return err == nil, err
 	})
 }
 
-func (c *Cluster) importPause(ctx context.Context) error {
-	return c.BuildAndImport(ctx, "github.com/podvirt/podvirt/test/cmd/podvirt-pause", PauseImage, []string{"/pause"})
+func (c *Cluster) importPause(ctx context.Context, n Node) error {
+	return c.buildAndImport(ctx, "github.com/podvirt/podvirt/test/cmd/podvirt-pause", PauseImage, []string{"/pause"}, []Node{n})
 }
 
 // BuildAndImport builds the Go command pkg (an import path; the caller runs
-// inside this module) as a
-// static binary, wraps it in an image named ref with entrypoint (the binary
-// sits at entrypoint[0]) and imports it into the node's containerd.
+// inside this module) as a static binary, wraps it in an image named ref
+// with entrypoint (the binary sits at entrypoint[0]) and imports it into
+// every node's containerd.
 func (c *Cluster) BuildAndImport(ctx context.Context, pkg, ref string, entrypoint []string) error {
+	return c.buildAndImport(ctx, pkg, ref, entrypoint, c.Nodes())
+}
+
+func (c *Cluster) buildAndImport(ctx context.Context, pkg, ref string, entrypoint []string, nodes []Node) error {
 	work, err := os.MkdirTemp(c.cfg.Dir, "image-")
 	if err != nil {
 		return err
@@ -102,15 +127,20 @@ func (c *Cluster) BuildAndImport(ctx context.Context, pkg, ref string, entrypoin
 	if err := oci.WriteOCITar(img, ref, tarPath); err != nil {
 		return err
 	}
-	return oci.Import(ctx, c.ContainerdSocket(), tarPath)
+	for _, n := range nodes {
+		if err := oci.Import(ctx, n.ContainerdSocket, tarPath); err != nil {
+			return fmt.Errorf("node %s: %w", n.Name, err)
+		}
+	}
+	return nil
 }
 
-// writeCNIConfig installs the plugins into the node's CNI bin dir and
-// writes Multus as the only network config, delegating the default pod
-// network to Debian's bridge plugin with host-local IPAM.
-func (c *Cluster) writeCNIConfig(context.Context) error {
+// writeCNIConfig installs the plugins into node n's CNI bin dir and writes
+// Multus as the only network config, delegating the default pod network to
+// Debian's bridge plugin with host-local IPAM on the node's /24.
+func (c *Cluster) writeCNIConfig(n Node) error {
 	for name, src := range c.bins.cniPlugins {
-		if err := copyExecutable(src, filepath.Join(c.CNIBinDir(), name)); err != nil {
+		if err := copyExecutable(src, c.nodePath(n, "cni", "bin", name)); err != nil {
 			return fmt.Errorf("install CNI plugin %s: %w", name, err)
 		}
 	}
@@ -125,7 +155,7 @@ func (c *Cluster) writeCNIConfig(context.Context) error {
 			"hairpinMode": true,
 			"ipam": map[string]any{
 				"type":    "host-local",
-				"ranges":  [][]map[string]string{{{"subnet": c.cfg.PodSubnet}}},
+				"ranges":  [][]map[string]string{{{"subnet": n.PodSubnet}}},
 				"routes":  []map[string]string{{"dst": "0.0.0.0/0"}},
 				"dataDir": c.path("cni", "ipam"),
 			},
@@ -146,11 +176,11 @@ func (c *Cluster) writeCNIConfig(context.Context) error {
 	if err != nil {
 		return err
 	}
-	return writeFile(c.path("cni", "net.d", "00-multus.conf"), string(b))
+	return writeFile(c.nodePath(n, "cni", "net.d", "00-multus.conf"), string(b))
 }
 
-func (c *Cluster) startKubelet(ctx context.Context) error {
-	if err := createCgroupRoot(c.cfg.Name); err != nil {
+func (c *Cluster) startKubelet(n Node) error {
+	if err := createCgroupRoot(n.Name); err != nil {
 		return err
 	}
 	p := c.cfg.ports()
@@ -193,22 +223,26 @@ evictionHard:
   imagefs.available: 1%%
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
-`, c.cfg.Name, c.ContainerdSocket(), c.cfg.NodeIP, p.kubelet, p.kubeletHealthz,
-		c.path("pki", "kubelet-serving.crt"), c.path("pki", "kubelet-serving.key"), c.path("pki", "ca.crt"), c.path("pod-logs"))
-	if err := writeFile(c.path("kubelet", "config.yaml"), config); err != nil {
+`, n.Name, c.path("containerd", "containerd.sock"), n.IP, p.kubelet, p.kubeletHealthz,
+		c.path("pki", kubeletCert(n, "kubelet-serving")+".crt"), c.path("pki", kubeletCert(n, "kubelet-serving")+".key"), c.path("pki", "ca.crt"), c.path("pod-logs"))
+	if err := writeFile(c.nodePath(n, "kubelet", "config.yaml"), config); err != nil {
 		return err
 	}
-	return c.start(c.inNodeNamespace(process{name: "kubelet", path: c.bins.kubelet, args: []string{
+	proc, err := c.inNode(n, process{name: processName("kubelet", n), path: c.bins.kubelet, args: []string{
 		"--config=" + c.path("kubelet", "config.yaml"),
-		"--kubeconfig=" + c.path("kubeconfigs", "kubelet.kubeconfig"),
+		"--kubeconfig=" + c.path("kubeconfigs", kubeletCert(n, "kubelet")+".kubeconfig"),
 		"--root-dir=" + c.path("kubelet"),
-		"--node-ip=" + c.cfg.NodeIP.String(),
-		"--hostname-override=" + c.cfg.Name,
+		"--node-ip=" + n.IP.String(),
+		"--hostname-override=" + n.Name,
 		"--v=1",
-	}}))
+	}})
+	if err != nil {
+		return err
+	}
+	return c.start(proc)
 }
 
-func (c *Cluster) startKubeProxy(context.Context) error {
+func (c *Cluster) startKubeProxy(n Node) error {
 	if !c.cfg.KubeProxy {
 		c.progress("kube-proxy: disabled for this cluster")
 		return nil
@@ -228,22 +262,29 @@ nodePortAddresses: ["%s/32"]
 conntrack:
   maxPerCore: 0
   min: 0
-`, c.path("kubeconfigs", "kube-proxy.kubeconfig"), c.cfg.Name, c.cfg.PodSubnet, p.proxyHealthz, p.proxyMetrics, c.cfg.NodeIP)
-	if err := writeFile(c.path("kube-proxy", "config.yaml"), config); err != nil {
+`, c.path("kubeconfigs", "kube-proxy.kubeconfig"), n.Name, c.cfg.PodSubnet, p.proxyHealthz, p.proxyMetrics, n.IP)
+	name := processName("kube-proxy", n)
+	if err := writeFile(c.path("kube-proxy", name+".yaml"), config); err != nil {
 		return err
 	}
-	return c.start(process{name: "kube-proxy", path: c.bins.kubeProxy, args: []string{
-		"--config=" + c.path("kube-proxy", "config.yaml"),
-	}})
+	proc := process{name: name, path: c.bins.kubeProxy, args: []string{"--config=" + c.path("kube-proxy", name+".yaml")}}
+	if !n.First() {
+		// In the node's network namespace: its iptables rules are its own.
+		var err error
+		if proc, err = c.inNode(n, proc); err != nil {
+			return err
+		}
+	}
+	return c.start(proc)
 }
 
-func (c *Cluster) waitNodeReady(ctx context.Context) error {
+func (c *Cluster) waitNodeReady(ctx context.Context, n Node) error {
 	cs, err := c.clientset()
 	if err != nil {
 		return err
 	}
-	return c.waitFor(ctx, "node "+c.cfg.Name+" Ready", "kubelet", 3*time.Minute, func(ctx context.Context) (bool, error) {
-		node, err := cs.CoreV1().Nodes().Get(ctx, c.cfg.Name, metav1.GetOptions{})
+	return c.waitFor(ctx, "node "+n.Name+" Ready", processName("kubelet", n), 3*time.Minute, func(ctx context.Context) (bool, error) {
+		node, err := cs.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
 		if err != nil {
 			return false, err
 		}

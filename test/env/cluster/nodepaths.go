@@ -27,10 +27,10 @@ var nodePaths = []struct{ host, own string }{
 // there, and a unix socket's path has at most 107 bytes.
 const ownDevicePlugins = "device-plugins"
 
-// DevicePluginDir is, on the host, the directory this cluster's kubelet
+// DevicePluginDir is, on the host, the directory the first node's kubelet
 // sees as /var/lib/kubelet/device-plugins: where a device plugin run
 // outside the cluster's pods (a test) registers with this kubelet.
-func (c *Cluster) DevicePluginDir() string { return c.path("node", ownDevicePlugins) }
+func (c *Cluster) DevicePluginDir() string { return c.first().DevicePluginDir }
 
 // nodeNamespaceScript runs in a new mount namespace that still shares the
 // cluster's state directory with the host (see shareStateDir). Its
@@ -38,6 +38,8 @@ func (c *Cluster) DevicePluginDir() string { return c.path("node", ownDevicePlug
 // Each target's mount is made a slave first, so the bind never propagates
 // back to the host on machines where / is a shared mount (systemd's
 // default); the state directory is a mount of its own and stays shared.
+// When PODVIRT_NODE_SHARED names a directory (a node with namespaces of its
+// own, made private), the mounts at and below it are made shared last.
 const nodeNamespaceScript = `set -eu
 while [ "$1" != -- ]; do
 	mkdir -p "$1" "$2"
@@ -46,6 +48,7 @@ while [ "$1" != -- ]; do
 	shift 2
 done
 shift
+if [ -n "${PODVIRT_NODE_SHARED:-}" ]; then mount --make-rshared "$PODVIRT_NODE_SHARED"; fi
 exec "$@"`
 
 // inNodeNamespace wraps p so it runs in a mount namespace of its own with

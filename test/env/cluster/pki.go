@@ -93,11 +93,70 @@ func (a *authority) issue(r certRequest) (certPEM, keyPEM []byte, err error) {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), keyPEM, nil
 }
 
+// loadAuthority reads the CA an earlier writePKI made.
+func loadAuthority(dir string) (*authority, error) {
+	certPEM, err := os.ReadFile(filepath.Join(dir, "ca.crt"))
+	if err != nil {
+		return nil, err
+	}
+	keyPEM, err := os.ReadFile(filepath.Join(dir, "ca.key"))
+	if err != nil {
+		return nil, err
+	}
+	cb, _ := pem.Decode(certPEM)
+	kb, _ := pem.Decode(keyPEM)
+	if cb == nil || kb == nil {
+		return nil, fmt.Errorf("the CA under %s is not PEM: remove the cluster ('make down') and bring it up again", dir)
+	}
+	cert, err := x509.ParseCertificate(cb.Bytes)
+	if err != nil {
+		return nil, err
+	}
+	key, err := x509.ParsePKCS8PrivateKey(kb.Bytes)
+	if err != nil {
+		return nil, err
+	}
+	signer, ok := key.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("the CA key under %s cannot sign", dir)
+	}
+	return &authority{cert: cert, key: signer}, nil
+}
+
+// issueMissing issues the requested certificates that dir does not hold
+// yet (a node added to a cluster that is up) with its CA.
+func issueMissing(dir string, reqs []certRequest) error {
+	var ca *authority
+	for _, r := range reqs {
+		if _, err := os.Stat(filepath.Join(dir, r.file+".crt")); err == nil {
+			continue
+		}
+		if ca == nil {
+			var err error
+			if ca, err = loadAuthority(dir); err != nil {
+				return fmt.Errorf("certificate %s: the cluster's CA: %w", r.file, err)
+			}
+		}
+		c, k, err := ca.issue(r)
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(dir, r.file+".key"), k, 0o600); err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(dir, r.file+".crt"), c, 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // writePKI creates the CA, every component's certificate and the
-// service-account signing key under dir, unless dir already holds them.
+// service-account signing key under dir; when dir holds them already (an
+// earlier `up`), only the certificates it lacks.
 func writePKI(dir string, reqs []certRequest) error {
 	if _, err := os.Stat(filepath.Join(dir, "sa.pub")); err == nil {
-		return nil // written by an earlier `up`; sa.pub is written last
+		return issueMissing(dir, reqs) // sa.pub is written last
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err

@@ -63,6 +63,17 @@ func (c *Cluster) running(name, path string) (int, bool) {
 	return pidproc.Recorded(c.path("pids", name+".pid"), path)
 }
 
+// recordedAlive reports whether the pid recorded for name is alive,
+// whatever it runs.
+func (c *Cluster) recordedAlive(name string) bool {
+	b, err := os.ReadFile(c.path("pids", name+".pid"))
+	if err != nil {
+		return false
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	return err == nil && pidproc.Alive(pid)
+}
+
 // stop ends the named process: SIGTERM, then SIGKILL after grace.
 func (c *Cluster) stop(name, path string, grace time.Duration) error {
 	if pid, ok := c.running(name, path); ok {
