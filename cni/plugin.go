@@ -257,7 +257,8 @@ func cmdDel(args *skel.CmdArgs) error {
 
 // cmdStatus reports whether an ADD could succeed now: the master (macvlan
 // mode) exists and is up, the bridge (bridge mode) is a bridge or can be
-// created, and the IPAM plugin answers STATUS.
+// created and its uplink, if any, exists, and the IPAM plugin answers
+// STATUS.
 func cmdStatus(args *skel.CmdArgs) error {
 	conf, err := loadConf(args.StdinData, "")
 	if err != nil {
@@ -282,6 +283,11 @@ func cmdStatus(args *skel.CmdArgs) error {
 			return types.NewError(types.ErrPluginNotAvailable, fmt.Sprintf("bridge %q: %v", conf.Bridge, err), "")
 		case l.Type() != "bridge":
 			return types.NewError(types.ErrPluginNotAvailable, fmt.Sprintf("bridge %q: node link is a %s, not a bridge", conf.Bridge, l.Type()), "")
+		}
+		if conf.Uplink != "" {
+			if _, err := netlinksafe.LinkByName(conf.Uplink); err != nil {
+				return types.NewError(types.ErrPluginNotAvailable, fmt.Sprintf("uplink %q: %v", conf.Uplink, err), "")
+			}
 		}
 	}
 	if conf.IPAM.Type != "" {

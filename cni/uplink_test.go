@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -309,4 +310,65 @@ func addBridgeWithPort(name, port string) error {
 		return err
 	}
 	return netlink.LinkSetMaster(l, br)
+}
+
+// TestCheckUplink: CHECK fails once the uplink no longer joins the bridge to
+// the segment, and the next ADD on the node puts it back.
+func TestCheckUplink(t *testing.T) {
+	requireRoot(t)
+	useCNIPath(t, upstreamPluginDir(t))
+
+	breakers := []struct {
+		name    string
+		vlan    int
+		breakIt func(uplink netlink.Link) error // runs in the node's netns
+		want    string
+	}{
+		{"left-bridge", 0, netlink.LinkSetNoMaster, `uplink "pvm0" is not a port of bridge "pvbr0"`},
+		{"down", 0, netlink.LinkSetDown, `uplink "pvm0" is down`},
+		{"vlan-removed", 42, func(l netlink.Link) error {
+			return netlink.BridgeVlanDel(l, 42, false, false, false, true)
+		}, `uplink "pvm0" is not a tagged member of VLAN 42`},
+	}
+	for _, b := range breakers {
+		t.Run(b.name, func(t *testing.T) {
+			if b.vlan != 0 && !vlanSupported(t, ModeBridge) {
+				t.Skip(vlanKernelGap(ModeBridge))
+			}
+			n := newNode(t)
+			dataDir := t.TempDir()
+			attach := func(id string) (*attachment, types.Result) {
+				fields := uplinkFields(b.vlan)
+				fields["ipam"] = hostLocal(dataDir, "10.7.0.0/24")
+				a := newAttachment(n, newNS(t), id, "net1", conf("1.1.0", fields))
+				r, err := a.add()
+				if err != nil {
+					t.Fatalf("ADD %s: %v", id, err)
+				}
+				t.Cleanup(func() { _ = a.del() })
+				return a, r
+			}
+			a, r := attach("ctr-first")
+			if err := a.check(r); err != nil {
+				t.Fatalf("CHECK before breaking: %v", err)
+			}
+			err := n.Do(func(ns.NetNS) error {
+				l, err := netlinksafe.LinkByName(testMaster)
+				if err != nil {
+					return err
+				}
+				return b.breakIt(l)
+			})
+			if err != nil {
+				t.Fatalf("breaking: %v", err)
+			}
+			if err := a.check(r); err == nil || !strings.Contains(err.Error(), b.want) {
+				t.Fatalf("CHECK on a broken uplink: %v, want an error containing %q", err, b.want)
+			}
+			attach("ctr-second")
+			if err := a.check(r); err != nil {
+				t.Errorf("CHECK after the next ADD repaired the uplink: %v", err)
+			}
+		})
+	}
 }
