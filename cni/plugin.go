@@ -1,7 +1,8 @@
 // Package cni is podvirt-l2, the CNI plugin that puts pod and VM NICs on a
 // shared L2 segment: a macvlan child of a node link ("macvlan" mode) or a
-// veth whose node end joins a Linux bridge ("bridge" mode), optionally on
-// a VLAN, with delegated IPAM. With "guest": "tap" it also prepares the
+// veth whose node end joins a Linux bridge ("bridge" mode; an "uplink" node
+// link joins the bridge to the other nodes'), optionally on a VLAN, with
+// delegated IPAM. With "guest": "tap" it also prepares the
 // pod for a VM (see tap.go) so that the launcher needs no NET_ADMIN.
 package cni
 
