@@ -13,12 +13,24 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ensureBridge returns the node bridge name, creating it when missing and
-// turning on VLAN filtering when a VLAN is asked for.
-func ensureBridge(name string, mtu int, vlanFiltering bool) (*netlink.Bridge, error) {
+// ensureBridge returns the node bridge, creating it when missing, turning
+// on VLAN filtering when a VLAN is asked for and, with an uplink, making
+// that link a port of it. All of this is node state that every attachment
+// shares, so each step accepts what a concurrent ADD already did.
+func ensureBridge(conf *NetConf) (*netlink.Bridge, error) {
+	name, vlanFiltering := conf.Bridge, conf.VLAN != 0
+	// Looked up first, so that a config naming a link the node lacks
+	// leaves no empty bridge behind.
+	var uplink netlink.Link
+	if conf.Uplink != "" {
+		var err error
+		if uplink, err = lookupUplink(conf.Uplink); err != nil {
+			return nil, err
+		}
+	}
 	attrs := netlink.NewLinkAttrs()
 	attrs.Name = name
-	attrs.MTU = mtu
+	attrs.MTU = conf.MTU
 	br := &netlink.Bridge{LinkAttrs: attrs}
 	if vlanFiltering {
 		br.VlanFiltering = &vlanFiltering
@@ -41,10 +53,89 @@ func ensureBridge(name string, mtu int, vlanFiltering bool) (*netlink.Bridge, er
 			return nil, fmt.Errorf("turning on VLAN filtering on bridge %q: %w", name, err)
 		}
 	}
+	if uplink != nil {
+		if err := joinUplink(br, uplink, conf.VLAN); err != nil {
+			return nil, err
+		}
+	}
 	if err := netlink.LinkSetUp(br); err != nil {
 		return nil, fmt.Errorf("setting bridge %q up: %w", name, err)
 	}
 	return br, nil
+}
+
+func lookupUplink(name string) (netlink.Link, error) {
+	l, err := netlinksafe.LinkByName(name)
+	var notFound netlink.LinkNotFoundError
+	if errors.As(err, &notFound) {
+		return nil, configError("uplink", "node link %q not found: %v", name, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("looking up uplink %q: %w", name, err)
+	}
+	if _, ok := l.(*netlink.Bridge); ok {
+		return nil, configError("uplink", "node link %q is a bridge, which cannot be a port of another: set bridge to %q instead, or uplink to the NIC, bond or VLAN link it reaches the other nodes through", name, name)
+	}
+	return l, nil
+}
+
+// joinUplink makes uplink an up port of br and, with a VLAN, a tagged member
+// of it, so that the VLAN's frames cross to the other nodes (untagged ones
+// keep to the default VLAN, as on the pods' ports without a VLAN).
+func joinUplink(br *netlink.Bridge, uplink netlink.Link, vlan int) error {
+	name := uplink.Attrs().Name
+	switch master := uplink.Attrs().MasterIndex; master {
+	case br.Index:
+	case 0:
+		// The kernel moves a link that has a master to the new one without
+		// a word, hence the check above; setting the master it already has
+		// (a concurrent ADD's) is a no-op. The check and the set are not
+		// atomic: the read-back catches most of a race with a network that
+		// puts the same uplink on another bridge, CHECK the rest.
+		if err := netlink.LinkSetMaster(uplink, br); err != nil {
+			return uplinkRefused(br, name, err)
+		}
+		l, err := netlink.LinkByIndex(uplink.Attrs().Index)
+		if err != nil {
+			return fmt.Errorf("looking up uplink %q: %w", name, err)
+		}
+		if l.Attrs().MasterIndex != br.Index {
+			return uplinkTaken(br, name, l.Attrs().MasterIndex)
+		}
+	default:
+		return uplinkTaken(br, name, master)
+	}
+	if err := netlink.LinkSetUp(uplink); err != nil {
+		return fmt.Errorf("setting uplink %q up: %w", name, err)
+	}
+	if vlan != 0 {
+		if err := netlink.BridgeVlanAdd(uplink, uint16(vlan), false, false, false, true); err != nil {
+			return fmt.Errorf("adding uplink %q to VLAN %d as a tagged member: %w", name, vlan, err)
+		}
+	}
+	return nil
+}
+
+// uplinkTaken is the error for an uplink that already has another master.
+func uplinkTaken(br *netlink.Bridge, name string, masterIndex int) error {
+	master := fmt.Sprintf("the link with index %d", masterIndex)
+	if m, err := netlink.LinkByIndex(masterIndex); err == nil {
+		master = fmt.Sprintf("%s %q", m.Type(), m.Attrs().Name)
+	}
+	return configError("uplink", "node link %q already belongs to %s, not to bridge %q: networks sharing an uplink must use the same bridge; otherwise set uplink to a free link (for a bond's port, the bond)", name, master, br.Name)
+}
+
+// uplinkRefused explains why the kernel would not make uplink a port.
+func uplinkRefused(br *netlink.Bridge, name string, err error) error {
+	switch {
+	case errors.Is(err, unix.EBUSY):
+		// A link has one receive handler: a macvlan, ipvlan or similar
+		// parent already gives it to its children.
+		return configError("uplink", "node link %q cannot join bridge %q: %v; it is most likely the parent of macvlan or ipvlan links (a macvlan-mode network's master, say): give the bridge a NIC of its own", name, br.Name, err)
+	case errors.Is(err, unix.EINVAL), errors.Is(err, unix.EOPNOTSUPP), errors.Is(err, unix.ELOOP):
+		return configError("uplink", "node link %q cannot be a port of bridge %q: %v; set uplink to an Ethernet link: a NIC, bond or VLAN link", name, br.Name, err)
+	}
+	return fmt.Errorf("adding uplink %q to bridge %q: %w", name, br.Name, err)
 }
 
 func noVlanFiltering(bridge string, err error) error {
@@ -68,7 +159,7 @@ func bridgeByName(name string) (*netlink.Bridge, error) {
 // attachment's VLAN when one is set. It returns the bridge, node veth and
 // pod veth as result interfaces; the pod end is left down.
 func addBridgePort(conf *NetConf, ifName string, mac net.HardwareAddr, netns ns.NetNS) (brIf, hostIf, podIf *current.Interface, err error) {
-	br, err := ensureBridge(conf.Bridge, conf.MTU, conf.VLAN != 0)
+	br, err := ensureBridge(conf)
 	if err != nil {
 		return nil, nil, nil, err
 	}

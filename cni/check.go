@@ -18,9 +18,10 @@ import (
 )
 
 // cmdCheck verifies the attachment against prevResult: the links exist
-// with the right kind, parent, bridge, VLAN, MAC and MTU; the pod link has
-// the addresses and routes (guest "none") or the pod has no address on the
-// guest path (guest "tap"); and the IPAM plugin still holds the lease.
+// with the right kind, parent, bridge, VLAN, MAC and MTU; the uplink, if
+// any, is still an up port of the bridge, tagged in the VLAN; the pod link
+// has the addresses and routes (guest "none") or the pod has no address on
+// the guest path (guest "tap"); and the IPAM plugin still holds the lease.
 func cmdCheck(args *skel.CmdArgs) error {
 	conf, err := loadConf(args.StdinData, args.Args)
 	if err != nil {
@@ -75,6 +76,11 @@ func cmdCheck(args *skel.CmdArgs) error {
 			return err
 		}
 		bridgeIndex = br.Index
+		if conf.Uplink != "" {
+			if err := checkUplink(conf, br); err != nil {
+				return err
+			}
+		}
 	}
 
 	var peerIndex int
@@ -261,4 +267,32 @@ func checkBridgePort(conf *NetConf, prev *current.Result, peerIndex, bridgeIndex
 		}
 	}
 	return fmt.Errorf("node veth %q is not an untagged member (PVID) of VLAN %d", name, conf.VLAN)
+}
+
+// checkUplink checks that the uplink still joins the bridge to the other
+// nodes: an up port of it and, with a VLAN, a tagged member of that VLAN.
+func checkUplink(conf *NetConf, br *netlink.Bridge) error {
+	l, err := netlinksafe.LinkByName(conf.Uplink)
+	if err != nil {
+		return fmt.Errorf("uplink %q: %w", conf.Uplink, err)
+	}
+	if l.Attrs().MasterIndex != br.Index {
+		return fmt.Errorf("uplink %q is not a port of bridge %q", conf.Uplink, conf.Bridge)
+	}
+	if l.Attrs().Flags&net.FlagUp == 0 {
+		return fmt.Errorf("uplink %q is down", conf.Uplink)
+	}
+	if conf.VLAN == 0 {
+		return nil
+	}
+	vlans, err := netlinksafe.BridgeVlanList()
+	if err != nil {
+		return fmt.Errorf("listing bridge VLANs: %w", err)
+	}
+	for _, v := range vlans[int32(l.Attrs().Index)] {
+		if int(v.Vid) == conf.VLAN && !v.EngressUntag() {
+			return nil
+		}
+	}
+	return fmt.Errorf("uplink %q is not a tagged member of VLAN %d", conf.Uplink, conf.VLAN)
 }

@@ -40,6 +40,11 @@ type NetConf struct {
 	MacvlanMode string `json:"macvlanMode,omitempty"`
 	// Bridge is the node bridge (bridge mode); created when missing.
 	Bridge string `json:"bridge,omitempty"`
+	// Uplink is a node link (NIC, bond, VLAN link) that ADD makes a port of
+	// the bridge (bridge mode), so that the bridges of all nodes share one
+	// L2 segment; with a VLAN it carries that VLAN tagged. Empty: the
+	// bridge reaches no further than the node.
+	Uplink string `json:"uplink,omitempty"`
 	// VLAN tags the attachment: the bridge port's PVID in bridge mode, a
 	// <master>.<vlan> parent in macvlan mode. 0 means untagged.
 	VLAN int `json:"vlan,omitempty"`
@@ -115,6 +120,9 @@ func loadConf(stdin []byte, cniArgs string) (*NetConf, error) {
 		if n.Bridge != "" {
 			return nil, configError("bridge", "only valid in bridge mode")
 		}
+		if n.Uplink != "" {
+			return nil, configError("uplink", "only valid in bridge mode (macvlan mode reaches the segment through master)")
+		}
 		m, err := macvlanModeFromString(n.MacvlanMode)
 		if err != nil {
 			return nil, err
@@ -137,6 +145,14 @@ func loadConf(stdin []byte, cniArgs string) (*NetConf, error) {
 		}
 		if err := validLinkName("bridge", n.Bridge); err != nil {
 			return nil, err
+		}
+		if n.Uplink != "" {
+			if err := validLinkName("uplink", n.Uplink); err != nil {
+				return nil, err
+			}
+			if n.Uplink == n.Bridge {
+				return nil, configError("uplink", "%q is the bridge itself; name the node link that leads to the other nodes", n.Uplink)
+			}
 		}
 	case "":
 		return nil, configError("mode", "required, one of %q or %q", ModeMacvlan, ModeBridge)

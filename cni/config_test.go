@@ -59,6 +59,15 @@ func TestLoadConf(t *testing.T) {
 		{name: "master in bridge mode", json: `{` + base + `,"mode":"bridge","master":"eth0"}`, wantCode: types.ErrInvalidNetworkConfig, wantMsg: "master: only valid in macvlan mode"},
 		{name: "bridge in macvlan mode", json: `{` + base + `,"mode":"macvlan","master":"eth0","bridge":"br0"}`, wantCode: types.ErrInvalidNetworkConfig, wantMsg: "bridge: only valid in bridge mode"},
 		{name: "bad bridge", json: `{` + base + `,"mode":"bridge","bridge":"waytoolongbridgename"}`, wantCode: types.ErrInvalidNetworkConfig, wantMsg: "bridge: invalid link name"},
+		{name: "uplink", json: `{` + base + `,"mode":"bridge","uplink":"eth1"}`, check: func(t *testing.T, n *NetConf) {
+			if n.Uplink != "eth1" || n.Bridge != DefaultBridge {
+				t.Errorf("uplink %q bridge %q, want eth1 on %q", n.Uplink, n.Bridge, DefaultBridge)
+			}
+		}},
+		{name: "uplink in macvlan mode", json: `{` + base + `,"mode":"macvlan","master":"eth0","uplink":"eth1"}`, wantCode: types.ErrInvalidNetworkConfig, wantMsg: "uplink: only valid in bridge mode"},
+		{name: "bad uplink", json: `{` + base + `,"mode":"bridge","uplink":"eth 1"}`, wantCode: types.ErrInvalidNetworkConfig, wantMsg: "uplink: invalid link name"},
+		{name: "long uplink", json: `{` + base + `,"mode":"bridge","uplink":"waytoolonguplinkname"}`, wantCode: types.ErrInvalidNetworkConfig, wantMsg: "uplink: invalid link name"},
+		{name: "uplink is the bridge", json: `{` + base + `,"mode":"bridge","bridge":"br0","uplink":"br0"}`, wantCode: types.ErrInvalidNetworkConfig, wantMsg: `uplink: "br0" is the bridge itself`},
 		{name: "bad macvlanMode", json: `{` + base + `,"mode":"macvlan","master":"eth0","macvlanMode":"source"}`, wantCode: types.ErrInvalidNetworkConfig, wantMsg: "macvlanMode: must be"},
 		{name: "macvlanMode in bridge mode", json: `{` + base + `,"mode":"bridge","macvlanMode":"vepa"}`, wantCode: types.ErrInvalidNetworkConfig, wantMsg: "macvlanMode: only valid"},
 		{name: "vlan too big", json: `{` + base + `,"mode":"bridge","vlan":4095}`, wantCode: types.ErrInvalidNetworkConfig, wantMsg: "vlan: must be between 0 and 4094"},
@@ -111,6 +120,7 @@ func TestDerivedNamesAreLinkNames(t *testing.T) {
 // error, and every accepted config is one the commands can act on.
 func FuzzLoadConf(f *testing.F) {
 	f.Add([]byte(`{"cniVersion":"1.1.0","name":"n","type":"podvirt-l2","mode":"macvlan","master":"eth0","vlan":7,"guest":"tap"}`), "")
+	f.Add([]byte(`{"cniVersion":"1.1.0","name":"n","mode":"bridge","bridge":"br0","uplink":"eth1","vlan":7}`), "")
 	f.Add([]byte(`{"cniVersion":"1.0.0","name":"n","mode":"bridge","bridge":"br0","mtu":9000,"mac":"02:00:00:00:00:01","ipam":{"type":"host-local"}}`), "MAC=02:00:00:00:00:02")
 	f.Add([]byte(`{"mode":"bridge","runtimeConfig":{"mac":"x"},"args":{"cni":{"mac":"y"}}}`), "IgnoreUnknown=1;A=b")
 	f.Add([]byte(`{"mode":"macvlan","master":"","macvlanMode":"passthru","tapOwner":-1}`), "==;")
@@ -126,12 +136,15 @@ func FuzzLoadConf(f *testing.F) {
 		}
 		switch n.Mode {
 		case ModeMacvlan:
-			if validLinkName("master", n.Master) != nil {
-				t.Fatalf("accepted master %q", n.Master)
+			if validLinkName("master", n.Master) != nil || n.Uplink != "" {
+				t.Fatalf("accepted master %q uplink %q", n.Master, n.Uplink)
 			}
 		case ModeBridge:
 			if validLinkName("bridge", n.Bridge) != nil {
 				t.Fatalf("accepted bridge %q", n.Bridge)
+			}
+			if n.Uplink != "" && (validLinkName("uplink", n.Uplink) != nil || n.Uplink == n.Bridge) {
+				t.Fatalf("accepted uplink %q on bridge %q", n.Uplink, n.Bridge)
 			}
 		default:
 			t.Fatalf("accepted mode %q", n.Mode)

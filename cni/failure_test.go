@@ -307,6 +307,8 @@ func TestStatus(t *testing.T) {
 		{"master missing", map[string]any{"mode": "macvlan", "master": "nosuch0"}, types.ErrPluginNotAvailable, `master "nosuch0"`},
 		{"master down", map[string]any{"mode": "macvlan", "master": "down0"}, types.ErrLimitedConnectivity, `master "down0" is down`},
 		{"bridge not a bridge", map[string]any{"mode": "bridge", "bridge": testMaster}, types.ErrPluginNotAvailable, `bridge "pvm0": node link is a veth`},
+		{"bridge with uplink ok", map[string]any{"mode": "bridge", "bridge": "nosuchbr", "uplink": testMaster}, 0, ""},
+		{"uplink missing", map[string]any{"mode": "bridge", "bridge": "nosuchbr", "uplink": "nosuch0"}, types.ErrPluginNotAvailable, `uplink "nosuch0"`},
 		{"ipam missing", map[string]any{"mode": "macvlan", "master": testMaster, "ipam": map[string]any{"type": "nosuchipam"}}, types.ErrPluginNotAvailable, `ipam "nosuchipam"`},
 	}
 	if err := n.Do(func(ns.NetNS) error {

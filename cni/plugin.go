@@ -1,7 +1,8 @@
 // Package cni is podvirt-l2, the CNI plugin that puts pod and VM NICs on a
 // shared L2 segment: a macvlan child of a node link ("macvlan" mode) or a
-// veth whose node end joins a Linux bridge ("bridge" mode), optionally on
-// a VLAN, with delegated IPAM. With "guest": "tap" it also prepares the
+// veth whose node end joins a Linux bridge ("bridge" mode; an "uplink" node
+// link joins the bridge to the other nodes'), optionally on a VLAN, with
+// delegated IPAM. With "guest": "tap" it also prepares the
 // pod for a VM (see tap.go) so that the launcher needs no NET_ADMIN.
 package cni
 
@@ -257,7 +258,8 @@ func cmdDel(args *skel.CmdArgs) error {
 
 // cmdStatus reports whether an ADD could succeed now: the master (macvlan
 // mode) exists and is up, the bridge (bridge mode) is a bridge or can be
-// created, and the IPAM plugin answers STATUS.
+// created and its uplink, if any, exists, and the IPAM plugin answers
+// STATUS.
 func cmdStatus(args *skel.CmdArgs) error {
 	conf, err := loadConf(args.StdinData, "")
 	if err != nil {
@@ -282,6 +284,11 @@ func cmdStatus(args *skel.CmdArgs) error {
 			return types.NewError(types.ErrPluginNotAvailable, fmt.Sprintf("bridge %q: %v", conf.Bridge, err), "")
 		case l.Type() != "bridge":
 			return types.NewError(types.ErrPluginNotAvailable, fmt.Sprintf("bridge %q: node link is a %s, not a bridge", conf.Bridge, l.Type()), "")
+		}
+		if conf.Uplink != "" {
+			if _, err := netlinksafe.LinkByName(conf.Uplink); err != nil {
+				return types.NewError(types.ErrPluginNotAvailable, fmt.Sprintf("uplink %q: %v", conf.Uplink, err), "")
+			}
 		}
 	}
 	if conf.IPAM.Type != "" {
