@@ -54,6 +54,21 @@ func Binary(tool, binary string) (string, error) {
 	return path, nil
 }
 
+// CRDs returns the CustomResourceDefinition manifests deps.sh copies next
+// to tool's binaries (whereabouts' IPPool and friends), sorted.
+func CRDs(tool string) ([]string, error) {
+	v := Version(tool)
+	if v == "" {
+		return nil, fmt.Errorf("tool %q has no pinned version in test/deps/versions.env", tool)
+	}
+	dir := filepath.Join(Cache(), "bin", tool+"-"+v)
+	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
+	if err != nil || len(files) == 0 {
+		return nil, fmt.Errorf("%s %s has no CRDs in %s: run 'make deps'", tool, v, dir)
+	}
+	return files, nil
+}
+
 // System returns the path of a program installed from Debian packages by
 // `make deps`.
 func System(program string) (string, error) {

@@ -96,6 +96,9 @@ build_wrapped() {
 	} >"$src/tools.go"
 	(cd "$src" && GOFLAGS=-mod=mod go mod tidy)
 	(cd "$src" && CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$out.tmp/" "$@")
+	# WRAP_POST=FN: `FN SRC OUT` finishes OUT before it moves into place
+	# (renames a binary, copies files out of the module source).
+	[ -z "${WRAP_POST:-}" ] || (cd "$src" && "$WRAP_POST" "$src" "$out.tmp")
 	mv "$out.tmp" "$out"
 	exec {lock}>&-
 }
@@ -142,6 +145,24 @@ cni_plugins() {
 multus() {
 	local m=gopkg.in/k8snetworkplumbingwg/multus-cni.v4
 	build_wrapped multus "$MULTUS_VERSION" $m "-s -w -X $m/pkg/multus.version=$MULTUS_VERSION" "" $m/cmd/multus
+}
+
+# whereabouts: the cluster-wide IPAM of the chart's "-pods" NADs. Its main
+# package is .../cmd, so the binary is renamed from "cmd"; its CRDs (only
+# published in the module source) land next to it.
+whereabouts() {
+	local w=github.com/k8snetworkplumbingwg/whereabouts
+	WRAP_POST=whereabouts_post build_wrapped whereabouts "$WHEREABOUTS_VERSION" $w \
+		"-s -w -X $w/pkg/version.Version=$WHEREABOUTS_VERSION -X $w/pkg/version.ReleaseStatus=released" \
+		"$(module_replaces $w "$WHEREABOUTS_VERSION")" $w/cmd
+}
+
+whereabouts_post() {
+	local dir
+	dir=$(cd "$1" && go list -m -f '{{.Dir}}' github.com/k8snetworkplumbingwg/whereabouts)
+	mv "$2/cmd" "$2/whereabouts"
+	cp "$dir"/doc/crds/whereabouts.cni.cncf.io_*.yaml "$2/"
+	chmod 644 "$2"/*.yaml
 }
 
 controller_gen() {
@@ -212,12 +233,13 @@ build() {
 	kubernetes) kubernetes ;;
 	cni-plugins | cnitool) cni_plugins ;;
 	multus) multus ;;
+	whereabouts) whereabouts ;;
 	controller-gen) controller_gen ;;
 	golangci-lint | lint) golangci_lint ;;
 	helm) helm ;;
 	csi-sidecars) csi_sidecars ;;
 	*)
-		echo "deps: unknown tool '$1' (want: kubernetes, cni-plugins, cnitool, multus, controller-gen, golangci-lint, helm, csi-sidecars)" >&2
+		echo "deps: unknown tool '$1' (want: kubernetes, cni-plugins, cnitool, multus, whereabouts, controller-gen, golangci-lint, helm, csi-sidecars)" >&2
 		exit 2
 		;;
 	esac
@@ -231,6 +253,7 @@ main() {
 		apt_lists_current
 		cni_plugins
 		multus
+		whereabouts
 		controller_gen
 		kubernetes
 		helm

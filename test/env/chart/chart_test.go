@@ -61,6 +61,11 @@ var valueSets = []struct {
 		"controller.nodeSelector.role=infra", "controller.extraArgs={--vm-workers=8}",
 		"kubeletRootDir=/srv/kubelet", "cniBinDir=/usr/libexec/cni",
 	}, map[string]int{"NetworkAttachmentDefinition": 2}},
+	{"pods twins, the bridge's on whereabouts", []string{
+		"networks.macvlan.create=true", "networks.macvlan.pods.create=true",
+		"networks.bridge.create=true", "networks.bridge.pods.create=true", "networks.bridge.pods.ipam=whereabouts",
+		"networks.whereabouts.kubeconfig=/srv/cni/whereabouts.kubeconfig",
+	}, map[string]int{"NetworkAttachmentDefinition": 4}},
 	{"no classes, other registry", []string{
 		"storageClass.create=false", "volumeSnapshotClass.create=false",
 		"images.controller.repository=registry.example/podvirt/controller", "images.controller.tag=v0.1.0",
@@ -115,6 +120,8 @@ func TestSchemaRejects(t *testing.T) {
 		{"images.launcher.tag=", "/images/launcher/tag"},
 		{"csi.podCIDRs={10.244.0.0}", "/csi/podCIDRs"},
 		{"storageClass.allowPrivateSources=yes", "/storageClass/allowPrivateSources"},
+		{"networks.bridge.pods.ipam=static", "/networks/bridge/pods/ipam"},
+		{"networks.whereabouts.kubeconfig=whereabouts.kubeconfig", "/networks/whereabouts/kubeconfig"},
 	} {
 		t.Run(tc.set, func(t *testing.T) {
 			_, err := h.Run(ctx, "template", "t", Dir(), "--set", tc.set)
