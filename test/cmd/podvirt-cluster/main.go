@@ -26,7 +26,8 @@ Commands:
               them) and print its kubeconfig
   down        stop every process of the cluster and remove its links, mounts,
               network namespaces, cgroups and state directory
-  demo        up, then install podvirt and boot two VMs on a shared L2 (see README)
+  demo        up (2 nodes unless --nodes says), then install podvirt and boot two
+              VMs on different nodes on a shared L2 (see README)
   kubeconfig  print the path of the cluster-admin kubeconfig
 `
 
@@ -63,9 +64,16 @@ func main() {
 	}
 }
 
+// demoNodes is how many nodes `make demo` brings up unless told: its two
+// VMs go to different nodes.
+const demoNodes = 2
+
 func run(ctx context.Context, cfg cluster.Config, command string) error {
 	if command != "up" && command != "down" && command != "demo" && command != "kubeconfig" {
 		return fmt.Errorf("unknown command %q; run 'podvirt-cluster --help'", command)
+	}
+	if command == "demo" && cfg.Nodes == 0 {
+		cfg.Nodes = demoNodes
 	}
 	c, err := cluster.New(cfg)
 	if err != nil {

@@ -20,8 +20,8 @@ import (
 const usage = `usage: podvirt-images [flags] COMMAND [IMAGE...]
 
 Commands:
-  import  build the images and import them into the local cluster's containerd
-          (the 'make up' cluster, or --dir / --containerd-socket)
+  import  build the images and import them into every node's containerd of the
+          local cluster (the 'make up' cluster, or --dir), or --containerd-socket
   save    build the images and write each as an OCI image-layout tar under --out
   list    print the image references
 
@@ -70,17 +70,20 @@ func run(ctx context.Context, cfg cluster.Config, opts components.Options, socke
 		}
 		return nil
 	case "import":
+		sockets := []string{socket}
 		if socket == "" {
 			c, err := cluster.New(cfg)
 			if err != nil {
 				return err
 			}
-			socket = c.ContainerdSocket()
+			sockets = c.ContainerdSockets()
 		}
-		if _, err := os.Stat(socket); err != nil {
-			return fmt.Errorf("no containerd at %s: is the local cluster up? ('make up')", socket)
+		for _, s := range sockets {
+			if _, err := os.Stat(s); err != nil {
+				return fmt.Errorf("no containerd at %s: is the local cluster up? ('make up')", s)
+			}
 		}
-		if _, err := components.BuildAndImport(ctx, socket, opts, names...); err != nil {
+		if _, err := components.BuildAndImport(ctx, sockets, opts, names...); err != nil {
 			return err
 		}
 	case "save":

@@ -202,7 +202,7 @@ func Install(ctx context.Context, c *cluster.Cluster, h *Helm, opts InstallOptio
 	if err != nil {
 		return err
 	}
-	changed, err := components.BuildAndImport(ctx, c.ContainerdSocket(), components.Options{Progress: opts.Progress})
+	changed, err := components.BuildAndImport(ctx, c.ContainerdSockets(), components.Options{Progress: opts.Progress})
 	if err != nil {
 		return err
 	}

@@ -25,24 +25,13 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/podvirt/podvirt/test/deps"
+	"github.com/podvirt/podvirt/test/env/cluster"
 	"github.com/podvirt/podvirt/test/harness/apiserver"
 )
 
-// whereaboutsRules is all whereabouts (v0.9.2) needs at ADD and DEL, in the
-// namespace of its kubeconfig's context: the IPPool of the range (read,
-// created on first use, JSON-patched), an OverlappingRangeIPReservation
-// per address, and the one Lease, "whereabouts", it elects a leader
-// through so that one ADD or DEL in the cluster runs at a time.
-var whereaboutsRules = []rbacv1.PolicyRule{
-	{APIGroups: []string{"whereabouts.cni.cncf.io"}, Resources: []string{"ippools"}, Verbs: []string{"get", "list", "create", "patch"}},
-	{APIGroups: []string{"whereabouts.cni.cncf.io"}, Resources: []string{"overlappingrangeipreservations"}, Verbs: []string{"get", "create", "delete"}},
-	{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"create"}},
-	{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, ResourceNames: []string{"whereabouts"}, Verbs: []string{"get", "update"}},
-}
-
 // TestWhereaboutsPodsTwin runs the pinned whereabouts as the chart's
 // "-pods" twin configures it, against a real API server, with a
-// kubeconfig whose ServiceAccount has only whereaboutsRules: pods added at
+// kubeconfig whose ServiceAccount has only cluster.WhereaboutsRules: pods added at
 // once (as on two nodes) get distinct addresses of the pods' range, a
 // deleted pod's address is handed out again, and without the flat config
 // file nothing works.
@@ -75,7 +64,7 @@ func TestWhereaboutsPodsTwin(t *testing.T) {
 	if _, err := cs.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := cs.RbacV1().Roles(ns).Create(ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: sa}, Rules: whereaboutsRules}, metav1.CreateOptions{}); err != nil {
+	if _, err := cs.RbacV1().Roles(ns).Create(ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: sa}, Rules: cluster.WhereaboutsRules}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := cs.RbacV1().RoleBindings(ns).Create(ctx, &rbacv1.RoleBinding{

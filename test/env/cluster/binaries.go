@@ -8,7 +8,7 @@ import (
 type binaries struct {
 	etcd, apiserver, controllerManager, scheduler, kubelet, kubeProxy string
 	containerd, runc, ctr                                             string
-	multus                                                            string
+	multus, whereabouts                                               string
 	// cniPlugins maps a plugin name to the Debian-packaged binary that the
 	// node's CNI bin dir gets a copy of.
 	cniPlugins map[string]string
@@ -53,6 +53,10 @@ func findBinaries() (binaries, error) {
 			return b, err
 		}
 	}
+	if b.whereabouts, err = deps.Binary("whereabouts", "whereabouts"); err != nil {
+		return b, err
+	}
 	b.cniPlugins["multus"] = b.multus
+	b.cniPlugins["whereabouts"] = b.whereabouts
 	return b, nil
 }

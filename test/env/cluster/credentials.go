@@ -18,6 +18,7 @@ var identities = []struct{ file, user, group string }{
 	{"scheduler", "system:kube-scheduler", ""},
 	{"kube-proxy", "system:kube-proxy", ""},
 	{"multus", "podvirt:multus", ""},
+	{"whereabouts", "podvirt:whereabouts", ""},
 	{"apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters"},
 }
 
@@ -72,6 +73,7 @@ func (c *Cluster) writeCredentials(context.Context) error {
 		c.path("kubeconfigs", "scheduler.kubeconfig"):          "scheduler",
 		c.path("kubeconfigs", "kube-proxy.kubeconfig"):         "kube-proxy",
 		c.path("kubeconfigs", "multus.kubeconfig"):             "multus",
+		c.Whereabouts().Kubeconfig:                             "whereabouts",
 	}
 	for _, n := range c.Nodes() {
 		configs[c.path("kubeconfigs", kubeletCert(n, "kubelet")+".kubeconfig")] = kubeletCert(n, "kubelet")
@@ -80,14 +82,18 @@ func (c *Cluster) writeCredentials(context.Context) error {
 		if _, err := os.Stat(path); err == nil {
 			continue
 		}
-		if err := c.writeKubeconfig(path, cert); err != nil {
+		ns := "default"
+		if cert == "whereabouts" {
+			ns = whereaboutsNamespace // where it keeps its pools and lease
+		}
+		if err := c.writeKubeconfig(path, cert, ns); err != nil {
 			return fmt.Errorf("kubeconfig %s: %w", path, err)
 		}
 	}
 	return nil
 }
 
-func (c *Cluster) writeKubeconfig(path, cert string) error {
+func (c *Cluster) writeKubeconfig(path, cert, namespace string) error {
 	name := "podvirt-" + c.cfg.Name
 	cfg := clientcmdapi.NewConfig()
 	cfg.Clusters[name] = &clientcmdapi.Cluster{Server: c.server(), CertificateAuthority: c.path("pki", "ca.crt")}
@@ -95,7 +101,7 @@ func (c *Cluster) writeKubeconfig(path, cert string) error {
 		ClientCertificate: c.path("pki", cert+".crt"),
 		ClientKey:         c.path("pki", cert+".key"),
 	}
-	cfg.Contexts[name] = &clientcmdapi.Context{Cluster: name, AuthInfo: cert, Namespace: "default"}
+	cfg.Contexts[name] = &clientcmdapi.Context{Cluster: name, AuthInfo: cert, Namespace: namespace}
 	cfg.CurrentContext = name
 	return clientcmd.WriteToFile(*cfg, path)
 }

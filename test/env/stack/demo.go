@@ -9,7 +9,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -91,12 +90,9 @@ func Install(ctx context.Context, c *cluster.Cluster, opts Options) (*Stack, err
 		m.Stop()
 		return nil, err
 	}
-	master, err := macvlanMaster(c)
-	if err != nil {
-		m.Stop()
-		return nil, err
-	}
-	opts.say("NADs: %s (bridge %s-l2) and %s (macvlan on veth %s), each with a -pods twin for plain pods", VMNetwork, c.NodeName(), MacvlanNetwork, master)
+	seg := c.Segment()
+	opts.say("NADs: %s (bridge %s-l2, uplink %s) and %s (macvlan on %s), both on the L2 segment every node has; each with a -pods twin for plain pods (whereabouts)",
+		VMNetwork, c.NodeName(), seg.BridgeUplink, MacvlanNetwork, seg.MacvlanMaster)
 	if err := dropUnmanagedPodNetworks(ctx, cl); err != nil {
 		m.Stop()
 		return nil, err
@@ -117,12 +113,19 @@ func Install(ctx context.Context, c *cluster.Cluster, opts Options) (*Stack, err
 			"networks.bridge.pods.create=true",
 			"networks.bridge.name=" + VMNetwork,
 			// Named after the cluster, so its `down` removes the bridge
-			// podvirt-l2 creates on the node.
+			// podvirt-l2 creates on the first node (the others' go with
+			// their network namespaces).
 			"networks.bridge.bridge=" + c.NodeName() + "-l2",
+			"networks.bridge.uplink=" + seg.BridgeUplink,
 			"networks.macvlan.create=true",
 			"networks.macvlan.pods.create=true",
 			"networks.macvlan.name=" + MacvlanNetwork,
-			"networks.macvlan.master=" + master,
+			"networks.macvlan.master=" + seg.MacvlanMaster,
+			// Plain pods on any node share one address store.
+			"networks.bridge.pods.ipam=whereabouts",
+			"networks.macvlan.pods.ipam=whereabouts",
+			"networks.whereabouts.kubeconfig=" + c.Whereabouts().Kubeconfig,
+			"networks.whereabouts.configurationPath=" + c.Whereabouts().ConfigurationPath,
 		},
 		Timeout:  "15m",
 		Progress: progressPrefix(opts.Progress),
@@ -153,30 +156,6 @@ func dropUnmanagedPodNetworks(ctx context.Context, cl client.Client) error {
 		}
 	}
 	return nil
-}
-
-// macvlanMaster makes the link the macvlan NAD's children hang off: one
-// end of a veth pair, both ends up so it has a carrier. Named after the
-// cluster, so its `down` removes the pair; nothing is connected to the far
-// end, so traffic stays among the macvlan children.
-func macvlanMaster(c *cluster.Cluster) (string, error) {
-	name, peer := c.NodeName()+"-mv0", c.NodeName()+"-mv1"
-	if _, err := netlink.LinkByName(name); err != nil {
-		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: peer}
-		if err := netlink.LinkAdd(veth); err != nil {
-			return "", fmt.Errorf("creating veth pair %s/%s as the macvlan master: %w", name, peer, err)
-		}
-	}
-	for _, n := range []string{name, peer} {
-		l, err := netlink.LinkByName(n)
-		if err == nil {
-			err = netlink.LinkSetUp(l)
-		}
-		if err != nil {
-			return "", fmt.Errorf("macvlan master: setting %s up: %w", n, err)
-		}
-	}
-	return name, nil
 }
 
 func progressPrefix(w io.Writer) io.Writer {
@@ -229,6 +208,40 @@ func VMOn(name string, strategy v1.RunStrategy, nad string) *v1.VirtualMachine {
 			}},
 		},
 	}
+}
+
+// SpreadLabel groups VMs that Spread keeps on different nodes.
+const SpreadLabel = "podvirt.io/spread"
+
+// Spread labels vm as one of group and, on a cluster of more than one node,
+// gives it the required pod anti-affinity a user would write so that no
+// two of group share a node.
+func (s *Stack) Spread(vm *v1.VirtualMachine, group string) {
+	tmpl := &vm.Spec.Template
+	if tmpl.ObjectMeta.Labels == nil {
+		tmpl.ObjectMeta.Labels = map[string]string{}
+	}
+	tmpl.ObjectMeta.Labels[SpreadLabel] = group
+	if len(s.Cluster.Nodes()) < 2 {
+		return
+	}
+	tmpl.Spec.Affinity = &corev1.Affinity{PodAntiAffinity: &corev1.PodAntiAffinity{
+		RequiredDuringSchedulingIgnoredDuringExecution: []corev1.PodAffinityTerm{{
+			LabelSelector: &metav1.LabelSelector{MatchLabels: map[string]string{SpreadLabel: group}},
+			TopologyKey:   corev1.LabelHostname,
+		}},
+	}}
+}
+
+// OtherNode is a node of the cluster that is not node (node itself on a
+// one-node cluster): where a probe shows that something crosses nodes.
+func (s *Stack) OtherNode(node string) string {
+	for _, n := range s.Cluster.Nodes() {
+		if n.Name != node {
+			return n.Name
+		}
+	}
+	return node
 }
 
 // WaitRunning waits until the VM's VMI is Running with an address on its
@@ -382,9 +395,9 @@ func (s *Stack) deleteAndWait(ctx context.Context, what string, timeout time.Dur
 	return nil
 }
 
-// ProbeFromPod runs a plain pod on PodNetwork(vmNAD) that connects to addr
-// (host:port) and returns its log.
-func (s *Stack) ProbeFromPod(ctx context.Context, name, vmNAD, addr string, timeout time.Duration) (string, error) {
+// ProbeFromPod runs a plain pod on PodNetwork(vmNAD), on node (any when
+// ""), that connects to addr (host:port) and returns its log.
+func (s *Stack) ProbeFromPod(ctx context.Context, name, vmNAD, node, addr string, timeout time.Duration) (string, error) {
 	if err := s.Cluster.ImportProbe(ctx); err != nil {
 		return "", err
 	}
@@ -395,12 +408,13 @@ func (s *Stack) ProbeFromPod(ctx context.Context, name, vmNAD, addr string, time
 		return "", err
 	}
 	pod.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "PROBE_CONNECT", Value: addr}}
+	pod.Spec.NodeName = node
 	_, logs, err := s.Cluster.RunToCompletion(ctx, pod, timeout)
 	// Its log is read; the pod would only stand in the way of a rerun or an
 	// uninstall.
 	_ = s.Client.Delete(ctx, pod)
 	if err != nil {
-		return "", fmt.Errorf("a pod on NAD %s reaching %s: %w", PodNetwork(vmNAD), addr, err)
+		return "", fmt.Errorf("a pod on NAD %s (node %q) reaching %s: %w", PodNetwork(vmNAD), node, addr, err)
 	}
 	return logs, nil
 }
@@ -424,8 +438,9 @@ func PingCommand(ip string) string {
 func HostPort(ip string, port int) string { return net.JoinHostPort(ip, fmt.Sprint(port)) }
 
 // Demo is `make demo` after the cluster is up: podvirt installed, two VMs
-// from the same image on the bridge L2, each reaching the other, a plain
-// pod reaching both.
+// from the same image on the bridge L2, on different nodes when there are
+// two, each reaching the other, a plain pod on the other node reaching
+// each.
 func Demo(ctx context.Context, c *cluster.Cluster, opts Options) error {
 	start := time.Now()
 	s, err := Install(ctx, c, opts)
@@ -435,18 +450,20 @@ func Demo(ctx context.Context, c *cluster.Cluster, opts Options) error {
 	names := []string{"demo-1", "demo-2"}
 	fresh := map[string]bool{}
 	for _, n := range names {
-		if fresh[n], err = s.ensureVM(ctx, VM(n, v1.RunStrategyAlways)); err != nil {
+		vm := VM(n, v1.RunStrategyAlways)
+		s.Spread(vm, "demo")
+		if fresh[n], err = s.ensureVM(ctx, vm); err != nil {
 			return err
 		}
 	}
-	ips := map[string]string{}
+	ips, nodes := map[string]string{}, map[string]string{}
 	for _, n := range names {
 		vmi, err := s.WaitRunning(ctx, n, 10*time.Minute)
 		if err != nil {
 			return err
 		}
-		ips[n] = GuestIP(vmi)
-		opts.say("vmi %s Running on %s, L2 %s", n, vmi.Status.NodeName, L2Identity(vmi))
+		ips[n], nodes[n] = GuestIP(vmi), vmi.Status.NodeName
+		opts.say("vmi %s Running on node %s, L2 %s", n, vmi.Status.NodeName, L2Identity(vmi))
 	}
 	// A VM is a pet: a new one is restarted once to show it keeps its MAC
 	// and address (a second demo run leaves the VMs alone).
@@ -464,14 +481,15 @@ func Demo(ctx context.Context, c *cluster.Cluster, opts Options) error {
 		if !strings.Contains(out, " 0% packet loss") {
 			return fmt.Errorf("vm %s could not ping vm %s (%s) over the L2:\n%s", n, peer, ips[peer], out)
 		}
-		opts.say("vm %s pings vm %s (%s) over the L2: 0%% packet loss", n, peer, ips[peer])
+		opts.say("vm %s (node %s) pings vm %s (%s, node %s) over the L2: 0%% packet loss", n, nodes[n], peer, ips[peer], nodes[peer])
 	}
 	for _, n := range names {
-		logs, err := s.ProbeFromPod(ctx, "demo-probe-"+n, VMNetwork, HostPort(ips[n], VMPort), 3*time.Minute)
+		node := s.OtherNode(nodes[n])
+		logs, err := s.ProbeFromPod(ctx, "demo-probe-"+n, VMNetwork, node, HostPort(ips[n], VMPort), 3*time.Minute)
 		if err != nil {
 			return err
 		}
-		opts.say("a plain pod on NAD %s reached vm %s at %s:\n%s", PodNetwork(VMNetwork), n, HostPort(ips[n], VMPort), strings.TrimSpace(logs))
+		opts.say("a plain pod on node %s, NAD %s, reached vm %s at %s:\n%s", node, PodNetwork(VMNetwork), n, HostPort(ips[n], VMPort), strings.TrimSpace(logs))
 	}
 	opts.say("done in %s", time.Since(start).Round(time.Second))
 	return nil

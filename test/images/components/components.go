@@ -150,10 +150,11 @@ func Build(ctx context.Context, opts Options, names ...string) ([]Image, error) 
 	return out, nil
 }
 
-// Import imports imgs into the containerd listening on socket (namespace
-// k8s.io, where the kubelet looks), skipping those it already has at the
-// same digest. It returns the references it imported: new or changed.
-func Import(ctx context.Context, socket string, imgs []Image, progress io.Writer) ([]string, error) {
+// Import imports imgs into the containerds listening on sockets (namespace
+// k8s.io, where the kubelet looks): one per node of a cluster. Each skips
+// the images it already has at the same digest. It returns the references
+// it imported somewhere: new or changed.
+func Import(ctx context.Context, sockets []string, imgs []Image, progress io.Writer) ([]string, error) {
 	opts := Options{Progress: progress}.withDefaults()
 	work, err := os.MkdirTemp("", "podvirt-images-")
 	if err != nil {
@@ -167,11 +168,17 @@ func Import(ctx context.Context, socket string, imgs []Image, progress io.Writer
 		if err != nil {
 			return imported, fmt.Errorf("image %s: %w", img.Ref, err)
 		}
-		present, err := oci.Present(ctx, socket, img.Ref, digest)
-		if err != nil {
-			return imported, err
+		var missing []string
+		for _, socket := range sockets {
+			present, err := oci.Present(ctx, socket, img.Ref, digest)
+			if err != nil {
+				return imported, err
+			}
+			if !present {
+				missing = append(missing, socket)
+			}
 		}
-		if present {
+		if len(missing) == 0 {
 			opts.progress("%s: already in containerd at %s", img.Ref, digest)
 			continue
 		}
@@ -179,26 +186,28 @@ func Import(ctx context.Context, socket string, imgs []Image, progress io.Writer
 		if err := oci.WriteOCITar(img.Image, img.Ref, tar); err != nil {
 			return imported, err
 		}
-		if err := oci.Import(ctx, socket, tar); err != nil {
-			return imported, err
+		for _, socket := range missing {
+			if err := oci.Import(ctx, socket, tar); err != nil {
+				return imported, err
+			}
 		}
 		_ = os.Remove(tar)
 		imported = append(imported, img.Ref)
-		opts.progress("%s: imported %s (%.1fs)", img.Ref, digest, time.Since(start).Seconds())
+		opts.progress("%s: imported %s into %d containerd(s) (%.1fs)", img.Ref, digest, len(missing), time.Since(start).Seconds())
 	}
 	return imported, nil
 }
 
 // BuildAndImport builds the named images (all when none are named) and
-// imports them into the containerd at socket, e.g. a test cluster's
-// (*cluster.Cluster).ContainerdSocket(). It returns the references it
+// imports them into the containerds at sockets, e.g. a test cluster's
+// (*cluster.Cluster).ContainerdSockets(). It returns the references it
 // imported: new or changed.
-func BuildAndImport(ctx context.Context, socket string, opts Options, names ...string) ([]string, error) {
+func BuildAndImport(ctx context.Context, sockets []string, opts Options, names ...string) ([]string, error) {
 	imgs, err := Build(ctx, opts, names...)
 	if err != nil {
 		return nil, err
 	}
-	return Import(ctx, socket, imgs, opts.Progress)
+	return Import(ctx, sockets, imgs, opts.Progress)
 }
 
 // goBinaries maps an image to the Go commands (under cmd/) it carries.

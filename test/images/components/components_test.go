@@ -30,7 +30,7 @@ func TestLauncherImageRunsLibvirtAndQEMU(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	imported, err := Import(ctx, socket, imgs, &progress)
+	imported, err := Import(ctx, []string{socket}, imgs, &progress)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,7 +46,7 @@ func TestLauncherImageRunsLibvirtAndQEMU(t *testing.T) {
 	}
 	// A second import of the same image is skipped.
 	progress.Reset()
-	imported, err = Import(ctx, socket, imgs, &progress)
+	imported, err = Import(ctx, []string{socket}, imgs, &progress)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,8 +20,9 @@ import (
 )
 
 // TestVMsOnSharedL2 is the demo as a test, on the bridge NAD and on the
-// macvlan NAD: two VMs from the registry pair (the first mirror down)
-// reaching each other, and reached from a plain pod on the same L2.
+// macvlan NAD: two VMs from the registry pair (the first mirror down), on
+// different nodes, reaching each other across the L2 segment, and each
+// reached from a plain pod on the other node.
 func TestVMsOnSharedL2(t *testing.T) {
 	useStack(t)
 	for _, tt := range []struct{ mode, nad string }{
@@ -43,16 +44,20 @@ func TestVMsOnSharedL2(t *testing.T) {
 			for _, n := range names {
 				vm := stack.VMOn(n, v1.RunStrategyAlways, tt.nad)
 				vm.Spec.DiskTemplates[0].ObjectMeta.Annotations[v1.DiskSourceAnnotation] = source
+				st.Spread(vm, "l2-"+tt.mode)
 				createVM(ctx, t, vm)
 				t.Cleanup(func() { deleteVM(t, n) })
 			}
-			ips := map[string]string{}
+			ips, nodes := map[string]string{}, map[string]string{}
 			for _, n := range names {
 				vmi, err := st.WaitRunning(ctx, n, 12*time.Minute)
 				if err != nil {
 					t.Fatal(err)
 				}
-				ips[n] = stack.GuestIP(vmi)
+				ips[n], nodes[n] = stack.GuestIP(vmi), vmi.Status.NodeName
+			}
+			if nodes[names[0]] == nodes[names[1]] {
+				t.Fatalf("vms %v both run on node %s: their anti-affinity should have spread them", names, nodes[names[0]])
 			}
 			if tt.mode == "bridge" {
 				checkFailover(ctx, t, names[0]+"-root", names[1]+"-root")
@@ -69,12 +74,13 @@ func TestVMsOnSharedL2(t *testing.T) {
 				}
 			}
 			for _, n := range names {
-				logs, err := st.ProbeFromPod(ctx, "probe-"+n, tt.nad, stack.HostPort(ips[n], stack.VMPort), 3*time.Minute)
+				node := st.OtherNode(nodes[n])
+				logs, err := st.ProbeFromPod(ctx, "probe-"+n, tt.nad, node, stack.HostPort(ips[n], stack.VMPort), 3*time.Minute)
 				if err != nil {
 					t.Fatal(err)
 				}
 				if !strings.Contains(logs, "ok") {
-					t.Fatalf("pod → vm %s over the %s L2: %s", n, tt.mode, logs)
+					t.Fatalf("pod on node %s → vm %s on node %s over the %s L2: %s", node, n, nodes[n], tt.mode, logs)
 				}
 			}
 		})

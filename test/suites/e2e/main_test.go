@@ -47,8 +47,8 @@ func run(m *testing.M) int {
 	}
 	defer os.RemoveAll(dir)
 	c, err := cluster.New(cluster.Config{
-		Dir: dir, Name: "pve2e", NodeIP: net.IPv4(10, 250, 6, 1),
-		PodSubnet: "10.244.6.0/24", ServiceSubnet: "10.0.6.0/24", BasePort: 8843,
+		Dir: dir, Name: "pve2e", Nodes: 2, NodeIP: net.IPv4(10, 250, 6, 1),
+		PodSubnet: "10.244.6.0/23", ServiceSubnet: "10.0.6.0/24", BasePort: 8843,
 		Progress: os.Stderr,
 	})
 	if err != nil {

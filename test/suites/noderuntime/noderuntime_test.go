@@ -84,7 +84,7 @@ func TestVMIOnCluster(t *testing.T) {
 	kubeletRoot := filepath.Join(dir, "cluster", "kubelet")
 
 	start := time.Now()
-	if _, err := components.BuildAndImport(ctx, c.ContainerdSocket(), components.Options{Progress: testlog.Writer(t)}, components.Launcher); err != nil {
+	if _, err := components.BuildAndImport(ctx, c.ContainerdSockets(), components.Options{Progress: testlog.Writer(t)}, components.Launcher); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("launcher image built and imported in %s", time.Since(start).Round(time.Second))
