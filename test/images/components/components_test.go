@@ -84,7 +84,7 @@ func TestComponentImagesRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Import(ctx, socket, imgs, nil); err != nil {
+	if _, err := Import(ctx, []string{socket}, imgs, nil); err != nil {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct {
