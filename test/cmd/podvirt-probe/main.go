@@ -4,7 +4,9 @@
 // PROBE_CONNECT=host:port it also opens a TCP connection there and reports
 // the outcome (a pod reaching a Service through kube-proxy, say). With
 // PROBE_DEVICES=/dev/a,/dev/b it reports, for each, whether it is a device
-// node and opens read-write (a device plugin's allocation, say).
+// node and opens read-write (a device plugin's allocation, say). With
+// PROBE_LISTEN=:port it then serves TCP there until killed, greeting each
+// connection with its hostname (the far end of a connectivity check).
 package main
 
 import (
@@ -47,6 +49,27 @@ func main() {
 			os.Exit(1)
 		}
 		fmt.Printf("connect %s: ok from %s\n", addr, conn.LocalAddr())
+		conn.Close()
+	}
+	if addr := os.Getenv("PROBE_LISTEN"); addr != "" {
+		serve(addr, host)
+	}
+}
+
+// serve greets every TCP connection on addr with host, forever.
+func serve(addr, host string) {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		fmt.Printf("listen %s: %v\n", addr, err)
+		os.Exit(1)
+	}
+	fmt.Printf("listening on %s\n", l.Addr())
+	for {
+		conn, err := l.Accept()
+		if err != nil {
+			continue
+		}
+		fmt.Fprintf(conn, "hello from %s\n", host)
 		conn.Close()
 	}
 }

@@ -48,7 +48,7 @@ func findBinaries() (binaries, error) {
 		}
 	}
 	b.cniPlugins = map[string]string{}
-	for _, name := range []string{"bridge", "host-local", "loopback", "static"} {
+	for _, name := range []string{"bridge", "host-local", "loopback", "static", "macvlan"} {
 		if b.cniPlugins[name], err = deps.File(debianCNIDir + "/" + name); err != nil {
 			return b, err
 		}

@@ -57,8 +57,10 @@ type Config struct {
 	// BasePort is the API server's port; the other components listen on
 	// the next ports (see ports).
 	BasePort int
-	// KubeProxy runs kube-proxy (iptables mode), so pods reach Services.
-	// Only one cluster with KubeProxy should run on a machine at a time:
+	// KubeProxy runs kube-proxy (iptables mode) on the first node, so its
+	// pods reach Services; every other node runs its own whatever this
+	// says, in its own network namespace. Only one cluster with KubeProxy
+	// should run on a machine at a time: on the machine's own namespace
 	// kube-proxy owns the KUBE-* iptables chains.
 	KubeProxy bool
 	// Progress receives one line per step; nil discards them.

@@ -243,8 +243,8 @@ imageGCLowThresholdPercent: 99
 }
 
 func (c *Cluster) startKubeProxy(n Node) error {
-	if !c.cfg.KubeProxy {
-		c.progress("kube-proxy: disabled for this cluster")
+	if n.First() && !c.cfg.KubeProxy {
+		c.progress("kube-proxy: disabled on the first node of this cluster")
 		return nil
 	}
 	p := c.cfg.ports()

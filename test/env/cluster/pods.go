@@ -71,6 +71,35 @@ func (c *Cluster) RunToCompletion(ctx context.Context, pod *corev1.Pod, timeout 
 	return got, string(logs), nil
 }
 
+// StartServer creates pod (a ProbePod with PROBE_LISTEN, say) and waits
+// until it runs with an address; it returns the pod.
+func (c *Cluster) StartServer(ctx context.Context, pod *corev1.Pod, timeout time.Duration) (*corev1.Pod, error) {
+	cs, err := c.clientset()
+	if err != nil {
+		return nil, err
+	}
+	pods := cs.CoreV1().Pods(pod.Namespace)
+	if _, err := pods.Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		return nil, fmt.Errorf("create pod %s/%s: %w", pod.Namespace, pod.Name, err)
+	}
+	var got *corev1.Pod
+	err = c.waitFor(ctx, "pod "+pod.Name+" Running", "", timeout, func(ctx context.Context) (bool, error) {
+		got, err = pods.Get(ctx, pod.Name, metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		if got.Status.Phase == corev1.PodFailed || got.Status.Phase == corev1.PodSucceeded {
+			return false, permanentError{fmt.Errorf("pod %s ended (%s): %s", pod.Name, got.Status.Phase, podProblem(got))}
+		}
+		ready := got.Status.Phase == corev1.PodRunning && got.Status.PodIP != ""
+		if !ready {
+			return false, fmt.Errorf("pod %s is %s: %s", pod.Name, got.Status.Phase, podProblem(got))
+		}
+		return true, nil
+	})
+	return got, err
+}
+
 // podProblem summarises why a pod is not running: the first waiting or
 // terminated container reason, or the latest event-like condition.
 func podProblem(p *corev1.Pod) string {
