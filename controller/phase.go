@@ -34,6 +34,7 @@ const (
 	ReasonVMIFinal           = "VMIFinished"
 	ReasonWaitingForPod      = "WaitingForLauncherPod"
 	ReasonNoLauncherPodFound = "NoLauncherPod"
+	ReasonNodeUnreachable    = "NodeUnreachable"
 )
 
 // phaseRank orders the phases a VMI moves through; it never moves back.
@@ -91,9 +92,16 @@ func observe(vmi *v1alpha1.VirtualMachineInstance, pod *corev1.Pod) observation 
 }
 
 // advance returns the phase a VMI in current moves to when next is
-// observed: phases only move forward, and a final phase is kept.
+// observed: phases only move forward, and a final phase is kept. Unknown
+// (its node is lost) is entered from any phase that is not final and left
+// for whatever is observed once the node is back.
 func advance(current, next v1alpha1.VirtualMachineInstancePhase) v1alpha1.VirtualMachineInstancePhase {
-	if current.IsFinal() || phaseRank[next] < phaseRank[current] {
+	switch {
+	case current.IsFinal():
+		return current
+	case next == v1alpha1.Unknown || current == v1alpha1.Unknown:
+		return next
+	case phaseRank[next] < phaseRank[current]:
 		return current
 	}
 	return next
@@ -175,6 +183,8 @@ func vmiConditions(vmi *v1alpha1.VirtualMachineInstance, pod *corev1.Pod) []meta
 	switch {
 	case phase.IsFinal():
 		ready.Reason, ready.Message = ReasonVMIFinal, "the VMI has finished"
+	case phase == v1alpha1.Unknown:
+		ready.Reason, ready.Message = ReasonNodeUnreachable, vmi.Status.Message
 	case phase != v1alpha1.Running:
 		ready.Reason, ready.Message = ReasonGuestNotRunning, "the guest is not running yet"
 	case paused && vmi.Annotations[v1alpha1.PausedAnnotation] == "true":

@@ -487,9 +487,14 @@ func (r *VMReconciler) updateStatus(ctx context.Context, orig, vm *v1alpha1.Virt
 		if len(vmi.Status.Interfaces) > 0 {
 			s.IP = vmi.Status.Interfaces[0].IP
 		}
-		if c := meta.FindStatusCondition(vmi.Status.Conditions, ConditionReady); c != nil && c.Status == metav1.ConditionTrue && vmi.DeletionTimestamp == nil {
+		c := meta.FindStatusCondition(vmi.Status.Conditions, ConditionReady)
+		switch {
+		case c != nil && c.Status == metav1.ConditionTrue && vmi.DeletionTimestamp == nil:
 			s.Ready = true
 			ready.Status, ready.Reason = metav1.ConditionTrue, "VMIReady"
+		case vmi.Status.Phase == v1alpha1.Unknown:
+			// Says which node is down and that the disks wait there.
+			ready.Reason, ready.Message = ReasonNodeUnreachable, vmi.Status.Message
 		}
 	}
 	meta.SetStatusCondition(&s.Conditions, ready)
@@ -528,6 +533,8 @@ func printableStatus(vm *v1alpha1.VirtualMachine, vmi *v1alpha1.VirtualMachineIn
 		return v1alpha1.PrintableStatusStopped
 	case v1alpha1.Failed:
 		return v1alpha1.PrintableStatusFailed
+	case v1alpha1.Unknown:
+		return v1alpha1.PrintableStatusUnknown
 	}
 	if c := meta.FindStatusCondition(vmi.Status.Conditions, ConditionSynchronized); c != nil && c.Status == metav1.ConditionFalse {
 		switch c.Reason {

@@ -13,9 +13,11 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/podvirt/podvirt/api/v1alpha1"
@@ -53,10 +55,15 @@ func (r *VMIReconciler) now() time.Time {
 
 // SetupWithManager registers the reconciler with mgr.
 func (r *VMIReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &v1alpha1.VirtualMachineInstance{}, indexNode, nodeIndex); err != nil {
+		return fmt.Errorf("index VMIs by node: %w", err)
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("vmi").
 		For(&v1alpha1.VirtualMachineInstance{}).
 		Owns(&corev1.Pod{}).
+		// A node that stops being Ready makes its VMIs' state unknown.
+		Watches(&corev1.Node{}, handler.EnqueueRequestsFromMapFunc(r.vmisOnNode), builder.WithPredicates(readinessChanged)).
 		WithOptions(controller.Options{MaxConcurrentReconciles: r.Config.VMIWorkers}).
 		Complete(r)
 }
@@ -114,7 +121,26 @@ func (r *VMIReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 
 	default:
 		obs := observe(vmi, pod)
+		// While its node is lost, a pod that was running may still run:
+		// neither it nor a deletion it cannot confirm makes the VMI final.
+		if obs.phase != v1alpha1.Failed || obs.reason == ReasonPodDeleted {
+			lost, err := r.nodeLost(ctx, vmi)
+			if err != nil {
+				return ctrl.Result{}, err
+			}
+			if lost != "" && pod != nil {
+				obs = observation{v1alpha1.Unknown, ReasonNodeUnreachable, lost}
+			}
+		}
 		next := advance(vmi.Status.Phase, obs.phase)
+		if next == v1alpha1.Unknown && vmi.Status.Message != obs.message {
+			if vmi.Status.Phase != v1alpha1.Unknown {
+				r.warn(vmi, obs.reason, "Watch", "%s", obs.message)
+			}
+			vmi.Status.Reason, vmi.Status.Message = obs.reason, obs.message
+		} else if vmi.Status.Phase == v1alpha1.Unknown && next != v1alpha1.Unknown {
+			vmi.Status.Reason, vmi.Status.Message = "", "" // the node is back
+		}
 		if next != vmi.Status.Phase {
 			setPhase(vmi, next, now)
 			if next.IsFinal() {

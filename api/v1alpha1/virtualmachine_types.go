@@ -162,6 +162,9 @@ const (
 	PrintableStatusUnschedulable      VirtualMachinePrintableStatus = "ErrorUnschedulable"
 	PrintableStatusPvcNotFound        VirtualMachinePrintableStatus = "ErrorPvcNotFound"
 	PrintableStatusLauncherPodFailure VirtualMachinePrintableStatus = "ErrorLauncherPod"
+	// PrintableStatusUnknown: the VMI's node is lost (see the Ready
+	// condition), so what runs there is unknown.
+	PrintableStatusUnknown VirtualMachinePrintableStatus = "Unknown"
 )
 
 // StateChangeAction is a user's request to start or stop a VM.

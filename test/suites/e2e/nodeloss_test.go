@@ -1,0 +1,89 @@
+package e2e
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/types"
+
+	v1 "github.com/podvirt/podvirt/api/v1alpha1"
+	"github.com/podvirt/podvirt/controller"
+	"github.com/podvirt/podvirt/test/env/stack"
+)
+
+// TestNodePowerLoss powers off the node a VM runs on (every process of it
+// dies at once): within the node-monitor grace period the VMI is Unknown,
+// not Running, and the VM's status names the node that is down and the
+// disk waiting there. Powered on again, the node brings the VM (runStrategy
+// Always) back on it, with what the guest wrote to its disk.
+func TestNodePowerLoss(t *testing.T) {
+	useStack(t)
+	ctx := testContext(t, 25*time.Minute)
+	nodes := st.Cluster.Nodes()
+	if len(nodes) < 2 {
+		t.Fatalf("the e2e cluster has %d node(s); this test needs 2", len(nodes))
+	}
+	lost := nodes[1].Name
+	const name = "powerloss"
+	vm := stack.VM(name, v1.RunStrategyAlways)
+	vm.Spec.Template.Spec.NodeSelector = map[string]string{corev1.LabelHostname: lost}
+	createVM(ctx, t, vm)
+	t.Cleanup(func() { deleteVM(t, name) })
+	vmi, err := st.WaitRunning(ctx, name, 10*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := st.RunInConsole(ctx, name, "echo podvirt-survived > /marker && sync && cat /marker", 3*time.Minute)
+	if err != nil || !strings.Contains(out, "podvirt-survived") {
+		t.Fatalf("writing a marker on vm %s's disk: %v\n%s", name, err, out)
+	}
+
+	// Whatever happens below, the node is powered on again for the tests
+	// after this one.
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		if err := st.Cluster.StartNode(ctx, lost); err != nil {
+			t.Errorf("power node %s on again: %v", lost, err)
+		}
+	})
+	off := time.Now()
+	if err := st.Cluster.StopNode(ctx, lost); err != nil {
+		t.Fatal(err)
+	}
+	var cur *v1.VirtualMachineInstance
+	if err := stack.Poll(ctx, 3*time.Minute, func() (bool, error) {
+		cur, err = getVMI(ctx, name)
+		return err == nil && cur.Status.Phase == v1.Unknown, nil
+	}); err != nil {
+		t.Fatalf("vmi %s on powered-off node %s is not Unknown after 3 minutes (phase %s): %v", name, lost, cur.Status.Phase, err)
+	}
+	t.Logf("node %s off → vmi %s Unknown after %s: %s", lost, name, time.Since(off).Round(time.Second), cur.Status.Message)
+	got := &v1.VirtualMachine{}
+	if err := stack.Poll(ctx, time.Minute, func() (bool, error) {
+		err := st.Client.Get(ctx, types.NamespacedName{Namespace: stack.Namespace, Name: name}, got)
+		return err == nil && got.Status.PrintableStatus == v1.PrintableStatusUnknown, err
+	}); err != nil {
+		t.Errorf("vm %s: printable status %q, want %q: %v", name, got.Status.PrintableStatus, v1.PrintableStatusUnknown, err)
+	}
+	if c := meta.FindStatusCondition(got.Status.Conditions, controller.ConditionReady); c == nil || c.Reason != controller.ReasonNodeUnreachable ||
+		!strings.Contains(c.Message, "node "+lost) || !strings.Contains(c.Message, name+"-root") {
+		t.Errorf("vm %s's Ready condition does not say its node %s is down with its disk: %+v", name, lost, c)
+	}
+
+	if err := st.Cluster.StartNode(ctx, lost); err != nil {
+		t.Fatal(err)
+	}
+	back := waitNewVMI(ctx, t, name, vmi.UID)
+	t.Logf("node %s on → vm %s Running again after %s", lost, name, time.Since(off).Round(time.Second))
+	if back.Status.NodeName != lost {
+		t.Errorf("vm %s came back on %s, away from its disk on %s", name, back.Status.NodeName, lost)
+	}
+	if out, err := st.RunInConsole(ctx, name, "cat /marker", 3*time.Minute); err != nil || !strings.Contains(out, "podvirt-survived") {
+		t.Errorf("vm %s's disk lost what the guest wrote before the power loss: %v\n%s", name, err, out)
+	}
+}
