@@ -60,10 +60,7 @@ func TestDiskCachePerNode(t *testing.T) {
 func TestDiskPlacement(t *testing.T) {
 	useStack(t)
 	ctx := testContext(t, 20*time.Minute)
-	nodes := st.Cluster.Nodes()
-	if len(nodes) < 2 {
-		t.Fatalf("the e2e cluster has %d node(s); this test needs 2", len(nodes))
-	}
+	nodes := twoNodes(t)
 	home, other := nodes[1].Name, nodes[0].Name
 	const name = "placed"
 	t.Cleanup(func() { deleteVM(t, name) })

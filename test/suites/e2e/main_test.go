@@ -100,6 +100,17 @@ func useStack(t *testing.T) {
 	st, installTook, uninstalled = s, time.Since(start), false
 }
 
+// twoNodes returns the cluster's nodes, failing a test that needs two
+// when there are fewer.
+func twoNodes(t *testing.T) []cluster.Node {
+	t.Helper()
+	nodes := st.Cluster.Nodes()
+	if len(nodes) < 2 {
+		t.Fatalf("the e2e cluster has %d node(s); this test needs 2", len(nodes))
+	}
+	return nodes
+}
+
 func testContext(t *testing.T, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)

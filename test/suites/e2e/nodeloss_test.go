@@ -23,10 +23,7 @@ import (
 func TestNodePowerLoss(t *testing.T) {
 	useStack(t)
 	ctx := testContext(t, 25*time.Minute)
-	nodes := st.Cluster.Nodes()
-	if len(nodes) < 2 {
-		t.Fatalf("the e2e cluster has %d node(s); this test needs 2", len(nodes))
-	}
+	nodes := twoNodes(t)
 	lost := nodes[1].Name
 	const name = "powerloss"
 	vm := stack.VM(name, v1.RunStrategyAlways)
