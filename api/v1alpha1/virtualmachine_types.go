@@ -150,7 +150,10 @@ type VirtualMachinePrintableStatus string
 
 // Printable statuses, as in KubeVirt.
 const (
-	PrintableStatusStopped            VirtualMachinePrintableStatus = "Stopped"
+	PrintableStatusStopped VirtualMachinePrintableStatus = "Stopped"
+	// PrintableStatusProvisioning: a disk of the VM is not ready yet: its
+	// import runs (or retries), or its PVC waits for a volume. The
+	// DisksReady condition says which and how far.
 	PrintableStatusProvisioning       VirtualMachinePrintableStatus = "Provisioning"
 	PrintableStatusStarting           VirtualMachinePrintableStatus = "Starting"
 	PrintableStatusRunning            VirtualMachinePrintableStatus = "Running"
@@ -162,6 +165,10 @@ const (
 	PrintableStatusUnschedulable      VirtualMachinePrintableStatus = "ErrorUnschedulable"
 	PrintableStatusPvcNotFound        VirtualMachinePrintableStatus = "ErrorPvcNotFound"
 	PrintableStatusLauncherPodFailure VirtualMachinePrintableStatus = "ErrorLauncherPod"
+	// PrintableStatusDiskImportFailure: a disk's import failed for good
+	// (KubeVirt's DataVolumeError); the DisksReady condition copies the
+	// PVC's disk.podvirt.io/import-error.
+	PrintableStatusDiskImportFailure VirtualMachinePrintableStatus = "ErrorDiskImport"
 	// PrintableStatusUnknown: the VMI's node is lost (see the Ready
 	// condition), so what runs there is unknown.
 	PrintableStatusUnknown VirtualMachinePrintableStatus = "Unknown"

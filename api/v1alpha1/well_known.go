@@ -39,6 +39,22 @@ const (
 	// DiskChecksumAnnotation on a PVC is the expected checksum of the
 	// source image, e.g. sha256:<hex>.
 	DiskChecksumAnnotation = "disk.podvirt.io/checksum"
+	// ImportPhaseAnnotation on a PVC is how filling it from its source
+	// goes (a DiskImportPhase). The CSI driver writes it, as CDI writes
+	// its claims' import state, so the controller (and kubectl) see it
+	// without reading events.
+	ImportPhaseAnnotation = "disk.podvirt.io/import-phase"
+	// ImportProgressAnnotation on a PVC is the share of the image that has
+	// arrived, as "42.0%", or "" while the image's size is unknown. It
+	// keeps its last value while the import is Retrying or Failed.
+	ImportProgressAnnotation = "disk.podvirt.io/import-progress"
+	// ImportMirrorAnnotation on a PVC is where the image's bytes come from
+	// while it is Importing: a registry host, or the https URL.
+	ImportMirrorAnnotation = "disk.podvirt.io/import-mirror"
+	// ImportErrorAnnotation on a PVC says why its import is Failed (final:
+	// the message says what to fix) or Retrying (the last attempt's
+	// error), in at most ImportErrorMaxLength bytes.
+	ImportErrorAnnotation = "disk.podvirt.io/import-error"
 	// MultusNetworksAnnotation lists a pod's Multus networks.
 	MultusNetworksAnnotation = "k8s.v1.cni.cncf.io/networks"
 	// MultusNetworkStatusAnnotation is where Multus reports the pod's
@@ -61,6 +77,43 @@ const (
 	// launcher pods' addresses, which carry the VMI's labels.
 	L2SelectorAnnotation = "podvirt.io/l2-selector"
 )
+
+// ImportErrorMaxLength bounds ImportErrorAnnotation: a longer message is
+// cut, ending in "…".
+const ImportErrorMaxLength = 1024
+
+// DiskImportPhase is the ImportPhaseAnnotation of a PVC the CSI driver
+// fills from an image. A PVC without it has not reached the driver yet
+// (with WaitForFirstConsumer, not before its pod is scheduled), or needs
+// no import.
+type DiskImportPhase string
+
+// Import phases.
+const (
+	// ImportPending: the import stopped before the end (the driver was
+	// stopping) and resumes, from where it was, on the provisioner's next
+	// call.
+	ImportPending DiskImportPhase = "Pending"
+	// ImportImporting: the image is being fetched (ImportProgressAnnotation,
+	// ImportMirrorAnnotation) or converted into the volume.
+	ImportImporting DiskImportPhase = "Importing"
+	// ImportRetrying: the last attempt failed in a way that may heal (a
+	// registry unreachable, credentials missing); the provisioner calls
+	// again. ImportErrorAnnotation says why.
+	ImportRetrying DiskImportPhase = "Retrying"
+	// ImportSucceeded: the volume holds the image.
+	ImportSucceeded DiskImportPhase = "Succeeded"
+	// ImportFailed: the import cannot succeed as the claim asks (a bad
+	// source or checksum, an image larger than the claim, a source the
+	// StorageClass does not allow). ImportErrorAnnotation says why and
+	// what to fix; the driver does not try the same source again.
+	ImportFailed DiskImportPhase = "Failed"
+)
+
+// InFlight reports whether an import in phase p has yet to end.
+func (p DiskImportPhase) InFlight() bool {
+	return p == ImportPending || p == ImportImporting || p == ImportRetrying
+}
 
 // EndpointSliceManagedBy is the endpointslice.kubernetes.io/managed-by
 // value of the EndpointSlices the controller keeps for L2 Services. A label
