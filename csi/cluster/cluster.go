@@ -1,14 +1,17 @@
 // Package cluster is the CSI driver's view of the Kubernetes API: the
-// claims it fills (their source annotations), the Secrets and ConfigMaps a
-// StorageClass names, and the events it records on claims.
+// claims it fills (their source annotations, and the import state it
+// records in others), the Secrets and ConfigMaps a StorageClass names, and
+// the events it records on claims.
 package cluster
 
 import (
 	"context"
+	"encoding/json"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
@@ -49,6 +52,17 @@ func (c *Client) Close() { c.broadcaster.Shutdown() }
 // Claim gets a PersistentVolumeClaim.
 func (c *Client) Claim(ctx context.Context, namespace, name string) (*corev1.PersistentVolumeClaim, error) {
 	return c.cs.CoreV1().PersistentVolumeClaims(namespace).Get(ctx, name, metav1.GetOptions{})
+}
+
+// AnnotateClaim sets a claim's annotations with a merge patch: a nil value
+// removes the key, keys not named stay as they are.
+func (c *Client) AnnotateClaim(ctx context.Context, namespace, name string, annotations map[string]*string) error {
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": annotations}})
+	if err != nil {
+		return err
+	}
+	_, err = c.cs.CoreV1().PersistentVolumeClaims(namespace).Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{})
+	return err
 }
 
 // Secret gets a Secret.

@@ -10,7 +10,10 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -19,6 +22,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
@@ -32,7 +36,8 @@ import (
 // does with --extra-create-metadata, against claims in a real API server:
 // the source and checksum come from the claim's annotations (or the
 // StorageClass), credentials from a Secret, the registry's CA from a
-// ConfigMap; progress and failures are events on the claim.
+// ConfigMap; progress and failures are events on the claim, and the
+// import's phase, progress and error are its annotations.
 func TestClaimSourcesAndEvents(t *testing.T) {
 	srv, err := apiserver.Start(apiserver.Options{})
 	if err != nil {
@@ -101,6 +106,7 @@ func TestClaimSourcesAndEvents(t *testing.T) {
 		wantMsg     string
 		wantReasons []string
 		fromCache   bool // ImportCompleted says FromCache
+		wantPhase   v1.DiskImportPhase
 	}{
 		{
 			claim:       "root",
@@ -108,6 +114,7 @@ func TestClaimSourcesAndEvents(t *testing.T) {
 			size:        32 << 20,
 			params:      private,
 			wantReasons: []string{ReasonImportStarted, ReasonImportProgress, ReasonImportCompleted},
+			wantPhase:   v1.ImportSucceeded,
 		},
 		{
 			claim:       "class-default",
@@ -115,6 +122,7 @@ func TestClaimSourcesAndEvents(t *testing.T) {
 			params:      merge(private, map[string]string{ParamSource: guest}),
 			wantReasons: []string{ReasonImportStarted, ReasonImportCompleted},
 			fromCache:   true, // the guest came with "root"
+			wantPhase:   v1.ImportSucceeded,
 		},
 		{
 			claim:       "checksum-ok",
@@ -122,6 +130,7 @@ func TestClaimSourcesAndEvents(t *testing.T) {
 			size:        8 << 20,
 			params:      web,
 			wantReasons: []string{ReasonImportStarted, ReasonImportCompleted},
+			wantPhase:   v1.ImportSucceeded,
 		},
 		{
 			claim:       "checksum-bad",
@@ -131,6 +140,7 @@ func TestClaimSourcesAndEvents(t *testing.T) {
 			wantCode:    codes.FailedPrecondition,
 			wantMsg:     "will not be retried",
 			wantReasons: []string{ReasonImportStarted, ReasonImportFailed},
+			wantPhase:   v1.ImportFailed,
 		},
 		{
 			claim:       "too-small",
@@ -140,6 +150,7 @@ func TestClaimSourcesAndEvents(t *testing.T) {
 			wantCode:    codes.InvalidArgument,
 			wantMsg:     "request at least 64.0 MiB",
 			wantReasons: []string{ReasonImportStarted, ReasonImportFailed},
+			wantPhase:   v1.ImportFailed,
 		},
 		{
 			claim:       "no-credentials",
@@ -151,6 +162,7 @@ func TestClaimSourcesAndEvents(t *testing.T) {
 			wantCode:    codes.Unavailable,
 			wantMsg:     "401 Unauthorized",
 			wantReasons: []string{ReasonImportStarted, ReasonImportRetrying},
+			wantPhase:   v1.ImportRetrying,
 		},
 		{
 			// Any claim author picks the source: the class limits it.
@@ -161,6 +173,7 @@ func TestClaimSourcesAndEvents(t *testing.T) {
 			wantCode:    codes.FailedPrecondition,
 			wantMsg:     "not allowed by StorageClass parameter allowedSources (quay.io, https://images.example.com/vm/)",
 			wantReasons: []string{ReasonImportFailed},
+			wantPhase:   v1.ImportFailed,
 		},
 		{
 			// Without the opt-in, the web server on loopback is out of reach.
@@ -171,6 +184,7 @@ func TestClaimSourcesAndEvents(t *testing.T) {
 			wantCode:    codes.FailedPrecondition,
 			wantMsg:     "refused by the image egress policy: loopback address",
 			wantReasons: []string{ReasonImportStarted, ReasonImportFailed},
+			wantPhase:   v1.ImportFailed,
 		},
 	}
 	for _, tt := range tests {
@@ -191,6 +205,7 @@ func TestClaimSourcesAndEvents(t *testing.T) {
 				"csi.storage.k8s.io/pv/name":       "pvc-" + tt.claim,
 			})
 			req := createReq("pvc-"+tt.claim, tt.size, false, params)
+			seen := watchAnnotations(t, cs, ns, tt.claim)
 			start := time.Now()
 			resp, err := td.controller().CreateVolume(ctx, req)
 			took := time.Since(start)
@@ -225,8 +240,11 @@ func TestClaimSourcesAndEvents(t *testing.T) {
 					t.Errorf("ImportFailed recorded %d times: the retry imported again", e.Count)
 				}
 			}
+			final := waitForImportPhase(t, cs, ns, tt.claim, tt.wantPhase)
+			checkImportAnnotations(t, final, tt.wantPhase, tt.wantMsg)
 			if tt.claim == "root" {
 				checkProgressEvents(t, events, took, 500*time.Millisecond)
+				checkProgressAnnotations(t, seen(), took, 500*time.Millisecond)
 			}
 		})
 	}
@@ -248,6 +266,97 @@ func checkProgressEvents(t *testing.T, events []corev1.Event, took, interval tim
 	}
 	if max := int(took/interval) + 2; n < 2 || n > max {
 		t.Errorf("%d progress events for an import of %s, want 2…%d (one per %s)", n, took, max, interval)
+	}
+}
+
+// watchAnnotations records the import annotations of every version of the
+// claim from now on; the returned func gives what it saw so far.
+func watchAnnotations(t *testing.T, cs kubernetes.Interface, ns, claim string) func() []map[string]string {
+	t.Helper()
+	w, err := cs.CoreV1().PersistentVolumeClaims(ns).Watch(context.Background(), metav1.ListOptions{FieldSelector: "metadata.name=" + claim})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(w.Stop)
+	var mu sync.Mutex
+	var seen []map[string]string
+	go func() {
+		for e := range w.ResultChan() {
+			pvc, ok := e.Object.(*corev1.PersistentVolumeClaim)
+			if !ok || e.Type != watch.Modified {
+				continue
+			}
+			a := map[string]string{}
+			for _, k := range []string{v1.ImportPhaseAnnotation, v1.ImportProgressAnnotation, v1.ImportMirrorAnnotation, v1.ImportErrorAnnotation} {
+				if v, ok := pvc.Annotations[k]; ok {
+					a[k] = v
+				}
+			}
+			mu.Lock()
+			seen = append(seen, a)
+			mu.Unlock()
+		}
+	}()
+	return func() []map[string]string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(seen)
+	}
+}
+
+// waitForImportPhase waits until the claim's import annotations say phase
+// (they are written in the background) and returns them.
+func waitForImportPhase(t *testing.T, cs kubernetes.Interface, ns, claim string, phase v1.DiskImportPhase) map[string]string {
+	t.Helper()
+	var got map[string]string
+	polltest.Eventually(t, 30*time.Second, fmt.Sprintf("claim %s shows import phase %s", claim, phase), func() (bool, string) {
+		pvc, err := cs.CoreV1().PersistentVolumeClaims(ns).Get(context.Background(), claim, metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		got = pvc.Annotations
+		return got[v1.ImportPhaseAnnotation] == string(phase), fmt.Sprint(got)
+	})
+	return got
+}
+
+// checkImportAnnotations: a success shows 100% and no error, a failure
+// its error, and neither a mirror.
+func checkImportAnnotations(t *testing.T, got map[string]string, phase v1.DiskImportPhase, wantMsg string) {
+	t.Helper()
+	if _, ok := got[v1.ImportMirrorAnnotation]; ok {
+		t.Errorf("phase %s with a mirror: %v", phase, got)
+	}
+	errMsg, hasErr := got[v1.ImportErrorAnnotation]
+	switch phase {
+	case v1.ImportSucceeded:
+		if got[v1.ImportProgressAnnotation] != "100.0%" || hasErr {
+			t.Errorf("succeeded import: %v, want progress 100.0%% and no error", got)
+		}
+	default:
+		if !strings.Contains(errMsg, wantMsg) || len(errMsg) > v1.ImportErrorMaxLength {
+			t.Errorf("%s import: error annotation %q, want it to say %q", phase, errMsg, wantMsg)
+		}
+	}
+}
+
+// checkProgressAnnotations: while importing, the claim shows a percentage
+// and the mirror, rewritten about once per interval, not per chunk.
+func checkProgressAnnotations(t *testing.T, seen []map[string]string, took, interval time.Duration) {
+	t.Helper()
+	percent := regexp.MustCompile(`^[0-9]{1,3}\.[0-9]%$`)
+	n := 0
+	for _, a := range seen {
+		if a[v1.ImportPhaseAnnotation] != string(v1.ImportImporting) || a[v1.ImportProgressAnnotation] == "" {
+			continue
+		}
+		n++
+		if !percent.MatchString(a[v1.ImportProgressAnnotation]) || a[v1.ImportMirrorAnnotation] == "" {
+			t.Errorf("progress annotations %v: want a percentage and the mirror", a)
+		}
+	}
+	if max := int(took/interval) + 2; n < 1 || n > max {
+		t.Errorf("%d progress writes on the claim for an import of %s, want 1…%d (one per %s): %v", n, took, max, interval, seen)
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
 
+	v1 "github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/contracts/diskmeta"
 	"github.com/podvirt/podvirt/csi/importer"
 	"github.com/podvirt/podvirt/csi/state"
@@ -53,6 +54,9 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	if v, err := d.store.VolumeByName(p.name); err == nil {
 		if err := compatible(v, p); err != nil {
 			return nil, err
+		}
+		if p.image != nil {
+			d.reassertImport(p.claim, importAnnotations(v1.ImportSucceeded, nil, ""))
 		}
 		return &csi.CreateVolumeResponse{Volume: d.csiVolume(v)}, nil
 	}

@@ -52,6 +52,8 @@ type Cluster interface {
 	Secret(ctx context.Context, namespace, name string) (*corev1.Secret, error)
 	ConfigMap(ctx context.Context, namespace, name string) (*corev1.ConfigMap, error)
 	Event(obj runtime.Object, eventType, reason, message string)
+	// AnnotateClaim sets (nil: removes) annotations on a claim.
+	AnnotateClaim(ctx context.Context, namespace, name string, annotations map[string]*string) error
 }
 
 // Options configure a Driver.
@@ -62,11 +64,12 @@ type Options struct {
 	StateDir string
 	// Cache fills volumes from images; nil refuses volumes with a source.
 	Cache ImageCache
-	// Cluster reads claims, Secrets and ConfigMaps and records events;
-	// nil refuses CreateVolume calls that name a claim.
+	// Cluster reads claims, Secrets and ConfigMaps and records events and
+	// import annotations; nil refuses CreateVolume calls that name a claim.
 	Cluster Cluster
-	// ProgressInterval is the least time between two progress events on a
-	// claim (default 10s).
+	// ProgressInterval is the least time between two progress events, or
+	// two writes of the import-progress annotation, on a claim (default
+	// 10s).
 	ProgressInterval time.Duration
 	// Version is reported by GetPluginInfo.
 	Version string
@@ -83,6 +86,8 @@ type Driver struct {
 	opts  Options
 	log   *slog.Logger
 	store *state.Store
+	// annotations records imports on their claims; nil without Cluster.
+	annotations *claimAnnotator
 
 	// ctx outlives CreateVolume calls: an import keeps running when the
 	// provisioner's call times out, and the retry joins it.
@@ -131,14 +136,24 @@ func New(opts Options) (*Driver, error) {
 	}
 	d.store = store
 	d.ctx, d.cancel = context.WithCancel(context.Background())
+	if opts.Cluster != nil {
+		d.annotations = newClaimAnnotator(opts.Cluster, d.log)
+	}
 	return d, nil
 }
+
+// annotationsGrace is how long Close waits to record on claims what the
+// stopped operations left to say (an interrupted import is Pending).
+const annotationsGrace = 5 * time.Second
 
 // Close stops operations in flight (an import resumes when CreateVolume is
 // called again) and waits for them.
 func (d *Driver) Close() {
 	d.cancel()
 	d.wg.Wait()
+	if d.annotations != nil {
+		d.annotations.stop(annotationsGrace)
+	}
 }
 
 // tmpPrefix marks a directory being built; New removes leftovers.

@@ -21,7 +21,10 @@ import (
 	"github.com/podvirt/podvirt/csi/volume"
 )
 
-// Event reasons on claims.
+// Event reasons on claims. Each also sets the claim's import annotations
+// (importstatus.go): ImportStarted and ImportProgress make it Importing,
+// ImportCompleted Succeeded, ImportRetrying Retrying and ImportFailed
+// Failed.
 const (
 	ReasonImportStarted   = "ImportStarted"
 	ReasonImportProgress  = "ImportProgress"
@@ -63,7 +66,11 @@ func (d *Driver) resolveImage(ctx context.Context, req *csi.CreateVolumeRequest,
 		if s := strings.TrimSpace(claim.Annotations[v1.DiskSourceAnnotation]); s != "" {
 			if err := checkSourceURL(s); err != nil {
 				err = status.Errorf(codes.InvalidArgument, "claim %s/%s annotation %s: %v", ns, name, v1.DiskSourceAnnotation, err)
-				d.event(claim, corev1.EventTypeWarning, ReasonImportFailed, status.Convert(err).Message())
+				msg := status.Convert(err).Message()
+				d.event(claim, corev1.EventTypeWarning, ReasonImportFailed, msg)
+				// Failed until the annotation is fixed: the next
+				// CreateVolume reads it again.
+				d.recordImport(claim, importAnnotations(v1.ImportFailed, nil, msg))
 				return err
 			}
 			source = s
@@ -176,11 +183,13 @@ func credentials(src *importer.Source, data map[string]string, what string) erro
 func (d *Driver) importVolume(ctx context.Context, p plan, v state.Volume) (state.Volume, error) {
 	src := *p.image
 	d.event(p.claim, corev1.EventTypeNormal, ReasonImportStarted, fmt.Sprintf("Importing %s for volume %s on node %s", src.URL, p.id, d.opts.NodeID))
+	d.recordImport(p.claim, importAnnotations(v1.ImportImporting, nil, ""))
 	start := time.Now()
 	base, err := d.opts.Cache.Acquire(ctx, src, p.id, d.progressReporter(p))
 	if err != nil {
 		switch {
 		case ctx.Err() != nil:
+			d.recordImport(p.claim, importAnnotations(v1.ImportPending, nil, ""))
 			return v, status.Errorf(codes.Aborted, "import %s for volume %q interrupted: the driver is stopping; CreateVolume resumes it", src.URL, p.name)
 		case importer.IsTerminal(err):
 			return v, d.fail(p, finalImportError(codes.FailedPrecondition,
@@ -188,7 +197,7 @@ func (d *Driver) importVolume(ctx context.Context, p plan, v state.Volume) (stat
 				src.URL, p.name, err, v1.DiskSourceAnnotation, v1.DiskChecksumAnnotation))
 		}
 		msg := fmt.Sprintf("import %s for volume %q: %v (retrying)", src.URL, p.name, err)
-		d.event(p.claim, corev1.EventTypeWarning, ReasonImportRetrying, msg)
+		d.retrying(p, msg)
 		return v, status.Error(codes.Unavailable, msg)
 	}
 	release := func() {
@@ -226,13 +235,17 @@ func (d *Driver) importVolume(ctx context.Context, p plan, v state.Volume) (stat
 	})
 	if err != nil {
 		release()
-		return v, status.Errorf(codes.Internal, "make volume %q from image %s (%s): %v", p.name, src.URL, base.Digest, err)
+		err = status.Errorf(codes.Internal, "make volume %q from image %s (%s) on node %s: %v (retrying)", p.name, src.URL, base.Digest, d.opts.NodeID, err)
+		d.retrying(p, status.Convert(err).Message())
+		return v, err
 	}
 	if !overlay {
 		release() // a copy does not need the cached image any more
 	}
 	if err := d.store.PutVolume(v); err != nil {
-		return v, status.Errorf(codes.Internal, "record volume %q: %v", p.name, err)
+		err = status.Errorf(codes.Internal, "record volume %q on node %s: %v (retrying)", p.name, d.opts.NodeID, err)
+		d.retrying(p, status.Convert(err).Message())
+		return v, err
 	}
 	if err := d.store.DeleteFailure(p.name); err != nil {
 		d.log.Error("forget old failure", "name", p.name, "err", err)
@@ -247,16 +260,27 @@ func (d *Driver) importVolume(ctx context.Context, p plan, v state.Volume) (stat
 	}
 	d.event(p.claim, corev1.EventTypeNormal, ReasonImportCompleted, fmt.Sprintf("Volume %s is ready on node %s: %s (%s, %s, virtual size %s) %s, as %s, after %s",
 		p.id, d.opts.NodeID, src.URL, base.Digest, base.Format, describeSize(base.VirtualSize), from, how, time.Since(start).Round(time.Millisecond)))
+	d.recordImport(p.claim, importAnnotations(v1.ImportSucceeded, nil, ""))
 	return v, nil
+}
+
+// retrying reports on the claim an import failure the provisioner's next
+// call may get past.
+func (d *Driver) retrying(p plan, msg string) {
+	d.event(p.claim, corev1.EventTypeWarning, ReasonImportRetrying, msg)
+	d.recordImport(p.claim, importAnnotations(v1.ImportRetrying, nil, msg))
 }
 
 // rememberedFailure is the final import failure remembered for p's image,
 // answered again without another attempt or event; nil when there is none.
+// The claim shows it, should the driver that failed have stopped before
+// writing it there.
 func (d *Driver) rememberedFailure(p *plan) error {
 	if p.failureKey == "" {
 		return nil
 	}
 	if f, ok := d.store.Failure(p.name); ok && f.Key == p.failureKey {
+		d.reassertImport(p.claim, importAnnotations(v1.ImportFailed, nil, f.Message))
 		return status.Error(codes.Code(f.Code), f.Message)
 	}
 	return nil
@@ -269,11 +293,13 @@ func (d *Driver) fail(p plan, err error) error {
 		d.log.Error("remember import failure", "name", p.name, "err", perr)
 	}
 	d.event(p.claim, corev1.EventTypeWarning, ReasonImportFailed, st.Message())
+	d.recordImport(p.claim, importAnnotations(v1.ImportFailed, nil, st.Message()))
 	return err
 }
 
-// progressReporter turns import progress into Normal events on the claim,
-// at most one per ProgressInterval, plus one whenever the mirror changes.
+// progressReporter turns import progress into Normal events and the
+// import-progress annotation on the claim, at most one of each per
+// ProgressInterval, plus one whenever the mirror changes.
 func (d *Driver) progressReporter(p plan) func(importer.Progress) {
 	var mu sync.Mutex
 	var last time.Time
@@ -289,6 +315,7 @@ func (d *Driver) progressReporter(p plan) func(importer.Progress) {
 		msg := fmt.Sprintf("Importing %s: %s", p.image.URL, progressText(pr))
 		d.log.Info("import progress", "volume", p.id, "bytes", pr.Bytes, "total", pr.Total, "rate", pr.Rate, "mirror", pr.Mirror)
 		d.event(p.claim, corev1.EventTypeNormal, ReasonImportProgress, msg)
+		d.recordImport(p.claim, importAnnotations(v1.ImportImporting, &pr, ""))
 	}
 }
 
