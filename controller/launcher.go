@@ -217,10 +217,14 @@ func (pv *podVolumes) addContainerDisk(vmi *v1alpha1.VirtualMachineInstance, pod
 	if cfg.ContainerDiskStorageClass != "" {
 		class = &cfg.ContainerDiskStorageClass
 	}
+	labels := map[string]string{v1alpha1.VMINameLabel: vmi.Name, v1alpha1.CreatedByLabel: string(vmi.UID)}
+	if vm := vmi.Labels[v1alpha1.VMNameLabel]; vm != "" {
+		labels[v1alpha1.VMNameLabel] = vm // so its VM's controller watches the import
+	}
 	pv.volumes = append(pv.volumes, corev1.Volume{Name: name, VolumeSource: corev1.VolumeSource{
 		Ephemeral: &corev1.EphemeralVolumeSource{VolumeClaimTemplate: &corev1.PersistentVolumeClaimTemplate{
 			ObjectMeta: metav1.ObjectMeta{
-				Labels:      map[string]string{v1alpha1.VMINameLabel: vmi.Name, v1alpha1.CreatedByLabel: string(vmi.UID)},
+				Labels:      labels,
 				Annotations: map[string]string{v1alpha1.DiskSourceAnnotation: containerDiskSource(src.Image)},
 			},
 			Spec: corev1.PersistentVolumeClaimSpec{

@@ -6,6 +6,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/selection"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -14,13 +15,19 @@ import (
 )
 
 // CacheOptions limits the manager's cache to what the controller reads:
-// of all pods, only launcher pods are cached, and of all EndpointSlices only
-// those of L2 Services.
+// of all pods, only launcher pods are cached; of all EndpointSlices only
+// those of L2 Services; of all PVCs only those of VMs (their disk
+// templates' and containerDisks', labelled with the VM's name).
 func CacheOptions() cache.Options {
+	ofVM, err := labels.NewRequirement(v1alpha1.VMNameLabel, selection.Exists, nil)
+	if err != nil {
+		panic(err) // a constant key: cannot fail
+	}
 	return cache.Options{
 		ByObject: map[client.Object]cache.ByObject{
-			&corev1.Pod{}:                {Label: labels.SelectorFromSet(labels.Set{v1alpha1.AppLabel: v1alpha1.AppLauncher})},
-			&discoveryv1.EndpointSlice{}: {Label: labels.SelectorFromSet(labels.Set{discoveryv1.LabelManagedBy: v1alpha1.EndpointSliceManagedBy})},
+			&corev1.Pod{}:                   {Label: labels.SelectorFromSet(labels.Set{v1alpha1.AppLabel: v1alpha1.AppLauncher})},
+			&discoveryv1.EndpointSlice{}:    {Label: labels.SelectorFromSet(labels.Set{discoveryv1.LabelManagedBy: v1alpha1.EndpointSliceManagedBy})},
+			&corev1.PersistentVolumeClaim{}: {Label: labels.NewSelector().Add(*ofVM)},
 		},
 	}
 }

@@ -13,9 +13,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
 
 	"github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/controller/identity"
@@ -75,6 +77,8 @@ func (r *VMReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Named("vm").
 		For(&v1alpha1.VirtualMachine{}).
 		Owns(&v1alpha1.VirtualMachineInstance{}).
+		// A disk's import progress shows in the VM's status.
+		Watches(&corev1.PersistentVolumeClaim{}, handler.EnqueueRequestsFromMapFunc(vmOfClaim), builder.WithPredicates(importChanged)).
 		WithOptions(controller.Options{MaxConcurrentReconciles: r.Config.VMWorkers}).
 		Complete(r)
 }
@@ -155,10 +159,18 @@ func (r *VMReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Re
 		return res, err
 	}
 	ures, uerr := r.updateStatus(ctx, orig, vm, vmi)
-	if uerr != nil || ures.RequeueAfter > 0 {
+	if uerr != nil {
 		return ures, uerr
 	}
-	return res, nil
+	return sooner(res, ures), nil
+}
+
+// sooner is the result that looks again first.
+func sooner(a, b ctrl.Result) ctrl.Result {
+	if a.RequeueAfter == 0 || (b.RequeueAfter > 0 && b.RequeueAfter < a.RequeueAfter) {
+		return b
+	}
+	return a
 }
 
 // apply carries out the pending start/stop request and the run strategy.
@@ -473,8 +485,17 @@ func (r *VMReconciler) fail(vm *v1alpha1.VirtualMachine, reason, action, msg str
 }
 
 // updateStatus derives the VM's printable status and readiness from vmi and
-// writes the status if it changed.
+// its disks, and writes the status if it changed.
 func (r *VMReconciler) updateStatus(ctx context.Context, orig, vm *v1alpha1.VirtualMachine, vmi *v1alpha1.VirtualMachineInstance) (ctrl.Result, error) {
+	d, err := r.readDisks(ctx, vm, vmi)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	var res ctrl.Result
+	if d.uncached && d.state != diskReady {
+		res.RequeueAfter = uncachedDiskRetry
+	}
+	r.setDisksReady(vm, d)
 	s := &vm.Status
 	s.ObservedGeneration = vm.Generation
 	s.Created = vmi != nil
@@ -495,25 +516,45 @@ func (r *VMReconciler) updateStatus(ctx context.Context, orig, vm *v1alpha1.Virt
 		case vmi.Status.Phase == v1alpha1.Unknown:
 			// Says which node is down and that the disks wait there.
 			ready.Reason, ready.Message = ReasonNodeUnreachable, vmi.Status.Message
+		default:
+			if c := unschedulable(vmi); c != nil {
+				// The scheduler's words: which resource, taint or
+				// affinity no node satisfies.
+				ready.Reason, ready.Message = ReasonUnschedulable, "the launcher pod cannot be scheduled: "+c.Message
+			}
 		}
 	}
 	meta.SetStatusCondition(&s.Conditions, ready)
 	if vm.DeletionTimestamp != nil {
 		s.PrintableStatus = v1alpha1.PrintableStatusTerminating
 	} else {
-		s.PrintableStatus = printableStatus(vm, vmi, r.now())
+		s.PrintableStatus = printableStatus(vm, vmi, d.state, r.now())
 	}
 	if equality.Semantic.DeepEqual(orig.Status, vm.Status) {
-		return ctrl.Result{}, nil
+		return res, nil
 	}
 	if err := r.Client.Status().Patch(ctx, vm, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})); err != nil {
 		return requeueOnConflict(fmt.Errorf("update status of VM %s/%s: %w", vm.Namespace, vm.Name, err))
 	}
-	return ctrl.Result{}, nil
+	return res, nil
 }
 
-// printableStatus is the VM's state in one word.
-func printableStatus(vm *v1alpha1.VirtualMachine, vmi *v1alpha1.VirtualMachineInstance, now time.Time) v1alpha1.VirtualMachinePrintableStatus {
+// unschedulable is the VMI's PodScheduled condition when the scheduler
+// found no node for the launcher pod, else nil.
+func unschedulable(vmi *v1alpha1.VirtualMachineInstance) *metav1.Condition {
+	c := meta.FindStatusCondition(vmi.Status.Conditions, ConditionPodScheduled)
+	if c != nil && c.Status == metav1.ConditionFalse && c.Reason == ReasonUnschedulable {
+		return c
+	}
+	return nil
+}
+
+// printableStatus is the VM's state in one word. While the VM starts, its
+// disks come first: a failed import, or one under way, is why it has not
+// started; a PVC that merely waits for a volume yields to the launcher
+// pod's own trouble, which may be what holds the volume back (with
+// WaitForFirstConsumer it is made once the pod has a node).
+func printableStatus(vm *v1alpha1.VirtualMachine, vmi *v1alpha1.VirtualMachineInstance, disks diskState, now time.Time) v1alpha1.VirtualMachinePrintableStatus {
 	if vmi == nil {
 		if f := vm.Status.StartFailure; f != nil && f.RetryAfterTimestamp != nil && now.Before(f.RetryAfterTimestamp.Time) {
 			return v1alpha1.PrintableStatusCrashLoopBackOff
@@ -536,6 +577,12 @@ func printableStatus(vm *v1alpha1.VirtualMachine, vmi *v1alpha1.VirtualMachineIn
 	case v1alpha1.Unknown:
 		return v1alpha1.PrintableStatusUnknown
 	}
+	switch disks {
+	case diskImportFailed:
+		return v1alpha1.PrintableStatusDiskImportFailure
+	case diskImporting:
+		return v1alpha1.PrintableStatusProvisioning
+	}
 	if c := meta.FindStatusCondition(vmi.Status.Conditions, ConditionSynchronized); c != nil && c.Status == metav1.ConditionFalse {
 		switch c.Reason {
 		case ReasonPVCNotFound:
@@ -544,8 +591,11 @@ func printableStatus(vm *v1alpha1.VirtualMachine, vmi *v1alpha1.VirtualMachineIn
 			return v1alpha1.PrintableStatusLauncherPodFailure
 		}
 	}
-	if c := meta.FindStatusCondition(vmi.Status.Conditions, ConditionPodScheduled); c != nil && c.Status == metav1.ConditionFalse && c.Reason == ReasonUnschedulable {
+	if unschedulable(vmi) != nil {
 		return v1alpha1.PrintableStatusUnschedulable
+	}
+	if disks == diskClaimPending {
+		return v1alpha1.PrintableStatusProvisioning
 	}
 	return v1alpha1.PrintableStatusStarting
 }

@@ -282,3 +282,28 @@ func TestCrashLoopBackOff(t *testing.T) {
 			fmt.Sprintf("%+v", vm.Status.StartFailure)
 	})
 }
+
+// TestVMUnschedulableSaysWhy: a VM whose launcher pod fits no node is
+// ErrorUnschedulable, its Ready condition quoting the scheduler.
+func TestVMUnschedulableSaysWhy(t *testing.T) {
+	ns := namespace(t)
+	create(t, testVM(ns, "huge", v1alpha1.RunStrategyAlways))
+	pod := launcherPodOf(t, waitVMI(t, ns, "huge", "", v1alpha1.Scheduling))
+	const why = "0/3 nodes are available: 3 Insufficient memory. preemption: 0/3 nodes are available: 3 No preemption victims found for incoming pod."
+	polltest.Eventually(t, wait, "pod marked unschedulable", func() (bool, string) {
+		cur := &corev1.Pod{}
+		if err := k8s.Get(context.Background(), client.ObjectKeyFromObject(pod), cur); err != nil {
+			return false, err.Error()
+		}
+		cur.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodScheduled, Status: corev1.ConditionFalse,
+			Reason: corev1.PodReasonUnschedulable, Message: why, LastTransitionTime: metav1.Now()}}
+		err := k8s.Status().Update(context.Background(), cur)
+		return err == nil, fmt.Sprint(err)
+	})
+	vm := waitVMStatus(t, ns, "huge", v1alpha1.PrintableStatusUnschedulable)
+	polltest.Eventually(t, wait, "the VM's Ready condition quotes the scheduler", func() (bool, string) {
+		vm = getVM(t, ns, "huge")
+		c := meta.FindStatusCondition(vm.Status.Conditions, ConditionReady)
+		return c != nil && c.Status == metav1.ConditionFalse && c.Reason == ReasonUnschedulable && c.Message == "the launcher pod cannot be scheduled: "+why, fmt.Sprintf("%+v", c)
+	})
+}

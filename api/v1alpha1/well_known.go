@@ -26,8 +26,8 @@ const (
 	CreatedByLabel = "podvirt.io/created-by"
 	// VMINameLabel is the name of the VMI a launcher pod belongs to.
 	VMINameLabel = "podvirt.io/vmi"
-	// VMNameLabel is the name of the VM a VMI or disk-template PVC
-	// belongs to.
+	// VMNameLabel is the name of the VM a VMI, disk-template PVC or
+	// containerDisk PVC belongs to.
 	VMNameLabel = "podvirt.io/vm"
 )
 
