@@ -74,7 +74,7 @@ func NewRootCommand(name string, streams genericiooptions.IOStreams) *cobra.Comm
 		o.startCommand(), o.stopCommand(), o.restartCommand(),
 		o.pauseCommand(true), o.pauseCommand(false),
 		o.consoleCommand(), o.vncCommand(), o.versionCommand(),
-		o.createCommand(),
+		o.createCommand(), o.convertCommand(),
 	)
 	return root
 }
