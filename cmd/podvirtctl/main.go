@@ -1,5 +1,6 @@
-// Command podvirtctl starts, stops and reaches podvirt VMs: start, stop,
-// restart, pause, unpause, console, vnc, version and shell completion.
+// Command podvirtctl writes, starts, stops and reaches podvirt VMs: create
+// vm and convert (print manifests), start, stop, restart, pause, unpause,
+// console, vnc, version and shell completion.
 //
 // Installed (or linked) as kubectl-virt on the PATH it is also the kubectl
 // plugin `kubectl virt`. It takes kubectl's connection flags (--kubeconfig,

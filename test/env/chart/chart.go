@@ -2,7 +2,8 @@
 // pinned helm binary: values for a local cluster (test/env/cluster), the
 // VolumeSnapshot CRDs the chart expects the cluster to have, install and
 // uninstall. `make demo` and the e2e suite install podvirt through it; its
-// tests lint, render, dry-run and install the chart on real API servers.
+// tests lint, render, dry-run and install the chart on real API servers,
+// and create its examples on one.
 package chart
 
 import (

@@ -1,8 +1,9 @@
-// Package cli is podvirtctl's command tree. Every command talks to the API
-// server only: lifecycle commands edit the VM's run strategy or its
-// status.stateChangeRequests as the controller expects, pause/unpause set
-// the VMI's podvirt.io/paused annotation for the node daemon, and console
-// and vnc reach the launcher pod through pods/exec.
+// Package cli is podvirtctl's command tree. Every command that acts talks
+// to the API server only: lifecycle commands edit the VM's run strategy or
+// its status.stateChangeRequests as the controller expects, pause/unpause
+// set the VMI's podvirt.io/paused annotation for the node daemon, and
+// console and vnc reach the launcher pod through pods/exec. create and
+// convert only print manifests and reach no server.
 package cli
 
 import (
@@ -60,7 +61,7 @@ func NewRootCommand(name string, streams genericiooptions.IOStreams) *cobra.Comm
 	root := &cobra.Command{
 		Use:           name,
 		Annotations:   map[string]string{cobra.CommandDisplayNameAnnotation: name}, // "kubectl virt" in usage
-		Short:         "Start, stop and reach podvirt virtual machines",
+		Short:         "Create, start, stop and reach podvirt virtual machines",
 		Long:          name + " drives podvirt VMs (podvirt.io VirtualMachine and VirtualMachineInstance) through the Kubernetes API server.",
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -73,6 +74,7 @@ func NewRootCommand(name string, streams genericiooptions.IOStreams) *cobra.Comm
 		o.startCommand(), o.stopCommand(), o.restartCommand(),
 		o.pauseCommand(true), o.pauseCommand(false),
 		o.consoleCommand(), o.vncCommand(), o.versionCommand(),
+		o.createCommand(), o.convertCommand(),
 	)
 	return root
 }
