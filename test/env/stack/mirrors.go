@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 
 	"github.com/podvirt/podvirt/test/env/registry"
@@ -80,6 +81,16 @@ func (m *Mirrors) PushFresh(ctx context.Context, tag string) (string, error) {
 		return "", fmt.Errorf("annotating the guest image for tag %s", tag)
 	}
 	if _, err := m.Up.Push(ctx, GuestRepo+":"+tag, img); err != nil {
+		return "", err
+	}
+	return "docker://" + guestRegistry + "/" + GuestRepo + ":" + tag, nil
+}
+
+// PushNotADisk pushes, as GuestRepo:tag on the mirror that is up, an image
+// with no disk under /disk/: its import is refused for good. It returns the
+// PVC source.
+func (m *Mirrors) PushNotADisk(ctx context.Context, tag string) (string, error) {
+	if _, err := m.Up.Push(ctx, GuestRepo+":"+tag, empty.Image); err != nil {
 		return "", err
 	}
 	return "docker://" + guestRegistry + "/" + GuestRepo + ":" + tag, nil
