@@ -2,7 +2,8 @@
 // marker, the pod's hostname and every network interface with its MAC and
 // addresses, then exits 0. Tests read this through the pod's logs. With
 // PROBE_CONNECT=host:port it also opens a TCP connection there and reports
-// the outcome (a pod reaching a Service through kube-proxy, say). With
+// the outcome (a pod reaching a Service through kube-proxy, say), trying
+// again for up to PROBE_CONNECT_WITHIN (a Go duration; default once). With
 // PROBE_DEVICES=/dev/a,/dev/b it reports, for each, whether it is a device
 // node and opens read-write (a device plugin's allocation, say). With
 // PROBE_LISTEN=:port it then serves TCP there until killed, greeting each
@@ -43,7 +44,8 @@ func main() {
 		}
 	}
 	if addr := os.Getenv("PROBE_CONNECT"); addr != "" {
-		conn, err := net.DialTimeout("tcp", addr, 10*time.Second)
+		within, _ := time.ParseDuration(os.Getenv("PROBE_CONNECT_WITHIN"))
+		conn, err := connect(addr, within)
 		if err != nil {
 			fmt.Printf("connect %s: %v\n", addr, err)
 			os.Exit(1)
@@ -53,6 +55,20 @@ func main() {
 	}
 	if addr := os.Getenv("PROBE_LISTEN"); addr != "" {
 		serve(addr, host)
+	}
+}
+
+// connect dials addr, again every second until within has passed: a
+// Service's forwarding rules may be made a moment after its endpoints.
+func connect(addr string, within time.Duration) (net.Conn, error) {
+	deadline := time.Now().Add(within)
+	for {
+		conn, err := net.DialTimeout("tcp", addr, 10*time.Second)
+		if err == nil || time.Now().After(deadline) {
+			return conn, err
+		}
+		fmt.Printf("connect %s: %v (trying again)\n", addr, err)
+		time.Sleep(time.Second)
 	}
 }
 

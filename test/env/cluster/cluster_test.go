@@ -258,18 +258,14 @@ func testAcrossNodes(ctx context.Context, t *testing.T, c *Cluster) {
 		t.Fatal(err)
 	}
 	addr := net.JoinHostPort(svc.Spec.ClusterIP, "80")
-	// kube-proxy syncs its rules within a second or so of the
-	// EndpointSlice: a probe may come too early, so try a few.
-	var logs string
-	err = c.waitFor(ctx, "Service "+addr+" from node "+nodes[1].Name, "", 2*time.Minute, func(ctx context.Context) (bool, error) {
-		pod := ProbePod(fmt.Sprintf("to-service-%d", time.Now().UnixNano()), nil)
-		pod.Spec.NodeName = nodes[1].Name
-		pod.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "PROBE_CONNECT", Value: addr}}
-		_, logs, err = c.RunToCompletion(ctx, pod, time.Minute)
-		return err == nil && strings.Contains(logs, "connect "+addr+": ok"), err
-	})
-	if err != nil {
-		t.Errorf("a pod on node %s did not reach Service %s (backed by a pod on node %s): %v", nodes[1].Name, addr, nodes[0].Name, err)
+	// kube-proxy makes its rules a moment after the EndpointSlice: the
+	// probe tries for a minute.
+	pod := ProbePod("to-service", nil)
+	pod.Spec.NodeName = nodes[1].Name
+	pod.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "PROBE_CONNECT", Value: addr}, {Name: "PROBE_CONNECT_WITHIN", Value: "60s"}}
+	_, logs, err := c.RunToCompletion(ctx, pod, 3*time.Minute)
+	if err != nil || !strings.Contains(logs, "connect "+addr+": ok") {
+		t.Errorf("a pod on node %s did not reach Service %s (backed by a pod on node %s): %v\n%s", nodes[1].Name, addr, nodes[0].Name, err, logs)
 	}
 }
 

@@ -17,8 +17,8 @@ import (
 
 // setupNodeLink creates the <Name>-node bridge, the underlay every node
 // joins, holding NodeIP/24: an address that is not loopback (the kubelet
-// insists) and reaches nothing outside this machine; and the shared L2
-// segment.
+// insists) and reaches nothing outside this machine; the Service CIDR's
+// route onto it; and the shared L2 segment.
 func (c *Cluster) setupNodeLink(context.Context) error {
 	link, err := c.ensureBridge(c.link("node"))
 	if err != nil {
@@ -27,6 +27,13 @@ func (c *Cluster) setupNodeLink(context.Context) error {
 	addr := &netlink.Addr{IPNet: &net.IPNet{IP: c.cfg.NodeIP, Mask: net.CIDRMask(24, 32)}}
 	if err := netlink.AddrReplace(link, addr); err != nil {
 		return fmt.Errorf("add %s to %s: %w", addr, link.Attrs().Name, err)
+	}
+	// ClusterIPs that no kube-proxy rewrote (a node without one, rules not
+	// made yet) end on the underlay instead of following the machine's
+	// default route out of it.
+	_, services, _ := net.ParseCIDR(c.cfg.ServiceSubnet)
+	if err := netlink.RouteReplace(&netlink.Route{LinkIndex: link.Attrs().Index, Dst: services, Scope: netlink.SCOPE_LINK}); err != nil {
+		return fmt.Errorf("route %s to %s: %w", services, link.Attrs().Name, err)
 	}
 	return c.setupSegment()
 }

@@ -47,7 +47,7 @@ func (c *Cluster) RunToCompletion(ctx context.Context, pod *corev1.Pod, timeout 
 		return nil, "", fmt.Errorf("create pod %s/%s: %w", pod.Namespace, pod.Name, err)
 	}
 	var got *corev1.Pod
-	err = c.waitFor(ctx, "pod "+pod.Name+" Succeeded", "kubelet", timeout, func(ctx context.Context) (bool, error) {
+	err = c.waitFor(ctx, "pod "+pod.Name+" Succeeded", c.kubeletLog(pod.Spec.NodeName), timeout, func(ctx context.Context) (bool, error) {
 		got, err = pods.Get(ctx, pod.Name, metav1.GetOptions{})
 		if err != nil {
 			return false, err
@@ -98,6 +98,15 @@ func (c *Cluster) StartServer(ctx context.Context, pod *corev1.Pod, timeout time
 		return true, nil
 	})
 	return got, err
+}
+
+// kubeletLog names the log of node's kubelet (the first node's when node
+// is "" or unknown).
+func (c *Cluster) kubeletLog(node string) string {
+	if n, err := c.node(node); err == nil {
+		return processName("kubelet", n)
+	}
+	return "kubelet"
 }
 
 // podProblem summarises why a pod is not running: the first waiting or
