@@ -42,6 +42,11 @@ func Setup(mgr ctrl.Manager, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("controller metrics: %w", err)
 	}
+	if cfg.Registerer != nil {
+		if err := cfg.Registerer.Register(newPhaseCount(mgr.GetCache())); err != nil {
+			return fmt.Errorf("controller metrics: %w", err)
+		}
+	}
 	vmi := &VMIReconciler{
 		metrics:   m,
 		Client:    mgr.GetClient(),

@@ -602,6 +602,502 @@ func (x *ConsoleData) GetData() []byte {
 	return nil
 }
 
+type DomainStatsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DomainStatsRequest) Reset() {
+	*x = DomainStatsRequest{}
+	mi := &file_command_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DomainStatsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DomainStatsRequest) ProtoMessage() {}
+
+func (x *DomainStatsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DomainStatsRequest.ProtoReflect.Descriptor instead.
+func (*DomainStatsRequest) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{12}
+}
+
+// DomainStatsResponse is a snapshot of the domain's counters as libvirt
+// reports them (virConnectGetAllDomainStats), in bytes and nanoseconds.
+// Counters only grow while the domain runs; a field libvirt did not
+// report is absent (optional), not zero.
+type DomainStatsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// cpu_time_ns is the CPU time of the whole QEMU process (vCPUs and
+	// emulator threads), cpu_user_ns and cpu_system_ns its split.
+	CpuTimeNs     *uint64           `protobuf:"varint,1,opt,name=cpu_time_ns,json=cpuTimeNs,proto3,oneof" json:"cpu_time_ns,omitempty"`
+	CpuUserNs     *uint64           `protobuf:"varint,2,opt,name=cpu_user_ns,json=cpuUserNs,proto3,oneof" json:"cpu_user_ns,omitempty"`
+	CpuSystemNs   *uint64           `protobuf:"varint,3,opt,name=cpu_system_ns,json=cpuSystemNs,proto3,oneof" json:"cpu_system_ns,omitempty"`
+	Vcpus         []*VCPUStats      `protobuf:"bytes,4,rep,name=vcpus,proto3" json:"vcpus,omitempty"`
+	Memory        *MemoryStats      `protobuf:"bytes,5,opt,name=memory,proto3" json:"memory,omitempty"`
+	Disks         []*DiskStats      `protobuf:"bytes,6,rep,name=disks,proto3" json:"disks,omitempty"`
+	Interfaces    []*InterfaceStats `protobuf:"bytes,7,rep,name=interfaces,proto3" json:"interfaces,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DomainStatsResponse) Reset() {
+	*x = DomainStatsResponse{}
+	mi := &file_command_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DomainStatsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DomainStatsResponse) ProtoMessage() {}
+
+func (x *DomainStatsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DomainStatsResponse.ProtoReflect.Descriptor instead.
+func (*DomainStatsResponse) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *DomainStatsResponse) GetCpuTimeNs() uint64 {
+	if x != nil && x.CpuTimeNs != nil {
+		return *x.CpuTimeNs
+	}
+	return 0
+}
+
+func (x *DomainStatsResponse) GetCpuUserNs() uint64 {
+	if x != nil && x.CpuUserNs != nil {
+		return *x.CpuUserNs
+	}
+	return 0
+}
+
+func (x *DomainStatsResponse) GetCpuSystemNs() uint64 {
+	if x != nil && x.CpuSystemNs != nil {
+		return *x.CpuSystemNs
+	}
+	return 0
+}
+
+func (x *DomainStatsResponse) GetVcpus() []*VCPUStats {
+	if x != nil {
+		return x.Vcpus
+	}
+	return nil
+}
+
+func (x *DomainStatsResponse) GetMemory() *MemoryStats {
+	if x != nil {
+		return x.Memory
+	}
+	return nil
+}
+
+func (x *DomainStatsResponse) GetDisks() []*DiskStats {
+	if x != nil {
+		return x.Disks
+	}
+	return nil
+}
+
+func (x *DomainStatsResponse) GetInterfaces() []*InterfaceStats {
+	if x != nil {
+		return x.Interfaces
+	}
+	return nil
+}
+
+type VCPUStats struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    uint32                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// time_ns is the time the vCPU ran.
+	TimeNs        *uint64 `protobuf:"varint,2,opt,name=time_ns,json=timeNs,proto3,oneof" json:"time_ns,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VCPUStats) Reset() {
+	*x = VCPUStats{}
+	mi := &file_command_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VCPUStats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VCPUStats) ProtoMessage() {}
+
+func (x *VCPUStats) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VCPUStats.ProtoReflect.Descriptor instead.
+func (*VCPUStats) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *VCPUStats) GetId() uint32 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *VCPUStats) GetTimeNs() uint64 {
+	if x != nil && x.TimeNs != nil {
+		return *x.TimeNs
+	}
+	return 0
+}
+
+type MemoryStats struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// actual_balloon_bytes is the memory the guest has now (the balloon's
+	// current size), rss_bytes what QEMU's process holds on the host.
+	ActualBalloonBytes *uint64 `protobuf:"varint,1,opt,name=actual_balloon_bytes,json=actualBalloonBytes,proto3,oneof" json:"actual_balloon_bytes,omitempty"`
+	RssBytes           *uint64 `protobuf:"varint,2,opt,name=rss_bytes,json=rssBytes,proto3,oneof" json:"rss_bytes,omitempty"`
+	// available_bytes and unused_bytes are what the guest's balloon driver
+	// reports: usable memory and memory left free. Absent without one.
+	AvailableBytes *uint64 `protobuf:"varint,3,opt,name=available_bytes,json=availableBytes,proto3,oneof" json:"available_bytes,omitempty"`
+	UnusedBytes    *uint64 `protobuf:"varint,4,opt,name=unused_bytes,json=unusedBytes,proto3,oneof" json:"unused_bytes,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *MemoryStats) Reset() {
+	*x = MemoryStats{}
+	mi := &file_command_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MemoryStats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MemoryStats) ProtoMessage() {}
+
+func (x *MemoryStats) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MemoryStats.ProtoReflect.Descriptor instead.
+func (*MemoryStats) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *MemoryStats) GetActualBalloonBytes() uint64 {
+	if x != nil && x.ActualBalloonBytes != nil {
+		return *x.ActualBalloonBytes
+	}
+	return 0
+}
+
+func (x *MemoryStats) GetRssBytes() uint64 {
+	if x != nil && x.RssBytes != nil {
+		return *x.RssBytes
+	}
+	return 0
+}
+
+func (x *MemoryStats) GetAvailableBytes() uint64 {
+	if x != nil && x.AvailableBytes != nil {
+		return *x.AvailableBytes
+	}
+	return 0
+}
+
+func (x *MemoryStats) GetUnusedBytes() uint64 {
+	if x != nil && x.UnusedBytes != nil {
+		return *x.UnusedBytes
+	}
+	return 0
+}
+
+// DiskStats is one disk of the domain.
+type DiskStats struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is the VMI disk name, device the guest device (vda).
+	Name          string  `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Device        string  `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"`
+	ReadBytes     *uint64 `protobuf:"varint,3,opt,name=read_bytes,json=readBytes,proto3,oneof" json:"read_bytes,omitempty"`
+	WriteBytes    *uint64 `protobuf:"varint,4,opt,name=write_bytes,json=writeBytes,proto3,oneof" json:"write_bytes,omitempty"`
+	ReadOps       *uint64 `protobuf:"varint,5,opt,name=read_ops,json=readOps,proto3,oneof" json:"read_ops,omitempty"`
+	WriteOps      *uint64 `protobuf:"varint,6,opt,name=write_ops,json=writeOps,proto3,oneof" json:"write_ops,omitempty"`
+	ReadTimeNs    *uint64 `protobuf:"varint,7,opt,name=read_time_ns,json=readTimeNs,proto3,oneof" json:"read_time_ns,omitempty"`
+	WriteTimeNs   *uint64 `protobuf:"varint,8,opt,name=write_time_ns,json=writeTimeNs,proto3,oneof" json:"write_time_ns,omitempty"`
+	FlushOps      *uint64 `protobuf:"varint,9,opt,name=flush_ops,json=flushOps,proto3,oneof" json:"flush_ops,omitempty"`
+	FlushTimeNs   *uint64 `protobuf:"varint,10,opt,name=flush_time_ns,json=flushTimeNs,proto3,oneof" json:"flush_time_ns,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DiskStats) Reset() {
+	*x = DiskStats{}
+	mi := &file_command_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DiskStats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DiskStats) ProtoMessage() {}
+
+func (x *DiskStats) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DiskStats.ProtoReflect.Descriptor instead.
+func (*DiskStats) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *DiskStats) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DiskStats) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
+}
+
+func (x *DiskStats) GetReadBytes() uint64 {
+	if x != nil && x.ReadBytes != nil {
+		return *x.ReadBytes
+	}
+	return 0
+}
+
+func (x *DiskStats) GetWriteBytes() uint64 {
+	if x != nil && x.WriteBytes != nil {
+		return *x.WriteBytes
+	}
+	return 0
+}
+
+func (x *DiskStats) GetReadOps() uint64 {
+	if x != nil && x.ReadOps != nil {
+		return *x.ReadOps
+	}
+	return 0
+}
+
+func (x *DiskStats) GetWriteOps() uint64 {
+	if x != nil && x.WriteOps != nil {
+		return *x.WriteOps
+	}
+	return 0
+}
+
+func (x *DiskStats) GetReadTimeNs() uint64 {
+	if x != nil && x.ReadTimeNs != nil {
+		return *x.ReadTimeNs
+	}
+	return 0
+}
+
+func (x *DiskStats) GetWriteTimeNs() uint64 {
+	if x != nil && x.WriteTimeNs != nil {
+		return *x.WriteTimeNs
+	}
+	return 0
+}
+
+func (x *DiskStats) GetFlushOps() uint64 {
+	if x != nil && x.FlushOps != nil {
+		return *x.FlushOps
+	}
+	return 0
+}
+
+func (x *DiskStats) GetFlushTimeNs() uint64 {
+	if x != nil && x.FlushTimeNs != nil {
+		return *x.FlushTimeNs
+	}
+	return 0
+}
+
+// InterfaceStats is one NIC of the domain with a host-side device (a
+// tap); rx is what the guest received, tx what it sent.
+type InterfaceStats struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is the VMI interface (and network) name, device the host tap.
+	Name          string  `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Device        string  `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"`
+	RxBytes       *uint64 `protobuf:"varint,3,opt,name=rx_bytes,json=rxBytes,proto3,oneof" json:"rx_bytes,omitempty"`
+	RxPackets     *uint64 `protobuf:"varint,4,opt,name=rx_packets,json=rxPackets,proto3,oneof" json:"rx_packets,omitempty"`
+	RxErrors      *uint64 `protobuf:"varint,5,opt,name=rx_errors,json=rxErrors,proto3,oneof" json:"rx_errors,omitempty"`
+	RxDropped     *uint64 `protobuf:"varint,6,opt,name=rx_dropped,json=rxDropped,proto3,oneof" json:"rx_dropped,omitempty"`
+	TxBytes       *uint64 `protobuf:"varint,7,opt,name=tx_bytes,json=txBytes,proto3,oneof" json:"tx_bytes,omitempty"`
+	TxPackets     *uint64 `protobuf:"varint,8,opt,name=tx_packets,json=txPackets,proto3,oneof" json:"tx_packets,omitempty"`
+	TxErrors      *uint64 `protobuf:"varint,9,opt,name=tx_errors,json=txErrors,proto3,oneof" json:"tx_errors,omitempty"`
+	TxDropped     *uint64 `protobuf:"varint,10,opt,name=tx_dropped,json=txDropped,proto3,oneof" json:"tx_dropped,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InterfaceStats) Reset() {
+	*x = InterfaceStats{}
+	mi := &file_command_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InterfaceStats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InterfaceStats) ProtoMessage() {}
+
+func (x *InterfaceStats) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InterfaceStats.ProtoReflect.Descriptor instead.
+func (*InterfaceStats) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *InterfaceStats) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *InterfaceStats) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
+}
+
+func (x *InterfaceStats) GetRxBytes() uint64 {
+	if x != nil && x.RxBytes != nil {
+		return *x.RxBytes
+	}
+	return 0
+}
+
+func (x *InterfaceStats) GetRxPackets() uint64 {
+	if x != nil && x.RxPackets != nil {
+		return *x.RxPackets
+	}
+	return 0
+}
+
+func (x *InterfaceStats) GetRxErrors() uint64 {
+	if x != nil && x.RxErrors != nil {
+		return *x.RxErrors
+	}
+	return 0
+}
+
+func (x *InterfaceStats) GetRxDropped() uint64 {
+	if x != nil && x.RxDropped != nil {
+		return *x.RxDropped
+	}
+	return 0
+}
+
+func (x *InterfaceStats) GetTxBytes() uint64 {
+	if x != nil && x.TxBytes != nil {
+		return *x.TxBytes
+	}
+	return 0
+}
+
+func (x *InterfaceStats) GetTxPackets() uint64 {
+	if x != nil && x.TxPackets != nil {
+		return *x.TxPackets
+	}
+	return 0
+}
+
+func (x *InterfaceStats) GetTxErrors() uint64 {
+	if x != nil && x.TxErrors != nil {
+		return *x.TxErrors
+	}
+	return 0
+}
+
+func (x *InterfaceStats) GetTxDropped() uint64 {
+	if x != nil && x.TxDropped != nil {
+		return *x.TxDropped
+	}
+	return 0
+}
+
 var File_command_proto protoreflect.FileDescriptor
 
 const file_command_proto_rawDesc = "" +
@@ -635,7 +1131,87 @@ const file_command_proto_rawDesc = "" +
 	"\rResumeRequest\"\x10\n" +
 	"\x0eResumeResponse\"!\n" +
 	"\vConsoleData\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data2\xa3\x05\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"\x14\n" +
+	"\x12DomainStatsRequest\"\xbd\x03\n" +
+	"\x13DomainStatsResponse\x12#\n" +
+	"\vcpu_time_ns\x18\x01 \x01(\x04H\x00R\tcpuTimeNs\x88\x01\x01\x12#\n" +
+	"\vcpu_user_ns\x18\x02 \x01(\x04H\x01R\tcpuUserNs\x88\x01\x01\x12'\n" +
+	"\rcpu_system_ns\x18\x03 \x01(\x04H\x02R\vcpuSystemNs\x88\x01\x01\x12:\n" +
+	"\x05vcpus\x18\x04 \x03(\v2$.podvirt.launcher.v1alpha1.VCPUStatsR\x05vcpus\x12>\n" +
+	"\x06memory\x18\x05 \x01(\v2&.podvirt.launcher.v1alpha1.MemoryStatsR\x06memory\x12:\n" +
+	"\x05disks\x18\x06 \x03(\v2$.podvirt.launcher.v1alpha1.DiskStatsR\x05disks\x12I\n" +
+	"\n" +
+	"interfaces\x18\a \x03(\v2).podvirt.launcher.v1alpha1.InterfaceStatsR\n" +
+	"interfacesB\x0e\n" +
+	"\f_cpu_time_nsB\x0e\n" +
+	"\f_cpu_user_nsB\x10\n" +
+	"\x0e_cpu_system_ns\"E\n" +
+	"\tVCPUStats\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\rR\x02id\x12\x1c\n" +
+	"\atime_ns\x18\x02 \x01(\x04H\x00R\x06timeNs\x88\x01\x01B\n" +
+	"\n" +
+	"\b_time_ns\"\x88\x02\n" +
+	"\vMemoryStats\x125\n" +
+	"\x14actual_balloon_bytes\x18\x01 \x01(\x04H\x00R\x12actualBalloonBytes\x88\x01\x01\x12 \n" +
+	"\trss_bytes\x18\x02 \x01(\x04H\x01R\brssBytes\x88\x01\x01\x12,\n" +
+	"\x0favailable_bytes\x18\x03 \x01(\x04H\x02R\x0eavailableBytes\x88\x01\x01\x12&\n" +
+	"\funused_bytes\x18\x04 \x01(\x04H\x03R\vunusedBytes\x88\x01\x01B\x17\n" +
+	"\x15_actual_balloon_bytesB\f\n" +
+	"\n" +
+	"_rss_bytesB\x12\n" +
+	"\x10_available_bytesB\x0f\n" +
+	"\r_unused_bytes\"\xdb\x03\n" +
+	"\tDiskStats\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06device\x18\x02 \x01(\tR\x06device\x12\"\n" +
+	"\n" +
+	"read_bytes\x18\x03 \x01(\x04H\x00R\treadBytes\x88\x01\x01\x12$\n" +
+	"\vwrite_bytes\x18\x04 \x01(\x04H\x01R\n" +
+	"writeBytes\x88\x01\x01\x12\x1e\n" +
+	"\bread_ops\x18\x05 \x01(\x04H\x02R\areadOps\x88\x01\x01\x12 \n" +
+	"\twrite_ops\x18\x06 \x01(\x04H\x03R\bwriteOps\x88\x01\x01\x12%\n" +
+	"\fread_time_ns\x18\a \x01(\x04H\x04R\n" +
+	"readTimeNs\x88\x01\x01\x12'\n" +
+	"\rwrite_time_ns\x18\b \x01(\x04H\x05R\vwriteTimeNs\x88\x01\x01\x12 \n" +
+	"\tflush_ops\x18\t \x01(\x04H\x06R\bflushOps\x88\x01\x01\x12'\n" +
+	"\rflush_time_ns\x18\n" +
+	" \x01(\x04H\aR\vflushTimeNs\x88\x01\x01B\r\n" +
+	"\v_read_bytesB\x0e\n" +
+	"\f_write_bytesB\v\n" +
+	"\t_read_opsB\f\n" +
+	"\n" +
+	"_write_opsB\x0f\n" +
+	"\r_read_time_nsB\x10\n" +
+	"\x0e_write_time_nsB\f\n" +
+	"\n" +
+	"_flush_opsB\x10\n" +
+	"\x0e_flush_time_ns\"\xc2\x03\n" +
+	"\x0eInterfaceStats\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06device\x18\x02 \x01(\tR\x06device\x12\x1e\n" +
+	"\brx_bytes\x18\x03 \x01(\x04H\x00R\arxBytes\x88\x01\x01\x12\"\n" +
+	"\n" +
+	"rx_packets\x18\x04 \x01(\x04H\x01R\trxPackets\x88\x01\x01\x12 \n" +
+	"\trx_errors\x18\x05 \x01(\x04H\x02R\brxErrors\x88\x01\x01\x12\"\n" +
+	"\n" +
+	"rx_dropped\x18\x06 \x01(\x04H\x03R\trxDropped\x88\x01\x01\x12\x1e\n" +
+	"\btx_bytes\x18\a \x01(\x04H\x04R\atxBytes\x88\x01\x01\x12\"\n" +
+	"\n" +
+	"tx_packets\x18\b \x01(\x04H\x05R\ttxPackets\x88\x01\x01\x12 \n" +
+	"\ttx_errors\x18\t \x01(\x04H\x06R\btxErrors\x88\x01\x01\x12\"\n" +
+	"\n" +
+	"tx_dropped\x18\n" +
+	" \x01(\x04H\aR\ttxDropped\x88\x01\x01B\v\n" +
+	"\t_rx_bytesB\r\n" +
+	"\v_rx_packetsB\f\n" +
+	"\n" +
+	"_rx_errorsB\r\n" +
+	"\v_rx_droppedB\v\n" +
+	"\t_tx_bytesB\r\n" +
+	"\v_tx_packetsB\f\n" +
+	"\n" +
+	"_tx_errorsB\r\n" +
+	"\v_tx_dropped2\x91\x06\n" +
 	"\aCommand\x12[\n" +
 	"\x05Start\x12'.podvirt.launcher.v1alpha1.StartRequest\x1a).podvirt.launcher.v1alpha1.StatusResponse\x12]\n" +
 	"\x06Status\x12(.podvirt.launcher.v1alpha1.StatusRequest\x1a).podvirt.launcher.v1alpha1.StatusResponse\x12]\n" +
@@ -643,7 +1219,8 @@ const file_command_proto_rawDesc = "" +
 	"\bShutdown\x12*.podvirt.launcher.v1alpha1.ShutdownRequest\x1a+.podvirt.launcher.v1alpha1.ShutdownResponse\x12Z\n" +
 	"\x05Pause\x12'.podvirt.launcher.v1alpha1.PauseRequest\x1a(.podvirt.launcher.v1alpha1.PauseResponse\x12]\n" +
 	"\x06Resume\x12(.podvirt.launcher.v1alpha1.ResumeRequest\x1a).podvirt.launcher.v1alpha1.ResumeResponse\x12]\n" +
-	"\aConsole\x12&.podvirt.launcher.v1alpha1.ConsoleData\x1a&.podvirt.launcher.v1alpha1.ConsoleData(\x010\x01B2Z0github.com/podvirt/podvirt/contracts/launchercmdb\x06proto3"
+	"\aConsole\x12&.podvirt.launcher.v1alpha1.ConsoleData\x1a&.podvirt.launcher.v1alpha1.ConsoleData(\x010\x01\x12l\n" +
+	"\vDomainStats\x12-.podvirt.launcher.v1alpha1.DomainStatsRequest\x1a..podvirt.launcher.v1alpha1.DomainStatsResponseB2Z0github.com/podvirt/podvirt/contracts/launchercmdb\x06proto3"
 
 var (
 	file_command_proto_rawDescOnce sync.Once
@@ -657,42 +1234,54 @@ func file_command_proto_rawDescGZIP() []byte {
 	return file_command_proto_rawDescData
 }
 
-var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_command_proto_goTypes = []any{
-	(*StartRequest)(nil),     // 0: podvirt.launcher.v1alpha1.StartRequest
-	(*StatusRequest)(nil),    // 1: podvirt.launcher.v1alpha1.StatusRequest
-	(*WatchRequest)(nil),     // 2: podvirt.launcher.v1alpha1.WatchRequest
-	(*StatusResponse)(nil),   // 3: podvirt.launcher.v1alpha1.StatusResponse
-	(*Interface)(nil),        // 4: podvirt.launcher.v1alpha1.Interface
-	(*ShutdownRequest)(nil),  // 5: podvirt.launcher.v1alpha1.ShutdownRequest
-	(*ShutdownResponse)(nil), // 6: podvirt.launcher.v1alpha1.ShutdownResponse
-	(*PauseRequest)(nil),     // 7: podvirt.launcher.v1alpha1.PauseRequest
-	(*PauseResponse)(nil),    // 8: podvirt.launcher.v1alpha1.PauseResponse
-	(*ResumeRequest)(nil),    // 9: podvirt.launcher.v1alpha1.ResumeRequest
-	(*ResumeResponse)(nil),   // 10: podvirt.launcher.v1alpha1.ResumeResponse
-	(*ConsoleData)(nil),      // 11: podvirt.launcher.v1alpha1.ConsoleData
+	(*StartRequest)(nil),        // 0: podvirt.launcher.v1alpha1.StartRequest
+	(*StatusRequest)(nil),       // 1: podvirt.launcher.v1alpha1.StatusRequest
+	(*WatchRequest)(nil),        // 2: podvirt.launcher.v1alpha1.WatchRequest
+	(*StatusResponse)(nil),      // 3: podvirt.launcher.v1alpha1.StatusResponse
+	(*Interface)(nil),           // 4: podvirt.launcher.v1alpha1.Interface
+	(*ShutdownRequest)(nil),     // 5: podvirt.launcher.v1alpha1.ShutdownRequest
+	(*ShutdownResponse)(nil),    // 6: podvirt.launcher.v1alpha1.ShutdownResponse
+	(*PauseRequest)(nil),        // 7: podvirt.launcher.v1alpha1.PauseRequest
+	(*PauseResponse)(nil),       // 8: podvirt.launcher.v1alpha1.PauseResponse
+	(*ResumeRequest)(nil),       // 9: podvirt.launcher.v1alpha1.ResumeRequest
+	(*ResumeResponse)(nil),      // 10: podvirt.launcher.v1alpha1.ResumeResponse
+	(*ConsoleData)(nil),         // 11: podvirt.launcher.v1alpha1.ConsoleData
+	(*DomainStatsRequest)(nil),  // 12: podvirt.launcher.v1alpha1.DomainStatsRequest
+	(*DomainStatsResponse)(nil), // 13: podvirt.launcher.v1alpha1.DomainStatsResponse
+	(*VCPUStats)(nil),           // 14: podvirt.launcher.v1alpha1.VCPUStats
+	(*MemoryStats)(nil),         // 15: podvirt.launcher.v1alpha1.MemoryStats
+	(*DiskStats)(nil),           // 16: podvirt.launcher.v1alpha1.DiskStats
+	(*InterfaceStats)(nil),      // 17: podvirt.launcher.v1alpha1.InterfaceStats
 }
 var file_command_proto_depIdxs = []int32{
 	4,  // 0: podvirt.launcher.v1alpha1.StatusResponse.interfaces:type_name -> podvirt.launcher.v1alpha1.Interface
-	0,  // 1: podvirt.launcher.v1alpha1.Command.Start:input_type -> podvirt.launcher.v1alpha1.StartRequest
-	1,  // 2: podvirt.launcher.v1alpha1.Command.Status:input_type -> podvirt.launcher.v1alpha1.StatusRequest
-	2,  // 3: podvirt.launcher.v1alpha1.Command.Watch:input_type -> podvirt.launcher.v1alpha1.WatchRequest
-	5,  // 4: podvirt.launcher.v1alpha1.Command.Shutdown:input_type -> podvirt.launcher.v1alpha1.ShutdownRequest
-	7,  // 5: podvirt.launcher.v1alpha1.Command.Pause:input_type -> podvirt.launcher.v1alpha1.PauseRequest
-	9,  // 6: podvirt.launcher.v1alpha1.Command.Resume:input_type -> podvirt.launcher.v1alpha1.ResumeRequest
-	11, // 7: podvirt.launcher.v1alpha1.Command.Console:input_type -> podvirt.launcher.v1alpha1.ConsoleData
-	3,  // 8: podvirt.launcher.v1alpha1.Command.Start:output_type -> podvirt.launcher.v1alpha1.StatusResponse
-	3,  // 9: podvirt.launcher.v1alpha1.Command.Status:output_type -> podvirt.launcher.v1alpha1.StatusResponse
-	3,  // 10: podvirt.launcher.v1alpha1.Command.Watch:output_type -> podvirt.launcher.v1alpha1.StatusResponse
-	6,  // 11: podvirt.launcher.v1alpha1.Command.Shutdown:output_type -> podvirt.launcher.v1alpha1.ShutdownResponse
-	8,  // 12: podvirt.launcher.v1alpha1.Command.Pause:output_type -> podvirt.launcher.v1alpha1.PauseResponse
-	10, // 13: podvirt.launcher.v1alpha1.Command.Resume:output_type -> podvirt.launcher.v1alpha1.ResumeResponse
-	11, // 14: podvirt.launcher.v1alpha1.Command.Console:output_type -> podvirt.launcher.v1alpha1.ConsoleData
-	8,  // [8:15] is the sub-list for method output_type
-	1,  // [1:8] is the sub-list for method input_type
-	1,  // [1:1] is the sub-list for extension type_name
-	1,  // [1:1] is the sub-list for extension extendee
-	0,  // [0:1] is the sub-list for field type_name
+	14, // 1: podvirt.launcher.v1alpha1.DomainStatsResponse.vcpus:type_name -> podvirt.launcher.v1alpha1.VCPUStats
+	15, // 2: podvirt.launcher.v1alpha1.DomainStatsResponse.memory:type_name -> podvirt.launcher.v1alpha1.MemoryStats
+	16, // 3: podvirt.launcher.v1alpha1.DomainStatsResponse.disks:type_name -> podvirt.launcher.v1alpha1.DiskStats
+	17, // 4: podvirt.launcher.v1alpha1.DomainStatsResponse.interfaces:type_name -> podvirt.launcher.v1alpha1.InterfaceStats
+	0,  // 5: podvirt.launcher.v1alpha1.Command.Start:input_type -> podvirt.launcher.v1alpha1.StartRequest
+	1,  // 6: podvirt.launcher.v1alpha1.Command.Status:input_type -> podvirt.launcher.v1alpha1.StatusRequest
+	2,  // 7: podvirt.launcher.v1alpha1.Command.Watch:input_type -> podvirt.launcher.v1alpha1.WatchRequest
+	5,  // 8: podvirt.launcher.v1alpha1.Command.Shutdown:input_type -> podvirt.launcher.v1alpha1.ShutdownRequest
+	7,  // 9: podvirt.launcher.v1alpha1.Command.Pause:input_type -> podvirt.launcher.v1alpha1.PauseRequest
+	9,  // 10: podvirt.launcher.v1alpha1.Command.Resume:input_type -> podvirt.launcher.v1alpha1.ResumeRequest
+	11, // 11: podvirt.launcher.v1alpha1.Command.Console:input_type -> podvirt.launcher.v1alpha1.ConsoleData
+	12, // 12: podvirt.launcher.v1alpha1.Command.DomainStats:input_type -> podvirt.launcher.v1alpha1.DomainStatsRequest
+	3,  // 13: podvirt.launcher.v1alpha1.Command.Start:output_type -> podvirt.launcher.v1alpha1.StatusResponse
+	3,  // 14: podvirt.launcher.v1alpha1.Command.Status:output_type -> podvirt.launcher.v1alpha1.StatusResponse
+	3,  // 15: podvirt.launcher.v1alpha1.Command.Watch:output_type -> podvirt.launcher.v1alpha1.StatusResponse
+	6,  // 16: podvirt.launcher.v1alpha1.Command.Shutdown:output_type -> podvirt.launcher.v1alpha1.ShutdownResponse
+	8,  // 17: podvirt.launcher.v1alpha1.Command.Pause:output_type -> podvirt.launcher.v1alpha1.PauseResponse
+	10, // 18: podvirt.launcher.v1alpha1.Command.Resume:output_type -> podvirt.launcher.v1alpha1.ResumeResponse
+	11, // 19: podvirt.launcher.v1alpha1.Command.Console:output_type -> podvirt.launcher.v1alpha1.ConsoleData
+	13, // 20: podvirt.launcher.v1alpha1.Command.DomainStats:output_type -> podvirt.launcher.v1alpha1.DomainStatsResponse
+	13, // [13:21] is the sub-list for method output_type
+	5,  // [5:13] is the sub-list for method input_type
+	5,  // [5:5] is the sub-list for extension type_name
+	5,  // [5:5] is the sub-list for extension extendee
+	0,  // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_command_proto_init() }
@@ -700,13 +1289,18 @@ func file_command_proto_init() {
 	if File_command_proto != nil {
 		return
 	}
+	file_command_proto_msgTypes[13].OneofWrappers = []any{}
+	file_command_proto_msgTypes[14].OneofWrappers = []any{}
+	file_command_proto_msgTypes[15].OneofWrappers = []any{}
+	file_command_proto_msgTypes[16].OneofWrappers = []any{}
+	file_command_proto_msgTypes[17].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_command_proto_rawDesc), len(file_command_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -32,13 +32,14 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Command_Start_FullMethodName    = "/podvirt.launcher.v1alpha1.Command/Start"
-	Command_Status_FullMethodName   = "/podvirt.launcher.v1alpha1.Command/Status"
-	Command_Watch_FullMethodName    = "/podvirt.launcher.v1alpha1.Command/Watch"
-	Command_Shutdown_FullMethodName = "/podvirt.launcher.v1alpha1.Command/Shutdown"
-	Command_Pause_FullMethodName    = "/podvirt.launcher.v1alpha1.Command/Pause"
-	Command_Resume_FullMethodName   = "/podvirt.launcher.v1alpha1.Command/Resume"
-	Command_Console_FullMethodName  = "/podvirt.launcher.v1alpha1.Command/Console"
+	Command_Start_FullMethodName       = "/podvirt.launcher.v1alpha1.Command/Start"
+	Command_Status_FullMethodName      = "/podvirt.launcher.v1alpha1.Command/Status"
+	Command_Watch_FullMethodName       = "/podvirt.launcher.v1alpha1.Command/Watch"
+	Command_Shutdown_FullMethodName    = "/podvirt.launcher.v1alpha1.Command/Shutdown"
+	Command_Pause_FullMethodName       = "/podvirt.launcher.v1alpha1.Command/Pause"
+	Command_Resume_FullMethodName      = "/podvirt.launcher.v1alpha1.Command/Resume"
+	Command_Console_FullMethodName     = "/podvirt.launcher.v1alpha1.Command/Console"
+	Command_DomainStats_FullMethodName = "/podvirt.launcher.v1alpha1.Command/DomainStats"
 )
 
 // CommandClient is the client API for Command service.
@@ -73,6 +74,10 @@ type CommandClient interface {
 	// console over from an older one. The stream ends when the client
 	// closes its side or the domain is gone.
 	Console(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ConsoleData, ConsoleData], error)
+	// DomainStats reads the running domain's counters from libvirt: CPU,
+	// memory, and each disk and NIC, for the node daemon's metrics. It is
+	// FailedPrecondition while there is no running (or paused) domain.
+	DomainStats(ctx context.Context, in *DomainStatsRequest, opts ...grpc.CallOption) (*DomainStatsResponse, error)
 }
 
 type commandClient struct {
@@ -165,6 +170,16 @@ func (c *commandClient) Console(ctx context.Context, opts ...grpc.CallOption) (g
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Command_ConsoleClient = grpc.BidiStreamingClient[ConsoleData, ConsoleData]
 
+func (c *commandClient) DomainStats(ctx context.Context, in *DomainStatsRequest, opts ...grpc.CallOption) (*DomainStatsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DomainStatsResponse)
+	err := c.cc.Invoke(ctx, Command_DomainStats_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // CommandServer is the server API for Command service.
 // All implementations must embed UnimplementedCommandServer
 // for forward compatibility.
@@ -197,6 +212,10 @@ type CommandServer interface {
 	// console over from an older one. The stream ends when the client
 	// closes its side or the domain is gone.
 	Console(grpc.BidiStreamingServer[ConsoleData, ConsoleData]) error
+	// DomainStats reads the running domain's counters from libvirt: CPU,
+	// memory, and each disk and NIC, for the node daemon's metrics. It is
+	// FailedPrecondition while there is no running (or paused) domain.
+	DomainStats(context.Context, *DomainStatsRequest) (*DomainStatsResponse, error)
 	mustEmbedUnimplementedCommandServer()
 }
 
@@ -227,6 +246,9 @@ func (UnimplementedCommandServer) Resume(context.Context, *ResumeRequest) (*Resu
 }
 func (UnimplementedCommandServer) Console(grpc.BidiStreamingServer[ConsoleData, ConsoleData]) error {
 	return status.Error(codes.Unimplemented, "method Console not implemented")
+}
+func (UnimplementedCommandServer) DomainStats(context.Context, *DomainStatsRequest) (*DomainStatsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DomainStats not implemented")
 }
 func (UnimplementedCommandServer) mustEmbedUnimplementedCommandServer() {}
 func (UnimplementedCommandServer) testEmbeddedByValue()                 {}
@@ -357,6 +379,24 @@ func _Command_Console_Handler(srv interface{}, stream grpc.ServerStream) error {
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Command_ConsoleServer = grpc.BidiStreamingServer[ConsoleData, ConsoleData]
 
+func _Command_DomainStats_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DomainStatsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CommandServer).DomainStats(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Command_DomainStats_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CommandServer).DomainStats(ctx, req.(*DomainStatsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Command_ServiceDesc is the grpc.ServiceDesc for Command service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -383,6 +423,10 @@ var Command_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Resume",
 			Handler:    _Command_Resume_Handler,
+		},
+		{
+			MethodName: "DomainStats",
+			Handler:    _Command_DomainStats_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

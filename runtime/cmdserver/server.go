@@ -37,6 +37,9 @@ type Domain interface {
 	Shutdown(ctx context.Context, grace time.Duration) (graceful bool, err error)
 	Console() (io.ReadWriteCloser, error)
 	Interfaces() []Interface
+	// Stats reads the domain's counters; disks and NICs are named by
+	// their VMI names.
+	Stats() (*launchercmd.DomainStatsResponse, error)
 	Done() <-chan struct{}
 }
 
@@ -356,6 +359,22 @@ func stateName(st v1.DomainState) string {
 		return "not started"
 	}
 	return string(st)
+}
+
+// DomainStats reads the counters of a Running or Paused domain.
+func (s *Server) DomainStats(context.Context, *launchercmd.DomainStatsRequest) (*launchercmd.DomainStatsResponse, error) {
+	d, err := s.startedDomain("domain stats")
+	if err != nil {
+		return nil, err
+	}
+	if st, _ := d.State(); st != v1.DomainRunning && st != v1.DomainPaused {
+		return nil, s.errorf(codes.FailedPrecondition, "domain stats", "domain is %s", stateName(st))
+	}
+	stats, err := d.Stats()
+	if err != nil {
+		return nil, s.errorf(codes.Internal, "domain stats", "%v", err)
+	}
+	return stats, nil
 }
 
 // Shutdown shuts the guest down (ACPI, then destroy after the grace

@@ -15,6 +15,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/contracts/launchercmd"
@@ -33,6 +34,8 @@ type fakeDomain struct {
 	consoleErr error
 	opened     chan net.Conn // the guest's end of each console opened
 	ifaces     []Interface
+	stats      *launchercmd.DomainStatsResponse
+	statsErr   error
 
 	release       chan struct{} // Shutdown waits for it when set
 	shutdownCalls int
@@ -130,6 +133,8 @@ func (f *fakeDomain) Changed() <-chan struct{} {
 func (f *fakeDomain) Interfaces() []Interface { return f.ifaces }
 func (f *fakeDomain) Done() <-chan struct{}   { return f.done }
 
+func (f *fakeDomain) Stats() (*launchercmd.DomainStatsResponse, error) { return f.stats, f.statsErr }
+
 // serve runs a server for d on a socket in a temp dir and returns a
 // client of it.
 func serve(t *testing.T, d Domain) (launchercmd.CommandClient, string) {
@@ -187,6 +192,30 @@ func TestStatus(t *testing.T) {
 		ifs[1].GetNetwork() != "l2" || ifs[1].GetIp() != "" || ifs[1].GetAcked() {
 		t.Fatalf("interfaces %v", ifs)
 	}
+}
+
+func TestDomainStats(t *testing.T) {
+	f := newFake(v1.DomainRunning)
+	f.stats = &launchercmd.DomainStatsResponse{
+		CpuTimeNs: proto.Uint64(5e9),
+		Disks:     []*launchercmd.DiskStats{{Name: "root", Device: "vda", ReadBytes: proto.Uint64(4096)}},
+	}
+	c, _ := serve(t, f)
+	resp, err := c.DomainStats(ctxT(t), &launchercmd.DomainStatsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !proto.Equal(resp, f.stats) {
+		t.Fatalf("stats %v, want %v", resp, f.stats)
+	}
+
+	f.statsErr = errors.New("domain test_vm: stats: boom")
+	_, err = c.DomainStats(ctxT(t), &launchercmd.DomainStatsRequest{})
+	wantStatus(t, err, codes.Internal, "domain stats vmi test/vm: domain test_vm: stats: boom")
+
+	f.set(v1.DomainShutdown)
+	_, err = c.DomainStats(ctxT(t), &launchercmd.DomainStatsRequest{})
+	wantStatus(t, err, codes.FailedPrecondition, "domain stats vmi test/vm: domain is Shutdown")
 }
 
 func TestPauseResume(t *testing.T) {

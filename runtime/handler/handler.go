@@ -43,6 +43,7 @@ import (
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/contracts/launchercmd"
+	"github.com/podvirt/podvirt/runtime/vmimetrics"
 )
 
 // NetworkResults gives the CNI results of a launcher pod's L2
@@ -65,8 +66,8 @@ type Config struct {
 	// SocketRetry is how often a launcher pod whose socket is not there
 	// yet is looked at again (default 1s).
 	SocketRetry time.Duration
-	// Registerer takes the handler's metrics; nil leaves them
-	// unregistered.
+	// Registerer takes the handler's metrics and the VMIs' domain stats
+	// (runtime/vmimetrics); nil leaves them unregistered.
 	Registerer prometheus.Registerer
 }
 
@@ -139,6 +140,12 @@ func Setup(mgr manager.Manager, cfg Config) (*Reconciler, error) {
 		Config:   cfg,
 		wake:     make(chan event.TypedGenericEvent[*v1.VirtualMachineInstance], 64),
 		stop:     make(chan struct{}),
+	}
+	if cfg.Registerer != nil {
+		stats := vmimetrics.New(&r.sessions, vmimetrics.Options{Node: cfg.NodeName, Log: mgr.GetLogger().WithName("vmimetrics")})
+		if err := cfg.Registerer.Register(stats); err != nil {
+			return nil, fmt.Errorf("handler metrics: %w", err)
+		}
 	}
 	err = ctrl.NewControllerManagedBy(mgr).
 		Named("handler").

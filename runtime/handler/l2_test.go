@@ -29,7 +29,8 @@ import (
 // gets the address the plugin assigned: the handler reads the plugin's
 // stored result for the pod interface, sends it to the launcher with
 // Start, the launcher serves it to the guest by DHCP, and the VMI's
-// status.interfaces shows that IP and the guest's MAC.
+// status.interfaces shows that IP and the guest's MAC. The handler's
+// metrics then show the VMI's CPU, memory, disk and NIC counters.
 func TestL2Interface(t *testing.T) {
 	namespace := namespace(t)
 	hostLocal, err := deps.Binary("cni-plugins", "host-local")
@@ -100,4 +101,5 @@ func TestL2Interface(t *testing.T) {
 	if _, err := netip.ParseAddr(got.IP); err != nil || !regexp.MustCompile(`^([0-9a-f]{2}:){5}[0-9a-f]{2}$`).MatchString(got.MAC) {
 		t.Errorf("interface status %+v: want a plain IP and a MAC", got)
 	}
+	checkVMIMetrics(t, namespace, vmi.Name, "root", network)
 }

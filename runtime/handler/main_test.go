@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -41,6 +42,8 @@ var (
 	resultsDir   string // the CNI results store podvirt-l2 writes and the handler reads
 	launcherPath string
 	nsSeq        atomic.Int64
+	// registry holds the handler's metrics, VMI domain stats included.
+	registry = prometheus.NewRegistry()
 )
 
 const testNode = "node-a"
@@ -120,7 +123,7 @@ func startManagers(srv *apiserver.Server) (stop func(), err error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := Setup(hmgr, Config{NodeName: testNode, KubeletRoot: kubeletRoot, Networks: ResultsDir(resultsDir), SocketRetry: 200 * time.Millisecond}); err != nil {
+	if _, err := Setup(hmgr, Config{NodeName: testNode, KubeletRoot: kubeletRoot, Networks: ResultsDir(resultsDir), SocketRetry: 200 * time.Millisecond, Registerer: registry}); err != nil {
 		return nil, err
 	}
 	if k8s, err = client.New(srv.Config, client.Options{Scheme: scheme}); err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/contracts/launchercmd"
 	"github.com/podvirt/podvirt/runtime/cmdclient"
+	"github.com/podvirt/podvirt/runtime/vmimetrics"
 )
 
 // session is the handler's connection to one launcher: it follows the
@@ -171,6 +173,23 @@ func (ss *sessions) drop(key string) {
 	if s != nil {
 		s.close()
 	}
+}
+
+// Launchers lists the launchers whose domain runs or is paused, for the
+// VMI metrics: the others have no stats to give.
+func (ss *sessions) Launchers() []vmimetrics.Launcher {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	out := make([]vmimetrics.Launcher, 0, len(ss.m))
+	for key, s := range ss.m {
+		last, lost := s.snapshot()
+		if st := last.DomainState(); lost != "" || (st != v1.DomainRunning && st != v1.DomainPaused) {
+			continue
+		}
+		namespace, name, _ := strings.Cut(key, "/")
+		out = append(out, vmimetrics.Launcher{Namespace: namespace, Name: name, Client: s.client})
+	}
+	return out
 }
 
 func (ss *sessions) closeAll() {

@@ -122,6 +122,8 @@ func TestSchemaRejects(t *testing.T) {
 		{"storageClass.allowPrivateSources=yes", "/storageClass/allowPrivateSources"},
 		{"networks.bridge.pods.ipam=static", "/networks/bridge/pods/ipam"},
 		{"networks.whereabouts.kubeconfig=whereabouts.kubeconfig", "/networks/whereabouts/kubeconfig"},
+		{"metrics.serviceMonitor.enabled=yes", "/metrics/serviceMonitor/enabled"},
+		{"metrics.serviceMonitor.interval=30", "/metrics/serviceMonitor/interval"},
 	} {
 		t.Run(tc.set, func(t *testing.T) {
 			_, err := h.Run(ctx, "template", "t", Dir(), "--set", tc.set)
