@@ -40,7 +40,7 @@ var valueSets = []struct {
 		"Deployment": 2, "DaemonSet": 2, "CSIDriver": 1, "StorageClass": 1, "VolumeSnapshotClass": 1,
 		"ClusterRole": 4, "Role": 3, "ServiceAccount": 4, "NetworkAttachmentDefinition": 0, "NetworkPolicy": 1,
 	}},
-	{"without CSI and snapshot controller", []string{"csi.enabled=false", "snapshotController.enabled=false"}, map[string]int{
+	{"without CSI and snapshot controller", []string{"csi.enabled=false", "snapshotController.install=false"}, map[string]int{
 		"Deployment": 1, "DaemonSet": 1, "CSIDriver": 0, "StorageClass": 0, "VolumeSnapshotClass": 0, "ClusterRole": 2,
 		"NetworkPolicy": 0,
 	}},
