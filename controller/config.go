@@ -33,6 +33,10 @@ type Config struct {
 	// UseEmulation leaves out the devices.podvirt.io/kvm request and adds
 	// the TCG memory overhead, for nodes without /dev/kvm.
 	UseEmulation bool
+	// EmulationAuto overrides UseEmulation: each VMI is emulated unless a
+	// node it may run on has KVM that runs guests, as the node daemon's
+	// probe reports it (emulation.go).
+	EmulationAuto bool
 	// ContainerDiskStorageClass is the StorageClass of the ephemeral PVCs
 	// that hold containerDisks; empty means the cluster's default.
 	ContainerDiskStorageClass string

@@ -196,7 +196,8 @@ func (r *VMIReconciler) getLauncherPod(ctx context.Context, vmi *v1alpha1.Virtua
 }
 
 // createPod makes vmi's launcher pod. It returns created=false and a retry
-// delay when a PVC the VMI needs does not exist yet.
+// delay when a PVC the VMI needs does not exist yet, or when the nodes'
+// KVM probe it needs to choose emulation has not been reported yet.
 func (r *VMIReconciler) createPod(ctx context.Context, vmi *v1alpha1.VirtualMachineInstance) (created bool, retry time.Duration, err error) {
 	claims := map[string]volumeClaim{}
 	for _, v := range vmi.Spec.Volumes {
@@ -222,7 +223,20 @@ func (r *VMIReconciler) createPod(ctx context.Context, vmi *v1alpha1.VirtualMach
 		readOnly := len(pvc.Spec.AccessModes) == 1 && pvc.Spec.AccessModes[0] == corev1.ReadOnlyMany
 		claims[key.Name] = volumeClaim{mode: mode, readOnly: readOnly}
 	}
-	pod, volumes, err := launcherPod(vmi, claims, r.Config)
+	emulate, wait, err := r.emulation(ctx, vmi)
+	if err != nil {
+		return false, 0, err
+	}
+	if wait != "" {
+		if !meta.IsStatusConditionPresentAndEqual(vmi.Status.Conditions, ConditionSynchronized, metav1.ConditionFalse) {
+			r.Recorder.Eventf(vmi, nil, corev1.EventTypeNormal, ReasonWaitingForKVMProbe, "CreateLauncherPod", "%s", wait)
+		}
+		r.setSynchronized(vmi, metav1.ConditionFalse, ReasonWaitingForKVMProbe, wait)
+		return false, probeRetry, nil
+	}
+	cfg := *r.Config
+	cfg.UseEmulation = emulate
+	pod, volumes, err := launcherPod(vmi, claims, &cfg)
 	if err != nil {
 		r.warn(vmi, ReasonPodCreateFailed, "CreateLauncherPod", "build launcher pod: %v", err)
 		return false, 0, err
@@ -232,7 +246,7 @@ func (r *VMIReconciler) createPod(ctx context.Context, vmi *v1alpha1.VirtualMach
 		return false, 0, fmt.Errorf("create launcher pod %s/%s: %w", pod.Namespace, pod.Name, err)
 	} else if err == nil {
 		r.metrics.launcherPodsCreated.Inc()
-		r.Recorder.Eventf(vmi, pod, corev1.EventTypeNormal, "SuccessfulCreate", "CreateLauncherPod", "created launcher pod %s", pod.Name)
+		r.Recorder.Eventf(vmi, pod, corev1.EventTypeNormal, "SuccessfulCreate", "CreateLauncherPod", "created launcher pod %s (%s)", pod.Name, accel(emulate))
 	}
 	vmi.Status.LauncherPod = pod.Name
 	vmi.Status.VolumeStatus = volumes

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -63,7 +64,11 @@ func run(args []string) error {
 		logLevel        = fs.Int("v", 0, "log verbosity (0 info, 1 debug)")
 	)
 	fs.StringVar(&cfg.LauncherImage, "launcher-image", envOr("PODVIRT_LAUNCHER_IMAGE", controller.DefaultLauncherImage), "launcher image (env PODVIRT_LAUNCHER_IMAGE)")
-	fs.BoolVar(&cfg.UseEmulation, "use-emulation", os.Getenv("PODVIRT_USE_EMULATION") == "true", "run guests under TCG: no devices.podvirt.io/kvm request (env PODVIRT_USE_EMULATION=true)")
+	emulation := emulationFlag{cfg: &cfg}
+	if err := emulation.Set(envOr("PODVIRT_USE_EMULATION", "auto")); err != nil {
+		return fmt.Errorf("env PODVIRT_USE_EMULATION: %w", err)
+	}
+	fs.Var(&emulation, "use-emulation", "auto, true or false: true runs guests under TCG (no devices.podvirt.io/kvm request), false requires KVM, auto picks per VMI from the nodes' KVM probe (env PODVIRT_USE_EMULATION)")
 	fs.StringVar(&cfg.ContainerDiskStorageClass, "container-disk-storage-class", "", "StorageClass of containerDisk PVCs; empty means the cluster default")
 	fs.Int64Var(&cfg.CPUAllocationRatio, "cpu-allocation-ratio", cfg.CPUAllocationRatio, "vCPUs per requested CPU")
 	fs.DurationVar(&cfg.RestartBackoff, "restart-backoff", cfg.RestartBackoff, "wait after a VM's first failed VMI; doubles per further failure")
@@ -135,6 +140,35 @@ func run(args []string) error {
 	}); err != nil {
 		return err
 	}
-	logger.Info("starting", "version", version.Version, "launcherImage", cfg.LauncherImage, "useEmulation", cfg.UseEmulation, "leaderElection", *leaderElect)
+	logger.Info("starting", "version", version.Version, "launcherImage", cfg.LauncherImage, "useEmulation", emulation.String(), "leaderElection", *leaderElect)
 	return mgr.Start(ctrl.SetupSignalHandler())
 }
+
+// emulationFlag is --use-emulation: a bool, as it was, or auto. Alone it
+// means true.
+type emulationFlag struct{ cfg *controller.Config }
+
+func (f *emulationFlag) String() string {
+	switch {
+	case f.cfg == nil:
+		return "auto"
+	case f.cfg.EmulationAuto:
+		return "auto"
+	}
+	return strconv.FormatBool(f.cfg.UseEmulation)
+}
+
+func (f *emulationFlag) Set(v string) error {
+	if v == "auto" {
+		f.cfg.EmulationAuto, f.cfg.UseEmulation = true, false
+		return nil
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return fmt.Errorf("emulation %q: want auto, true or false", v)
+	}
+	f.cfg.EmulationAuto, f.cfg.UseEmulation = false, b
+	return nil
+}
+
+func (f *emulationFlag) IsBoolFlag() bool { return true }

@@ -40,7 +40,7 @@ var valueSets = []struct {
 		"Deployment": 2, "DaemonSet": 2, "CSIDriver": 1, "StorageClass": 1, "VolumeSnapshotClass": 1,
 		"ClusterRole": 4, "Role": 3, "ServiceAccount": 4, "NetworkAttachmentDefinition": 0, "NetworkPolicy": 1,
 	}},
-	{"without CSI and snapshot controller", []string{"csi.enabled=false", "snapshotController.enabled=false"}, map[string]int{
+	{"without CSI and snapshot controller", []string{"csi.enabled=false", "snapshotController.install=false"}, map[string]int{
 		"Deployment": 1, "DaemonSet": 1, "CSIDriver": 0, "StorageClass": 0, "VolumeSnapshotClass": 0, "ClusterRole": 2,
 		"NetworkPolicy": 0,
 	}},
@@ -66,6 +66,9 @@ var valueSets = []struct {
 		"networks.bridge.create=true", "networks.bridge.pods.create=true", "networks.bridge.pods.ipam=whereabouts",
 		"networks.whereabouts.kubeconfig=/srv/cni/whereabouts.kubeconfig",
 	}, map[string]int{"NetworkAttachmentDefinition": 4}},
+	{"forced TCG and snapshot controller, one registry", []string{
+		"controller.useEmulation=true", "snapshotController.install=true", "imageRegistry=registry.example.com:5000/podvirt",
+	}, map[string]int{"Deployment": 2}},
 	{"no classes, other registry", []string{
 		"storageClass.create=false", "volumeSnapshotClass.create=false",
 		"images.controller.repository=registry.example/podvirt/controller", "images.controller.tag=v0.1.0",
@@ -116,6 +119,10 @@ func TestSchemaRejects(t *testing.T) {
 		{"kubeletRootDir=var/lib/kubelet", "/kubeletRootDir"},
 		{"controller.replicas=0", "/controller/replicas"},
 		{"controller.useEmulaton=true", "useEmulaton"},
+		{"controller.useEmulation=maybe", "/controller/useEmulation"},
+		{"snapshotController.install=yes", "/snapshotController/install"},
+		{"snapshotController.enabled=false", "enabled"},
+		{"imageRegistry=https://registry.example.com", "/imageRegistry"},
 		{"storageClass.registries={a b}", "/storageClass/registries"},
 		{"images.launcher.tag=", "/images/launcher/tag"},
 		{"csi.podCIDRs={10.244.0.0}", "/csi/podCIDRs"},
@@ -141,6 +148,12 @@ func render(ctx context.Context, t *testing.T, h *Helm, namespace string, set []
 	if err != nil {
 		t.Fatal(err)
 	}
+	return decodeObjects(t, out)
+}
+
+// decodeObjects decodes every object of a multi-document YAML stream.
+func decodeObjects(t *testing.T, out string) []*unstructured.Unstructured {
+	t.Helper()
 	var objs []*unstructured.Unstructured
 	dec := utilyaml.NewYAMLOrJSONDecoder(strings.NewReader(out), 4096)
 	for {
@@ -218,6 +231,11 @@ func TestTemplateDryRun(t *testing.T) {
 			t.Logf("%d objects accepted: %v", len(objs), kinds)
 		})
 	}
+
+	// helm install --dry-run=server: lookup and NOTES, on the same server.
+	hs := newHelm(t, kubeconfigFor(t, srv.Config))
+	t.Run("snapshot controller auto", func(t *testing.T) { testSnapshotControllerAuto(ctx, t, hs, dyn, ns) })
+	t.Run("NOTES commands", func(t *testing.T) { testNotesCommands(ctx, t, hs, ns) })
 }
 
 func clients(t *testing.T, cfg *rest.Config) (*dynamic.DynamicClient, meta.RESTMapper) {
