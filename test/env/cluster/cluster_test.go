@@ -265,7 +265,9 @@ func testAcrossNodes(ctx context.Context, t *testing.T, c *Cluster) {
 	pod.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "PROBE_CONNECT", Value: addr}, {Name: "PROBE_CONNECT_WITHIN", Value: "60s"}}
 	_, logs, err := c.RunToCompletion(ctx, pod, 3*time.Minute)
 	if err != nil || !strings.Contains(logs, "connect "+addr+": ok") {
-		t.Errorf("a pod on node %s did not reach Service %s (backed by a pod on node %s): %v\n%s", nodes[1].Name, addr, nodes[0].Name, err, logs)
+		proxyLog := c.path("logs", processName("kube-proxy", nodes[1])+".log")
+		t.Errorf("a pod on node %s did not reach Service %s (backed by a pod on node %s): %v\n%s\nits kube-proxy's log %s ends with:\n%s",
+			nodes[1].Name, addr, nodes[0].Name, err, logs, proxyLog, tail(proxyLog, 40))
 	}
 }
 

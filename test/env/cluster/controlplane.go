@@ -168,7 +168,13 @@ func get(ctx context.Context, client *http.Client, url string) (string, error) {
 	return strings.TrimSpace(string(body)), err
 }
 
+// writeFile writes content to path unless it holds it already: a running
+// kube-proxy exits when its configuration file is written, even unchanged,
+// and a second Up must leave it running.
 func writeFile(path, content string) error {
+	if old, err := os.ReadFile(path); err == nil && string(old) == content {
+		return nil
+	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
