@@ -213,7 +213,7 @@ func checkImageSource(src string) error {
 	}
 	if ref, ok := strings.CutPrefix(src, "docker://"); ok {
 		if _, err := name.ParseReference(ref); err != nil {
-			return fmt.Errorf("--image %q: %q is not an image reference (%v): want %s", src, ref, err, want)
+			return fmt.Errorf("--image %q: %q is not an image reference (%w): want %s", src, ref, err, want)
 		}
 		return nil
 	}
@@ -228,7 +228,7 @@ func checkImageSource(src string) error {
 	case err == nil:
 		return fmt.Errorf("--image %q: scheme %q is not supported: want %s", src, u.Scheme, want)
 	}
-	return fmt.Errorf("--image %q is not a URL (%v): want %s", src, err, want)
+	return fmt.Errorf("--image %q is not a URL (%w): want %s", src, err, want)
 }
 
 // vmNetworks is one Multus NIC (binding tap) per NAD, named after it, or

@@ -247,7 +247,7 @@ func (c *conversion) diskTemplate(f *fields) (t v1.DiskTemplate, ok bool) {
 	return t, true
 }
 
-const credentialsWhy = "podvirt's StorageClass holds registry and HTTP credentials (parameter registrySecretName), not each disk"
+const credentialsWhy = "podvirt's StorageClass holds registry and HTTP credentials (parameter registrySecretName), not each disk" //nolint:gosec // an explanation for users, not a credential
 
 func (c *conversion) diskSource(src *fields, t *v1.DiskTemplate) bool {
 	annotate := func(source string) {

@@ -4,7 +4,7 @@ package kubevirt
 // or CDI field and what to do instead. A field not listed gets a generic
 // reason; fields whose name means different things in different places
 // are reported where they are read.
-var noEquivalent = map[string]string{
+var noEquivalent = map[string]string{ //nolint:gosec // explanations for users, not credentials
 	// VirtualMachine spec
 	"instancetype":          "podvirt has no instance types: write the vCPUs and memory into spec.template.spec.domain (cpu, memory.guest)",
 	"preference":            "podvirt has no preferences: write the devices and firmware into spec.template.spec.domain",
