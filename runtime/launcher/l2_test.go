@@ -246,7 +246,10 @@ func consoleRun(t *testing.T, vm *l2VM, cmd, want string, timeout time.Duration)
 // in a launcher pod: each must get its CNI-assigned address from the
 // launcher's DHCP server and ping the other over the network. Then one
 // domain is stopped and its DHCP server must stop with it.
-func TestL2GuestTap(t *testing.T) {
+// l2Guest checks what a test of guests on L2 needs (root, libvirt, the
+// host-local IPAM plugin on PATH) and builds the test guest.
+func l2Guest(t *testing.T) guest.Artifacts {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Fatal("needs root: creates network namespaces and links and runs a private libvirtd")
 	}
@@ -265,6 +268,11 @@ func TestL2GuestTap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return art
+}
+
+func TestL2GuestTap(t *testing.T) {
+	art := l2Guest(t)
 
 	for _, mode := range []string{cni.ModeBridge, cni.ModeMacvlan} {
 		t.Run(mode, func(t *testing.T) {

@@ -1,20 +1,13 @@
 package launcher
 
 import (
-	"context"
-	"os"
-	"path/filepath"
 	"testing"
-	"time"
 
 	"libvirt.org/go/libvirt"
 	"libvirt.org/go/libvirtxml"
 
 	"github.com/podvirt/podvirt/cni"
 	"github.com/podvirt/podvirt/contracts/launchercmd"
-	"github.com/podvirt/podvirt/runtime/libvirtd"
-	"github.com/podvirt/podvirt/test/deps"
-	"github.com/podvirt/podvirt/test/images/guest"
 )
 
 // TestStatsResponse: libvirt's KiB become bytes, unreported counters stay
@@ -54,23 +47,7 @@ func TestStatsResponse(t *testing.T) {
 // reads its stats: the vCPU ran, it has memory, and the root disk and
 // the NIC have counted traffic under their VMI names.
 func TestStatsGuest(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("needs root: creates network namespaces and links and runs a private libvirtd")
-	}
-	if err := libvirtd.CheckInstalled(); err != nil {
-		t.Fatal(err)
-	}
-	hostLocal, err := deps.Binary("cni-plugins", "host-local")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("PATH", filepath.Dir(hostLocal)+string(os.PathListSeparator)+os.Getenv("PATH"))
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	art, err := guest.Build(ctx)
-	cancel()
-	if err != nil {
-		t.Fatal(err)
-	}
+	art := l2Guest(t)
 	vm := startL2VM(t, art, newNodeNS(t), l2Conf(cni.ModeBridge, t.TempDir()), "stats")
 	waitGuestIP(t, vm)
 

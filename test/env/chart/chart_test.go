@@ -184,20 +184,8 @@ func TestTemplateDryRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := apiserver.Start(apiserver.Options{
-		CRDDirs: []string{Dir() + "/crds", snapshotCRDs},
-		CRDs:    []*apiextensionsv1.CustomResourceDefinition{apiserver.NetworkAttachmentDefinitionCRD()},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = srv.Stop() })
-	dyn, mapper := clients(t, srv.Config)
 	const ns = "podvirt-dryrun"
-	nsObj := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": ns}}}
-	if _, err := dyn.Resource(corev1.SchemeGroupVersion.WithResource("namespaces")).Create(ctx, nsObj, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	srv, dyn, mapper := chartAPIServer(ctx, t, ns, Dir()+"/crds", snapshotCRDs)
 	h := newHelm(t, "")
 	for _, vs := range valueSets {
 		t.Run(vs.name, func(t *testing.T) {
@@ -236,6 +224,27 @@ func TestTemplateDryRun(t *testing.T) {
 	hs := newHelm(t, kubeconfigFor(t, srv.Config))
 	t.Run("snapshot controller auto", func(t *testing.T) { testSnapshotControllerAuto(ctx, t, hs, dyn, ns) })
 	t.Run("NOTES commands", func(t *testing.T) { testNotesCommands(ctx, t, hs, ns) })
+}
+
+// chartAPIServer starts a real API server with the CRDs under crdDirs and
+// the NetworkAttachmentDefinition CRD, stopped when the test ends, and
+// creates namespace ns in it.
+func chartAPIServer(ctx context.Context, t *testing.T, ns string, crdDirs ...string) (*apiserver.Server, *dynamic.DynamicClient, meta.RESTMapper) {
+	t.Helper()
+	srv, err := apiserver.Start(apiserver.Options{
+		CRDDirs: crdDirs,
+		CRDs:    []*apiextensionsv1.CustomResourceDefinition{apiserver.NetworkAttachmentDefinitionCRD()},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Stop() })
+	dyn, mapper := clients(t, srv.Config)
+	nsObj := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": ns}}}
+	if _, err := dyn.Resource(corev1.SchemeGroupVersion.WithResource("namespaces")).Create(ctx, nsObj, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return srv, dyn, mapper
 }
 
 func clients(t *testing.T, cfg *rest.Config) (*dynamic.DynamicClient, meta.RESTMapper) {

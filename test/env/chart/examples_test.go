@@ -11,7 +11,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
@@ -19,7 +18,6 @@ import (
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
-	"github.com/podvirt/podvirt/test/harness/apiserver"
 )
 
 // exampleVMs are the VM examples the README lists, one per common case.
@@ -47,20 +45,8 @@ func TestExamples(t *testing.T) {
 	if err != nil || len(files) < len(exampleVMs)+2 {
 		t.Fatalf("examples: %v %v", files, err)
 	}
-	srv, err := apiserver.Start(apiserver.Options{
-		CRDDirs: []string{filepath.Join(Dir(), "crds")},
-		CRDs:    []*apiextensionsv1.CustomResourceDefinition{apiserver.NetworkAttachmentDefinitionCRD()},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = srv.Stop() })
-	dyn, mapper := clients(t, srv.Config)
 	const ns = "examples"
-	nsObj := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": ns}}}
-	if _, err := dyn.Resource(corev1.SchemeGroupVersion.WithResource("namespaces")).Create(ctx, nsObj, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	_, dyn, mapper := chartAPIServer(ctx, t, ns, filepath.Join(Dir(), "crds"))
 
 	nads := map[string]bool{}
 	var vms []*v1.VirtualMachine
