@@ -1,14 +1,18 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/controller"
@@ -66,6 +70,14 @@ func TestVMShowsDiskImport(t *testing.T) {
 	vm = stack.VM(failing, v1.RunStrategyAlways)
 	vm.Spec.DiskTemplates[0].ObjectMeta.Annotations[v1.DiskSourceAnnotation] = broken
 	createVM(ctx, t, vm)
+	// Its claim never binds: it goes with the VM, unlike the disks other
+	// tests retain (TestUninstall checks those stay Bound).
+	t.Cleanup(func() {
+		claim := &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Namespace: stack.Namespace, Name: failing + "-root"}}
+		if err := st.Client.Delete(context.Background(), claim); client.IgnoreNotFound(err) != nil {
+			t.Errorf("delete pvc %s: %v", claim.Name, err)
+		}
+	})
 	t.Cleanup(func() { deleteVM(t, failing) })
 	if err := stack.Poll(ctx, 5*time.Minute, func() (bool, error) {
 		err := st.Client.Get(ctx, types.NamespacedName{Namespace: stack.Namespace, Name: failing}, got)
