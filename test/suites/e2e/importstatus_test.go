@@ -9,6 +9,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -74,8 +75,14 @@ func TestVMShowsDiskImport(t *testing.T) {
 	// tests retain (TestUninstall checks those stay Bound).
 	t.Cleanup(func() {
 		claim := &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Namespace: stack.Namespace, Name: failing + "-root"}}
-		if err := st.Client.Delete(context.Background(), claim); client.IgnoreNotFound(err) != nil {
+		ctx := context.Background()
+		if err := st.Client.Delete(ctx, claim); client.IgnoreNotFound(err) != nil {
 			t.Errorf("delete pvc %s: %v", claim.Name, err)
+		}
+		if err := stack.Poll(ctx, time.Minute, func() (bool, error) {
+			return apierrors.IsNotFound(st.Client.Get(ctx, client.ObjectKeyFromObject(claim), claim)), nil
+		}); err != nil {
+			t.Errorf("pvc %s still there a minute after its delete: %v", claim.Name, err)
 		}
 	})
 	t.Cleanup(func() { deleteVM(t, failing) })
