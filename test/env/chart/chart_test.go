@@ -163,7 +163,7 @@ func decodeObjects(t *testing.T, out string) []*unstructured.Unstructured {
 			break
 		}
 		if err != nil {
-			t.Fatalf("decode helm template output: %v", err)
+			t.Fatalf("decode YAML objects: %v", err)
 		}
 		if len(obj.Object) > 0 {
 			objs = append(objs, obj)

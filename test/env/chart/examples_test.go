@@ -2,8 +2,6 @@ package chart
 
 import (
 	"context"
-	"errors"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,10 +10,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
 )
@@ -60,16 +56,7 @@ func TestExamples(t *testing.T) {
 			if !strings.HasPrefix(string(b), "# ") {
 				t.Error("an example starts with a comment saying what it shows")
 			}
-			dec := utilyaml.NewYAMLOrJSONDecoder(strings.NewReader(string(b)), 4096)
-			for {
-				obj := &unstructured.Unstructured{}
-				err := dec.Decode(&obj.Object)
-				if errors.Is(err, io.EOF) {
-					break
-				}
-				if err != nil {
-					t.Fatal(err)
-				}
+			for _, obj := range decodeObjects(t, string(b)) {
 				gvk := obj.GroupVersionKind()
 				m, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
 				if err != nil {
