@@ -185,11 +185,12 @@ func (c *Cluster) underlayLink(n Node) string { return c.link("n" + strconv.Itoa
 // nodes' pod subnets, its L2 segment NICs (see segment.go), forwarding on;
 // and tells the host where n's pods are.
 func (c *Cluster) wireNode(n Node, pid int) error {
-	handle, err := netns.GetFromPid(pid)
+	netNS, err := ns.GetNS(fmt.Sprintf("/proc/%d/ns/net", pid))
 	if err != nil {
 		return fmt.Errorf("node %s: its network namespace: %w", n.Name, err)
 	}
-	defer handle.Close()
+	defer netNS.Close()
+	handle := netns.NsHandle(netNS.Fd())
 	bridge, err := netlink.LinkByName(c.link("node"))
 	if err != nil {
 		return fmt.Errorf("node %s: the underlay bridge: %w", n.Name, err)
@@ -232,11 +233,6 @@ func (c *Cluster) wireNode(n Node, pid int) error {
 			return fmt.Errorf("node %s: route to %s's pods: %w", n.Name, other.Name, err)
 		}
 	}
-	netNS, err := ns.GetNS(fmt.Sprintf("/proc/%d/ns/net", pid))
-	if err != nil {
-		return err
-	}
-	defer netNS.Close()
 	if err := netNS.Do(func(ns.NetNS) error { return ip.EnableIP4Forward() }); err != nil {
 		return fmt.Errorf("node %s: IPv4 forwarding: %w", n.Name, err)
 	}
@@ -349,10 +345,9 @@ func (c *Cluster) StopNode(ctx context.Context, name string) error {
 		}
 	}
 	var errs []error
-	for _, comp := range []string{"kubelet", "kube-proxy", "containerd"} {
-		errs = append(errs, ignoreNotExist(os.Remove(c.path("pids", processName(comp, n)+".pid"))))
+	for _, name := range []string{processName("kubelet", n), processName("kube-proxy", n), processName("containerd", n), holderName(n)} {
+		errs = append(errs, ignoreNotExist(os.Remove(c.path("pids", name+".pid"))))
 	}
-	errs = append(errs, ignoreNotExist(os.Remove(c.path("pids", holderName(n)+".pid"))))
 	// The host end of its underlay veth went with the namespace; its pod
 	// route went with the link.
 	c.progress("node %s is off", name)
