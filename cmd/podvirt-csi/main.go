@@ -33,6 +33,7 @@ import (
 	"github.com/podvirt/podvirt/csi/cluster"
 	"github.com/podvirt/podvirt/csi/driver"
 	"github.com/podvirt/podvirt/csi/egress"
+	"github.com/podvirt/podvirt/csi/image"
 	"github.com/podvirt/podvirt/csi/importer"
 	"github.com/podvirt/podvirt/csi/registration"
 )
@@ -60,6 +61,9 @@ func run(ctx context.Context, args []string) error {
 		nodeID          = fs.String("node-id", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME)")
 		stateDir        = fs.String("state-dir", "/var/lib/podvirt/csi", "volumes, snapshots, the image cache and the state file")
 		cacheSize       = fs.String("cache-size", "20Gi", "size cap of the image cache; unused images are evicted beyond it")
+		maxVirtual      = fs.String("max-virtual-size", "4Ti", "largest virtual size an imported image may have; imports stop when they write more")
+		reserve         = fs.String("free-space-reserve", "2Gi", "free space imports leave on the state directory's file system (unused cached images are evicted first); 0 disables")
+		importTimeout   = fs.Duration("import-timeout", 2*time.Hour, "longest one import may take, which also bounds the CPU a hostile image can cost; 0 disables")
 		regSocket       = fs.String("registration-socket", "/registration/"+driver.Name+"-reg.sock", "kubelet plugin-registration socket (in the kubelet's plugins_registry directory)")
 		kubeletEndpoint = fs.String("kubelet-endpoint", "/var/lib/kubelet/plugins/"+driver.Name+"/csi.sock", "the CSI socket's path as the kubelet sees it, announced at registration")
 		metricsAddr     = fs.String("metrics-address", ":9811", "address of the Prometheus /metrics endpoint; empty disables it")
@@ -81,6 +85,17 @@ func run(ctx context.Context, args []string) error {
 	size, err := resource.ParseQuantity(*cacheSize)
 	if err != nil || size.Value() <= 0 {
 		return fmt.Errorf("--cache-size %q: give a positive quantity such as 20Gi", *cacheSize)
+	}
+	maxVirtualSize, err := resource.ParseQuantity(*maxVirtual)
+	if err != nil || maxVirtualSize.Value() <= 0 {
+		return fmt.Errorf("--max-virtual-size %q: give a positive quantity such as 4Ti", *maxVirtual)
+	}
+	freeReserve, err := resource.ParseQuantity(*reserve)
+	if err != nil || freeReserve.Value() < 0 {
+		return fmt.Errorf("--free-space-reserve %q: give a quantity such as 2Gi, or 0", *reserve)
+	}
+	if *importTimeout < 0 {
+		return fmt.Errorf("--import-timeout %s: give a positive duration such as 2h, or 0", *importTimeout)
 	}
 	pods, err := egress.ParseCIDRs(*podCIDRs)
 	if err != nil {
@@ -109,7 +124,8 @@ func run(ctx context.Context, args []string) error {
 		return fmt.Errorf("--state-dir: %w", err)
 	}
 	cache, err := importer.NewCacheWithOptions(filepath.Join(*stateDir, "cache"), size.Value(), reg,
-		importer.Options{Logger: log, PodCIDRs: pods, ServiceCIDRs: services})
+		importer.Options{Logger: log, PodCIDRs: pods, ServiceCIDRs: services, FreeSpaceReserve: freeReserve.Value(), ImportTimeout: *importTimeout,
+			Limits: limits(maxVirtualSize.Value())})
 	if err != nil {
 		return fmt.Errorf("image cache: %w", err)
 	}
@@ -165,4 +181,11 @@ func run(ctx context.Context, args []string) error {
 	case err := <-errc:
 		return err
 	}
+}
+
+// limits are the default image limits with the node's maximum virtual size.
+func limits(maxVirtualSize int64) image.Limits {
+	l := image.DefaultLimits
+	l.MaxVirtualSize = maxVirtualSize
+	return l
 }

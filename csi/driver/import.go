@@ -16,6 +16,7 @@ import (
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/contracts/diskmeta"
+	"github.com/podvirt/podvirt/csi/image"
 	"github.com/podvirt/podvirt/csi/importer"
 	"github.com/podvirt/podvirt/csi/state"
 	"github.com/podvirt/podvirt/csi/volume"
@@ -179,9 +180,14 @@ func credentials(src *importer.Source, data map[string]string, what string) erro
 	return nil
 }
 
+// allowedSize is the largest disk the claim takes: its capacity range's
+// limit, else what it requires.
+func (p plan) allowedSize() int64 { return max(p.size, p.limit) }
+
 // importVolume fills a new volume from the image cache.
 func (d *Driver) importVolume(ctx context.Context, p plan, v state.Volume) (state.Volume, error) {
 	src := *p.image
+	src.MaxDiskSize = p.allowedSize()
 	d.event(p.claim, corev1.EventTypeNormal, ReasonImportStarted, fmt.Sprintf("Importing %s for volume %s on node %s", src.URL, p.id, d.opts.NodeID))
 	d.recordImport(p.claim, importAnnotations(v1.ImportImporting, nil, ""))
 	start := time.Now()
@@ -191,6 +197,9 @@ func (d *Driver) importVolume(ctx context.Context, p plan, v state.Volume) (stat
 		case ctx.Err() != nil:
 			d.recordImport(p.claim, importAnnotations(v1.ImportPending, nil, ""))
 			return v, status.Errorf(codes.Aborted, "import %s for volume %q interrupted: the driver is stopping; CreateVolume resumes it", src.URL, p.name)
+		case importer.IsLargerThanClaim(err):
+			return v, d.fail(p, finalImportError(codes.InvalidArgument,
+				"image %s does not fit volume %q (%s requested): %v", src.URL, p.name, image.HumanSize(src.MaxDiskSize), err))
 		case importer.IsTerminal(err):
 			return v, d.fail(p, finalImportError(codes.FailedPrecondition,
 				"import %s for volume %q failed and will not be retried: %v. Fix the claim's %s (or %s) annotation and create the claim again",
@@ -205,15 +214,12 @@ func (d *Driver) importVolume(ctx context.Context, p plan, v state.Volume) (stat
 			d.log.Error("release image cache reference", "volume", p.id, "err", err)
 		}
 	}
-	allowed := p.size
-	if p.limit > allowed {
-		allowed = p.limit
-	}
+	allowed := p.allowedSize()
 	if base.VirtualSize > allowed {
 		release()
 		return v, d.fail(p, finalImportError(codes.InvalidArgument,
 			"image %s has a virtual size of %s (%d bytes), larger than the %s (%d bytes) requested for volume %q: request at least %s",
-			src.URL, describeSize(base.VirtualSize), base.VirtualSize, describeSize(allowed), allowed, p.name, describeSize(base.VirtualSize)))
+			src.URL, image.HumanSize(base.VirtualSize), base.VirtualSize, image.HumanSize(allowed), allowed, p.name, image.HumanSize(base.VirtualSize)))
 	}
 	if base.VirtualSize > v.Size {
 		v.Size = (base.VirtualSize + 511) &^ 511
@@ -250,16 +256,16 @@ func (d *Driver) importVolume(ctx context.Context, p plan, v state.Volume) (stat
 	if err := d.store.DeleteFailure(p.name); err != nil {
 		d.log.Error("forget old failure", "name", p.name, "err", err)
 	}
-	how := fmt.Sprintf("a qcow2 overlay of %s on the cached image", describeSize(v.Size))
+	how := fmt.Sprintf("a qcow2 overlay of %s on the cached image", image.HumanSize(v.Size))
 	if !overlay {
-		how = fmt.Sprintf("a %s copy of %s", v.Format, describeSize(v.Size))
+		how = fmt.Sprintf("a %s copy of %s", v.Format, image.HumanSize(v.Size))
 	}
 	from := "downloaded"
 	if base.Cached {
 		from = FromCache
 	}
 	d.event(p.claim, corev1.EventTypeNormal, ReasonImportCompleted, fmt.Sprintf("Volume %s is ready on node %s: %s (%s, %s, virtual size %s) %s, as %s, after %s",
-		p.id, d.opts.NodeID, src.URL, base.Digest, base.Format, describeSize(base.VirtualSize), from, how, time.Since(start).Round(time.Millisecond)))
+		p.id, d.opts.NodeID, src.URL, base.Digest, base.Format, image.HumanSize(base.VirtualSize), from, how, time.Since(start).Round(time.Millisecond)))
 	d.recordImport(p.claim, importAnnotations(v1.ImportSucceeded, nil, ""))
 	return v, nil
 }
@@ -320,11 +326,11 @@ func (d *Driver) progressReporter(p plan) func(importer.Progress) {
 }
 
 func progressText(pr importer.Progress) string {
-	s := describeSize(pr.Bytes)
+	s := image.HumanSize(pr.Bytes)
 	if pr.Total > 0 {
-		s += fmt.Sprintf(" of %s (%d%%)", describeSize(pr.Total), pr.Bytes*100/pr.Total)
+		s += fmt.Sprintf(" of %s (%d%%)", image.HumanSize(pr.Total), pr.Bytes*100/pr.Total)
 	}
-	s += fmt.Sprintf(" at %s/s", describeSize(int64(pr.Rate)))
+	s += fmt.Sprintf(" at %s/s", image.HumanSize(int64(pr.Rate)))
 	if pr.Mirror != "" {
 		s += " from " + pr.Mirror
 	}

@@ -390,6 +390,7 @@ func TestImportTooLargeIsFinalAndRemembered(t *testing.T) {
 	td := startImportDriver(t, Options{})
 	req := createReq("pvc-small", 16<<20, false, sourceParams(reg, src))
 	_, err := td.controller().CreateVolume(ctx, req)
+	// Refused from the qcow2 header, before the rest is downloaded.
 	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "request at least 64.0 MiB") {
 		t.Fatalf("CreateVolume of a 64 MiB image into 16 MiB: %v, want InvalidArgument asking for 64 MiB", err)
 	}

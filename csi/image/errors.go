@@ -25,6 +25,10 @@ const (
 	ReasonChecksum      Reason = "ChecksumMismatch"
 	ReasonDigest        Reason = "DigestMismatch"
 	ReasonInspectFailed Reason = "InspectFailed"
+	// ReasonOutputTooLarge: the image unpacks to more than the import may write.
+	ReasonOutputTooLarge Reason = "OutputTooLarge"
+	// ReasonTimeout: the import ran past the node's time limit.
+	ReasonTimeout Reason = "ImportTimeout"
 )
 
 // Error is a refusal of an image: what is wrong (Reason, Detail), on which file, and what
@@ -50,4 +54,18 @@ func (e *Error) Error() string {
 
 func refuse(reason Reason, file, hint, format string, args ...any) *Error {
 	return &Error{Reason: reason, File: file, Detail: fmt.Sprintf(format, args...), Hint: hint}
+}
+
+// HumanSize writes a byte count for people: 512 B, 1.5 GiB.
+func HumanSize(b int64) string {
+	const unit = 1024
+	if b < unit {
+		return fmt.Sprintf("%d B", b)
+	}
+	div, exp := int64(unit), 0
+	for n := b / unit; n >= unit; n /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(b)/float64(div), "KMGTPE"[exp])
 }

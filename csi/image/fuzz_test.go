@@ -72,12 +72,12 @@ func FuzzDiskSelector(f *testing.F) {
 			if err != nil {
 				return
 			}
-			is, _, err := s.Next(h)
+			v, err := s.Next(h)
 			checkRefusal(t, err)
 			if err != nil {
 				return
 			}
-			if is {
+			if v.Disk {
 				if !strings.HasPrefix(s.Disk, "/disk/") || strings.Count(s.Disk, "/") != 2 || escapes(h.Name) {
 					t.Fatalf("selected %q from entry %q", s.Disk, h.Name)
 				}

@@ -126,42 +126,76 @@ func TestParseInfo(t *testing.T) {
 
 func TestDiskSelector(t *testing.T) {
 	reg := func(name string) *tar.Header { return &tar.Header{Name: name, Typeflag: tar.TypeReg} }
+	one := func(hs ...*tar.Header) [][]*tar.Header { return [][]*tar.Header{hs} }
 	for _, tc := range []struct {
-		name    string
-		headers []*tar.Header
-		disk    string
-		comp    Compression
-		reason  Reason
+		name     string
+		layers   [][]*tar.Header
+		disk     string
+		comp     Compression
+		restarts int // how often the disk written so far must be dropped
+		reason   Reason
 	}{
-		{"plain", []*tar.Header{{Name: "disk/", Typeflag: tar.TypeDir}, reg("disk/disk.qcow2")}, "/disk/disk.qcow2", None, ""},
-		{"dot slash", []*tar.Header{reg("./disk/vm.img")}, "/disk/vm.img", None, ""},
-		{"absolute", []*tar.Header{reg("/disk/vm.raw")}, "/disk/vm.raw", None, ""},
-		{"gz", []*tar.Header{reg("disk/vm.qcow2.gz")}, "/disk/vm.qcow2.gz", Gzip, ""},
-		{"xz", []*tar.Header{reg("disk/vm.img.xz")}, "/disk/vm.img.xz", XZ, ""},
-		{"other files ignored", []*tar.Header{reg("etc/motd"), reg("disk/README"), reg("disk/sub/x.qcow2"), reg("disk/vm.qcow2")}, "/disk/vm.qcow2", None, ""},
-		{"dotdot inside is fine", []*tar.Header{reg("a/../disk/vm.qcow2")}, "/disk/vm.qcow2", None, ""},
-		{"escape", []*tar.Header{reg("../x")}, "", None, ReasonPathEscape},
-		{"escape deep", []*tar.Header{reg("disk/../../x")}, "", None, ReasonPathEscape},
-		{"escape absolute", []*tar.Header{reg("/../etc/passwd")}, "", None, ReasonPathEscape},
-		{"hardlink escape", []*tar.Header{{Name: "disk/x", Typeflag: tar.TypeLink, Linkname: "../../etc/shadow"}}, "", None, ReasonPathEscape},
-		{"two", []*tar.Header{reg("disk/a.qcow2"), reg("disk/b.raw")}, "", None, ReasonSeveralDisks},
-		{"symlink disk", []*tar.Header{{Name: "disk/a.qcow2", Typeflag: tar.TypeSymlink, Linkname: "/dev/sda"}}, "", None, ReasonNotAnImage},
-		{"nul", []*tar.Header{reg("disk/a\x00.qcow2")}, "", None, ReasonPathEscape},
+		{"plain", one(&tar.Header{Name: "disk/", Typeflag: tar.TypeDir}, reg("disk/disk.qcow2")), "/disk/disk.qcow2", None, 0, ""},
+		{"dot slash", one(reg("./disk/vm.img")), "/disk/vm.img", None, 0, ""},
+		{"absolute", one(reg("/disk/vm.raw")), "/disk/vm.raw", None, 0, ""},
+		{"gz", one(reg("disk/vm.qcow2.gz")), "/disk/vm.qcow2.gz", Gzip, 0, ""},
+		{"xz", one(reg("disk/vm.img.xz")), "/disk/vm.img.xz", XZ, 0, ""},
+		{"other files ignored", one(reg("etc/motd"), reg("disk/README"), reg("disk/sub/x.qcow2"), reg("disk/vm.qcow2")), "/disk/vm.qcow2", None, 0, ""},
+		{"dotdot inside is fine", one(reg("a/../disk/vm.qcow2")), "/disk/vm.qcow2", None, 0, ""},
+		{"escape", one(reg("../x")), "", None, 0, ReasonPathEscape},
+		{"escape deep", one(reg("disk/../../x")), "", None, 0, ReasonPathEscape},
+		{"escape absolute", one(reg("/../etc/passwd")), "", None, 0, ReasonPathEscape},
+		{"hardlink escape", one(&tar.Header{Name: "disk/x", Typeflag: tar.TypeLink, Linkname: "../../etc/shadow"}), "", None, 0, ReasonPathEscape},
+		{"two", one(reg("disk/a.qcow2"), reg("disk/b.raw")), "", None, 0, ReasonSeveralDisks},
+		{"symlink disk", one(&tar.Header{Name: "disk/a.qcow2", Typeflag: tar.TypeSymlink, Linkname: "/dev/sda"}), "", None, 0, ReasonNotAnImage},
+		{"nul", one(reg("disk/a\x00.qcow2")), "", None, 0, ReasonPathEscape},
+		{"empty", [][]*tar.Header{{}}, "", None, 0, ReasonEmpty},
+		{"no disk", one(reg("etc/motd")), "", None, 0, ReasonNoDisk},
+		// Layers on layers, as a runtime unpacks them.
+		{"later layer replaces the same path", [][]*tar.Header{{reg("disk/a.qcow2")}, {reg("disk/a.qcow2")}}, "/disk/a.qcow2", None, 1, ""},
+		{"same path twice in a layer: the last wins", one(reg("disk/a.qcow2"), reg("disk/a.qcow2")), "/disk/a.qcow2", None, 1, ""},
+		{"whiteout, then another disk", [][]*tar.Header{{reg("disk/a.qcow2")}, {reg("disk/.wh.a.qcow2"), reg("disk/b.raw.gz")}}, "/disk/b.raw.gz", Gzip, 1, ""},
+		{"another disk, then the whiteout", [][]*tar.Header{{reg("disk/a.qcow2")}, {reg("disk/b.raw"), reg("disk/.wh.a.qcow2")}}, "/disk/b.raw", None, 1, ""},
+		{"opaque /disk/, then another disk", [][]*tar.Header{{reg("disk/a.qcow2")}, {reg("disk/.wh..wh..opq"), reg("disk/b.img")}}, "/disk/b.img", None, 1, ""},
+		{"another disk, then opaque /disk/", [][]*tar.Header{{reg("disk/a.qcow2")}, {reg("disk/b.img"), reg("disk/.wh..wh..opq")}}, "/disk/b.img", None, 1, ""},
+		{"/disk whited out at the root", [][]*tar.Header{{reg("disk/a.qcow2")}, {reg(".wh.disk"), reg("disk/b.img")}}, "/disk/b.img", None, 1, ""},
+		{"opaque root", [][]*tar.Header{{reg("disk/a.qcow2")}, {reg(".wh..wh..opq"), reg("disk/b.img")}}, "/disk/b.img", None, 1, ""},
+		{"a whiteout spares its own layer", one(reg("disk/a.qcow2"), reg("disk/.wh.a.qcow2")), "/disk/a.qcow2", None, 0, ""},
+		{"deleted and nothing added", [][]*tar.Header{{reg("disk/a.qcow2")}, {reg("disk/.wh.a.qcow2")}}, "", None, 1, ReasonNoDisk},
+		{"another disk without deleting the first", [][]*tar.Header{{reg("disk/a.qcow2")}, {reg("disk/b.img")}}, "", None, 1, ReasonSeveralDisks},
+		{"deleted one layer too late", [][]*tar.Header{{reg("disk/a.qcow2")}, {reg("disk/b.img")}, {reg("disk/.wh.a.qcow2")}}, "", None, 1, ReasonSeveralDisks},
+		{"/disk is a symlink", one(&tar.Header{Name: "disk", Typeflag: tar.TypeSymlink, Linkname: "data"}, reg("data/a.qcow2")), "", None, 0, ReasonUnsupported},
+		{"a file replaces /disk", [][]*tar.Header{{reg("disk/a.qcow2")}, {reg("disk")}}, "", None, 1, ReasonNoDisk},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := &DiskSelector{Image: "docker://r/i:1"}
 			var err error
 			var comp Compression
-			for _, h := range tc.headers {
-				var is bool
-				var c Compression
-				is, c, err = s.Next(h)
-				if err != nil {
+			restarts, entries := 0, 0
+		layers:
+			for i, hs := range tc.layers {
+				if err = s.Layer(i); err != nil {
 					break
 				}
-				if is {
-					comp = c
+				for _, h := range hs {
+					entries++
+					var v Verdict
+					if v, err = s.Next(h); err != nil {
+						break layers
+					}
+					if v.Restart {
+						restarts++
+					}
+					if v.Disk {
+						comp = v.Compression
+					}
 				}
+			}
+			if err == nil {
+				err = s.Done(len(tc.layers), entries)
+			}
+			if restarts != tc.restarts {
+				t.Errorf("%d restarts, want %d", restarts, tc.restarts)
 			}
 			if tc.reason != "" {
 				wantReason(t, err, tc.reason)

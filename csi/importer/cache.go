@@ -42,6 +42,8 @@ type Cache struct {
 	metrics  *metrics
 	log      *slog.Logger
 	egress   egress.Policy // AllowPrivate comes from each source
+	reserve  int64         // free bytes to leave on the cache's file system
+	timeout  time.Duration // the longest one import may take
 
 	mu       sync.Mutex // guards idx and inflight
 	idx      index
@@ -86,6 +88,13 @@ type Options struct {
 	// PodCIDRs and ServiceCIDRs are the cluster's: imports may not reach them unless
 	// their source allows private addresses (csi/egress).
 	PodCIDRs, ServiceCIDRs []netip.Prefix
+	// FreeSpaceReserve is how many bytes an import leaves free on the cache's file
+	// system: it does not start, or stops, below it (unused bases are evicted first).
+	// 0: none.
+	FreeSpaceReserve int64
+	// ImportTimeout bounds one import's wall-clock time, and so the CPU a hostile image
+	// can make it spend decompressing (0: none).
+	ImportTimeout time.Duration
 }
 
 // NewCache opens (or creates) the cache in dir, capped at maxBytes of bases (0: no cap),
@@ -116,7 +125,8 @@ func NewCacheWithOptions(dir string, maxBytes int64, reg prometheus.Registerer, 
 		o.Logger = slog.Default()
 	}
 	c := &Cache{dir: dir, maxBytes: maxBytes, limits: o.Limits, stall: o.Stall, ckptSize: o.CheckpointBytes, metrics: m, log: o.Logger,
-		inflight: map[string]*flight{}, egress: egress.Policy{PodCIDRs: o.PodCIDRs, ServiceCIDRs: o.ServiceCIDRs}}
+		inflight: map[string]*flight{}, egress: egress.Policy{PodCIDRs: o.PodCIDRs, ServiceCIDRs: o.ServiceCIDRs},
+		reserve: o.FreeSpaceReserve, timeout: o.ImportTimeout}
 	c.health = &health{until: map[string]time.Time{}, backoff: o.MirrorBackoff,
 		failovers: func(mirror string) { m.failovers.WithLabelValues(mirror).Inc() }}
 	for _, d := range []string{dir, filepath.Join(dir, "bases"), filepath.Join(dir, "partial")} {
@@ -300,6 +310,10 @@ func (c *Cache) join(ctx context.Context, j *job, progress func(Progress)) (Base
 		c.mu.Lock()
 		f.waiters--
 		c.mu.Unlock()
+		if f.err != nil && f.job != j && (j.src.MaxDiskSize == 0 || j.src.MaxDiskSize > f.job.src.MaxDiskSize) && IsLargerThanClaim(f.err) {
+			// It stopped at a smaller claim's size than ours: try with ours.
+			return c.join(ctx, j, progress)
+		}
 		return f.base, f.err
 	case <-ctx.Done():
 		c.mu.Lock()
@@ -413,13 +427,29 @@ func (c *Cache) evict(keep string) {
 		return
 	}
 	var total int64
+	for _, e := range c.idx.Bases {
+		total += e.Size
+	}
+	for _, d := range c.unused(keep) {
+		if total <= c.maxBytes {
+			break
+		}
+		size := c.idx.Bases[d].Size
+		if c.remove(d) {
+			total -= size
+		}
+	}
+}
+
+// unused lists the bases no holder references, least recently used first, but keep.
+// Called with c.mu held.
+func (c *Cache) unused(keep string) []string {
 	held := map[string]bool{}
 	for _, d := range c.idx.Holders {
 		held[d] = true
 	}
 	var candidates []string
-	for d, e := range c.idx.Bases {
-		total += e.Size
+	for d := range c.idx.Bases {
 		if !held[d] && d != keep {
 			candidates = append(candidates, d)
 		}
@@ -427,24 +457,99 @@ func (c *Cache) evict(keep string) {
 	sort.Slice(candidates, func(a, b int) bool {
 		return c.idx.Bases[candidates[a]].LastUsed.Before(c.idx.Bases[candidates[b]].LastUsed)
 	})
-	for _, d := range candidates {
-		if total <= c.maxBytes {
+	return candidates
+}
+
+// remove deletes an unused base's file and its index entries. Called with c.mu held.
+func (c *Cache) remove(d string) bool {
+	e := c.idx.Bases[d]
+	if err := os.Remove(filepath.Join(c.dir, "bases", e.File)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		c.log.Warn("image cache: evict", "digest", d, "err", err)
+		return false
+	}
+	delete(c.idx.Bases, d)
+	for k, v := range c.idx.Sources {
+		if v == d {
+			delete(c.idx.Sources, k)
+		}
+	}
+	c.metrics.evictions.Inc()
+	c.log.Info("image cache: evicted unused base", "digest", d, "bytes", e.Size)
+	return true
+}
+
+// bound is the most an import of src may write, and the tighter of the claim's size and
+// the node's maximum virtual size, which a qcow2 header may not declare more than.
+func (c *Cache) bound(src Source) (written, declared outputBound) {
+	if v := c.limits.MaxVirtualSize; v > 0 {
+		declared = outputBound{bytes: v, what: fmt.Sprintf("the node's maximum virtual size of %s", image.HumanSize(v)),
+			hint: "use a smaller image, or raise the CSI driver's --max-virtual-size (chart csi.maxVirtualSize)"}
+	}
+	if v := src.MaxDiskSize; v > 0 {
+		declared = declared.tighter(outputBound{bytes: v, what: fmt.Sprintf("the %s its claim asks for", image.HumanSize(v)),
+			hint: "ask for a larger claim (spec.resources.requests.storage), or use a smaller image", claim: true})
+	}
+	written = declared
+	if declared.bytes > 0 {
+		written.bytes += qcow2Room(declared.bytes)
+		written.what += " (plus room for qcow2 metadata)"
+	}
+	if c.maxBytes > 0 {
+		c.mu.Lock()
+		room := c.maxBytes - c.heldBytes()
+		c.mu.Unlock()
+		b := outputBound{bytes: room, what: fmt.Sprintf("the node's image cache size of %s", image.HumanSize(c.maxBytes)),
+			hint: "raise the CSI driver's --cache-size (chart csi.cacheSize), or use a smaller image"}
+		if room < c.maxBytes {
+			b.what = fmt.Sprintf("the room left in the node's image cache (%s of its %s; images that volumes use hold the rest)",
+				image.HumanSize(max(room, 0)), image.HumanSize(c.maxBytes))
+			b.hint = "the import is retried as volumes let go of their images; or raise the CSI driver's --cache-size (chart csi.cacheSize)"
+			b.retryable = true
+			room = max(room, 1) // 0 would mean unbounded
+			b.bytes = room
+		}
+		written = written.tighter(b)
+	}
+	return written, declared
+}
+
+// heldBytes is the size of the bases volumes hold. Called with c.mu held.
+func (c *Cache) heldBytes() int64 {
+	held := map[string]bool{}
+	for _, d := range c.idx.Holders {
+		held[d] = true
+	}
+	var n int64
+	for d := range held {
+		if e := c.idx.Bases[d]; e != nil {
+			n += e.Size
+		}
+	}
+	return n
+}
+
+// spaceGuard keeps imports above the free-space reserve, or is nil without one.
+func (c *Cache) spaceGuard() *spaceGuard {
+	if c.reserve <= 0 {
+		return nil
+	}
+	return &spaceGuard{dir: c.dir, reserve: c.reserve, evict: c.evictUnused}
+}
+
+// evictUnused removes unreferenced bases, least recently used first, until enough()
+// holds or none is left.
+func (c *Cache) evictUnused(enough func() bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, d := range c.unused("") {
+		if enough() {
 			break
 		}
-		e := c.idx.Bases[d]
-		if err := os.Remove(filepath.Join(c.dir, "bases", e.File)); err != nil && !errors.Is(err, os.ErrNotExist) {
-			c.log.Warn("image cache: evict", "digest", d, "err", err)
-			continue
-		}
-		total -= e.Size
-		delete(c.idx.Bases, d)
-		for k, v := range c.idx.Sources {
-			if v == d {
-				delete(c.idx.Sources, k)
-			}
-		}
-		c.metrics.evictions.Inc()
-		c.log.Info("image cache: evicted unused base", "digest", d, "bytes", e.Size)
+		c.remove(d)
+	}
+	c.updateGauges()
+	if err := c.save(); err != nil {
+		c.log.Warn("image cache: save index", "err", err)
 	}
 }
 

@@ -97,6 +97,9 @@ func (s *httpSource) stream(ctx context.Context, j *job, w *sparseWriter, cp *ch
 		if fr.err != nil {
 			return "", fmt.Errorf("import %s: %w", s.src.URL, fr.err)
 		}
+		if isBoundError(err) {
+			return "", err
+		}
 		if isWriteError(err) || ctx.Err() != nil {
 			return "", fmt.Errorf("import %s: %w", s.src.URL, err)
 		}

@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -193,7 +194,8 @@ func TestConcurrentAcquireDownloadsOnce(t *testing.T) {
 	}
 }
 
-// References persist; unreferenced bases are evicted least recently used first.
+// References persist; unreferenced bases are evicted least recently used first, once
+// the cache is over its cap.
 func TestCacheEviction(t *testing.T) {
 	ctx := testCtx(t, 2*time.Minute)
 	work := t.TempDir()
@@ -206,11 +208,34 @@ func TestCacheEviction(t *testing.T) {
 		push(t, img, host+"/vm/e:"+tag)
 		digests = append(digests, digestOf(t, img))
 	}
-	dir := t.TempDir()
-	c := newTestCache(t, dir, 1, Options{}) // a cap that every base exceeds: only held bases stay
 	src := func(tag string) Source { return Source{AllowPrivate: true, URL: "docker://" + host + "/vm/e:" + tag} }
-	a, err := c.Acquire(ctx, src("a"), "vol-a", nil)
+	probe, err := newTestCache(t, t.TempDir(), 0, Options{}).Acquire(ctx, src("a"), "probe", nil)
 	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	c := newTestCache(t, dir, probe.Size*5/2, Options{}) // room for two bases, not three
+	bases := func(want ...int) {
+		t.Helper()
+		files, _ := filepath.Glob(filepath.Join(dir, "bases", "*"))
+		var got []string
+		for _, f := range files {
+			for i, d := range digests {
+				if strings.Contains(f, strings.TrimPrefix(d, "sha256:")) {
+					got = append(got, string(rune('a'+i)))
+				}
+			}
+		}
+		sort.Strings(got)
+		var w []string
+		for _, i := range want {
+			w = append(w, string(rune('a'+i)))
+		}
+		if len(files) != len(want) || strings.Join(got, ",") != strings.Join(w, ",") {
+			t.Fatalf("cached bases %v (files %v), want %v", got, files, w)
+		}
+	}
+	if _, err := c.Acquire(ctx, src("a"), "vol-a", nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := c.Acquire(ctx, src("b"), "vol-b", nil); err != nil {
@@ -219,40 +244,35 @@ func TestCacheEviction(t *testing.T) {
 	if err := c.Release("vol-a"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(a.Path); !os.IsNotExist(err) {
-		t.Fatalf("released base a still cached over the cap: %v", err)
-	}
 	if err := c.Release("vol-a"); err != nil {
 		t.Fatalf("Release twice: %v", err)
 	}
-	// b is held: importing c keeps it.
+	bases(0, 1) // under the cap, a stays for the next volume
 	if _, err := c.Acquire(ctx, src("c"), "vol-c", nil); err != nil {
 		t.Fatal(err)
 	}
+	bases(1, 2) // over it: the unused a goes, the held b stays
 	// A base renamed into place by an import that crashed before the index recorded it.
 	stray := filepath.Join(dir, "bases", strings.Repeat("ab", 32)+".qcow2")
 	if err := os.WriteFile(stray, []byte("half"), 0o444); err != nil {
 		t.Fatal(err)
 	}
-	c2 := newTestCache(t, dir, 1, Options{}) // restart: references survive, the stray file goes
-	files, _ := filepath.Glob(filepath.Join(dir, "bases", "*"))
-	if len(files) != 2 {
-		t.Fatalf("bases after restart: %v, want b and c", files)
-	}
+	c2 := newTestCache(t, dir, probe.Size*5/2, Options{}) // restart: references survive, the stray file goes
+	bases(1, 2)
 	if err := c2.Release("vol-b"); err != nil {
 		t.Fatal(err)
 	}
-	files, _ = filepath.Glob(filepath.Join(dir, "bases", "*"))
-	if len(files) != 1 || !strings.Contains(files[0], strings.TrimPrefix(digests[2], "sha256:")) {
-		t.Fatalf("bases after releasing b: %v, want only c", files)
+	if _, err := c2.Acquire(ctx, src("a"), "vol-a2", nil); err != nil {
+		t.Fatal(err)
 	}
+	bases(0, 2) // b, unused since, made room
 	if n := counterValue(t, c.metrics.evictions) + counterValue(t, c2.metrics.evictions); n != 2 {
 		t.Fatalf("evictions = %v, want 2 (a, b)", n)
 	}
 	var m dto.Metric
 	_ = c2.metrics.entries.Write(&m)
-	if m.GetGauge().GetValue() != 1 {
-		t.Fatalf("cache entries gauge = %v, want 1", m.GetGauge().GetValue())
+	if m.GetGauge().GetValue() != 2 {
+		t.Fatalf("cache entries gauge = %v, want 2", m.GetGauge().GetValue())
 	}
 }
 

@@ -65,6 +65,9 @@ func TestMaliciousImagesRefused(t *testing.T) {
 		{"two files under /disk/", [][]byte{layerTar(t, disk("disk/a.qcow2", good), disk("disk/b.qcow2", good))}, false, image.ReasonSeveralDisks, "several"},
 		{"two files across layers", [][]byte{layerTar(t, disk("disk/a.qcow2", good)), layerTar(t, disk("disk/b.img", good))}, false, image.ReasonSeveralDisks, "several"},
 		{"no disk", [][]byte{layerTar(t, tarEntry{name: "etc/motd", data: []byte("hi")})}, false, image.ReasonNoDisk, "/disk/"},
+		{"disk deleted by a whiteout", [][]byte{layerTar(t, disk("disk/a.qcow2", good)), layerTar(t, tarEntry{name: "disk/.wh.a.qcow2"})}, false, image.ReasonNoDisk, "deleted files count as gone"},
+		{"a new disk beside the old, deleted a layer late", [][]byte{layerTar(t, disk("disk/a.qcow2", good)), layerTar(t, disk("disk/b.qcow2", good)), layerTar(t, tarEntry{name: "disk/.wh.a.qcow2"})}, false, image.ReasonSeveralDisks, "delete the old one"},
+		{"/disk is a symlink", [][]byte{layerTar(t, tarEntry{name: "disk", typeflag: tar.TypeSymlink, linkname: "/dev"}, disk("dev/sda.img", good))}, false, image.ReasonUnsupported, "does not follow links"},
 		{"symlink as the disk", [][]byte{layerTar(t, tarEntry{name: "disk/disk.qcow2", typeflag: tar.TypeSymlink, linkname: "/dev/sda"})}, false, image.ReasonNotAnImage, "not a regular file"},
 		{"blob altered by the mirror", [][]byte{layerTar(t, disk("disk/disk.qcow2", good))}, true, image.ReasonDigest, "digest"},
 	}

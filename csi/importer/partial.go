@@ -1,7 +1,6 @@
 package importer
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding"
 	"encoding/json"
@@ -11,6 +10,7 @@ import (
 	"path/filepath"
 	"sync"
 
+	"github.com/podvirt/podvirt/csi/image"
 	"github.com/podvirt/podvirt/internal/atomicfile"
 )
 
@@ -26,11 +26,12 @@ type checkpoint struct {
 	BlobOffset     int64
 	BlobHash       []byte // sha256 state (encoding.BinaryMarshaler)
 	OutOffset      int64
-	EntryRemaining int64  // bytes of the disk entry still to copy (registry only)
-	EntrySize      int64  // the disk entry's size, for its tar padding
-	EntryName      string // the disk's path in the image
-	Entries        int    // tar entries seen so far
-	Validator      string // HTTP: the file's ETag or Last-Modified, sent as If-Range on resume
+	EntryRemaining int64 // bytes of the disk entry still to copy (registry only)
+	EntrySize      int64 // the disk entry's size, for its tar padding
+	// Selector is where the layers' disk selection stood (registry only).
+	Selector  *image.DiskSelector `json:",omitempty"`
+	Entries   int                 // tar entries seen so far
+	Validator string              // HTTP: the file's ETag or Last-Modified, sent as If-Range on resume
 }
 
 const (
@@ -139,32 +140,3 @@ func restoreHash(state []byte) (hash.Hash, error) {
 	}
 	return h, nil
 }
-
-// sparseWriter writes the output at increasing offsets, skipping all-zero blocks so raw
-// images stay sparse (the file is truncated to its full size at the end).
-type sparseWriter struct {
-	f   *os.File
-	off int64
-}
-
-var zeroBlock = make([]byte, 64<<10)
-
-func (w *sparseWriter) Write(p []byte) (int, error) {
-	n := 0
-	for len(p) > 0 {
-		c := min(len(p), len(zeroBlock))
-		chunk := p[:c]
-		if c < len(zeroBlock) || !bytes.Equal(chunk, zeroBlock) {
-			if _, err := w.f.WriteAt(chunk, w.off); err != nil {
-				return n, err
-			}
-		}
-		w.off += int64(c)
-		n += c
-		p = p[c:]
-	}
-	return n, nil
-}
-
-// finish gives the file its full length (trailing zero blocks were skipped).
-func (w *sparseWriter) finish() error { return w.f.Truncate(w.off) }

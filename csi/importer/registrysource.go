@@ -28,9 +28,10 @@ type registrySource struct {
 
 func (s *registrySource) kind() string { return "registry" }
 
-// resumes holds when the checkpoint was taken on the same layers.
+// resumes holds when the checkpoint was taken on the same layers (by a driver that
+// records which layer its disk came from).
 func (s *registrySource) resumes(cp *checkpoint) bool {
-	if len(cp.LayerDigests) != len(s.res.layers) || cp.Layer >= len(s.res.layers) {
+	if cp.Selector == nil || len(cp.LayerDigests) != len(s.res.layers) || cp.Layer >= len(s.res.layers) {
 		return false
 	}
 	for i, l := range s.res.layers {
@@ -71,31 +72,40 @@ func (c *Cache) planRegistry(ctx context.Context, src Source) (*job, string, err
 // stream streams every layer of the image, writes the disk entry into w, and
 // verifies each layer's digest. It returns the manifest digest.
 func (s *registrySource) stream(ctx context.Context, j *job, w *sparseWriter, cp *checkpoint) (string, error) {
-	sel := &image.DiskSelector{Image: s.src.URL}
+	sel := &image.DiskSelector{}
 	entries, start := 0, 0
 	j.mu.Lock()
 	for _, l := range s.res.layers {
 		j.total += l.Size
 	}
 	if cp != nil {
-		start, entries, sel.Disk = cp.Layer, cp.Entries, cp.EntryName
+		start, entries = cp.Layer, cp.Entries
+		if cp.Selector != nil {
+			*sel = *cp.Selector
+		}
 		for _, l := range s.res.layers[:start] {
 			j.done += l.Size
 		}
 		j.done += cp.BlobOffset
 	}
 	j.mu.Unlock()
+	sel.Image = s.src.URL
 	for li := start; li < len(s.res.layers); li++ {
 		var resume *checkpoint
 		if li == start {
 			resume = cp
 		}
+		if resume == nil {
+			if err := sel.Layer(li); err != nil {
+				return "", err
+			}
+		}
 		if err := s.streamLayer(ctx, j, li, w, sel, resume, &entries); err != nil {
 			return "", err
 		}
 	}
-	if sel.Disk == "" {
-		return "", sel.NoDisk(len(s.res.layers), entries)
+	if err := sel.Done(len(s.res.layers), entries); err != nil {
+		return "", err
 	}
 	j.diskName = s.src.URL + " " + sel.Disk
 	return s.res.digest, nil
@@ -167,20 +177,25 @@ func (s *registrySource) streamLayer(ctx context.Context, j *job, li int, w *spa
 			return fail(err)
 		}
 		*entries++
-		isDisk, comp, err := sel.Next(hdr)
+		v, err := sel.Next(hdr)
 		if err != nil {
 			return err
 		}
-		if !isDisk {
+		if v.Restart {
+			if err := j.restartOutput(w); err != nil {
+				return err
+			}
+		}
+		if !v.Disk {
 			continue
 		}
 		switch {
-		case comp == image.None && identity:
+		case v.Compression == image.None && identity:
 			// The entry's bytes are the blob's bytes: checkpoints are possible. tr reads
 			// them straight from raw, so raw's count stays the blob offset.
 			err = s.copyIdentity(j, w, tr, raw, hdr.Size, hdr.Size, li, sel, *entries)
 		default:
-			err = decompress(ctx, w, tr, comp)
+			err = decompress(ctx, w, tr, v.Compression)
 		}
 		if err != nil {
 			return fail(err)
@@ -245,7 +260,7 @@ func (s *registrySource) copyIdentity(j *job, w *sparseWriter, src io.Reader, ra
 		if since >= j.c.ckptSize && n > 0 {
 			since = 0
 			cp := &checkpoint{Key: j.key, Layer: li, LayerDigests: s.layerDigests(), BlobOffset: raw.n, BlobHash: hashState(raw.h),
-				OutOffset: w.off, EntryRemaining: n, EntrySize: entrySize, EntryName: sel.Disk, Entries: entries}
+				OutOffset: w.off, EntryRemaining: n, EntrySize: entrySize, Selector: selectorState(sel), Entries: entries}
 			if err := j.ckpt.offer(cp); err != nil {
 				return &writeError{err}
 			}
@@ -255,11 +270,17 @@ func (s *registrySource) copyIdentity(j *job, w *sparseWriter, src io.Reader, ra
 		}
 		if err != nil && err != io.EOF {
 			j.ckpt.final(&checkpoint{Key: j.key, Layer: li, LayerDigests: s.layerDigests(), BlobOffset: raw.n, BlobHash: hashState(raw.h),
-				OutOffset: w.off, EntryRemaining: n, EntrySize: entrySize, EntryName: sel.Disk, Entries: entries})
+				OutOffset: w.off, EntryRemaining: n, EntrySize: entrySize, Selector: selectorState(sel), Entries: entries})
 			return err
 		}
 	}
 	return nil
+}
+
+// selectorState is a copy of sel for a checkpoint.
+func selectorState(sel *image.DiskSelector) *image.DiskSelector {
+	c := *sel
+	return &c
 }
 
 func (s *registrySource) layerDigests() []string {

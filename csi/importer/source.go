@@ -19,6 +19,10 @@ type Source struct {
 	CACertsPEM []byte
 	// Insecure allows plain HTTP and unverified TLS; only when the user asked for it.
 	Insecure bool
+	// MaxDiskSize is the largest disk the caller can use (the claim's size): the import
+	// stops as soon as it writes more (plus qcow2 metadata room) or a qcow2 header
+	// declares a larger virtual size. 0: only the node's bounds apply.
+	MaxDiskSize int64
 	// AllowPrivate lets the import reach loopback and cluster (pod, Service) addresses,
 	// for in-cluster registries and servers an admin opted in (csi/egress).
 	AllowPrivate bool

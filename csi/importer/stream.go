@@ -137,14 +137,32 @@ func (j *job) run(ctx context.Context) (Base, error) {
 	if err := os.MkdirAll(j.dir, 0o700); err != nil {
 		return Base{}, err
 	}
-	base, err := j.runInto(ctx)
+	base, err := j.runWithin(ctx)
 	if err != nil {
-		if _, serr := os.Stat(filepath.Join(j.dir, partialState)); IsTerminal(err) || serr != nil || errors.Is(err, errSourceChanged) {
+		if _, serr := os.Stat(filepath.Join(j.dir, partialState)); IsTerminal(err) || serr != nil || errors.Is(err, errSourceChanged) || isBoundError(err) {
 			_ = os.RemoveAll(j.dir)
 		}
 		return Base{}, err
 	}
 	return base, nil
+}
+
+var errImportTimeout = errors.New("import time limit")
+
+// runWithin is runInto within the node's time limit for one import.
+func (j *job) runWithin(ctx context.Context) (Base, error) {
+	if j.c.timeout <= 0 {
+		return j.runInto(ctx)
+	}
+	ctx, cancel := context.WithTimeoutCause(ctx, j.c.timeout, errImportTimeout)
+	defer cancel()
+	base, err := j.runInto(ctx)
+	if err != nil && errors.Is(context.Cause(ctx), errImportTimeout) {
+		err = &image.Error{Reason: image.ReasonTimeout, File: j.src.URL,
+			Detail: fmt.Sprintf("the import took longer than the node's limit of %s and was stopped (%v)", j.c.timeout, err),
+			Hint:   "if the image is really this large or its server this slow, raise the CSI driver's --import-timeout (chart csi.importTimeout)"}
+	}
+	return base, err
 }
 
 func (j *job) runInto(ctx context.Context) (Base, error) {
@@ -161,12 +179,21 @@ func (j *job) runInto(ctx context.Context) (Base, error) {
 	if cp == nil {
 		_ = os.Remove(filepath.Join(j.dir, partialState))
 	}
-	w := &sparseWriter{f: out}
+	w := &sparseWriter{f: out, image: j.src.URL, space: j.c.spaceGuard()}
+	w.bound, w.declared = j.c.bound(j.src)
 	if cp != nil {
-		w.off = cp.OutOffset
+		w.off, w.headerChecked = cp.OutOffset, cp.OutOffset >= image.HeaderSize
 	}
 	if err := out.Truncate(w.off); err != nil {
 		return Base{}, err
+	}
+	if w.space != nil {
+		j.mu.Lock()
+		need := j.total - j.done // what a plain source still sends; compressed ones say nothing
+		j.mu.Unlock()
+		if err := w.space.check(max(need, 0)); err != nil {
+			return Base{}, err
+		}
 	}
 	j.ckpt = newCheckpointer(j.dir, out)
 	defer j.ckpt.stop()
@@ -199,6 +226,20 @@ func (j *job) runInto(ctx context.Context) (Base, error) {
 	return Base{Digest: digest, Path: final, Format: info.Format, VirtualSize: info.VirtualSize, Size: w.off}, nil
 }
 
+// restartOutput drops what the import wrote and the checkpoint describing
+// it: the disk streamed so far is no longer the image's.
+func (j *job) restartOutput(w *sparseWriter) error {
+	j.ckpt.stop()
+	if err := os.Remove(filepath.Join(j.dir, partialState)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return &writeError{err}
+	}
+	if err := w.restart(); err != nil {
+		return &writeError{err}
+	}
+	j.ckpt = newCheckpointer(j.dir, w.f)
+	return nil
+}
+
 type writeError struct{ err error }
 
 func (e *writeError) Error() string { return e.err.Error() }
@@ -226,10 +267,14 @@ func decompress(ctx context.Context, w *sparseWriter, r io.Reader, comp image.Co
 	case image.XZ:
 		cmd := exec.CommandContext(ctx, "xz", "--decompress", "--stdout", "--memlimit-decompress=1GiB", "--single-stream")
 		cmd.Stdin = r
-		cmd.Stdout = writerOnly{w}
+		out := &lastWriteError{w: writerOnly{w}}
+		cmd.Stdout = out
 		var stderr strings.Builder
 		cmd.Stderr = &stderr
 		if err := cmd.Run(); err != nil {
+			if out.err != nil { // xz died of the closed pipe: the write's error is the story
+				return out.err
+			}
 			if errors.Is(err, exec.ErrNotFound) {
 				return fmt.Errorf("xz (Debian package xz-utils) is not installed, run `make deps`: %w", err)
 			}
@@ -240,13 +285,38 @@ func decompress(ctx context.Context, w *sparseWriter, r io.Reader, comp image.Co
 	return fmt.Errorf("unknown compression %q", comp)
 }
 
-// writerOnly marks write failures as the node's, not the image's.
+// lastWriteError remembers why writing failed, which a subprocess writing
+// into it only sees as a broken pipe.
+type lastWriteError struct {
+	w   io.Writer
+	err error
+}
+
+func (l *lastWriteError) Write(p []byte) (int, error) {
+	n, err := l.w.Write(p)
+	if err != nil {
+		l.err = err
+	}
+	return n, err
+}
+
+// writerOnly marks write failures as the node's, not the image's, except a
+// refusal of what the image would write (its bound, its header).
 type writerOnly struct{ w *sparseWriter }
 
 func (o writerOnly) Write(p []byte) (int, error) {
 	n, err := o.w.Write(p)
-	if err != nil {
+	if err != nil && !isBoundError(err) {
 		return n, &writeError{err}
 	}
-	return n, nil
+	return n, err
+}
+
+// isBoundError: the import stopped at one of its bounds (output size, cache
+// room, free-space reserve) or at a header declaring too much.
+func isBoundError(err error) bool {
+	var ie *image.Error
+	var re *roomError
+	var se *spaceError
+	return errors.As(err, &ie) || errors.As(err, &re) || errors.As(err, &se) || IsLargerThanClaim(err)
 }
