@@ -86,8 +86,8 @@ func New(uri, name string) (*Launcher, error) {
 	return &Launcher{conn: conn, name: name, watch: make(chan struct{}), done: make(chan struct{}), cbID: -1}, nil
 }
 
-// Start defines the domain from xml and starts it.
-func (l *Launcher) Start(xml string) error {
+// follow registers for the domain's lifecycle events.
+func (l *Launcher) follow() error {
 	id, err := l.conn.DomainEventLifecycleRegister(nil, l.onLifecycle)
 	if err != nil {
 		return fmt.Errorf("domain %s: register events: %w", l.name, err)
@@ -95,6 +95,14 @@ func (l *Launcher) Start(xml string) error {
 	l.mu.Lock()
 	l.cbID = id
 	l.mu.Unlock()
+	return nil
+}
+
+// Start defines the domain from xml and starts it.
+func (l *Launcher) Start(xml string) error {
+	if err := l.follow(); err != nil {
+		return err
+	}
 	dom, err := l.conn.DomainDefineXML(xml)
 	if err != nil {
 		return fmt.Errorf("domain %s: define: %w", l.name, err)
@@ -143,7 +151,14 @@ func (l *Launcher) onLifecycle(_ *libvirt.Connect, d *libvirt.Domain, ev *libvir
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	switch ev.Event {
-	case libvirt.DOMAIN_EVENT_STARTED, libvirt.DOMAIN_EVENT_RESUMED:
+	case libvirt.DOMAIN_EVENT_STARTED:
+		if libvirt.DomainEventStartedDetailType(ev.Detail) == libvirt.DOMAIN_EVENT_STARTED_MIGRATED {
+			// An incoming migration: paused here until it resumes.
+			l.setLocked(v1.DomainStarting, reason)
+			return
+		}
+		l.setLocked(v1.DomainRunning, reason)
+	case libvirt.DOMAIN_EVENT_RESUMED:
 		l.setLocked(v1.DomainRunning, reason)
 	case libvirt.DOMAIN_EVENT_SUSPENDED:
 		l.setLocked(v1.DomainPaused, reason)

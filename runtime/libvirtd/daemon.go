@@ -37,6 +37,8 @@ type Config struct {
 type Daemon struct {
 	Dir     string
 	URI     string // qemu:///system?socket=...
+	Socket  string // the socket URI names
+	private bool
 	cmd     *exec.Cmd
 	exited  chan struct{}
 	waitErr error
@@ -151,7 +153,7 @@ exec libvirtd -f %[1]s/libvirtd.conf -p %[2]s/libvirtd.pid
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting libvirtd: %w", err)
 	}
-	d := &Daemon{Dir: dir, URI: "qemu:///system?socket=" + sock, cmd: cmd, exited: make(chan struct{})}
+	d := &Daemon{Dir: dir, URI: "qemu:///system?socket=" + sock, Socket: sock, private: cfg.Private, cmd: cmd, exited: make(chan struct{})}
 	go func() {
 		d.waitErr = cmd.Wait()
 		close(d.exited)
@@ -190,6 +192,25 @@ func (d *Daemon) logTail() string {
 		b = b[len(b)-2000:]
 	}
 	return string(b)
+}
+
+// MigrationDir holds a live migration's unix sockets, as libvirtd and QEMU
+// see it: the same path in every launcher, private to each (it is under
+// /run/libvirt), which a migration over unix sockets needs.
+const MigrationDir = "/run/libvirt/podvirt-migration"
+
+// Visible is where this process finds path p of the daemon's view (its
+// private copies of the libvirt dirs when Private).
+func (d *Daemon) Visible(p string) string {
+	if !d.private {
+		return p
+	}
+	for _, pd := range privateDirs {
+		if rel, ok := strings.CutPrefix(p, pd[1]); ok && (rel == "" || rel[0] == '/') {
+			return filepath.Join(d.Dir, pd[0]) + rel
+		}
+	}
+	return p
 }
 
 // Exited is closed when libvirtd has exited.

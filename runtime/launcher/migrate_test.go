@@ -1,0 +1,210 @@
+package launcher
+
+import (
+	"context"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"libvirt.org/go/libvirt"
+
+	v1 "github.com/podvirt/podvirt/api/v1alpha1"
+	"github.com/podvirt/podvirt/contracts/diskmeta"
+	"github.com/podvirt/podvirt/runtime/converter"
+	"github.com/podvirt/podvirt/runtime/libvirtd"
+	"github.com/podvirt/podvirt/runtime/migrationproxy"
+	"github.com/podvirt/podvirt/test/images/guest"
+)
+
+// TestLiveMigrationCopiesOnlyTheOverlay moves a booted guest between two
+// launchers' libvirtds through the migration proxy, as between two pods:
+// the root disk is an overlay on a base both sides hold, so only the
+// overlay's data crosses; a standalone data disk crosses whole. The guest
+// keeps running on the target with the data.
+func TestLiveMigrationCopiesOnlyTheOverlay(t *testing.T) {
+	src, dst := startDaemon(t), startDaemon(t)
+	vm := newTestVM(t, "migrant")
+	art, err := guest.Build(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A data disk the guest leaves alone, 24 MiB written.
+	srcDir := filepath.Dir(vm.console)
+	data := filepath.Join(srcDir, "data.qcow2")
+	qemuImg(t, "create", "-q", "-f", "qcow2", data, "64M")
+	if out, err := exec.Command("qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 24M", data).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-io: %v: %s", err, out)
+	}
+	withData(vm.vmi)
+	vm.xml = render(t, vm.vmi, srcDir, filepath.Join(srcDir, "root.qcow2"), data)
+	l := startVM(t, src, vm)
+	waitConsole(t, vm.console, 0, guest.BootMarker, 3*time.Minute)
+
+	// The target: the same base under another path (its node's cache), an
+	// empty overlay on it, an empty data disk of the same size.
+	dstDir := t.TempDir()
+	base := filepath.Join(dstDir, "base.qcow2")
+	if err := os.Link(art.Disk, base); err != nil {
+		t.Fatal(err)
+	}
+	root := filepath.Join(dstDir, "root.qcow2")
+	qemuImg(t, "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", root)
+	dstData := filepath.Join(dstDir, "data.qcow2")
+	qemuImg(t, "create", "-q", "-f", "qcow2", dstData, "64M")
+	destXML := render(t, vm.vmi, dstDir, root, dstData)
+
+	token, err := migrationproxy.NewToken()
+	if err != nil {
+		t.Fatal(err)
+	}
+	target, err := New(dst.URI, converter.DomainName(vm.vmi))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = target.Close() })
+	in, err := target.AwaitIncoming("127.0.0.1:0", token, dst.Socket, socketsOf(t, dst))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+
+	written := allocated(t, filepath.Join(srcDir, "root.qcow2")) + allocated(t, data)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var calls int
+	stats, err := l.Migrate(ctx, socketsOf(t, src), MigrateOptions{Target: in.Addr(), Token: token, DestXML: destXML}, func(MigrationStats) { calls++ })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := in.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-l.Done():
+	case <-ctx.Done():
+		t.Fatal("the source domain is still there after the migration")
+	}
+	arrived, err := in.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("source: %+v; target: %+v; %d progress reports; overlay+data allocated %d bytes", stats, arrived, calls, written)
+	if stats.DiskProcessed == 0 || int64(stats.DiskProcessed) > written+written/10+4<<20 {
+		t.Errorf("copied %d disk bytes for %d written (base %d): more than the overlays", stats.DiskProcessed, written, allocated(t, art.Disk))
+	}
+	if st, _ := target.State(); st != v1.DomainRunning {
+		t.Fatalf("target domain %s, want Running", st)
+	}
+	// The guest answers on the target's console (the log file is appended to).
+	d, err := target.domain()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.DestroyFlags(libvirt.DOMAIN_DESTROY_GRACEFUL); err != nil {
+		t.Fatal(err)
+	}
+	<-target.Done()
+	if out, err := exec.Command("qemu-io", "-r", "-f", "qcow2", "-c", "read -P 0x5a 0 24M", dstData).CombinedOutput(); err != nil || strings.Contains(string(out), "Pattern verification failed") {
+		t.Fatalf("the data disk on the target lacks what was written: %v: %s", err, out)
+	}
+	if got := allocated(t, root); got > allocated(t, filepath.Join(srcDir, "root.qcow2"))+4<<20 {
+		t.Errorf("the target overlay allocates %d bytes: the base was copied into it", got)
+	}
+}
+
+// TestLiveMigrationProxyRefusesStrangers: a connection without the token
+// gets nothing.
+func TestLiveMigrationProxyRefusesStrangers(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "real.sock")
+	token, _ := migrationproxy.NewToken()
+	tgt, err := migrationproxy.ListenTarget("127.0.0.1:0", token, map[migrationproxy.Channel]string{migrationproxy.Libvirt: sock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tgt.Close()
+	other, _ := migrationproxy.NewToken()
+	s, err := migrationproxy.ListenSource(filepath.Join(dir, "src"), tgt.Addr(), other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	c, err := net.Dial("unix", filepath.Join(dir, "src", migrationproxy.Libvirt.SocketName()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := c.Read(make([]byte, 1)); n != 0 || err == nil {
+		t.Fatalf("read %d bytes, %v: a wrong token got through", n, err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for tgt.Refused() == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if tgt.Refused() != 1 {
+		t.Fatalf("refused %d connections, want 1", tgt.Refused())
+	}
+}
+
+func withData(vmi *v1.VirtualMachineInstance) {
+	vmi.Spec.Domain.Devices.Disks = append(vmi.Spec.Domain.Devices.Disks, v1.Disk{Name: "data"})
+	vmi.Spec.Volumes = append(vmi.Spec.Volumes, v1.Volume{Name: "data",
+		VolumeSource: v1.VolumeSource{PersistentVolumeClaim: &v1.PersistentVolumeClaimVolumeSource{ClaimName: "data"}}})
+}
+
+// render is the VM's domain for one side: its disks, cloud-init and
+// console under dir.
+func render(t *testing.T, vmi *v1.VirtualMachineInstance, dir, root, data string) string {
+	t.Helper()
+	iso := filepath.Join(dir, "cloud-init.iso")
+	if _, err := os.Stat(iso); err != nil {
+		if err := converter.WriteNoCloudISO(iso, converter.NoCloudFiles(vmi, vmi.Spec.Volumes[1].CloudInitNoCloud)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	xml, err := converter.ConvertXML(vmi, converter.Options{
+		DomainType: converter.DomainQEMU,
+		Disks: map[string]converter.DiskSource{
+			"root": {Path: root, Format: diskmeta.FormatQCOW2},
+			"data": {Path: data, Format: diskmeta.FormatQCOW2},
+		},
+		CloudInitDisk: iso,
+		ConsoleLog:    filepath.Join(dir, "console.log"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return xml
+}
+
+func socketsOf(t *testing.T, d *libvirtd.Daemon) MigrationSockets {
+	t.Helper()
+	s := MigrationSockets{Daemon: libvirtd.MigrationDir, Visible: d.Visible(libvirtd.MigrationDir)}
+	if err := os.MkdirAll(s.Visible, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func qemuImg(t *testing.T, args ...string) {
+	t.Helper()
+	if out, err := exec.Command("qemu-img", args...).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img %v: %v: %s", args, err, out)
+	}
+}
+
+// allocated is what a file occupies on disk.
+func allocated(t *testing.T, p string) int64 {
+	t.Helper()
+	var st syscall.Stat_t
+	if err := syscall.Stat(p, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Blocks * 512
+}
