@@ -29,6 +29,7 @@ func addKnownTypes(scheme *runtime.Scheme) error {
 	scheme.AddKnownTypes(GroupVersion,
 		&VirtualMachine{}, &VirtualMachineList{},
 		&VirtualMachineInstance{}, &VirtualMachineInstanceList{},
+		&VirtualMachineInstanceMigration{}, &VirtualMachineInstanceMigrationList{},
 	)
 	metav1.AddToGroupVersion(scheme, GroupVersion)
 	return nil

@@ -657,6 +657,11 @@ type VirtualMachineInstanceStatus struct {
 	// +listMapKey=name
 	VolumeStatus []VolumeStatus `json:"volumeStatus,omitempty"`
 
+	// MigrationState is the VMI's migration in flight, or its last one.
+	//
+	// +optional
+	MigrationState *MigrationState `json:"migrationState,omitempty"`
+
 	// Domain is the domain's state, written by the node daemon.
 	//
 	// +optional

@@ -39,6 +39,18 @@ const (
 	// DiskChecksumAnnotation on a PVC is the expected checksum of the
 	// source image, e.g. sha256:<hex>.
 	DiskChecksumAnnotation = "disk.podvirt.io/checksum"
+	// DiskBlankAnnotation "true" on a PVC asks the CSI driver for an empty
+	// disk even when its StorageClass names a default source (a live
+	// migration's target of a disk that is not an overlay).
+	DiskBlankAnnotation = "disk.podvirt.io/blank"
+	// VolumeContextDigest and VolumeContextOverlay are keys of a
+	// disk.podvirt.io PV's volumeAttributes: the digest of the image the
+	// disk was made from, and "true" when the disk is a qcow2 overlay on
+	// that image (a migration then copies only the overlay).
+	VolumeContextDigest  = "digest"
+	VolumeContextOverlay = "overlay"
+	// VolumeContextSource is the image the disk was made from.
+	VolumeContextSource = "source"
 	// ImportPhaseAnnotation on a PVC is how filling it from its source
 	// goes (a DiskImportPhase). The CSI driver writes it, as CDI writes
 	// its claims' import state, so the controller (and kubectl) see it

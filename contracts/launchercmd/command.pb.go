@@ -34,6 +34,327 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type PrepareMigrationRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// vmi and networks are as in StartRequest.
+	Vmi      []byte `protobuf:"bytes,1,opt,name=vmi,proto3" json:"vmi,omitempty"`
+	Networks []byte `protobuf:"bytes,2,opt,name=networks,proto3" json:"networks,omitempty"`
+	// listen_address is host:port for the migration proxy (the pod's IP;
+	// port 0 picks one).
+	ListenAddress string `protobuf:"bytes,3,opt,name=listen_address,json=listenAddress,proto3" json:"listen_address,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PrepareMigrationRequest) Reset() {
+	*x = PrepareMigrationRequest{}
+	mi := &file_command_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PrepareMigrationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PrepareMigrationRequest) ProtoMessage() {}
+
+func (x *PrepareMigrationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PrepareMigrationRequest.ProtoReflect.Descriptor instead.
+func (*PrepareMigrationRequest) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *PrepareMigrationRequest) GetVmi() []byte {
+	if x != nil {
+		return x.Vmi
+	}
+	return nil
+}
+
+func (x *PrepareMigrationRequest) GetNetworks() []byte {
+	if x != nil {
+		return x.Networks
+	}
+	return nil
+}
+
+func (x *PrepareMigrationRequest) GetListenAddress() string {
+	if x != nil {
+		return x.ListenAddress
+	}
+	return ""
+}
+
+type PrepareMigrationResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// address is where the proxy listens, token what it checks, and
+	// domain_xml the domain as rendered for this pod.
+	Address       string `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	Token         []byte `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	DomainXml     string `protobuf:"bytes,3,opt,name=domain_xml,json=domainXml,proto3" json:"domain_xml,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PrepareMigrationResponse) Reset() {
+	*x = PrepareMigrationResponse{}
+	mi := &file_command_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PrepareMigrationResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PrepareMigrationResponse) ProtoMessage() {}
+
+func (x *PrepareMigrationResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PrepareMigrationResponse.ProtoReflect.Descriptor instead.
+func (*PrepareMigrationResponse) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *PrepareMigrationResponse) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *PrepareMigrationResponse) GetToken() []byte {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+func (x *PrepareMigrationResponse) GetDomainXml() string {
+	if x != nil {
+		return x.DomainXml
+	}
+	return ""
+}
+
+type MigrateRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TargetAddress string                 `protobuf:"bytes,1,opt,name=target_address,json=targetAddress,proto3" json:"target_address,omitempty"`
+	Token         []byte                 `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	DomainXml     string                 `protobuf:"bytes,3,opt,name=domain_xml,json=domainXml,proto3" json:"domain_xml,omitempty"`
+	// bandwidth_mib caps the migration in MiB/s (0: unlimited).
+	BandwidthMib uint64 `protobuf:"varint,4,opt,name=bandwidth_mib,json=bandwidthMib,proto3" json:"bandwidth_mib,omitempty"`
+	AutoConverge bool   `protobuf:"varint,5,opt,name=auto_converge,json=autoConverge,proto3" json:"auto_converge,omitempty"`
+	PostCopy     bool   `protobuf:"varint,6,opt,name=post_copy,json=postCopy,proto3" json:"post_copy,omitempty"`
+	// deadline_seconds aborts the migration, or starts post-copy when
+	// allowed, after that long (0: none).
+	DeadlineSeconds int64 `protobuf:"varint,7,opt,name=deadline_seconds,json=deadlineSeconds,proto3" json:"deadline_seconds,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *MigrateRequest) Reset() {
+	*x = MigrateRequest{}
+	mi := &file_command_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MigrateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MigrateRequest) ProtoMessage() {}
+
+func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MigrateRequest.ProtoReflect.Descriptor instead.
+func (*MigrateRequest) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *MigrateRequest) GetTargetAddress() string {
+	if x != nil {
+		return x.TargetAddress
+	}
+	return ""
+}
+
+func (x *MigrateRequest) GetToken() []byte {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+func (x *MigrateRequest) GetDomainXml() string {
+	if x != nil {
+		return x.DomainXml
+	}
+	return ""
+}
+
+func (x *MigrateRequest) GetBandwidthMib() uint64 {
+	if x != nil {
+		return x.BandwidthMib
+	}
+	return 0
+}
+
+func (x *MigrateRequest) GetAutoConverge() bool {
+	if x != nil {
+		return x.AutoConverge
+	}
+	return false
+}
+
+func (x *MigrateRequest) GetPostCopy() bool {
+	if x != nil {
+		return x.PostCopy
+	}
+	return false
+}
+
+func (x *MigrateRequest) GetDeadlineSeconds() int64 {
+	if x != nil {
+		return x.DeadlineSeconds
+	}
+	return 0
+}
+
+type MigrationProgress struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	MemoryProcessed uint64                 `protobuf:"varint,1,opt,name=memory_processed,json=memoryProcessed,proto3" json:"memory_processed,omitempty"`
+	MemoryTotal     uint64                 `protobuf:"varint,2,opt,name=memory_total,json=memoryTotal,proto3" json:"memory_total,omitempty"`
+	DiskProcessed   uint64                 `protobuf:"varint,3,opt,name=disk_processed,json=diskProcessed,proto3" json:"disk_processed,omitempty"`
+	DiskTotal       uint64                 `protobuf:"varint,4,opt,name=disk_total,json=diskTotal,proto3" json:"disk_total,omitempty"`
+	ElapsedMs       int64                  `protobuf:"varint,5,opt,name=elapsed_ms,json=elapsedMs,proto3" json:"elapsed_ms,omitempty"`
+	// downtime_ms is known at the end.
+	DowntimeMs    int64 `protobuf:"varint,6,opt,name=downtime_ms,json=downtimeMs,proto3" json:"downtime_ms,omitempty"`
+	PostCopy      bool  `protobuf:"varint,7,opt,name=post_copy,json=postCopy,proto3" json:"post_copy,omitempty"`
+	Done          bool  `protobuf:"varint,8,opt,name=done,proto3" json:"done,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MigrationProgress) Reset() {
+	*x = MigrationProgress{}
+	mi := &file_command_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MigrationProgress) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MigrationProgress) ProtoMessage() {}
+
+func (x *MigrationProgress) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MigrationProgress.ProtoReflect.Descriptor instead.
+func (*MigrationProgress) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *MigrationProgress) GetMemoryProcessed() uint64 {
+	if x != nil {
+		return x.MemoryProcessed
+	}
+	return 0
+}
+
+func (x *MigrationProgress) GetMemoryTotal() uint64 {
+	if x != nil {
+		return x.MemoryTotal
+	}
+	return 0
+}
+
+func (x *MigrationProgress) GetDiskProcessed() uint64 {
+	if x != nil {
+		return x.DiskProcessed
+	}
+	return 0
+}
+
+func (x *MigrationProgress) GetDiskTotal() uint64 {
+	if x != nil {
+		return x.DiskTotal
+	}
+	return 0
+}
+
+func (x *MigrationProgress) GetElapsedMs() int64 {
+	if x != nil {
+		return x.ElapsedMs
+	}
+	return 0
+}
+
+func (x *MigrationProgress) GetDowntimeMs() int64 {
+	if x != nil {
+		return x.DowntimeMs
+	}
+	return 0
+}
+
+func (x *MigrationProgress) GetPostCopy() bool {
+	if x != nil {
+		return x.PostCopy
+	}
+	return false
+}
+
+func (x *MigrationProgress) GetDone() bool {
+	if x != nil {
+		return x.Done
+	}
+	return false
+}
+
 type StartRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// vmi is the VirtualMachineInstance as JSON; its UID must be the one
@@ -48,7 +369,7 @@ type StartRequest struct {
 
 func (x *StartRequest) Reset() {
 	*x = StartRequest{}
-	mi := &file_command_proto_msgTypes[0]
+	mi := &file_command_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -60,7 +381,7 @@ func (x *StartRequest) String() string {
 func (*StartRequest) ProtoMessage() {}
 
 func (x *StartRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[0]
+	mi := &file_command_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -73,7 +394,7 @@ func (x *StartRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartRequest.ProtoReflect.Descriptor instead.
 func (*StartRequest) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{0}
+	return file_command_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *StartRequest) GetVmi() []byte {
@@ -98,7 +419,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_command_proto_msgTypes[1]
+	mi := &file_command_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -110,7 +431,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[1]
+	mi := &file_command_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -123,7 +444,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{1}
+	return file_command_proto_rawDescGZIP(), []int{5}
 }
 
 type WatchRequest struct {
@@ -134,7 +455,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_command_proto_msgTypes[2]
+	mi := &file_command_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -146,7 +467,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[2]
+	mi := &file_command_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -159,7 +480,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{2}
+	return file_command_proto_rawDescGZIP(), []int{6}
 }
 
 type StatusResponse struct {
@@ -180,7 +501,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_command_proto_msgTypes[3]
+	mi := &file_command_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -192,7 +513,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[3]
+	mi := &file_command_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -205,7 +526,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{3}
+	return file_command_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *StatusResponse) GetVmi() string {
@@ -267,7 +588,7 @@ type Interface struct {
 
 func (x *Interface) Reset() {
 	*x = Interface{}
-	mi := &file_command_proto_msgTypes[4]
+	mi := &file_command_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -279,7 +600,7 @@ func (x *Interface) String() string {
 func (*Interface) ProtoMessage() {}
 
 func (x *Interface) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[4]
+	mi := &file_command_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -292,7 +613,7 @@ func (x *Interface) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Interface.ProtoReflect.Descriptor instead.
 func (*Interface) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{4}
+	return file_command_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Interface) GetNetwork() string {
@@ -331,7 +652,7 @@ type ShutdownRequest struct {
 
 func (x *ShutdownRequest) Reset() {
 	*x = ShutdownRequest{}
-	mi := &file_command_proto_msgTypes[5]
+	mi := &file_command_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -343,7 +664,7 @@ func (x *ShutdownRequest) String() string {
 func (*ShutdownRequest) ProtoMessage() {}
 
 func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[5]
+	mi := &file_command_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -356,7 +677,7 @@ func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownRequest.ProtoReflect.Descriptor instead.
 func (*ShutdownRequest) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{5}
+	return file_command_proto_rawDescGZIP(), []int{9}
 }
 
 type ShutdownResponse struct {
@@ -372,7 +693,7 @@ type ShutdownResponse struct {
 
 func (x *ShutdownResponse) Reset() {
 	*x = ShutdownResponse{}
-	mi := &file_command_proto_msgTypes[6]
+	mi := &file_command_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -384,7 +705,7 @@ func (x *ShutdownResponse) String() string {
 func (*ShutdownResponse) ProtoMessage() {}
 
 func (x *ShutdownResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[6]
+	mi := &file_command_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -397,7 +718,7 @@ func (x *ShutdownResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownResponse.ProtoReflect.Descriptor instead.
 func (*ShutdownResponse) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{6}
+	return file_command_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ShutdownResponse) GetGraceful() bool {
@@ -422,7 +743,7 @@ type PauseRequest struct {
 
 func (x *PauseRequest) Reset() {
 	*x = PauseRequest{}
-	mi := &file_command_proto_msgTypes[7]
+	mi := &file_command_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -434,7 +755,7 @@ func (x *PauseRequest) String() string {
 func (*PauseRequest) ProtoMessage() {}
 
 func (x *PauseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[7]
+	mi := &file_command_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -447,7 +768,7 @@ func (x *PauseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseRequest.ProtoReflect.Descriptor instead.
 func (*PauseRequest) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{7}
+	return file_command_proto_rawDescGZIP(), []int{11}
 }
 
 type PauseResponse struct {
@@ -458,7 +779,7 @@ type PauseResponse struct {
 
 func (x *PauseResponse) Reset() {
 	*x = PauseResponse{}
-	mi := &file_command_proto_msgTypes[8]
+	mi := &file_command_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -470,7 +791,7 @@ func (x *PauseResponse) String() string {
 func (*PauseResponse) ProtoMessage() {}
 
 func (x *PauseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[8]
+	mi := &file_command_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -483,7 +804,7 @@ func (x *PauseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseResponse.ProtoReflect.Descriptor instead.
 func (*PauseResponse) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{8}
+	return file_command_proto_rawDescGZIP(), []int{12}
 }
 
 type ResumeRequest struct {
@@ -494,7 +815,7 @@ type ResumeRequest struct {
 
 func (x *ResumeRequest) Reset() {
 	*x = ResumeRequest{}
-	mi := &file_command_proto_msgTypes[9]
+	mi := &file_command_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -506,7 +827,7 @@ func (x *ResumeRequest) String() string {
 func (*ResumeRequest) ProtoMessage() {}
 
 func (x *ResumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[9]
+	mi := &file_command_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -519,7 +840,7 @@ func (x *ResumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeRequest.ProtoReflect.Descriptor instead.
 func (*ResumeRequest) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{9}
+	return file_command_proto_rawDescGZIP(), []int{13}
 }
 
 type ResumeResponse struct {
@@ -530,7 +851,7 @@ type ResumeResponse struct {
 
 func (x *ResumeResponse) Reset() {
 	*x = ResumeResponse{}
-	mi := &file_command_proto_msgTypes[10]
+	mi := &file_command_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -542,7 +863,7 @@ func (x *ResumeResponse) String() string {
 func (*ResumeResponse) ProtoMessage() {}
 
 func (x *ResumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[10]
+	mi := &file_command_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -555,7 +876,7 @@ func (x *ResumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeResponse.ProtoReflect.Descriptor instead.
 func (*ResumeResponse) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{10}
+	return file_command_proto_rawDescGZIP(), []int{14}
 }
 
 type ConsoleData struct {
@@ -567,7 +888,7 @@ type ConsoleData struct {
 
 func (x *ConsoleData) Reset() {
 	*x = ConsoleData{}
-	mi := &file_command_proto_msgTypes[11]
+	mi := &file_command_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -579,7 +900,7 @@ func (x *ConsoleData) String() string {
 func (*ConsoleData) ProtoMessage() {}
 
 func (x *ConsoleData) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[11]
+	mi := &file_command_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -592,7 +913,7 @@ func (x *ConsoleData) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsoleData.ProtoReflect.Descriptor instead.
 func (*ConsoleData) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{11}
+	return file_command_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ConsoleData) GetData() []byte {
@@ -610,7 +931,7 @@ type DomainStatsRequest struct {
 
 func (x *DomainStatsRequest) Reset() {
 	*x = DomainStatsRequest{}
-	mi := &file_command_proto_msgTypes[12]
+	mi := &file_command_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -622,7 +943,7 @@ func (x *DomainStatsRequest) String() string {
 func (*DomainStatsRequest) ProtoMessage() {}
 
 func (x *DomainStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[12]
+	mi := &file_command_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -635,7 +956,7 @@ func (x *DomainStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DomainStatsRequest.ProtoReflect.Descriptor instead.
 func (*DomainStatsRequest) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{12}
+	return file_command_proto_rawDescGZIP(), []int{16}
 }
 
 // DomainStatsResponse is a snapshot of the domain's counters as libvirt
@@ -659,7 +980,7 @@ type DomainStatsResponse struct {
 
 func (x *DomainStatsResponse) Reset() {
 	*x = DomainStatsResponse{}
-	mi := &file_command_proto_msgTypes[13]
+	mi := &file_command_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -671,7 +992,7 @@ func (x *DomainStatsResponse) String() string {
 func (*DomainStatsResponse) ProtoMessage() {}
 
 func (x *DomainStatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[13]
+	mi := &file_command_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -684,7 +1005,7 @@ func (x *DomainStatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DomainStatsResponse.ProtoReflect.Descriptor instead.
 func (*DomainStatsResponse) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{13}
+	return file_command_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *DomainStatsResponse) GetCpuTimeNs() uint64 {
@@ -747,7 +1068,7 @@ type VCPUStats struct {
 
 func (x *VCPUStats) Reset() {
 	*x = VCPUStats{}
-	mi := &file_command_proto_msgTypes[14]
+	mi := &file_command_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -759,7 +1080,7 @@ func (x *VCPUStats) String() string {
 func (*VCPUStats) ProtoMessage() {}
 
 func (x *VCPUStats) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[14]
+	mi := &file_command_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -772,7 +1093,7 @@ func (x *VCPUStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VCPUStats.ProtoReflect.Descriptor instead.
 func (*VCPUStats) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{14}
+	return file_command_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *VCPUStats) GetId() uint32 {
@@ -805,7 +1126,7 @@ type MemoryStats struct {
 
 func (x *MemoryStats) Reset() {
 	*x = MemoryStats{}
-	mi := &file_command_proto_msgTypes[15]
+	mi := &file_command_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -817,7 +1138,7 @@ func (x *MemoryStats) String() string {
 func (*MemoryStats) ProtoMessage() {}
 
 func (x *MemoryStats) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[15]
+	mi := &file_command_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -830,7 +1151,7 @@ func (x *MemoryStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemoryStats.ProtoReflect.Descriptor instead.
 func (*MemoryStats) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{15}
+	return file_command_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *MemoryStats) GetActualBalloonBytes() uint64 {
@@ -881,7 +1202,7 @@ type DiskStats struct {
 
 func (x *DiskStats) Reset() {
 	*x = DiskStats{}
-	mi := &file_command_proto_msgTypes[16]
+	mi := &file_command_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -893,7 +1214,7 @@ func (x *DiskStats) String() string {
 func (*DiskStats) ProtoMessage() {}
 
 func (x *DiskStats) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[16]
+	mi := &file_command_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -906,7 +1227,7 @@ func (x *DiskStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiskStats.ProtoReflect.Descriptor instead.
 func (*DiskStats) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{16}
+	return file_command_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *DiskStats) GetName() string {
@@ -1000,7 +1321,7 @@ type InterfaceStats struct {
 
 func (x *InterfaceStats) Reset() {
 	*x = InterfaceStats{}
-	mi := &file_command_proto_msgTypes[17]
+	mi := &file_command_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1012,7 +1333,7 @@ func (x *InterfaceStats) String() string {
 func (*InterfaceStats) ProtoMessage() {}
 
 func (x *InterfaceStats) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[17]
+	mi := &file_command_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1025,7 +1346,7 @@ func (x *InterfaceStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InterfaceStats.ProtoReflect.Descriptor instead.
 func (*InterfaceStats) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{17}
+	return file_command_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *InterfaceStats) GetName() string {
@@ -1102,7 +1423,37 @@ var File_command_proto protoreflect.FileDescriptor
 
 const file_command_proto_rawDesc = "" +
 	"\n" +
-	"\rcommand.proto\x12\x19podvirt.launcher.v1alpha1\"<\n" +
+	"\rcommand.proto\x12\x19podvirt.launcher.v1alpha1\"n\n" +
+	"\x17PrepareMigrationRequest\x12\x10\n" +
+	"\x03vmi\x18\x01 \x01(\fR\x03vmi\x12\x1a\n" +
+	"\bnetworks\x18\x02 \x01(\fR\bnetworks\x12%\n" +
+	"\x0elisten_address\x18\x03 \x01(\tR\rlistenAddress\"i\n" +
+	"\x18PrepareMigrationResponse\x12\x18\n" +
+	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x14\n" +
+	"\x05token\x18\x02 \x01(\fR\x05token\x12\x1d\n" +
+	"\n" +
+	"domain_xml\x18\x03 \x01(\tR\tdomainXml\"\xfe\x01\n" +
+	"\x0eMigrateRequest\x12%\n" +
+	"\x0etarget_address\x18\x01 \x01(\tR\rtargetAddress\x12\x14\n" +
+	"\x05token\x18\x02 \x01(\fR\x05token\x12\x1d\n" +
+	"\n" +
+	"domain_xml\x18\x03 \x01(\tR\tdomainXml\x12#\n" +
+	"\rbandwidth_mib\x18\x04 \x01(\x04R\fbandwidthMib\x12#\n" +
+	"\rauto_converge\x18\x05 \x01(\bR\fautoConverge\x12\x1b\n" +
+	"\tpost_copy\x18\x06 \x01(\bR\bpostCopy\x12)\n" +
+	"\x10deadline_seconds\x18\a \x01(\x03R\x0fdeadlineSeconds\"\x98\x02\n" +
+	"\x11MigrationProgress\x12)\n" +
+	"\x10memory_processed\x18\x01 \x01(\x04R\x0fmemoryProcessed\x12!\n" +
+	"\fmemory_total\x18\x02 \x01(\x04R\vmemoryTotal\x12%\n" +
+	"\x0edisk_processed\x18\x03 \x01(\x04R\rdiskProcessed\x12\x1d\n" +
+	"\n" +
+	"disk_total\x18\x04 \x01(\x04R\tdiskTotal\x12\x1d\n" +
+	"\n" +
+	"elapsed_ms\x18\x05 \x01(\x03R\telapsedMs\x12\x1f\n" +
+	"\vdowntime_ms\x18\x06 \x01(\x03R\n" +
+	"downtimeMs\x12\x1b\n" +
+	"\tpost_copy\x18\a \x01(\bR\bpostCopy\x12\x12\n" +
+	"\x04done\x18\b \x01(\bR\x04done\"<\n" +
 	"\fStartRequest\x12\x10\n" +
 	"\x03vmi\x18\x01 \x01(\fR\x03vmi\x12\x1a\n" +
 	"\bnetworks\x18\x02 \x01(\fR\bnetworks\"\x0f\n" +
@@ -1211,7 +1562,7 @@ const file_command_proto_rawDesc = "" +
 	"\v_tx_packetsB\f\n" +
 	"\n" +
 	"_tx_errorsB\r\n" +
-	"\v_tx_dropped2\x91\x06\n" +
+	"\v_tx_dropped2\xf4\a\n" +
 	"\aCommand\x12[\n" +
 	"\x05Start\x12'.podvirt.launcher.v1alpha1.StartRequest\x1a).podvirt.launcher.v1alpha1.StatusResponse\x12]\n" +
 	"\x06Status\x12(.podvirt.launcher.v1alpha1.StatusRequest\x1a).podvirt.launcher.v1alpha1.StatusResponse\x12]\n" +
@@ -1220,7 +1571,9 @@ const file_command_proto_rawDesc = "" +
 	"\x05Pause\x12'.podvirt.launcher.v1alpha1.PauseRequest\x1a(.podvirt.launcher.v1alpha1.PauseResponse\x12]\n" +
 	"\x06Resume\x12(.podvirt.launcher.v1alpha1.ResumeRequest\x1a).podvirt.launcher.v1alpha1.ResumeResponse\x12]\n" +
 	"\aConsole\x12&.podvirt.launcher.v1alpha1.ConsoleData\x1a&.podvirt.launcher.v1alpha1.ConsoleData(\x010\x01\x12l\n" +
-	"\vDomainStats\x12-.podvirt.launcher.v1alpha1.DomainStatsRequest\x1a..podvirt.launcher.v1alpha1.DomainStatsResponseB2Z0github.com/podvirt/podvirt/contracts/launchercmdb\x06proto3"
+	"\vDomainStats\x12-.podvirt.launcher.v1alpha1.DomainStatsRequest\x1a..podvirt.launcher.v1alpha1.DomainStatsResponse\x12{\n" +
+	"\x10PrepareMigration\x122.podvirt.launcher.v1alpha1.PrepareMigrationRequest\x1a3.podvirt.launcher.v1alpha1.PrepareMigrationResponse\x12d\n" +
+	"\aMigrate\x12).podvirt.launcher.v1alpha1.MigrateRequest\x1a,.podvirt.launcher.v1alpha1.MigrationProgress0\x01B2Z0github.com/podvirt/podvirt/contracts/launchercmdb\x06proto3"
 
 var (
 	file_command_proto_rawDescOnce sync.Once
@@ -1234,51 +1587,59 @@ func file_command_proto_rawDescGZIP() []byte {
 	return file_command_proto_rawDescData
 }
 
-var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_command_proto_goTypes = []any{
-	(*StartRequest)(nil),        // 0: podvirt.launcher.v1alpha1.StartRequest
-	(*StatusRequest)(nil),       // 1: podvirt.launcher.v1alpha1.StatusRequest
-	(*WatchRequest)(nil),        // 2: podvirt.launcher.v1alpha1.WatchRequest
-	(*StatusResponse)(nil),      // 3: podvirt.launcher.v1alpha1.StatusResponse
-	(*Interface)(nil),           // 4: podvirt.launcher.v1alpha1.Interface
-	(*ShutdownRequest)(nil),     // 5: podvirt.launcher.v1alpha1.ShutdownRequest
-	(*ShutdownResponse)(nil),    // 6: podvirt.launcher.v1alpha1.ShutdownResponse
-	(*PauseRequest)(nil),        // 7: podvirt.launcher.v1alpha1.PauseRequest
-	(*PauseResponse)(nil),       // 8: podvirt.launcher.v1alpha1.PauseResponse
-	(*ResumeRequest)(nil),       // 9: podvirt.launcher.v1alpha1.ResumeRequest
-	(*ResumeResponse)(nil),      // 10: podvirt.launcher.v1alpha1.ResumeResponse
-	(*ConsoleData)(nil),         // 11: podvirt.launcher.v1alpha1.ConsoleData
-	(*DomainStatsRequest)(nil),  // 12: podvirt.launcher.v1alpha1.DomainStatsRequest
-	(*DomainStatsResponse)(nil), // 13: podvirt.launcher.v1alpha1.DomainStatsResponse
-	(*VCPUStats)(nil),           // 14: podvirt.launcher.v1alpha1.VCPUStats
-	(*MemoryStats)(nil),         // 15: podvirt.launcher.v1alpha1.MemoryStats
-	(*DiskStats)(nil),           // 16: podvirt.launcher.v1alpha1.DiskStats
-	(*InterfaceStats)(nil),      // 17: podvirt.launcher.v1alpha1.InterfaceStats
+	(*PrepareMigrationRequest)(nil),  // 0: podvirt.launcher.v1alpha1.PrepareMigrationRequest
+	(*PrepareMigrationResponse)(nil), // 1: podvirt.launcher.v1alpha1.PrepareMigrationResponse
+	(*MigrateRequest)(nil),           // 2: podvirt.launcher.v1alpha1.MigrateRequest
+	(*MigrationProgress)(nil),        // 3: podvirt.launcher.v1alpha1.MigrationProgress
+	(*StartRequest)(nil),             // 4: podvirt.launcher.v1alpha1.StartRequest
+	(*StatusRequest)(nil),            // 5: podvirt.launcher.v1alpha1.StatusRequest
+	(*WatchRequest)(nil),             // 6: podvirt.launcher.v1alpha1.WatchRequest
+	(*StatusResponse)(nil),           // 7: podvirt.launcher.v1alpha1.StatusResponse
+	(*Interface)(nil),                // 8: podvirt.launcher.v1alpha1.Interface
+	(*ShutdownRequest)(nil),          // 9: podvirt.launcher.v1alpha1.ShutdownRequest
+	(*ShutdownResponse)(nil),         // 10: podvirt.launcher.v1alpha1.ShutdownResponse
+	(*PauseRequest)(nil),             // 11: podvirt.launcher.v1alpha1.PauseRequest
+	(*PauseResponse)(nil),            // 12: podvirt.launcher.v1alpha1.PauseResponse
+	(*ResumeRequest)(nil),            // 13: podvirt.launcher.v1alpha1.ResumeRequest
+	(*ResumeResponse)(nil),           // 14: podvirt.launcher.v1alpha1.ResumeResponse
+	(*ConsoleData)(nil),              // 15: podvirt.launcher.v1alpha1.ConsoleData
+	(*DomainStatsRequest)(nil),       // 16: podvirt.launcher.v1alpha1.DomainStatsRequest
+	(*DomainStatsResponse)(nil),      // 17: podvirt.launcher.v1alpha1.DomainStatsResponse
+	(*VCPUStats)(nil),                // 18: podvirt.launcher.v1alpha1.VCPUStats
+	(*MemoryStats)(nil),              // 19: podvirt.launcher.v1alpha1.MemoryStats
+	(*DiskStats)(nil),                // 20: podvirt.launcher.v1alpha1.DiskStats
+	(*InterfaceStats)(nil),           // 21: podvirt.launcher.v1alpha1.InterfaceStats
 }
 var file_command_proto_depIdxs = []int32{
-	4,  // 0: podvirt.launcher.v1alpha1.StatusResponse.interfaces:type_name -> podvirt.launcher.v1alpha1.Interface
-	14, // 1: podvirt.launcher.v1alpha1.DomainStatsResponse.vcpus:type_name -> podvirt.launcher.v1alpha1.VCPUStats
-	15, // 2: podvirt.launcher.v1alpha1.DomainStatsResponse.memory:type_name -> podvirt.launcher.v1alpha1.MemoryStats
-	16, // 3: podvirt.launcher.v1alpha1.DomainStatsResponse.disks:type_name -> podvirt.launcher.v1alpha1.DiskStats
-	17, // 4: podvirt.launcher.v1alpha1.DomainStatsResponse.interfaces:type_name -> podvirt.launcher.v1alpha1.InterfaceStats
-	0,  // 5: podvirt.launcher.v1alpha1.Command.Start:input_type -> podvirt.launcher.v1alpha1.StartRequest
-	1,  // 6: podvirt.launcher.v1alpha1.Command.Status:input_type -> podvirt.launcher.v1alpha1.StatusRequest
-	2,  // 7: podvirt.launcher.v1alpha1.Command.Watch:input_type -> podvirt.launcher.v1alpha1.WatchRequest
-	5,  // 8: podvirt.launcher.v1alpha1.Command.Shutdown:input_type -> podvirt.launcher.v1alpha1.ShutdownRequest
-	7,  // 9: podvirt.launcher.v1alpha1.Command.Pause:input_type -> podvirt.launcher.v1alpha1.PauseRequest
-	9,  // 10: podvirt.launcher.v1alpha1.Command.Resume:input_type -> podvirt.launcher.v1alpha1.ResumeRequest
-	11, // 11: podvirt.launcher.v1alpha1.Command.Console:input_type -> podvirt.launcher.v1alpha1.ConsoleData
-	12, // 12: podvirt.launcher.v1alpha1.Command.DomainStats:input_type -> podvirt.launcher.v1alpha1.DomainStatsRequest
-	3,  // 13: podvirt.launcher.v1alpha1.Command.Start:output_type -> podvirt.launcher.v1alpha1.StatusResponse
-	3,  // 14: podvirt.launcher.v1alpha1.Command.Status:output_type -> podvirt.launcher.v1alpha1.StatusResponse
-	3,  // 15: podvirt.launcher.v1alpha1.Command.Watch:output_type -> podvirt.launcher.v1alpha1.StatusResponse
-	6,  // 16: podvirt.launcher.v1alpha1.Command.Shutdown:output_type -> podvirt.launcher.v1alpha1.ShutdownResponse
-	8,  // 17: podvirt.launcher.v1alpha1.Command.Pause:output_type -> podvirt.launcher.v1alpha1.PauseResponse
-	10, // 18: podvirt.launcher.v1alpha1.Command.Resume:output_type -> podvirt.launcher.v1alpha1.ResumeResponse
-	11, // 19: podvirt.launcher.v1alpha1.Command.Console:output_type -> podvirt.launcher.v1alpha1.ConsoleData
-	13, // 20: podvirt.launcher.v1alpha1.Command.DomainStats:output_type -> podvirt.launcher.v1alpha1.DomainStatsResponse
-	13, // [13:21] is the sub-list for method output_type
-	5,  // [5:13] is the sub-list for method input_type
+	8,  // 0: podvirt.launcher.v1alpha1.StatusResponse.interfaces:type_name -> podvirt.launcher.v1alpha1.Interface
+	18, // 1: podvirt.launcher.v1alpha1.DomainStatsResponse.vcpus:type_name -> podvirt.launcher.v1alpha1.VCPUStats
+	19, // 2: podvirt.launcher.v1alpha1.DomainStatsResponse.memory:type_name -> podvirt.launcher.v1alpha1.MemoryStats
+	20, // 3: podvirt.launcher.v1alpha1.DomainStatsResponse.disks:type_name -> podvirt.launcher.v1alpha1.DiskStats
+	21, // 4: podvirt.launcher.v1alpha1.DomainStatsResponse.interfaces:type_name -> podvirt.launcher.v1alpha1.InterfaceStats
+	4,  // 5: podvirt.launcher.v1alpha1.Command.Start:input_type -> podvirt.launcher.v1alpha1.StartRequest
+	5,  // 6: podvirt.launcher.v1alpha1.Command.Status:input_type -> podvirt.launcher.v1alpha1.StatusRequest
+	6,  // 7: podvirt.launcher.v1alpha1.Command.Watch:input_type -> podvirt.launcher.v1alpha1.WatchRequest
+	9,  // 8: podvirt.launcher.v1alpha1.Command.Shutdown:input_type -> podvirt.launcher.v1alpha1.ShutdownRequest
+	11, // 9: podvirt.launcher.v1alpha1.Command.Pause:input_type -> podvirt.launcher.v1alpha1.PauseRequest
+	13, // 10: podvirt.launcher.v1alpha1.Command.Resume:input_type -> podvirt.launcher.v1alpha1.ResumeRequest
+	15, // 11: podvirt.launcher.v1alpha1.Command.Console:input_type -> podvirt.launcher.v1alpha1.ConsoleData
+	16, // 12: podvirt.launcher.v1alpha1.Command.DomainStats:input_type -> podvirt.launcher.v1alpha1.DomainStatsRequest
+	0,  // 13: podvirt.launcher.v1alpha1.Command.PrepareMigration:input_type -> podvirt.launcher.v1alpha1.PrepareMigrationRequest
+	2,  // 14: podvirt.launcher.v1alpha1.Command.Migrate:input_type -> podvirt.launcher.v1alpha1.MigrateRequest
+	7,  // 15: podvirt.launcher.v1alpha1.Command.Start:output_type -> podvirt.launcher.v1alpha1.StatusResponse
+	7,  // 16: podvirt.launcher.v1alpha1.Command.Status:output_type -> podvirt.launcher.v1alpha1.StatusResponse
+	7,  // 17: podvirt.launcher.v1alpha1.Command.Watch:output_type -> podvirt.launcher.v1alpha1.StatusResponse
+	10, // 18: podvirt.launcher.v1alpha1.Command.Shutdown:output_type -> podvirt.launcher.v1alpha1.ShutdownResponse
+	12, // 19: podvirt.launcher.v1alpha1.Command.Pause:output_type -> podvirt.launcher.v1alpha1.PauseResponse
+	14, // 20: podvirt.launcher.v1alpha1.Command.Resume:output_type -> podvirt.launcher.v1alpha1.ResumeResponse
+	15, // 21: podvirt.launcher.v1alpha1.Command.Console:output_type -> podvirt.launcher.v1alpha1.ConsoleData
+	17, // 22: podvirt.launcher.v1alpha1.Command.DomainStats:output_type -> podvirt.launcher.v1alpha1.DomainStatsResponse
+	1,  // 23: podvirt.launcher.v1alpha1.Command.PrepareMigration:output_type -> podvirt.launcher.v1alpha1.PrepareMigrationResponse
+	3,  // 24: podvirt.launcher.v1alpha1.Command.Migrate:output_type -> podvirt.launcher.v1alpha1.MigrationProgress
+	15, // [15:25] is the sub-list for method output_type
+	5,  // [5:15] is the sub-list for method input_type
 	5,  // [5:5] is the sub-list for extension type_name
 	5,  // [5:5] is the sub-list for extension extendee
 	0,  // [0:5] is the sub-list for field type_name
@@ -1289,18 +1650,18 @@ func file_command_proto_init() {
 	if File_command_proto != nil {
 		return
 	}
-	file_command_proto_msgTypes[13].OneofWrappers = []any{}
-	file_command_proto_msgTypes[14].OneofWrappers = []any{}
-	file_command_proto_msgTypes[15].OneofWrappers = []any{}
-	file_command_proto_msgTypes[16].OneofWrappers = []any{}
 	file_command_proto_msgTypes[17].OneofWrappers = []any{}
+	file_command_proto_msgTypes[18].OneofWrappers = []any{}
+	file_command_proto_msgTypes[19].OneofWrappers = []any{}
+	file_command_proto_msgTypes[20].OneofWrappers = []any{}
+	file_command_proto_msgTypes[21].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_command_proto_rawDesc), len(file_command_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

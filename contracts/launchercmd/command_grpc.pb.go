@@ -32,14 +32,16 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Command_Start_FullMethodName       = "/podvirt.launcher.v1alpha1.Command/Start"
-	Command_Status_FullMethodName      = "/podvirt.launcher.v1alpha1.Command/Status"
-	Command_Watch_FullMethodName       = "/podvirt.launcher.v1alpha1.Command/Watch"
-	Command_Shutdown_FullMethodName    = "/podvirt.launcher.v1alpha1.Command/Shutdown"
-	Command_Pause_FullMethodName       = "/podvirt.launcher.v1alpha1.Command/Pause"
-	Command_Resume_FullMethodName      = "/podvirt.launcher.v1alpha1.Command/Resume"
-	Command_Console_FullMethodName     = "/podvirt.launcher.v1alpha1.Command/Console"
-	Command_DomainStats_FullMethodName = "/podvirt.launcher.v1alpha1.Command/DomainStats"
+	Command_Start_FullMethodName            = "/podvirt.launcher.v1alpha1.Command/Start"
+	Command_Status_FullMethodName           = "/podvirt.launcher.v1alpha1.Command/Status"
+	Command_Watch_FullMethodName            = "/podvirt.launcher.v1alpha1.Command/Watch"
+	Command_Shutdown_FullMethodName         = "/podvirt.launcher.v1alpha1.Command/Shutdown"
+	Command_Pause_FullMethodName            = "/podvirt.launcher.v1alpha1.Command/Pause"
+	Command_Resume_FullMethodName           = "/podvirt.launcher.v1alpha1.Command/Resume"
+	Command_Console_FullMethodName          = "/podvirt.launcher.v1alpha1.Command/Console"
+	Command_DomainStats_FullMethodName      = "/podvirt.launcher.v1alpha1.Command/DomainStats"
+	Command_PrepareMigration_FullMethodName = "/podvirt.launcher.v1alpha1.Command/PrepareMigration"
+	Command_Migrate_FullMethodName          = "/podvirt.launcher.v1alpha1.Command/Migrate"
 )
 
 // CommandClient is the client API for Command service.
@@ -78,6 +80,17 @@ type CommandClient interface {
 	// memory, and each disk and NIC, for the node daemon's metrics. It is
 	// FailedPrecondition while there is no running (or paused) domain.
 	DomainStats(ctx context.Context, in *DomainStatsRequest, opts ...grpc.CallOption) (*DomainStatsResponse, error)
+	// PrepareMigration readies a launcher that waits for Start to receive
+	// its VMI by live migration instead (the target side): it renders the
+	// domain for its pod and listens for the source's connections on
+	// listen_address with a fresh token. Once the domain has arrived the
+	// launcher serves it as if Start had run.
+	PrepareMigration(ctx context.Context, in *PrepareMigrationRequest, opts ...grpc.CallOption) (*PrepareMigrationResponse, error)
+	// Migrate moves the running domain live to a prepared target (the
+	// source side), streaming progress about twice a second; the last
+	// message has done set. Hanging up aborts the migration: the domain
+	// keeps running here. After success the domain is gone here.
+	Migrate(ctx context.Context, in *MigrateRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[MigrationProgress], error)
 }
 
 type commandClient struct {
@@ -180,6 +193,35 @@ func (c *commandClient) DomainStats(ctx context.Context, in *DomainStatsRequest,
 	return out, nil
 }
 
+func (c *commandClient) PrepareMigration(ctx context.Context, in *PrepareMigrationRequest, opts ...grpc.CallOption) (*PrepareMigrationResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PrepareMigrationResponse)
+	err := c.cc.Invoke(ctx, Command_PrepareMigration_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *commandClient) Migrate(ctx context.Context, in *MigrateRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[MigrationProgress], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Command_ServiceDesc.Streams[2], Command_Migrate_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[MigrateRequest, MigrationProgress]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Command_MigrateClient = grpc.ServerStreamingClient[MigrationProgress]
+
 // CommandServer is the server API for Command service.
 // All implementations must embed UnimplementedCommandServer
 // for forward compatibility.
@@ -216,6 +258,17 @@ type CommandServer interface {
 	// memory, and each disk and NIC, for the node daemon's metrics. It is
 	// FailedPrecondition while there is no running (or paused) domain.
 	DomainStats(context.Context, *DomainStatsRequest) (*DomainStatsResponse, error)
+	// PrepareMigration readies a launcher that waits for Start to receive
+	// its VMI by live migration instead (the target side): it renders the
+	// domain for its pod and listens for the source's connections on
+	// listen_address with a fresh token. Once the domain has arrived the
+	// launcher serves it as if Start had run.
+	PrepareMigration(context.Context, *PrepareMigrationRequest) (*PrepareMigrationResponse, error)
+	// Migrate moves the running domain live to a prepared target (the
+	// source side), streaming progress about twice a second; the last
+	// message has done set. Hanging up aborts the migration: the domain
+	// keeps running here. After success the domain is gone here.
+	Migrate(*MigrateRequest, grpc.ServerStreamingServer[MigrationProgress]) error
 	mustEmbedUnimplementedCommandServer()
 }
 
@@ -249,6 +302,12 @@ func (UnimplementedCommandServer) Console(grpc.BidiStreamingServer[ConsoleData, 
 }
 func (UnimplementedCommandServer) DomainStats(context.Context, *DomainStatsRequest) (*DomainStatsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DomainStats not implemented")
+}
+func (UnimplementedCommandServer) PrepareMigration(context.Context, *PrepareMigrationRequest) (*PrepareMigrationResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PrepareMigration not implemented")
+}
+func (UnimplementedCommandServer) Migrate(*MigrateRequest, grpc.ServerStreamingServer[MigrationProgress]) error {
+	return status.Error(codes.Unimplemented, "method Migrate not implemented")
 }
 func (UnimplementedCommandServer) mustEmbedUnimplementedCommandServer() {}
 func (UnimplementedCommandServer) testEmbeddedByValue()                 {}
@@ -397,6 +456,35 @@ func _Command_DomainStats_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Command_PrepareMigration_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PrepareMigrationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CommandServer).PrepareMigration(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Command_PrepareMigration_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CommandServer).PrepareMigration(ctx, req.(*PrepareMigrationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Command_Migrate_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(MigrateRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(CommandServer).Migrate(m, &grpc.GenericServerStream[MigrateRequest, MigrationProgress]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Command_MigrateServer = grpc.ServerStreamingServer[MigrationProgress]
+
 // Command_ServiceDesc is the grpc.ServiceDesc for Command service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -428,6 +516,10 @@ var Command_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "DomainStats",
 			Handler:    _Command_DomainStats_Handler,
 		},
+		{
+			MethodName: "PrepareMigration",
+			Handler:    _Command_PrepareMigration_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
@@ -440,6 +532,11 @@ var Command_ServiceDesc = grpc.ServiceDesc{
 			Handler:       _Command_Console_Handler,
 			ServerStreams: true,
 			ClientStreams: true,
+		},
+		{
+			StreamName:    "Migrate",
+			Handler:       _Command_Migrate_Handler,
+			ServerStreams: true,
 		},
 	},
 	Metadata: "command.proto",

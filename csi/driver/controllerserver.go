@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	v1 "github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/csi/state"
 	"github.com/podvirt/podvirt/csi/volume"
 )
@@ -121,7 +122,13 @@ func (d *Driver) csiVolume(v state.Volume) *csi.Volume {
 		VolumeContext:      map[string]string{"format": v.Format},
 	}
 	if v.Source != "" {
-		cv.VolumeContext["source"] = v.Source
+		cv.VolumeContext[v1.VolumeContextSource] = v.Source
+	}
+	if v.Digest != "" {
+		cv.VolumeContext[v1.VolumeContextDigest] = v.Digest
+	}
+	if v.Overlay {
+		cv.VolumeContext[v1.VolumeContextOverlay] = "true"
 	}
 	switch {
 	case v.FromSnapshot != "":

@@ -64,6 +64,9 @@ func (d *Driver) resolveImage(ctx context.Context, req *csi.CreateVolumeRequest,
 			return status.Errorf(codes.Unavailable, "CreateVolume %q: read claim %s/%s for its %s annotation: %v", p.name, ns, name, v1.DiskSourceAnnotation, err)
 		}
 		p.claim = claim
+		if claim.Annotations[v1.DiskBlankAnnotation] == "true" {
+			return nil // an empty disk, whatever the StorageClass's source
+		}
 		if s := strings.TrimSpace(claim.Annotations[v1.DiskSourceAnnotation]); s != "" {
 			if err := checkSourceURL(s); err != nil {
 				err = status.Errorf(codes.InvalidArgument, "claim %s/%s annotation %s: %v", ns, name, v1.DiskSourceAnnotation, err)
@@ -224,9 +227,10 @@ func (d *Driver) importVolume(ctx context.Context, p plan, v state.Volume) (stat
 	if base.VirtualSize > v.Size {
 		v.Size = (base.VirtualSize + 511) &^ 511
 	}
-	v.Source = src.URL
+	v.Source, v.Digest = src.URL, base.Digest
 	meta := diskmeta.Meta{Source: src.URL, Digest: base.Digest}
 	overlay := !p.block && p.params.cloneStrategy == CloneOverlay
+	v.Overlay = overlay
 	if overlay {
 		v.Format = diskmeta.FormatQCOW2
 	} else if !p.block && !p.params.formatWasExplicit {

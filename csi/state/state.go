@@ -31,6 +31,10 @@ type Volume struct {
 	Format string `json:"format"`
 	// Source is the image the volume was filled from (docker://…), if any.
 	Source string `json:"source,omitempty"`
+	// Digest is the cached base's digest, and Overlay whether the disk is
+	// a qcow2 overlay on it.
+	Digest  string `json:"digest,omitempty"`
+	Overlay bool   `json:"overlay,omitempty"`
 	// FromSnapshot and FromVolume are the content source, if any.
 	FromSnapshot string    `json:"fromSnapshot,omitempty"`
 	FromVolume   string    `json:"fromVolume,omitempty"`

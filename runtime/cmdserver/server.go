@@ -40,8 +40,17 @@ type Domain interface {
 	// Stats reads the domain's counters; disks and NICs are named by
 	// their VMI names.
 	Stats() (*launchercmd.DomainStatsResponse, error)
+	// Migrate moves the running domain live to a prepared target,
+	// reporting progress; cancelling ctx aborts it.
+	Migrate(ctx context.Context, req *launchercmd.MigrateRequest, progress func(*launchercmd.MigrationProgress)) (*launchercmd.MigrationProgress, error)
 	Done() <-chan struct{}
 }
+
+// PrepareFunc readies the launcher to receive vmi by live migration,
+// listening on listen. It returns what the source needs and wait, which
+// returns the domain once it has arrived (or why it did not).
+type PrepareFunc func(ctx context.Context, vmi *v1.VirtualMachineInstance, networks *launchercmd.Networks, listen string) (
+	resp *launchercmd.PrepareMigrationResponse, wait func(context.Context) (Domain, Config, error), err error)
 
 // Interface is one guest NIC as the launcher knows it from its DHCP
 // leases.
@@ -83,8 +92,13 @@ const statusPoll = 2 * time.Second
 type Server struct {
 	launchercmd.UnimplementedCommandServer
 
-	startFn StartFunc
-	startMu sync.Mutex // serializes Start
+	startFn   StartFunc
+	prepareFn PrepareFunc
+	startMu   sync.Mutex // serializes Start and PrepareMigration
+	prepared  *launchercmd.PrepareMigrationResponse
+	// incomingFailed is closed when a prepared migration did not arrive.
+	incomingFailed chan struct{}
+	incomingErr    error
 
 	mu      sync.Mutex // guards d, cfg, started
 	d       Domain     // nil until started
@@ -114,10 +128,25 @@ func New(d Domain, cfg Config) *Server {
 // NewWaiting returns a server for the VMI with uid whose domain does not
 // exist yet: the first Start call runs start.
 func NewWaiting(uid string, start StartFunc) *Server {
-	s := &Server{startFn: start, cfg: Config{UID: uid}, started: make(chan struct{})}
+	s := &Server{startFn: start, cfg: Config{UID: uid}, started: make(chan struct{}), incomingFailed: make(chan struct{})}
 	s.grpc = grpc.NewServer()
 	launchercmd.RegisterCommandServer(s.grpc, s)
 	return s
+}
+
+// AcceptMigrations lets a waiting server receive its domain by live
+// migration (PrepareMigration) instead of Start.
+func (s *Server) AcceptMigrations(prepare PrepareFunc) { s.prepareFn = prepare }
+
+// IncomingFailed is closed when a prepared incoming migration failed; Err
+// says why. The launcher has nothing to run then.
+func (s *Server) IncomingFailed() <-chan struct{} { return s.incomingFailed }
+
+// IncomingErr is why the incoming migration failed.
+func (s *Server) IncomingErr() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.incomingErr
 }
 
 // Started is closed once the domain has been started.
@@ -206,28 +235,41 @@ func (s *Server) Stop(timeout time.Duration) error {
 	return nil
 }
 
-// Start renders the VMI and starts its domain, once.
-func (s *Server) Start(ctx context.Context, req *launchercmd.StartRequest) (*launchercmd.StatusResponse, error) {
+// decodeVMI reads a request's VMI (which must be the one this launcher
+// serves) and its networks.
+func (s *Server) decodeVMI(op string, vmiJSON, networksJSON []byte) (*v1.VirtualMachineInstance, *launchercmd.Networks, error) {
 	vmi := &v1.VirtualMachineInstance{}
-	if err := json.Unmarshal(req.GetVmi(), vmi); err != nil {
-		return nil, s.errorf(codes.InvalidArgument, "start", "decoding the VMI: %v", err)
+	if err := json.Unmarshal(vmiJSON, vmi); err != nil {
+		return nil, nil, s.errorf(codes.InvalidArgument, op, "decoding the VMI: %v", err)
 	}
 	_, cfg := s.domain()
 	if string(vmi.UID) != cfg.UID {
-		return nil, s.errorf(codes.InvalidArgument, "start", "VMI %s/%s has UID %q, this launcher serves %q", vmi.Namespace, vmi.Name, vmi.UID, cfg.UID)
+		return nil, nil, s.errorf(codes.InvalidArgument, op, "VMI %s/%s has UID %q, this launcher serves %q", vmi.Namespace, vmi.Name, vmi.UID, cfg.UID)
 	}
 	var networks *launchercmd.Networks
-	if len(req.GetNetworks()) > 0 {
+	if len(networksJSON) > 0 {
 		networks = &launchercmd.Networks{}
-		if err := json.Unmarshal(req.GetNetworks(), networks); err != nil {
-			return nil, s.errorf(codes.InvalidArgument, "start", "decoding the network status: %v", err)
+		if err := json.Unmarshal(networksJSON, networks); err != nil {
+			return nil, nil, s.errorf(codes.InvalidArgument, op, "decoding the network status: %v", err)
 		}
+	}
+	return vmi, networks, nil
+}
+
+// Start renders the VMI and starts its domain, once.
+func (s *Server) Start(ctx context.Context, req *launchercmd.StartRequest) (*launchercmd.StatusResponse, error) {
+	vmi, networks, err := s.decodeVMI("start", req.GetVmi(), req.GetNetworks())
+	if err != nil {
+		return nil, err
 	}
 	s.startMu.Lock()
 	defer s.startMu.Unlock()
 	if d, _ := s.domain(); d == nil {
 		if s.startFn == nil {
 			return nil, s.errorf(codes.FailedPrecondition, "start", "this launcher was started with its VMI and cannot start another")
+		}
+		if s.prepared != nil {
+			return nil, s.errorf(codes.FailedPrecondition, "start", "this launcher waits for its domain to arrive by migration")
 		}
 		d, cfg, err := s.startFn(ctx, vmi, networks)
 		if err != nil {
@@ -240,6 +282,63 @@ func (s *Server) Start(ctx context.Context, req *launchercmd.StartRequest) (*lau
 		s.mu.Unlock()
 	}
 	return s.status(), nil
+}
+
+// PrepareMigration readies the launcher to receive its domain by live
+// migration, once; calling it again answers the same.
+func (s *Server) PrepareMigration(ctx context.Context, req *launchercmd.PrepareMigrationRequest) (*launchercmd.PrepareMigrationResponse, error) {
+	vmi, networks, err := s.decodeVMI("prepare migration", req.GetVmi(), req.GetNetworks())
+	if err != nil {
+		return nil, err
+	}
+	s.startMu.Lock()
+	defer s.startMu.Unlock()
+	if s.prepared != nil {
+		return s.prepared, nil
+	}
+	if d, _ := s.domain(); d != nil || s.prepareFn == nil {
+		return nil, s.errorf(codes.FailedPrecondition, "prepare migration", "this launcher runs its domain already, or cannot receive one")
+	}
+	resp, wait, err := s.prepareFn(ctx, vmi, networks, req.GetListenAddress())
+	if err != nil {
+		return nil, s.errorf(codes.Internal, "prepare migration", "%v", err)
+	}
+	s.prepared = resp
+	go func() {
+		d, cfg, err := wait(context.Background())
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if err != nil {
+			s.incomingErr = err
+			close(s.incomingFailed)
+			return
+		}
+		cfg.UID = string(vmi.UID)
+		s.d, s.cfg = d, cfg
+		close(s.started)
+	}()
+	return resp, nil
+}
+
+// Migrate moves the running domain to a prepared target, streaming progress.
+func (s *Server) Migrate(req *launchercmd.MigrateRequest, stream launchercmd.Command_MigrateServer) error {
+	d, err := s.startedDomain("migrate")
+	if err != nil {
+		return err
+	}
+	if st, _ := d.State(); st != v1.DomainRunning && st != v1.DomainPaused {
+		return s.errorf(codes.FailedPrecondition, "migrate", "domain is %s", st)
+	}
+	ctx := stream.Context()
+	last, err := d.Migrate(ctx, req, func(p *launchercmd.MigrationProgress) { _ = stream.Send(p) })
+	if err != nil {
+		if ctx.Err() != nil {
+			return s.ctxError(ctx, "migrate", err)
+		}
+		return s.errorf(codes.Internal, "migrate", "%v", err)
+	}
+	last.Done = true
+	return stream.Send(last)
 }
 
 // Status reports the domain's state and interfaces.

@@ -135,6 +135,10 @@ func (f *fakeDomain) Done() <-chan struct{}   { return f.done }
 
 func (f *fakeDomain) Stats() (*launchercmd.DomainStatsResponse, error) { return f.stats, f.statsErr }
 
+func (f *fakeDomain) Migrate(context.Context, *launchercmd.MigrateRequest, func(*launchercmd.MigrationProgress)) (*launchercmd.MigrationProgress, error) {
+	return nil, errors.New("the fake domain does not migrate")
+}
+
 // serve runs a server for d on a socket in a temp dir and returns a
 // client of it.
 func serve(t *testing.T, d Domain) (launchercmd.CommandClient, string) {

@@ -69,6 +69,8 @@ type Config struct {
 	// Registerer takes the handler's metrics and the VMIs' domain stats
 	// (runtime/vmimetrics); nil leaves them unregistered.
 	Registerer prometheus.Registerer
+	// Migration is how migrations from this node run.
+	Migration MigrationConfig
 }
 
 // Event reasons the handler writes on VMIs.
@@ -110,8 +112,9 @@ type Reconciler struct {
 	Recorder eventRecorder
 	Config   Config
 
-	sessions sessions
-	metrics  *metrics
+	sessions   sessions
+	migrations migrations
+	metrics    *metrics
 	wake     chan event.TypedGenericEvent[*v1.VirtualMachineInstance]
 	stop     chan struct{}
 }
@@ -210,8 +213,8 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		return ctrl.Result{}, err
 	}
 	sess := r.sessions.get(key)
-	if sess != nil && sess.uid != string(vmi.UID) {
-		r.sessions.drop(key) // a new VMI of the same name
+	if sess != nil && (sess.uid != string(vmi.UID) || (pod != nil && sess.socket != SocketPath(r.Config.KubeletRoot, pod, vmi))) {
+		r.sessions.drop(key) // a new VMI of the same name, or its new launcher pod
 		sess = nil
 	}
 	if pod == nil || vmi.Status.Phase.IsFinal() {
@@ -238,6 +241,20 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		r.sessions.put(sess)
 	}
 
+	ms := inFlight(vmi)
+	switch {
+	case vmi.Status.LauncherPod != "" && pod.Name != vmi.Status.LauncherPod:
+		// The target of a migration: it receives the domain; the VMI is
+		// still the source's.
+		if ms != nil && pod.Name == ms.TargetPod && ms.TargetAddress == "" {
+			return ctrl.Result{}, r.prepareTarget(ctx, sess, vmi, pod, ms)
+		}
+		return ctrl.Result{}, nil
+	case ms != nil && pod.Name == ms.SourcePod:
+		return ctrl.Result{}, r.syncSource(ctx, sess, vmi, pod, ms)
+	case vmi.Status.MigrationState != nil && vmi.Status.MigrationState.Completed && pod.Name == vmi.Status.MigrationState.SourcePod:
+		return ctrl.Result{}, nil // gone elsewhere; the controller switches the VMI to its new pod
+	}
 	last, lost := sess.snapshot()
 	if lost == "" && last.GetState() == "" {
 		if err := r.start(ctx, sess, vmi, pod); err != nil {
@@ -254,15 +271,20 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 }
 
 // launcherPod returns vmi's launcher pod on this node (the cache holds
-// no other), or nil.
+// no other), or nil: the pod the VMI names, or the target pod of its
+// migration in flight. A pod the VMI has left behind is not its.
 func (r *Reconciler) launcherPod(ctx context.Context, vmi *v1.VirtualMachineInstance) (*corev1.Pod, error) {
 	pods := &corev1.PodList{}
 	if err := r.Client.List(ctx, pods, client.InNamespace(vmi.Namespace), client.MatchingLabels{v1.CreatedByLabel: string(vmi.UID)}); err != nil {
 		return nil, fmt.Errorf("list launcher pods of VMI %s/%s: %w", vmi.Namespace, vmi.Name, err)
 	}
+	ms := inFlight(vmi)
 	for i := range pods.Items {
 		p := &pods.Items[i]
-		if p.Spec.NodeName == r.Config.NodeName && metav1.IsControlledBy(p, vmi) {
+		if p.Spec.NodeName != r.Config.NodeName || !metav1.IsControlledBy(p, vmi) {
+			continue
+		}
+		if vmi.Status.LauncherPod == "" || p.Name == vmi.Status.LauncherPod || (ms != nil && p.Name == ms.TargetPod) {
 			return p, nil
 		}
 	}
@@ -277,21 +299,9 @@ func (r *Reconciler) start(ctx context.Context, sess *session, vmi *v1.VirtualMa
 	if sent {
 		return nil
 	}
-	var nets []byte
-	if needsNetworks(vmi) {
-		if r.Config.Networks == nil {
-			err := fmt.Errorf("VMI %s/%s has Multus networks, but this node daemon has no CNI results store (--cni-results-dir)", vmi.Namespace, vmi.Name)
-			r.Recorder.Eventf(vmi, pod, corev1.EventTypeWarning, ReasonNetworkFailed, "Start", "%v", err)
-			return err
-		}
-		st, err := r.Config.Networks.PodNetworks(ctx, pod, vmi)
-		if err != nil {
-			r.Recorder.Eventf(vmi, pod, corev1.EventTypeWarning, ReasonNetworkFailed, "Start", "CNI results of pod %s: %v", pod.Name, err)
-			return fmt.Errorf("VMI %s/%s: CNI results of pod %s: %w", vmi.Namespace, vmi.Name, pod.Name, err)
-		}
-		if nets, err = json.Marshal(st); err != nil {
-			return err
-		}
+	nets, err := r.networksOf(ctx, vmi, pod, "Start")
+	if err != nil {
+		return err
 	}
 	spec, err := json.Marshal(vmi)
 	if err != nil {
@@ -321,6 +331,25 @@ func (r *Reconciler) start(ctx context.Context, sess *session, vmi *v1.VirtualMa
 	sess.mu.Unlock()
 	r.Recorder.Eventf(vmi, pod, corev1.EventTypeNormal, ReasonStarted, "Start", "launcher %s started domain %s", pod.Name, resp.GetDomain())
 	return nil
+}
+
+// networksOf is the CNI results of pod's L2 attachments as JSON, nil when
+// vmi has none.
+func (r *Reconciler) networksOf(ctx context.Context, vmi *v1.VirtualMachineInstance, pod *corev1.Pod, action string) ([]byte, error) {
+	if !needsNetworks(vmi) {
+		return nil, nil
+	}
+	if r.Config.Networks == nil {
+		err := fmt.Errorf("VMI %s/%s has Multus networks, but this node daemon has no CNI results store (--cni-results-dir)", vmi.Namespace, vmi.Name)
+		r.Recorder.Eventf(vmi, pod, corev1.EventTypeWarning, ReasonNetworkFailed, action, "%v", err)
+		return nil, err
+	}
+	st, err := r.Config.Networks.PodNetworks(ctx, pod, vmi)
+	if err != nil {
+		r.Recorder.Eventf(vmi, pod, corev1.EventTypeWarning, ReasonNetworkFailed, action, "CNI results of pod %s: %v", pod.Name, err)
+		return nil, fmt.Errorf("VMI %s/%s: CNI results of pod %s: %w", vmi.Namespace, vmi.Name, pod.Name, err)
+	}
+	return json.Marshal(st)
 }
 
 // needsNetworks reports whether vmi has a network reached through a tap.

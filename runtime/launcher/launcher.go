@@ -72,6 +72,9 @@ type Launcher struct {
 	started time.Time
 
 	dhcp dhcpServers // has its own lock
+
+	// sockets is where this launcher's migrations put their unix sockets.
+	sockets MigrationSockets
 }
 
 // New connects to the libvirt daemon at uri for the domain called name.

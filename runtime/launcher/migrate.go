@@ -12,6 +12,7 @@ import (
 	"libvirt.org/go/libvirtxml"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
+	"github.com/podvirt/podvirt/contracts/launchercmd"
 	"github.com/podvirt/podvirt/runtime/migrationproxy"
 )
 
@@ -61,12 +62,12 @@ func statsOf(j *libvirt.DomainJobInfo) MigrationStats {
 	}
 }
 
-// Migrate moves the running domain live to the target launcher: memory
+// MigrateTo moves the running domain live to the target launcher: memory
 // and the top of each listed disk's chain over the target's proxy, the
 // domain defined there and gone here on success. progress (may be nil) is
 // called about twice a second. Cancelling ctx aborts the migration; the
 // domain then keeps running here.
-func (l *Launcher) Migrate(ctx context.Context, socks MigrationSockets, o MigrateOptions, progress func(MigrationStats)) (MigrationStats, error) {
+func (l *Launcher) MigrateTo(ctx context.Context, socks MigrationSockets, o MigrateOptions, progress func(MigrationStats)) (MigrationStats, error) {
 	d, err := l.domain()
 	if err != nil {
 		return MigrationStats{}, err
@@ -155,6 +156,23 @@ func (l *Launcher) Migrate(ctx context.Context, socks MigrationSockets, o Migrat
 			}
 		}
 	}
+}
+
+// Migrate is MigrateTo for the command server, through the launcher's
+// migration sockets.
+func (l *Launcher) Migrate(ctx context.Context, req *launchercmd.MigrateRequest, progress func(*launchercmd.MigrationProgress)) (*launchercmd.MigrationProgress, error) {
+	o := MigrateOptions{Target: req.GetTargetAddress(), Token: req.GetToken(), DestXML: req.GetDomainXml(), Bandwidth: req.GetBandwidthMib(),
+		AutoConverge: req.GetAutoConverge(), PostCopy: req.GetPostCopy(), Deadline: time.Duration(req.GetDeadlineSeconds()) * time.Second}
+	st, err := l.MigrateTo(ctx, l.sockets, o, func(st MigrationStats) { progress(st.progress()) })
+	if err != nil {
+		return nil, err
+	}
+	return st.progress(), nil
+}
+
+func (st MigrationStats) progress() *launchercmd.MigrationProgress {
+	return &launchercmd.MigrationProgress{MemoryProcessed: st.MemoryProcessed, MemoryTotal: st.MemoryTotal, DiskProcessed: st.DiskProcessed,
+		DiskTotal: st.DiskTotal, ElapsedMs: st.Elapsed.Milliseconds(), DowntimeMs: st.Downtime.Milliseconds(), PostCopy: st.PostCopy}
 }
 
 // writableDisks lists the target devices of the domain's writable disks.

@@ -77,7 +77,7 @@ func TestLiveMigrationCopiesOnlyTheOverlay(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	var calls int
-	stats, err := l.Migrate(ctx, socketsOf(t, src), MigrateOptions{Target: in.Addr(), Token: token, DestXML: destXML}, func(MigrationStats) { calls++ })
+	stats, err := l.MigrateTo(ctx, socketsOf(t, src), MigrateOptions{Target: in.Addr(), Token: token, DestXML: destXML}, func(MigrationStats) { calls++ })
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/podvirt/podvirt/runtime/converter"
 	"github.com/podvirt/podvirt/runtime/kvm"
 	"github.com/podvirt/podvirt/runtime/libvirtd"
+	"github.com/podvirt/podvirt/runtime/migrationproxy"
 	"github.com/podvirt/podvirt/runtime/network"
 	"github.com/podvirt/podvirt/runtime/poddisk"
 )
@@ -106,6 +107,10 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}()
 
+	socks := MigrationSockets{Daemon: libvirtd.MigrationDir, Visible: d.Visible(libvirtd.MigrationDir)}
+	if err := os.MkdirAll(socks.Visible, 0o700); err != nil {
+		return fmt.Errorf("migration sockets: %w", err)
+	}
 	var l *Launcher
 	start := func(ctx context.Context, vmi *v1.VirtualMachineInstance, networks *launchercmd.Networks) (cmdserver.Domain, cmdserver.Config, error) {
 		var err error
@@ -113,7 +118,29 @@ func Run(ctx context.Context, cfg Config) error {
 		if err != nil {
 			return nil, cmdserver.Config{}, err
 		}
+		l.sockets = socks
 		return l, serverConfig(vmi), nil
+	}
+	prepare := func(ctx context.Context, vmi *v1.VirtualMachineInstance, networks *launchercmd.Networks, listen string) (
+		*launchercmd.PrepareMigrationResponse, func(context.Context) (cmdserver.Domain, cmdserver.Config, error), error) {
+		var resp *launchercmd.PrepareMigrationResponse
+		var in *Incoming
+		var err error
+		l, resp, in, err = prepareIncoming(d, vmi, networks, cfg, socks, listen)
+		if err != nil {
+			return nil, nil, err
+		}
+		wait := func(ctx context.Context) (cmdserver.Domain, cmdserver.Config, error) {
+			defer func() { _ = in.Close() }()
+			if err := in.Wait(ctx); err != nil {
+				return nil, cmdserver.Config{}, err
+			}
+			if st, err := in.Stats(); err == nil {
+				slog.Info("domain arrived by migration", "memory", st.MemoryProcessed, "disk", st.DiskProcessed, "downtime", st.Downtime)
+			}
+			return l, serverConfig(vmi), nil
+		}
+		return resp, wait, nil
 	}
 	var srv *cmdserver.Server
 	if vmi != nil {
@@ -123,6 +150,7 @@ func Run(ctx context.Context, cfg Config) error {
 		srv = cmdserver.New(l, serverConfig(vmi))
 	} else {
 		srv = cmdserver.NewWaiting(uid, start)
+		srv.AcceptMigrations(prepare)
 	}
 	defer func() {
 		if l != nil {
@@ -143,6 +171,8 @@ func Run(ctx context.Context, cfg Config) error {
 
 	select {
 	case <-srv.Started():
+	case <-srv.IncomingFailed():
+		return fmt.Errorf("the domain did not arrive: %w", srv.IncomingErr())
 	case <-d.Exited():
 		return fmt.Errorf("libvirtd exited before the domain was started; see its log under %s", d.Dir)
 	case <-ctx.Done():
@@ -219,6 +249,40 @@ func startDomain(uri string, vmi *v1.VirtualMachineInstance, networks *launcherc
 		return nil, err
 	}
 	return l, nil
+}
+
+// prepareIncoming readies a launcher for vmi's domain to arrive by
+// migration: the domain rendered for this pod (what the source sends as
+// the destination XML), DHCP on its taps, and the proxy on listen.
+func prepareIncoming(d *libvirtd.Daemon, vmi *v1.VirtualMachineInstance, networks *launchercmd.Networks, cfg Config, socks MigrationSockets, listen string) (
+	*Launcher, *launchercmd.PrepareMigrationResponse, *Incoming, error) {
+	opts, nics, err := domainOptions(vmi, networks, cfg)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	xml, err := converter.ConvertXML(vmi, opts)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	token, err := migrationproxy.NewToken()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	l, err := New(d.URI, converter.DomainName(vmi))
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	l.sockets = socks
+	if err := l.ServeDHCP(nics); err != nil {
+		_ = l.Close()
+		return nil, nil, nil, err
+	}
+	in, err := l.AwaitIncoming(listen, token, d.Socket, socks)
+	if err != nil {
+		_ = l.Close()
+		return nil, nil, nil, err
+	}
+	return l, &launchercmd.PrepareMigrationResponse{Address: in.Addr(), Token: token, DomainXml: xml}, in, nil
 }
 
 // domainOptions resolves what the converter needs beyond the VMI from the
