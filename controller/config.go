@@ -55,6 +55,10 @@ type Config struct {
 	BackoffResetAfter time.Duration
 	// MACRange is where the MACs of VM interfaces without one come from.
 	MACRange identity.MACRange
+	// ParallelMigrations and ParallelOutboundMigrationsPerNode bound the
+	// live migrations that run at once, in the cluster and from one node
+	// (KubeVirt's defaults: 5 and 2); more wait, Pending.
+	ParallelMigrations, ParallelOutboundMigrationsPerNode int
 	// VMWorkers and VMIWorkers are the reconcilers' concurrency.
 	VMWorkers, VMIWorkers int
 	// Registerer takes the controller's metrics; nil leaves them
@@ -67,16 +71,18 @@ var defaultMACRange, _ = identity.ParseMACRange(identity.DefaultMACRange)
 // DefaultConfig is the configuration with every default filled in.
 func DefaultConfig() Config {
 	return Config{
-		LauncherImage:      DefaultLauncherImage,
-		LauncherCommand:    DefaultLauncherCommand,
-		ContainerDiskSize:  resource.MustParse("10Gi"),
-		CPUAllocationRatio: 10,
-		RestartBackoff:     10 * time.Second,
-		MaxRestartBackoff:  5 * time.Minute,
-		BackoffResetAfter:  5 * time.Minute,
-		MACRange:           defaultMACRange,
-		VMWorkers:          16,
-		VMIWorkers:         16,
+		LauncherImage:                     DefaultLauncherImage,
+		LauncherCommand:                   DefaultLauncherCommand,
+		ContainerDiskSize:                 resource.MustParse("10Gi"),
+		CPUAllocationRatio:                10,
+		RestartBackoff:                    10 * time.Second,
+		MaxRestartBackoff:                 5 * time.Minute,
+		BackoffResetAfter:                 5 * time.Minute,
+		MACRange:                          defaultMACRange,
+		VMWorkers:                         16,
+		VMIWorkers:                        16,
+		ParallelMigrations:                5,
+		ParallelOutboundMigrationsPerNode: 2,
 	}
 }
 
@@ -92,6 +98,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("controller config: no MAC range")
 	case c.VMWorkers < 1 || c.VMIWorkers < 1:
 		return fmt.Errorf("controller config: workers must be at least 1 (vm %d, vmi %d)", c.VMWorkers, c.VMIWorkers)
+	case c.ParallelMigrations < 1 || c.ParallelOutboundMigrationsPerNode < 1:
+		return fmt.Errorf("controller config: parallel migrations must be at least 1 (cluster %d, per node %d)", c.ParallelMigrations, c.ParallelOutboundMigrationsPerNode)
 	case c.ContainerDiskSize.Sign() <= 0:
 		return fmt.Errorf("controller config: container disk size %s is not positive", c.ContainerDiskSize.String())
 	}

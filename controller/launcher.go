@@ -8,6 +8,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/podvirt/podvirt/api/v1alpha1"
@@ -55,8 +56,14 @@ func MemoryOverhead(spec *v1alpha1.VirtualMachineInstanceSpec, emulation bool) r
 // pod, and a new VMI of the same name never collides with an old pod still
 // terminating.
 func launcherPodName(vmi *v1alpha1.VirtualMachineInstance) string {
+	return launcherPodNameFor(vmi, vmi.UID)
+}
+
+// launcherPodNameFor is a launcher pod name for vmi suffixed from uid: the
+// VMI's own for its first pod, a migration's for its target pod.
+func launcherPodNameFor(vmi *v1alpha1.VirtualMachineInstance, uid types.UID) string {
 	const prefix = "virt-launcher-"
-	suffix := "-" + strings.ReplaceAll(string(vmi.UID), "-", "")[:5]
+	suffix := "-" + strings.ReplaceAll(string(uid), "-", "")[:5]
 	name := vmi.Name
 	if max := validation.DNS1123SubdomainMaxLength - len(prefix) - len(suffix) - len(v1alpha1.PrivateVolumeName) - 1; len(name) > max {
 		name = strings.TrimRight(name[:max], "-.")
@@ -87,7 +94,11 @@ type multusSelection struct {
 // every PVC a volume names (keyed by claim name). It also returns where each
 // volume's disk is inside the pod, for the VMI's status.
 func launcherPod(vmi *v1alpha1.VirtualMachineInstance, claims map[string]volumeClaim, cfg *Config) (*corev1.Pod, []v1alpha1.VolumeStatus, error) {
-	name := launcherPodName(vmi)
+	return launcherPodNamed(vmi, launcherPodName(vmi), claims, cfg)
+}
+
+// launcherPodNamed is launcherPod under another name.
+func launcherPodNamed(vmi *v1alpha1.VirtualMachineInstance, name string, claims map[string]volumeClaim, cfg *Config) (*corev1.Pod, []v1alpha1.VolumeStatus, error) {
 	meta, err := launcherPodMeta(vmi, name)
 	if err != nil {
 		return nil, nil, err
@@ -272,6 +283,18 @@ func launcherResources(spec *v1alpha1.VirtualMachineInstanceSpec, cfg *Config) c
 		requests[k] = v
 	}
 	return corev1.ResourceRequirements{Requests: requests, Limits: deviceLimits}
+}
+
+// podEmulated reports whether a launcher pod runs its guest under TCG (it
+// asks for no KVM device).
+func podEmulated(pod *corev1.Pod) bool {
+	for _, c := range pod.Spec.Containers {
+		if c.Name == v1alpha1.LauncherContainerName {
+			_, kvm := c.Resources.Limits[v1alpha1.KVMDevice]
+			return !kvm
+		}
+	}
+	return false
 }
 
 // guestGrace is the VMI's termination grace period in seconds (default 30).

@@ -67,6 +67,15 @@ func Setup(mgr ctrl.Manager, cfg Config) error {
 	if err := vm.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up VM controller: %w", err)
 	}
+	migration := &MigrationReconciler{
+		Client:    mgr.GetClient(),
+		APIReader: mgr.GetAPIReader(),
+		Recorder:  mgr.GetEventRecorder("podvirt-controller"),
+		Config:    &cfg,
+	}
+	if err := migration.SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("set up migration controller: %w", err)
+	}
 	l2 := &L2ServiceReconciler{
 		Client:    mgr.GetClient(),
 		APIReader: mgr.GetAPIReader(),

@@ -89,9 +89,26 @@ func (r *VMIReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 	orig := vmi.DeepCopy()
 	now := r.now()
 	var result ctrl.Result
+	if ms := vmi.Status.MigrationState; ms != nil && ms.Completed && ms.TargetPod != "" && vmi.Status.LauncherPod != ms.TargetPod {
+		// Migrated: the target pod is the VMI's launcher pod now.
+		vmi.Status.LauncherPod, vmi.Status.NodeName = ms.TargetPod, ms.TargetNode
+		for i := range vmi.Status.VolumeStatus {
+			if vs := &vmi.Status.VolumeStatus[i]; vs.ClaimName == ms.SourcePod+"-"+vs.Name {
+				vs.ClaimName = ms.TargetPod + "-" + vs.Name // a containerDisk's ephemeral claim
+			}
+		}
+	}
 	pod, err := r.getLauncherPod(ctx, vmi)
 	if err != nil {
 		return ctrl.Result{}, err
+	}
+	if ms := vmi.Status.MigrationState; ms != nil && ms.EndTimestamp == nil && pod != nil && podFinished(pod) {
+		// The source launcher ends when its domain has left; the node
+		// daemon says whether for the target: wait for its word.
+		if _, err := r.updateStatus(ctx, orig, vmi); err != nil {
+			return ctrl.Result{}, err
+		}
+		return ctrl.Result{RequeueAfter: 2 * time.Second}, nil
 	}
 
 	switch {
@@ -177,7 +194,11 @@ func (r *VMIReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 // pod the cache does not show but the VMI's status names is looked up on the
 // API server, so a slow cache is not mistaken for a lost pod.
 func (r *VMIReconciler) getLauncherPod(ctx context.Context, vmi *v1alpha1.VirtualMachineInstance) (*corev1.Pod, error) {
-	key := types.NamespacedName{Namespace: vmi.Namespace, Name: launcherPodName(vmi)}
+	name := vmi.Status.LauncherPod // after a migration, not the first pod's name
+	if name == "" {
+		name = launcherPodName(vmi)
+	}
+	key := types.NamespacedName{Namespace: vmi.Namespace, Name: name}
 	pod := &corev1.Pod{}
 	err := r.Client.Get(ctx, key, pod)
 	if apierrors.IsNotFound(err) && vmi.Status.LauncherPod != "" {

@@ -31,6 +31,12 @@ const (
 	VMNameLabel = "podvirt.io/vm"
 )
 
+// CSIDriverName is podvirt's CSI driver.
+const CSIDriverName = "disk.podvirt.io"
+
+// MigrationLabel on a migration's target pod and claims is the migration's name.
+const MigrationLabel = "podvirt.io/migration"
+
 // Annotations.
 const (
 	// DiskSourceAnnotation on a PVC is the image the CSI driver fills it
@@ -51,6 +57,9 @@ const (
 	VolumeContextOverlay = "overlay"
 	// VolumeContextSource is the image the disk was made from.
 	VolumeContextSource = "source"
+	// DiskNameAnnotation on a PVC a migration made is the name of the
+	// disk's first claim, which later migrations name theirs after.
+	DiskNameAnnotation = "podvirt.io/disk-name"
 	// ImportPhaseAnnotation on a PVC is how filling it from its source
 	// goes (a DiskImportPhase). The CSI driver writes it, as CDI writes
 	// its claims' import state, so the controller (and kubectl) see it

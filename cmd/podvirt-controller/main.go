@@ -75,6 +75,8 @@ func run(args []string) error {
 	fs.DurationVar(&cfg.MaxRestartBackoff, "max-restart-backoff", cfg.MaxRestartBackoff, "longest restart back-off")
 	fs.IntVar(&cfg.VMWorkers, "vm-workers", cfg.VMWorkers, "concurrent VM reconciles")
 	fs.IntVar(&cfg.VMIWorkers, "vmi-workers", cfg.VMIWorkers, "concurrent VMI reconciles")
+	fs.IntVar(&cfg.ParallelMigrations, "parallel-migrations", cfg.ParallelMigrations, "live migrations that may run at once in the cluster")
+	fs.IntVar(&cfg.ParallelOutboundMigrationsPerNode, "parallel-outbound-migrations-per-node", cfg.ParallelOutboundMigrationsPerNode, "live migrations that may leave one node at once")
 	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
 		return nil
 	} else if err != nil {

@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"time"
 
 	"github.com/go-logr/logr"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -48,6 +49,7 @@ type flags struct {
 	devicePluginDir                     string
 	metricsAddress, healthAddress       string
 	logLevel                            int
+	migration                           handler.MigrationConfig
 }
 
 func parse(args []string) (*flags, error) {
@@ -63,6 +65,10 @@ func parse(args []string) (*flags, error) {
 	fs.StringVar(&f.metricsAddress, "metrics-address", ":9812", "address of the Prometheus /metrics endpoint; 0 disables it")
 	fs.StringVar(&f.healthAddress, "health-address", ":9813", "address of the /healthz and /readyz endpoints")
 	fs.IntVar(&f.logLevel, "v", 0, "log verbosity (0 info, 1 debug)")
+	fs.Uint64Var(&f.migration.BandwidthMiB, "migration-bandwidth", 0, "MiB/s each live migration from this node may use; 0 is unlimited")
+	fs.DurationVar(&f.migration.CompletionTimeoutPerGiB, "migration-completion-timeout-per-gib", 150*time.Second, "how long a live migration may take per GiB of guest memory before it is aborted (or switched to post-copy); 0 is unlimited")
+	fs.BoolVar(&f.migration.AutoConverge, "migration-auto-converge", false, "throttle the vCPUs of a guest that dirties memory faster than it can be sent")
+	fs.BoolVar(&f.migration.AllowPostCopy, "migration-allow-post-copy", false, "switch a migration that reaches its completion timeout to post-copy instead of aborting it (the guest then depends on both nodes until it ends)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -107,7 +113,7 @@ func run(args []string) error {
 	if err != nil {
 		return fmt.Errorf("create manager: %w", err)
 	}
-	cfg := handler.Config{NodeName: f.nodeName, KubeletRoot: f.kubeletRoot, Registerer: metrics.Registry}
+	cfg := handler.Config{NodeName: f.nodeName, KubeletRoot: f.kubeletRoot, Registerer: metrics.Registry, Migration: f.migration}
 	if err := setupNode(mgr, f, &cfg); err != nil {
 		return err
 	}

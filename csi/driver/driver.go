@@ -27,12 +27,13 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 
+	v1 "github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/csi/importer"
 	"github.com/podvirt/podvirt/csi/state"
 )
 
 // Name is the driver's name.
-const Name = "disk.podvirt.io"
+const Name = v1.CSIDriverName
 
 // TopologyKey is the topology segment that pins a volume to its node.
 const TopologyKey = "topology.disk.podvirt.io/node"

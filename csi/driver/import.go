@@ -16,10 +16,10 @@ import (
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/contracts/diskmeta"
-	"github.com/podvirt/podvirt/csi/image"
 	"github.com/podvirt/podvirt/csi/importer"
 	"github.com/podvirt/podvirt/csi/state"
 	"github.com/podvirt/podvirt/csi/volume"
+	"github.com/podvirt/podvirt/internal/bytesize"
 )
 
 // Event reasons on claims. Each also sets the claim's import annotations
@@ -202,7 +202,7 @@ func (d *Driver) importVolume(ctx context.Context, p plan, v state.Volume) (stat
 			return v, status.Errorf(codes.Aborted, "import %s for volume %q interrupted: the driver is stopping; CreateVolume resumes it", src.URL, p.name)
 		case importer.IsLargerThanClaim(err):
 			return v, d.fail(p, finalImportError(codes.InvalidArgument,
-				"image %s does not fit volume %q (%s requested): %v", src.URL, p.name, image.HumanSize(src.MaxDiskSize), err))
+				"image %s does not fit volume %q (%s requested): %v", src.URL, p.name, bytesize.Format(src.MaxDiskSize), err))
 		case importer.IsTerminal(err):
 			return v, d.fail(p, finalImportError(codes.FailedPrecondition,
 				"import %s for volume %q failed and will not be retried: %v. Fix the claim's %s (or %s) annotation and create the claim again",
@@ -222,7 +222,7 @@ func (d *Driver) importVolume(ctx context.Context, p plan, v state.Volume) (stat
 		release()
 		return v, d.fail(p, finalImportError(codes.InvalidArgument,
 			"image %s has a virtual size of %s (%d bytes), larger than the %s (%d bytes) requested for volume %q: request at least %s",
-			src.URL, image.HumanSize(base.VirtualSize), base.VirtualSize, image.HumanSize(allowed), allowed, p.name, image.HumanSize(base.VirtualSize)))
+			src.URL, bytesize.Format(base.VirtualSize), base.VirtualSize, bytesize.Format(allowed), allowed, p.name, bytesize.Format(base.VirtualSize)))
 	}
 	if base.VirtualSize > v.Size {
 		v.Size = (base.VirtualSize + 511) &^ 511
@@ -260,16 +260,16 @@ func (d *Driver) importVolume(ctx context.Context, p plan, v state.Volume) (stat
 	if err := d.store.DeleteFailure(p.name); err != nil {
 		d.log.Error("forget old failure", "name", p.name, "err", err)
 	}
-	how := fmt.Sprintf("a qcow2 overlay of %s on the cached image", image.HumanSize(v.Size))
+	how := fmt.Sprintf("a qcow2 overlay of %s on the cached image", bytesize.Format(v.Size))
 	if !overlay {
-		how = fmt.Sprintf("a %s copy of %s", v.Format, image.HumanSize(v.Size))
+		how = fmt.Sprintf("a %s copy of %s", v.Format, bytesize.Format(v.Size))
 	}
 	from := "downloaded"
 	if base.Cached {
 		from = FromCache
 	}
 	d.event(p.claim, corev1.EventTypeNormal, ReasonImportCompleted, fmt.Sprintf("Volume %s is ready on node %s: %s (%s, %s, virtual size %s) %s, as %s, after %s",
-		p.id, d.opts.NodeID, src.URL, base.Digest, base.Format, image.HumanSize(base.VirtualSize), from, how, time.Since(start).Round(time.Millisecond)))
+		p.id, d.opts.NodeID, src.URL, base.Digest, base.Format, bytesize.Format(base.VirtualSize), from, how, time.Since(start).Round(time.Millisecond)))
 	d.recordImport(p.claim, importAnnotations(v1.ImportSucceeded, nil, ""))
 	return v, nil
 }
@@ -330,11 +330,11 @@ func (d *Driver) progressReporter(p plan) func(importer.Progress) {
 }
 
 func progressText(pr importer.Progress) string {
-	s := image.HumanSize(pr.Bytes)
+	s := bytesize.Format(pr.Bytes)
 	if pr.Total > 0 {
-		s += fmt.Sprintf(" of %s (%d%%)", image.HumanSize(pr.Total), pr.Bytes*100/pr.Total)
+		s += fmt.Sprintf(" of %s (%d%%)", bytesize.Format(pr.Total), pr.Bytes*100/pr.Total)
 	}
-	s += fmt.Sprintf(" at %s/s", image.HumanSize(int64(pr.Rate)))
+	s += fmt.Sprintf(" at %s/s", bytesize.Format(int64(pr.Rate)))
 	if pr.Mirror != "" {
 		s += " from " + pr.Mirror
 	}

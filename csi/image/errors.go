@@ -56,16 +56,3 @@ func refuse(reason Reason, file, hint, format string, args ...any) *Error {
 	return &Error{Reason: reason, File: file, Detail: fmt.Sprintf(format, args...), Hint: hint}
 }
 
-// HumanSize writes a byte count for people: 512 B, 1.5 GiB.
-func HumanSize(b int64) string {
-	const unit = 1024
-	if b < unit {
-		return fmt.Sprintf("%d B", b)
-	}
-	div, exp := int64(unit), 0
-	for n := b / unit; n >= unit; n /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(b)/float64(div), "KMGTPE"[exp])
-}

@@ -21,6 +21,7 @@ import (
 	"github.com/podvirt/podvirt/csi/egress"
 	"github.com/podvirt/podvirt/csi/image"
 	"github.com/podvirt/podvirt/internal/atomicfile"
+	"github.com/podvirt/podvirt/internal/bytesize"
 )
 
 // Cache holds validated bases on one node, keyed by digest and reference counted by
@@ -482,11 +483,11 @@ func (c *Cache) remove(d string) bool {
 // the node's maximum virtual size, which a qcow2 header may not declare more than.
 func (c *Cache) bound(src Source) (written, declared outputBound) {
 	if v := c.limits.MaxVirtualSize; v > 0 {
-		declared = outputBound{bytes: v, what: fmt.Sprintf("the node's maximum virtual size of %s", image.HumanSize(v)),
+		declared = outputBound{bytes: v, what: fmt.Sprintf("the node's maximum virtual size of %s", bytesize.Format(v)),
 			hint: "use a smaller image, or raise the CSI driver's --max-virtual-size (chart csi.maxVirtualSize)"}
 	}
 	if v := src.MaxDiskSize; v > 0 {
-		declared = declared.tighter(outputBound{bytes: v, what: fmt.Sprintf("the %s its claim asks for", image.HumanSize(v)),
+		declared = declared.tighter(outputBound{bytes: v, what: fmt.Sprintf("the %s its claim asks for", bytesize.Format(v)),
 			hint: "ask for a larger claim (spec.resources.requests.storage), or use a smaller image", claim: true})
 	}
 	written = declared
@@ -498,11 +499,11 @@ func (c *Cache) bound(src Source) (written, declared outputBound) {
 		c.mu.Lock()
 		room := c.maxBytes - c.heldBytes()
 		c.mu.Unlock()
-		b := outputBound{bytes: room, what: fmt.Sprintf("the node's image cache size of %s", image.HumanSize(c.maxBytes)),
+		b := outputBound{bytes: room, what: fmt.Sprintf("the node's image cache size of %s", bytesize.Format(c.maxBytes)),
 			hint: "raise the CSI driver's --cache-size (chart csi.cacheSize), or use a smaller image"}
 		if room < c.maxBytes {
 			b.what = fmt.Sprintf("the room left in the node's image cache (%s of its %s; images that volumes use hold the rest)",
-				image.HumanSize(max(room, 0)), image.HumanSize(c.maxBytes))
+				bytesize.Format(max(room, 0)), bytesize.Format(c.maxBytes))
 			b.hint = "the import is retried as volumes let go of their images; or raise the CSI driver's --cache-size (chart csi.cacheSize)"
 			b.retryable = true
 			room = max(room, 1) // 0 would mean unbounded

@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/podvirt/podvirt/csi/image"
+	"github.com/podvirt/podvirt/internal/bytesize"
 )
 
 // sparseWriter is where an import writes the disk: at increasing offsets of
@@ -95,10 +96,10 @@ func (w *sparseWriter) checkHeader() error {
 	}
 	hint := w.declared.hint
 	if w.declared.claim {
-		hint = fmt.Sprintf("request at least %s for the claim (spec.resources.requests.storage), or use a smaller image", image.HumanSize(int64(h.Size)))
+		hint = fmt.Sprintf("request at least %s for the claim (spec.resources.requests.storage), or use a smaller image", bytesize.Format(int64(h.Size)))
 	}
 	return w.declared.refusal(&image.Error{Reason: image.ReasonVirtualSize, File: w.image,
-		Detail: fmt.Sprintf("its qcow2 header declares a virtual size of %s (%d bytes), larger than %s", image.HumanSize(int64(h.Size)), h.Size, w.declared.what),
+		Detail: fmt.Sprintf("its qcow2 header declares a virtual size of %s (%d bytes), larger than %s", bytesize.Format(int64(h.Size)), h.Size, w.declared.what),
 		Hint:   hint})
 }
 
@@ -215,8 +216,8 @@ func (g *spaceGuard) check(need int64) error {
 	}
 	what := "writing more"
 	if need > 0 {
-		what = fmt.Sprintf("writing its %s", image.HumanSize(need))
+		what = fmt.Sprintf("writing its %s", bytesize.Format(need))
 	}
 	return &spaceError{fmt.Sprintf("the node's file system at %s has %s free; %s would leave less than the reserve of %s (--free-space-reserve), even with every unused cached image evicted: free space on the node or lower the reserve",
-		g.dir, image.HumanSize(free), what, image.HumanSize(g.reserve))}
+		g.dir, bytesize.Format(free), what, bytesize.Format(g.reserve))}
 }

@@ -8,6 +8,10 @@
 // node and opens read-write (a device plugin's allocation, say). With
 // PROBE_LISTEN=:port it then serves TCP there until killed, greeting each
 // connection with its hostname (the far end of a connectivity check).
+// With PROBE_CONNECT and PROBE_CONNECT_EVERY (a Go duration) it instead
+// connects that often for PROBE_CONNECT_FOR and prints how many attempts
+// failed and the longest time without a connection (reachability during a
+// live migration, say).
 package main
 
 import (
@@ -43,6 +47,11 @@ func main() {
 			fmt.Printf("device %s: %s\n", dev, deviceReport(dev))
 		}
 	}
+	if every, _ := time.ParseDuration(os.Getenv("PROBE_CONNECT_EVERY")); every > 0 {
+		span, _ := time.ParseDuration(os.Getenv("PROBE_CONNECT_FOR"))
+		watch(os.Getenv("PROBE_CONNECT"), every, span)
+		return
+	}
 	if addr := os.Getenv("PROBE_CONNECT"); addr != "" {
 		within, _ := time.ParseDuration(os.Getenv("PROBE_CONNECT_WITHIN"))
 		conn, err := connect(addr, within)
@@ -70,6 +79,37 @@ func connect(addr string, within time.Duration) (net.Conn, error) {
 		fmt.Printf("connect %s: %v (trying again)\n", addr, err)
 		time.Sleep(time.Second)
 	}
+}
+
+// watch connects to addr every interval for span and prints a summary:
+// attempts, failures, and the longest time between two connections.
+func watch(addr string, every, span time.Duration) {
+	start := time.Now()
+	lastOK := time.Time{}
+	var attempts, failed int
+	var longest time.Duration
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for now := range tick.C {
+		if now.Sub(start) > span {
+			break
+		}
+		attempts++
+		conn, err := net.DialTimeout("tcp", addr, every*20)
+		if err != nil {
+			failed++
+			continue
+		}
+		conn.Close()
+		if t := time.Now(); !lastOK.IsZero() && t.Sub(lastOK) > longest {
+			longest = t.Sub(lastOK)
+		}
+		lastOK = time.Now()
+	}
+	if !lastOK.IsZero() && time.Since(lastOK) > longest {
+		longest = time.Since(lastOK) // unreachable at the end
+	}
+	fmt.Printf("watch %s: attempts=%d failed=%d longest-gap-ms=%d last-ok-ago-ms=%d\n", addr, attempts, failed, longest.Milliseconds(), time.Since(lastOK).Milliseconds())
 }
 
 // serve greets every TCP connection on addr with host, forever.

@@ -131,6 +131,20 @@ func ApplySnapshotCRDs(ctx context.Context, cfg *rest.Config) error {
 	if err != nil {
 		return err
 	}
+	return applyCRDs(ctx, cfg, dir, false)
+}
+
+// ApplyChartCRDs creates or updates the chart's own CRDs, as `kubectl
+// apply -f charts/podvirt/crds` before `helm upgrade` does (helm installs
+// a chart's crds/ once and never upgrades them), and waits until they are
+// served.
+func ApplyChartCRDs(ctx context.Context, cfg *rest.Config) error {
+	return applyCRDs(ctx, cfg, filepath.Join(Dir(), "crds"), true)
+}
+
+// applyCRDs creates the CRDs of dir's files, replacing the specs of those
+// that exist when update is set.
+func applyCRDs(ctx context.Context, cfg *rest.Config, dir string, update bool) error {
 	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
 	if err != nil {
 		return err
@@ -149,8 +163,17 @@ func ApplySnapshotCRDs(ctx context.Context, cfg *rest.Config) error {
 		if err := yaml.UnmarshalStrict(b, crd); err != nil {
 			return fmt.Errorf("CRD %s: %w", f, err)
 		}
-		if _, err := crds.Create(ctx, crd, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-			return fmt.Errorf("create CRD %s: %w", crd.Name, err)
+		_, err = crds.Create(ctx, crd, metav1.CreateOptions{})
+		if apierrors.IsAlreadyExists(err) && update {
+			cur, gerr := crds.Get(ctx, crd.Name, metav1.GetOptions{})
+			if gerr != nil {
+				return fmt.Errorf("get CRD %s: %w", crd.Name, gerr)
+			}
+			cur.Spec = crd.Spec
+			_, err = crds.Update(ctx, cur, metav1.UpdateOptions{})
+		}
+		if err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("apply CRD %s: %w", crd.Name, err)
 		}
 		if err := waitEstablished(ctx, cs, crd.Name); err != nil {
 			return err
@@ -212,6 +235,9 @@ func Install(ctx context.Context, c *cluster.Cluster, h *Helm, opts InstallOptio
 		return err
 	}
 	if err := ApplySnapshotCRDs(ctx, cfg); err != nil {
+		return err
+	}
+	if err := ApplyChartCRDs(ctx, cfg); err != nil {
 		return err
 	}
 	timeout := opts.Timeout

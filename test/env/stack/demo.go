@@ -419,6 +419,47 @@ func (s *Stack) ProbeFromPod(ctx context.Context, name, vmNAD, node, addr string
 	return logs, nil
 }
 
+// WatchFromPod runs a pod on node, on the pod twin of NAD vmNAD, that
+// connects to addr every interval for span (podvirt-probe's
+// PROBE_CONNECT_EVERY), once it runs; wait returns its summary line.
+func (s *Stack) WatchFromPod(ctx context.Context, name, vmNAD, node, addr string, every, span time.Duration) (wait func() (string, error), err error) {
+	if err := s.Cluster.ImportProbe(ctx); err != nil {
+		return nil, err
+	}
+	pod := cluster.ProbePod(name, map[string]string{v1.MultusNetworksAnnotation: PodNetwork(vmNAD)})
+	pod.Namespace = Namespace
+	if err := s.deleteAndWait(ctx, "pod "+pod.Namespace+"/"+pod.Name, time.Minute, pod.DeepCopy()); err != nil {
+		return nil, err
+	}
+	pod.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "PROBE_CONNECT", Value: addr},
+		{Name: "PROBE_CONNECT_EVERY", Value: every.String()}, {Name: "PROBE_CONNECT_FOR", Value: span.String()}}
+	pod.Spec.NodeName = node
+	type result struct {
+		logs string
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		_, logs, err := s.Cluster.RunToCompletion(ctx, pod, span+3*time.Minute)
+		done <- result{logs, err}
+	}()
+	err = Poll(ctx, 2*time.Minute, func() (bool, error) {
+		cur := &corev1.Pod{}
+		if err := s.Client.Get(ctx, client.ObjectKeyFromObject(pod), cur); err != nil {
+			return false, client.IgnoreNotFound(err)
+		}
+		return cur.Status.Phase != corev1.PodPending, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("pod %s watching %s did not start: %w", name, addr, err)
+	}
+	return func() (string, error) {
+		r := <-done
+		_ = s.Client.Delete(context.Background(), pod)
+		return r.logs, r.err
+	}, nil
+}
+
 // Poll calls cond every 250 ms until it returns true or an error, or
 // timeout passes (then the error is the context's).
 func Poll(ctx context.Context, timeout time.Duration, cond func() (bool, error)) error {

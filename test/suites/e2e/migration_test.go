@@ -1,0 +1,212 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1 "github.com/podvirt/podvirt/api/v1alpha1"
+	"github.com/podvirt/podvirt/test/env/stack"
+)
+
+// TestLiveMigration moves a running VM — a root disk from the image cache,
+// an empty second disk and a containerDisk — to the other node while it
+// writes a counter to its disk and a pod on the L2 connects to it every
+// 10 ms: the migration succeeds; the VM keeps its MAC and address and is
+// reached again after the switch; every counter value written before and
+// during the migration is on the target's disk; the VM names its new
+// claims and the source's volumes are gone.
+func TestLiveMigration(t *testing.T) {
+	useStack(t)
+	twoNodes(t)
+	ctx := testContext(t, 25*time.Minute)
+	const name = "migrant"
+	vm := stack.VMOn(name, v1.RunStrategyAlways, stack.VMNetwork)
+	fs := corev1.PersistentVolumeFilesystem
+	vm.Spec.DiskTemplates = append(vm.Spec.DiskTemplates, v1.DiskTemplate{
+		ObjectMeta: v1.DiskTemplateMeta{Name: name + "-data"},
+		Spec: corev1.PersistentVolumeClaimSpec{
+			AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+			VolumeMode:  &fs,
+			Resources:   corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("64Mi")}},
+		},
+	})
+	spec := &vm.Spec.Template.Spec
+	spec.Domain.Devices.Disks = append(spec.Domain.Devices.Disks, v1.Disk{Name: "data"}, v1.Disk{Name: "scratch"})
+	spec.Volumes = append(spec.Volumes,
+		v1.Volume{Name: "data", VolumeSource: v1.VolumeSource{PersistentVolumeClaim: &v1.PersistentVolumeClaimVolumeSource{ClaimName: name + "-data"}}},
+		v1.Volume{Name: "scratch", VolumeSource: v1.VolumeSource{ContainerDisk: &v1.ContainerDiskSource{Image: strings.TrimPrefix(stack.GuestSource, "docker://")}}})
+	createVM(ctx, t, vm)
+	t.Cleanup(func() { deleteVM(t, name); deleteClaimsOf(t, name) })
+
+	vmi, err := st.WaitRunning(ctx, name, 12*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	source, ip := vmi.Status.NodeName, stack.GuestIP(vmi)
+	mac := vmi.Status.Interfaces[0].MAC
+	sourcePVs := map[string]string{}
+	for _, c := range []string{name + "-root", name + "-data"} {
+		sourcePVs[c] = boundVolume(ctx, t, c)
+	}
+	// The guest counts, each value fsync'd to its root disk before the next.
+	if _, err := st.RunInConsole(ctx, name, "(i=0; while true; do i=$((i+1)); echo $i >> /var/counter; sync; sleep 0.05; done) >/dev/null 2>&1 & sleep 1; echo started", 3*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	target := st.OtherNode(source)
+	wait, err := st.WatchFromPod(ctx, "watch-"+name, stack.VMNetwork, target, stack.HostPort(ip, stack.VMPort), 10*time.Millisecond, 150*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := lastCount(ctx, t, name)
+
+	out := podvirtctl(ctx, t, "migrate", name)
+	t.Logf("%s", out)
+	m := waitMigration(ctx, t, name, 10*time.Minute)
+	t.Logf("migration %s: %s → %s, memory %s, disk %s, downtime %s; phases %v", m.Name, m.Status.SourceNode, m.Status.TargetNode,
+		m.Status.MemoryTransferred, m.Status.DiskTransferred, m.Status.Downtime, m.Status.PhaseTransitionTimestamps)
+	if m.Status.Phase != v1.MigrationSucceeded {
+		t.Fatalf("migration %s: %s: %s", m.Name, m.Status.Phase, m.Status.Message)
+	}
+
+	vmi, err = getVMI(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vmi.Status.NodeName != target || vmi.Status.Phase != v1.Running {
+		t.Fatalf("after the migration the VMI is %s on %s, want Running on %s", vmi.Status.Phase, vmi.Status.NodeName, target)
+	}
+	if got := stack.GuestIP(vmi); got != ip || vmi.Status.Interfaces[0].MAC != mac {
+		t.Fatalf("the VM's L2 identity changed: %s %s, was %s %s", vmi.Status.Interfaces[0].MAC, got, mac, ip)
+	}
+	// Every value the guest wrote is on the target's disk, in order.
+	check, err := st.RunInConsole(ctx, name, "awk 'NR!=$1{print \"GAP at \" NR \": \" $1; exit} END{print \"LAST \" NR}' /var/counter", 3*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(check, "GAP") {
+		t.Fatalf("the counter on the target's disk has a gap: %s", check)
+	}
+	if after := lastCount(ctx, t, name); after <= before {
+		t.Fatalf("the counter stands at %d after the migration, was %d before: the guest stopped writing", after, before)
+	}
+	// Reached again after the switch, by a pod on the L2.
+	logs, err := wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("reachability during the migration: %s", strings.TrimSpace(logs))
+	gap, lastOK := summaryField(t, logs, "longest-gap-ms"), summaryField(t, logs, "last-ok-ago-ms")
+	if lastOK > 1000 {
+		t.Fatalf("the guest was not reachable at the end of the watch (%d ms without a connection)", lastOK)
+	}
+	t.Logf("longest time without a connection: %d ms", gap)
+
+	// The VM names the new claims; the source's volumes are gone.
+	cur := &v1.VirtualMachine{}
+	if err := st.Client.Get(ctx, client.ObjectKey{Namespace: stack.Namespace, Name: name}, cur); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range m.Status.Claims {
+		found := false
+		for _, v := range cur.Spec.Template.Spec.Volumes {
+			found = found || (v.PersistentVolumeClaim != nil && v.PersistentVolumeClaim.ClaimName == c.Target)
+		}
+		if !found {
+			t.Errorf("vm %s does not use claim %s after the migration", name, c.Target)
+		}
+		pv := &corev1.PersistentVolume{}
+		if err := stack.Poll(ctx, 3*time.Minute, func() (bool, error) {
+			err := st.Client.Get(ctx, client.ObjectKey{Name: sourcePVs[c.Source]}, pv)
+			return apierrors.IsNotFound(err), client.IgnoreNotFound(err)
+		}); err != nil {
+			t.Errorf("the source volume %s of claim %s is still there: %v", sourcePVs[c.Source], c.Source, err)
+		}
+	}
+}
+
+// waitMigration waits until vm's migration has ended and returns it.
+func waitMigration(ctx context.Context, t *testing.T, vm string, timeout time.Duration) *v1.VirtualMachineInstanceMigration {
+	t.Helper()
+	var m *v1.VirtualMachineInstanceMigration
+	err := stack.Poll(ctx, timeout, func() (bool, error) {
+		list := &v1.VirtualMachineInstanceMigrationList{}
+		if err := st.Client.List(ctx, list, client.InNamespace(stack.Namespace)); err != nil {
+			return false, err
+		}
+		for i := range list.Items {
+			if list.Items[i].Spec.VMIName == vm {
+				m = &list.Items[i]
+			}
+		}
+		return m != nil && m.Status.Phase.IsFinal(), nil
+	})
+	if err != nil {
+		if m != nil {
+			t.Fatalf("migration of %s: %v (now %s: %s)", vm, err, m.Status.Phase, m.Status.Message)
+		}
+		t.Fatalf("migration of %s: %v", vm, err)
+	}
+	return m
+}
+
+// boundVolume waits until claim is bound and returns its PV's name.
+func boundVolume(ctx context.Context, t *testing.T, claim string) string {
+	t.Helper()
+	pvc := &corev1.PersistentVolumeClaim{}
+	if err := stack.Poll(ctx, 5*time.Minute, func() (bool, error) {
+		err := st.Client.Get(ctx, client.ObjectKey{Namespace: stack.Namespace, Name: claim}, pvc)
+		return err == nil && pvc.Spec.VolumeName != "", client.IgnoreNotFound(err)
+	}); err != nil {
+		t.Fatalf("claim %s: %v", claim, err)
+	}
+	return pvc.Spec.VolumeName
+}
+
+var lastLine = regexp.MustCompile(`(?m)^COUNT (\d+)`)
+
+// lastCount is the guest counter's last value on its disk.
+func lastCount(ctx context.Context, t *testing.T, vm string) int {
+	t.Helper()
+	out, err := st.RunInConsole(ctx, vm, "echo COUNT $(tail -n 1 /var/counter)", 3*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := lastLine.FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("no counter value in the console output:\n%s", out)
+	}
+	n, _ := strconv.Atoi(m[1])
+	return n
+}
+
+// summaryField reads key=value from podvirt-probe's watch summary.
+func summaryField(t *testing.T, logs, key string) int64 {
+	t.Helper()
+	m := regexp.MustCompile(key + `=(\d+)`).FindStringSubmatch(logs)
+	if m == nil {
+		t.Fatalf("no %s in the watch summary: %s", key, logs)
+	}
+	n, _ := strconv.ParseInt(m[1], 10, 64)
+	return n
+}
+
+// deleteClaimsOf deletes the PVCs of vm (its disks, retained when it was
+// deleted, and those a migration made).
+func deleteClaimsOf(t *testing.T, vm string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := st.Client.DeleteAllOf(ctx, &corev1.PersistentVolumeClaim{}, client.InNamespace(stack.Namespace),
+		client.MatchingLabels{v1.VMNameLabel: vm}); err != nil {
+		t.Error(fmt.Errorf("delete the claims of vm %s: %w", vm, err))
+	}
+}
