@@ -55,4 +55,3 @@ func (e *Error) Error() string {
 func refuse(reason Reason, file, hint, format string, args ...any) *Error {
 	return &Error{Reason: reason, File: file, Detail: fmt.Sprintf(format, args...), Hint: hint}
 }
-

@@ -115,8 +115,8 @@ type Reconciler struct {
 	sessions   sessions
 	migrations migrations
 	metrics    *metrics
-	wake     chan event.TypedGenericEvent[*v1.VirtualMachineInstance]
-	stop     chan struct{}
+	wake       chan event.TypedGenericEvent[*v1.VirtualMachineInstance]
+	stop       chan struct{}
 }
 
 // Setup registers the handler's reconciler with mgr; sessions close when
