@@ -2,7 +2,6 @@ package launcher
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
@@ -274,11 +273,8 @@ func (in *Incoming) Stats() (MigrationStats, error) {
 	return statsOf(j), nil
 }
 
-// Close stops the proxy.
-func (in *Incoming) Close() error {
-	err := in.proxy.Close()
-	if errors.Is(err, context.Canceled) {
-		return nil
-	}
-	return err
-}
+// StopAccepting takes no new connections; the source's open ones finish.
+func (in *Incoming) StopAccepting() error { return in.proxy.StopAccepting() }
+
+// Close stops the proxy and cuts its connections.
+func (in *Incoming) Close() error { return in.proxy.Close() }

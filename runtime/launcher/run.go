@@ -121,17 +121,24 @@ func Run(ctx context.Context, cfg Config) error {
 		l.sockets = socks
 		return l, serverConfig(vmi), nil
 	}
+	var in *Incoming
+	defer func() {
+		if in != nil {
+			_ = in.Close()
+		}
+	}()
 	prepare := func(ctx context.Context, vmi *v1.VirtualMachineInstance, networks *launchercmd.Networks, listen string) (
 		*launchercmd.PrepareMigrationResponse, func(context.Context) (cmdserver.Domain, cmdserver.Config, error), error) {
 		var resp *launchercmd.PrepareMigrationResponse
-		var in *Incoming
 		var err error
 		l, resp, in, err = prepareIncoming(d, vmi, networks, cfg, socks, listen)
 		if err != nil {
 			return nil, nil, err
 		}
 		wait := func(ctx context.Context) (cmdserver.Domain, cmdserver.Config, error) {
-			defer func() { _ = in.Close() }()
+			// Arrived or failed, no one else connects; the source's
+			// connections end the handshake, then close.
+			defer func() { _ = in.StopAccepting() }()
 			if err := in.Wait(ctx); err != nil {
 				return nil, cmdserver.Config{}, err
 			}

@@ -176,6 +176,17 @@ func (t *Target) untrack(c net.Conn) {
 	_ = c.Close()
 }
 
+// StopAccepting closes the listener; the connections already carried go
+// on until their ends close them (the source libvirtd still finishes the
+// migration's handshake over its connection after the domain has arrived).
+func (t *Target) StopAccepting() error {
+	err := t.l.Close()
+	if errors.Is(err, net.ErrClosed) {
+		return nil
+	}
+	return err
+}
+
 // Close stops listening and cuts every connection.
 func (t *Target) Close() error {
 	t.mu.Lock()
@@ -186,6 +197,9 @@ func (t *Target) Close() error {
 	t.mu.Unlock()
 	err := t.l.Close()
 	t.wg.Wait()
+	if errors.Is(err, net.ErrClosed) {
+		return nil
+	}
 	return err
 }
 
