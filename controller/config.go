@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/apimachinery/pkg/api/resource"
 
+	"github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/controller/identity"
 )
 
@@ -55,6 +56,9 @@ type Config struct {
 	BackoffResetAfter time.Duration
 	// MACRange is where the MACs of VM interfaces without one come from.
 	MACRange identity.MACRange
+	// DefaultEvictionStrategy is the eviction strategy of VMIs that name
+	// none (empty: None).
+	DefaultEvictionStrategy v1alpha1.EvictionStrategy
 	// ParallelMigrations and ParallelOutboundMigrationsPerNode bound the
 	// live migrations that run at once, in the cluster and from one node
 	// (KubeVirt's defaults: 5 and 2); more wait, Pending.
@@ -98,6 +102,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("controller config: no MAC range")
 	case c.VMWorkers < 1 || c.VMIWorkers < 1:
 		return fmt.Errorf("controller config: workers must be at least 1 (vm %d, vmi %d)", c.VMWorkers, c.VMIWorkers)
+	case c.DefaultEvictionStrategy != "" && c.DefaultEvictionStrategy != v1alpha1.EvictionStrategyLiveMigrate && c.DefaultEvictionStrategy != v1alpha1.EvictionStrategyNone:
+		return fmt.Errorf("controller config: eviction strategy %q is not LiveMigrate or None", c.DefaultEvictionStrategy)
 	case c.ParallelMigrations < 1 || c.ParallelOutboundMigrationsPerNode < 1:
 		return fmt.Errorf("controller config: parallel migrations must be at least 1 (cluster %d, per node %d)", c.ParallelMigrations, c.ParallelOutboundMigrationsPerNode)
 	case c.ContainerDiskSize.Sign() <= 0:

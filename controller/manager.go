@@ -76,6 +76,10 @@ func Setup(mgr ctrl.Manager, cfg Config) error {
 	if err := migration.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up migration controller: %w", err)
 	}
+	evacuation := &EvacuationReconciler{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("podvirt-controller"), Config: &cfg}
+	if err := evacuation.SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("set up evacuation controller: %w", err)
+	}
 	l2 := &L2ServiceReconciler{
 		Client:    mgr.GetClient(),
 		APIReader: mgr.GetAPIReader(),

@@ -237,6 +237,10 @@ func (r *MigrationReconciler) start(ctx context.Context, m *v1alpha1.VirtualMach
 		m.Status.Message = wait
 		return ctrl.Result{RequeueAfter: 5 * time.Second}, err
 	}
+	// Neither pod may be evicted while both are needed.
+	if err := syncDisruptionBudget(ctx, r.Client, vmi, r.Config, true); err != nil {
+		return ctrl.Result{}, err
+	}
 	claims, err := r.targetClaims(ctx, m, vmi)
 	if err != nil {
 		return ctrl.Result{}, err
@@ -286,6 +290,12 @@ func (r *MigrationReconciler) overLimit(ctx context.Context, node string) (strin
 		return fmt.Sprintf("waiting: %d migrations leave node %s, the most at once (--parallel-outbound-migrations-per-node)", fromNode, node), nil
 	}
 	return "", nil
+}
+
+// migrationInFlight reports whether vmi has a migration that has not ended.
+func migrationInFlight(vmi *v1alpha1.VirtualMachineInstance) bool {
+	ms := vmi.Status.MigrationState
+	return ms != nil && ms.EndTimestamp == nil
 }
 
 // patchState merges fields into the VMI's migrationState.

@@ -184,6 +184,9 @@ func (r *VMIReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 		}
 	}
 
+	if err := syncDisruptionBudget(ctx, r.Client, vmi, r.Config, migrationInFlight(vmi)); err != nil {
+		return ctrl.Result{}, err
+	}
 	if res, err := r.updateStatus(ctx, orig, vmi); err != nil || res.RequeueAfter > 0 {
 		return res, err
 	}

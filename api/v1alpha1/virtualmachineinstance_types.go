@@ -83,6 +83,15 @@ type VirtualMachineInstanceSpec struct {
 	// +listType=atomic
 	Tolerations []corev1.Toleration `json:"tolerations,omitempty"`
 
+	// EvictionStrategy is what happens when the VMI's node is drained:
+	// LiveMigrate moves it to another node first (its launcher pod cannot
+	// be evicted until then, so `kubectl drain` waits); None lets the
+	// eviction stop it. Empty: the cluster's default (chart value
+	// controller.evictionStrategy).
+	//
+	// +optional
+	EvictionStrategy *EvictionStrategy `json:"evictionStrategy,omitempty"`
+
 	// TerminationGracePeriodSeconds is how long the guest gets to shut down
 	// after an ACPI power-off request before it is stopped hard. Default 30.
 	//
@@ -535,6 +544,17 @@ type MultusNetwork struct {
 	// +kubebuilder:validation:Pattern=`^([a-z0-9]([-a-z0-9]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?$`
 	NetworkName string `json:"networkName"`
 }
+
+// EvictionStrategy says what a node drain does to a VMI.
+//
+// +kubebuilder:validation:Enum=LiveMigrate;None
+type EvictionStrategy string
+
+// Eviction strategies.
+const (
+	EvictionStrategyLiveMigrate EvictionStrategy = "LiveMigrate"
+	EvictionStrategyNone        EvictionStrategy = "None"
+)
 
 // VirtualMachineInstancePhase is where a VMI is in its life.
 type VirtualMachineInstancePhase string

@@ -37,6 +37,10 @@ const CSIDriverName = "disk.podvirt.io"
 // MigrationLabel on a migration's target pod and claims is the migration's name.
 const MigrationLabel = "podvirt.io/migration"
 
+// EvacuationLabel on a migration the controller made to empty a drained
+// node is that node's name.
+const EvacuationLabel = "podvirt.io/evacuation"
+
 // Annotations.
 const (
 	// DiskSourceAnnotation on a PVC is the image the CSI driver fills it

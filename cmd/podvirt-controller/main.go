@@ -24,6 +24,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/podvirt/podvirt/api/scheme"
+	"github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/cmd/internal/restconfig"
 	"github.com/podvirt/podvirt/cmd/internal/version"
 	"github.com/podvirt/podvirt/controller"
@@ -75,6 +76,7 @@ func run(args []string) error {
 	fs.DurationVar(&cfg.MaxRestartBackoff, "max-restart-backoff", cfg.MaxRestartBackoff, "longest restart back-off")
 	fs.IntVar(&cfg.VMWorkers, "vm-workers", cfg.VMWorkers, "concurrent VM reconciles")
 	fs.IntVar(&cfg.VMIWorkers, "vmi-workers", cfg.VMIWorkers, "concurrent VMI reconciles")
+	fs.Var((*evictionFlag)(&cfg.DefaultEvictionStrategy), "eviction-strategy", "LiveMigrate or None: what a node drain does to VMIs that name no evictionStrategy")
 	fs.IntVar(&cfg.ParallelMigrations, "parallel-migrations", cfg.ParallelMigrations, "live migrations that may run at once in the cluster")
 	fs.IntVar(&cfg.ParallelOutboundMigrationsPerNode, "parallel-outbound-migrations-per-node", cfg.ParallelOutboundMigrationsPerNode, "live migrations that may leave one node at once")
 	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
@@ -174,3 +176,17 @@ func (f *emulationFlag) Set(v string) error {
 }
 
 func (f *emulationFlag) IsBoolFlag() bool { return true }
+
+// evictionFlag is --eviction-strategy.
+type evictionFlag v1alpha1.EvictionStrategy
+
+func (f *evictionFlag) String() string { return string(*f) }
+
+func (f *evictionFlag) Set(s string) error {
+	switch v1alpha1.EvictionStrategy(s) {
+	case v1alpha1.EvictionStrategyLiveMigrate, v1alpha1.EvictionStrategyNone:
+		*f = evictionFlag(s)
+		return nil
+	}
+	return fmt.Errorf("%q: give LiveMigrate or None", s)
+}
