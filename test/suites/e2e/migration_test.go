@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
+	"github.com/podvirt/podvirt/test/deps"
 	"github.com/podvirt/podvirt/test/env/stack"
 )
 
@@ -63,7 +65,7 @@ func TestLiveMigration(t *testing.T) {
 		t.Fatal(err)
 	}
 	target := st.OtherNode(source)
-	wait, err := st.WatchFromPod(ctx, "watch-"+name, stack.VMNetwork, target, stack.HostPort(ip, stack.VMPort), 10*time.Millisecond, 150*time.Second)
+	wait, err := st.WatchFromPod(ctx, "watch-"+name, stack.VMNetwork, target, stack.HostPort(ip, stack.VMPort), 10*time.Millisecond, 75*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -210,4 +212,53 @@ func deleteClaimsOf(t *testing.T, vm string) {
 		client.MatchingLabels{v1.VMNameLabel: vm}); err != nil {
 		t.Error(fmt.Errorf("delete the claims of vm %s: %w", vm, err))
 	}
+}
+
+// TestLiveMigrationOnDrain drains the node of a VM with evictionStrategy
+// LiveMigrate: `kubectl drain` completes, and the VM runs on the other
+// node rather than being stopped.
+func TestLiveMigrationOnDrain(t *testing.T) {
+	useStack(t)
+	twoNodes(t)
+	ctx := testContext(t, 20*time.Minute)
+	const name = "drainee"
+	vm := stack.VMOn(name, v1.RunStrategyAlways, stack.VMNetwork)
+	live := v1.EvictionStrategyLiveMigrate
+	vm.Spec.Template.Spec.EvictionStrategy = &live
+	createVM(ctx, t, vm)
+	t.Cleanup(func() { deleteVM(t, name); deleteClaimsOf(t, name) })
+	vmi, err := st.WaitRunning(ctx, name, 12*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	node, uid := vmi.Status.NodeName, vmi.UID
+	t.Cleanup(func() { kubectl(context.Background(), t, "uncordon", node) })
+	// Only this VM's pods: the other tests' pods share the node.
+	out := kubectl(ctx, t, "drain", node, "--pod-selector", v1.VMINameLabel+"="+name, "--ignore-daemonsets", "--delete-emptydir-data", "--timeout", "10m")
+	t.Logf("%s", out)
+	vmi, err = getVMI(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vmi.UID != uid || vmi.Status.Phase != v1.Running || vmi.Status.NodeName == node {
+		t.Fatalf("after the drain vmi %s is %s on %s (uid %s, was %s on %s): want the same VMI running elsewhere", name, vmi.Status.Phase, vmi.Status.NodeName, vmi.UID, uid, node)
+	}
+	m := waitMigration(ctx, t, name, time.Minute)
+	if m.Labels[v1.EvacuationLabel] != node || m.Status.Phase != v1.MigrationSucceeded {
+		t.Fatalf("migration %s: %s, labels %v", m.Name, m.Status.Phase, m.Labels)
+	}
+}
+
+// kubectl runs kubectl against the e2e cluster and fails the test when it fails.
+func kubectl(ctx context.Context, t *testing.T, args ...string) string {
+	t.Helper()
+	bin, err := deps.Binary("kubernetes", "kubectl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.CommandContext(ctx, bin, append(args, "--kubeconfig", st.Cluster.Kubeconfig())...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
 }
