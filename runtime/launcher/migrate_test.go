@@ -37,9 +37,7 @@ func TestLiveMigrationCopiesOnlyTheOverlay(t *testing.T) {
 	srcDir := filepath.Dir(vm.console)
 	data := filepath.Join(srcDir, "data.qcow2")
 	qemuImg(t, "create", "-q", "-f", "qcow2", data, "64M")
-	if out, err := exec.Command("qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 24M", data).CombinedOutput(); err != nil {
-		t.Fatalf("qemu-io: %v: %s", err, out)
-	}
+	qemuIO(t, "-f", "qcow2", "-c", "write -P 0x5a 0 24M", data)
 	withData(vm.vmi)
 	vm.xml = render(t, vm.vmi, srcDir, filepath.Join(srcDir, "root.qcow2"), data)
 	l := startVM(t, src, vm)
@@ -160,7 +158,7 @@ func withData(vmi *v1.VirtualMachineInstance) {
 
 // render is the VM's domain for one side: its disks, cloud-init and
 // console under dir.
-func render(t *testing.T, vmi *v1.VirtualMachineInstance, dir, root, data string) string {
+func render(t testing.TB, vmi *v1.VirtualMachineInstance, dir, root, data string) string {
 	t.Helper()
 	iso := filepath.Join(dir, "cloud-init.iso")
 	if _, err := os.Stat(iso); err != nil {
@@ -183,7 +181,7 @@ func render(t *testing.T, vmi *v1.VirtualMachineInstance, dir, root, data string
 	return xml
 }
 
-func socketsOf(t *testing.T, d *libvirtd.Daemon) MigrationSockets {
+func socketsOf(t testing.TB, d *libvirtd.Daemon) MigrationSockets {
 	t.Helper()
 	s := MigrationSockets{Daemon: libvirtd.MigrationDir, Visible: d.Visible(libvirtd.MigrationDir)}
 	if err := os.MkdirAll(s.Visible, 0o700); err != nil {
@@ -192,15 +190,22 @@ func socketsOf(t *testing.T, d *libvirtd.Daemon) MigrationSockets {
 	return s
 }
 
-func qemuImg(t *testing.T, args ...string) {
+func qemuImg(t testing.TB, args ...string) {
 	t.Helper()
 	if out, err := exec.Command("qemu-img", args...).CombinedOutput(); err != nil {
 		t.Fatalf("qemu-img %v: %v: %s", args, err, out)
 	}
 }
 
+func qemuIO(t testing.TB, args ...string) {
+	t.Helper()
+	if out, err := exec.Command("qemu-io", args...).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-io %v: %v: %s", args, err, out)
+	}
+}
+
 // allocated is what a file occupies on disk.
-func allocated(t *testing.T, p string) int64 {
+func allocated(t testing.TB, p string) int64 {
 	t.Helper()
 	var st syscall.Stat_t
 	if err := syscall.Stat(p, &st); err != nil {
