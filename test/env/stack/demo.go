@@ -46,6 +46,8 @@ type Options struct {
 	// Detach keeps the registries running after this process exits.
 	Detach   bool
 	Progress io.Writer
+	// Set are more chart values (helm --set), after the stack's own.
+	Set []string
 }
 
 func (o Options) say(format string, args ...any) {
@@ -100,7 +102,7 @@ func Install(ctx context.Context, c *cluster.Cluster, opts Options) (*Stack, err
 	hosts := strings.Join(m.Hosts(), ",")
 	err = chart.Install(ctx, c, h, chart.InstallOptions{
 		Release: Release, Namespace: Namespace,
-		Set: []string{
+		Set: append([]string{
 			"storageClass.registries={" + hosts + "}",
 			"storageClass.insecureRegistries={" + hosts + "}",
 			// Imports may not reach the cluster's pods and Services; the
@@ -126,7 +128,7 @@ func Install(ctx context.Context, c *cluster.Cluster, opts Options) (*Stack, err
 			"networks.macvlan.pods.ipam=whereabouts",
 			"networks.whereabouts.kubeconfig=" + c.Whereabouts().Kubeconfig,
 			"networks.whereabouts.configurationPath=" + c.Whereabouts().ConfigurationPath,
-		},
+		}, opts.Set...),
 		Timeout:  "15m",
 		Progress: progressPrefix(opts.Progress),
 	})

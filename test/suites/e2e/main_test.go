@@ -68,7 +68,9 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "e2e: cluster up:", err)
 		return 1
 	}
-	stackOptions = stack.Options{Dir: filepath.Join(dir, "stack"), Progress: os.Stderr}
+	stackOptions = stack.Options{Dir: filepath.Join(dir, "stack"), Progress: os.Stderr,
+		// Slow enough that the migration tests can act while one runs.
+		Set: []string{fmt.Sprintf("migrations.bandwidthPerMigration=%d", migrationBandwidthMiB)}}
 	start := time.Now()
 	st, err = stack.Install(ctx, c, stackOptions)
 	installTook = time.Since(start)

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
 	"regexp"
 	"strconv"
@@ -137,7 +138,7 @@ func TestLiveMigration(t *testing.T) {
 	}
 }
 
-// waitMigration waits until vm's migration has ended and returns it.
+// waitMigration waits until vm's newest migration has ended and returns it.
 func waitMigration(ctx context.Context, t *testing.T, vm string, timeout time.Duration) *v1.VirtualMachineInstanceMigration {
 	t.Helper()
 	var m *v1.VirtualMachineInstanceMigration
@@ -146,9 +147,10 @@ func waitMigration(ctx context.Context, t *testing.T, vm string, timeout time.Du
 		if err := st.Client.List(ctx, list, client.InNamespace(stack.Namespace)); err != nil {
 			return false, err
 		}
+		m = nil
 		for i := range list.Items {
-			if list.Items[i].Spec.VMIName == vm {
-				m = &list.Items[i]
+			if it := &list.Items[i]; it.Spec.VMIName == vm && (m == nil || m.CreationTimestamp.Before(&it.CreationTimestamp)) {
+				m = it // the newest
 			}
 		}
 		return m != nil && m.Status.Phase.IsFinal(), nil
@@ -261,4 +263,159 @@ func kubectl(ctx context.Context, t *testing.T, args ...string) string {
 		t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 	return string(out)
+}
+
+// migrationBandwidthMiB caps the e2e cluster's migrations (MiB/s), so a
+// 256 MiB guest takes seconds to move and a test can act meanwhile.
+const migrationBandwidthMiB = 16
+
+// TestLiveMigrationFailures cancels a running migration, kills the target
+// launcher in one and restarts the source node daemon in another: each
+// fails, the VM runs on where it was with its data, and nothing of the
+// target is left.
+func TestLiveMigrationFailures(t *testing.T) {
+	useStack(t)
+	twoNodes(t)
+	ctx := testContext(t, 25*time.Minute)
+	const name = "stayer"
+	createVM(ctx, t, stack.VMOn(name, v1.RunStrategyAlways, stack.VMNetwork))
+	t.Cleanup(func() { deleteVM(t, name); deleteClaimsOf(t, name) })
+	vmi, err := st.WaitRunning(ctx, name, 12*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	node, uid := vmi.Status.NodeName, vmi.UID
+	if _, err := st.RunInConsole(ctx, name, "(i=0; while true; do i=$((i+1)); echo $i >> /var/counter; sync; sleep 0.05; done) >/dev/null 2>&1 & sleep 1; echo started", 3*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name  string
+		fault func(m *v1.VirtualMachineInstanceMigration)
+		words string // a pattern of the failed migration's message; "": cancelled, so deleted
+	}{
+		{"cancelled", func(m *v1.VirtualMachineInstanceMigration) {
+			podvirtctl(ctx, t, "migrate-cancel", name)
+		}, ""},
+		{"target launcher killed", func(m *v1.VirtualMachineInstanceMigration) {
+			cur, err := getVMI(ctx, name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			killLauncherIn(ctx, t, cur, m.Status.TargetPod)
+		}, "failed|ended"},
+		{"source node daemon restarted", func(m *v1.VirtualMachineInstanceMigration) {
+			restartHandlerOn(ctx, t, node)
+		}, "node daemon restarted|cancelled"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := lastCount(ctx, t, name)
+			podvirtctl(ctx, t, "migrate", name)
+			m := waitMigrationPhase(ctx, t, name, v1.MigrationRunning)
+			tc.fault(m)
+			if tc.words == "" {
+				// Cancelled: the migration goes once it is aborted.
+				if err := stack.Poll(ctx, 5*time.Minute, func() (bool, error) {
+					err := st.Client.Get(ctx, client.ObjectKeyFromObject(m), &v1.VirtualMachineInstanceMigration{})
+					return apierrors.IsNotFound(err), client.IgnoreNotFound(err)
+				}); err != nil {
+					t.Fatalf("cancelled migration %s is still there: %v", m.Name, err)
+				}
+			} else {
+				got := waitMigration(ctx, t, name, 5*time.Minute)
+				if got.Status.Phase != v1.MigrationFailed || !regexp.MustCompile(tc.words).MatchString(got.Status.Message) {
+					t.Fatalf("migration %s: %s (%q), want Failed saying %q", got.Name, got.Status.Phase, got.Status.Message, tc.words)
+				}
+				t.Logf("migration %s failed: %s", got.Name, got.Status.Message)
+			}
+			cur, err := getVMI(ctx, name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cur.UID != uid || cur.Status.Phase != v1.Running || cur.Status.NodeName != node {
+				t.Fatalf("vmi %s is %s on %s (uid %s), want the same VMI running on %s", name, cur.Status.Phase, cur.Status.NodeName, cur.UID, node)
+			}
+			if after := lastCount(ctx, t, name); after <= before {
+				t.Fatalf("the guest's counter stands at %d, was %d: it stopped", after, before)
+			}
+			// Nothing of the target is left: its pod and claims go.
+			if err := stack.Poll(ctx, 3*time.Minute, func() (bool, error) {
+				pods := &corev1.PodList{}
+				pvcs := &corev1.PersistentVolumeClaimList{}
+				if err := st.Client.List(ctx, pods, client.InNamespace(stack.Namespace), client.MatchingLabels{v1.MigrationLabel: m.Name}); err != nil {
+					return false, err
+				}
+				if err := st.Client.List(ctx, pvcs, client.InNamespace(stack.Namespace), client.MatchingLabels{v1.MigrationLabel: m.Name}); err != nil {
+					return false, err
+				}
+				return len(pods.Items) == 0 && len(pvcs.Items) == 0, nil
+			}); err != nil {
+				t.Fatalf("the target of migration %s is still there: %v", m.Name, err)
+			}
+		})
+	}
+}
+
+// waitMigrationPhase waits until vm's newest migration reaches phase and
+// returns it.
+func waitMigrationPhase(ctx context.Context, t *testing.T, vm string, phase v1.MigrationPhase) *v1.VirtualMachineInstanceMigration {
+	t.Helper()
+	var m *v1.VirtualMachineInstanceMigration
+	err := stack.Poll(ctx, 5*time.Minute, func() (bool, error) {
+		list := &v1.VirtualMachineInstanceMigrationList{}
+		if err := st.Client.List(ctx, list, client.InNamespace(stack.Namespace)); err != nil {
+			return false, err
+		}
+		m = nil
+		for i := range list.Items {
+			if it := &list.Items[i]; it.Spec.VMIName == vm && !it.Status.Phase.IsFinal() {
+				m = it
+			}
+		}
+		if m != nil && m.Status.Phase.IsFinal() {
+			return false, fmt.Errorf("migration %s ended %s before %s: %s", m.Name, m.Status.Phase, phase, m.Status.Message)
+		}
+		return m != nil && m.Status.Phase == phase, nil
+	})
+	if err != nil {
+		t.Fatalf("migration of %s reaching %s: %v", vm, phase, err)
+	}
+	return m
+}
+
+// killLauncherIn kills -9 the launcher of vmi in pod.
+func killLauncherIn(ctx context.Context, t *testing.T, vmi *v1.VirtualMachineInstance, pod string) {
+	t.Helper()
+	out, err := exec.CommandContext(ctx, "pgrep", "-f", "podvirt-launcher").Output()
+	if err != nil {
+		t.Fatalf("no launcher process found: %v", err)
+	}
+	for _, pid := range strings.Fields(string(out)) {
+		env, err := os.ReadFile("/proc/" + pid + "/environ")
+		if err != nil || !strings.Contains(string(env), "PODVIRT_VMI_UID="+string(vmi.UID)) || !strings.Contains(string(env), "PODVIRT_POD_NAME="+pod+"\x00") {
+			continue
+		}
+		if err := exec.CommandContext(ctx, "kill", "-9", pid).Run(); err == nil {
+			return
+		}
+	}
+	t.Fatalf("no launcher process of vmi %s in pod %s", vmi.Name, pod)
+}
+
+// restartHandlerOn deletes the node daemon pod of node; its DaemonSet
+// starts another.
+func restartHandlerOn(ctx context.Context, t *testing.T, node string) {
+	t.Helper()
+	pods := &corev1.PodList{}
+	if err := st.Client.List(ctx, pods, client.InNamespace(stack.Namespace), client.MatchingLabels{"app.kubernetes.io/component": "handler"}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range pods.Items {
+		if p := &pods.Items[i]; p.Spec.NodeName == node {
+			if err := st.Client.Delete(ctx, p, client.GracePeriodSeconds(0)); err != nil {
+				t.Fatal(err)
+			}
+			return
+		}
+	}
+	t.Fatalf("no node daemon pod on %s", node)
 }
