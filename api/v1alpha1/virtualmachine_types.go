@@ -154,10 +154,12 @@ const (
 	// PrintableStatusProvisioning: a disk of the VM is not ready yet: its
 	// import runs (or retries), or its PVC waits for a volume. The
 	// DisksReady condition says which and how far.
-	PrintableStatusProvisioning       VirtualMachinePrintableStatus = "Provisioning"
-	PrintableStatusStarting           VirtualMachinePrintableStatus = "Starting"
-	PrintableStatusRunning            VirtualMachinePrintableStatus = "Running"
-	PrintableStatusPaused             VirtualMachinePrintableStatus = "Paused"
+	PrintableStatusProvisioning VirtualMachinePrintableStatus = "Provisioning"
+	PrintableStatusStarting     VirtualMachinePrintableStatus = "Starting"
+	PrintableStatusRunning      VirtualMachinePrintableStatus = "Running"
+	PrintableStatusPaused       VirtualMachinePrintableStatus = "Paused"
+	// PrintableStatusMigrating: the VM moves live to another node.
+	PrintableStatusMigrating          VirtualMachinePrintableStatus = "Migrating"
 	PrintableStatusStopping           VirtualMachinePrintableStatus = "Stopping"
 	PrintableStatusTerminating        VirtualMachinePrintableStatus = "Terminating"
 	PrintableStatusCrashLoopBackOff   VirtualMachinePrintableStatus = "CrashLoopBackOff"

@@ -195,8 +195,13 @@ func (r *Reconciler) migrate(ctx context.Context, sess *session, vmi *v1.Virtual
 	}
 	if err != nil {
 		msg := fmt.Sprintf("migration from pod %s failed: %s", pod, status.Convert(err).Message())
-		if ctx.Err() != nil {
-			msg = "cancelled: " + msg
+		select {
+		case <-r.stop:
+			msg = "the source node daemon stopped during the migration, which aborted it; the VMI runs where it was (" + msg + ")"
+		default:
+			if ctx.Err() != nil {
+				msg = "cancelled: " + msg
+			}
 		}
 		out["failed"], out["failureReason"] = true, msg
 		r.Recorder.Eventf(vmi, nil, corev1.EventTypeWarning, ReasonMigrationFailed, "Migrate", "%s", msg)

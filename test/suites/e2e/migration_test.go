@@ -305,7 +305,7 @@ func TestLiveMigrationFailures(t *testing.T) {
 		}, "failed|ended"},
 		{"source node daemon restarted", func(m *v1.VirtualMachineInstanceMigration) {
 			restartHandlerOn(ctx, t, node)
-		}, "node daemon restarted|cancelled"},
+		}, "source node daemon (restarted|stopped)"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := lastCount(ctx, t, name)
