@@ -68,6 +68,7 @@ func Setup(mgr ctrl.Manager, cfg Config) error {
 		return fmt.Errorf("set up VM controller: %w", err)
 	}
 	migration := &MigrationReconciler{
+		metrics:   m,
 		Client:    mgr.GetClient(),
 		APIReader: mgr.GetAPIReader(),
 		Recorder:  mgr.GetEventRecorder("podvirt-controller"),

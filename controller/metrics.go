@@ -19,6 +19,10 @@ type instruments struct {
 	launcherPodsCreated  prometheus.Counter
 	failures             *prometheus.CounterVec
 	vmiStarts            *prometheus.CounterVec
+	migrations           *prometheus.CounterVec
+	migrationDuration    *prometheus.HistogramVec
+	migrationDowntime    prometheus.Histogram
+	migrationDiskBytes   prometheus.Histogram
 }
 
 var phaseBuckets = []float64{0.5, 1, 2, 5, 10, 20, 30, 40, 50, 60, 90, 120, 180, 240, 300, 600, 900, 1200, 1800, 3600}
@@ -49,11 +53,31 @@ func newMetrics(reg prometheus.Registerer) (*instruments, error) {
 			Name: "podvirt_vm_vmi_starts_total",
 			Help: "VMIs the VM reconciler created, by run strategy.",
 		}, []string{"run_strategy"}),
+		migrations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "podvirt_vmi_migrations_total",
+			Help: "Live migrations that ended, by result (Succeeded, Failed).",
+		}, []string{"result"}),
+		migrationDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "podvirt_vmi_migration_duration_seconds",
+			Help:    "Seconds from a live migration's creation to its end, by result.",
+			Buckets: phaseBuckets,
+		}, []string{"result"}),
+		migrationDowntime: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "podvirt_vmi_migration_downtime_seconds",
+			Help:    "How long the guest was paused at the switch of a successful live migration.",
+			Buckets: []float64{0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5},
+		}),
+		migrationDiskBytes: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "podvirt_vmi_migration_disk_bytes",
+			Help:    "Disk bytes a successful live migration copied (the overlays' data, not the bases).",
+			Buckets: prometheus.ExponentialBuckets(1<<20, 4, 10),
+		}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.vmiPhaseFromCreation, m.vmiPhaseFromPrevious, m.launcherPodsCreated, m.failures, m.vmiStarts} {
+	for _, c := range []prometheus.Collector{m.vmiPhaseFromCreation, m.vmiPhaseFromPrevious, m.launcherPodsCreated, m.failures, m.vmiStarts,
+		m.migrations, m.migrationDuration, m.migrationDowntime, m.migrationDiskBytes} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -67,5 +91,16 @@ func (m *instruments) observePhase(vmi *v1alpha1.VirtualMachineInstance, phase v
 	if n := len(vmi.Status.PhaseTransitionTimestamps); n > 0 {
 		prev := vmi.Status.PhaseTransitionTimestamps[n-1].PhaseTransitionTimestamp.Time
 		m.vmiPhaseFromPrevious.WithLabelValues(string(phase)).Observe(now.Sub(prev).Seconds())
+	}
+}
+
+// observeMigration records a migration that ended.
+func (m *instruments) observeMigration(mig *v1alpha1.VirtualMachineInstanceMigration, ms *v1alpha1.MigrationState, now time.Time) {
+	result := string(mig.Status.Phase)
+	m.migrations.WithLabelValues(result).Inc()
+	m.migrationDuration.WithLabelValues(result).Observe(now.Sub(mig.CreationTimestamp.Time).Seconds())
+	if mig.Status.Phase == v1alpha1.MigrationSucceeded && ms != nil {
+		m.migrationDowntime.Observe(float64(ms.DowntimeMilliseconds) / 1000)
+		m.migrationDiskBytes.Observe(float64(ms.DiskBytes))
 	}
 }

@@ -43,6 +43,7 @@ const (
 
 // MigrationReconciler drives VirtualMachineInstanceMigrations.
 type MigrationReconciler struct {
+	metrics   *instruments
 	Client    client.Client
 	APIReader client.Reader
 	Recorder  eventRecorder
@@ -519,6 +520,7 @@ func (r *MigrationReconciler) succeed(ctx context.Context, m *v1alpha1.VirtualMa
 	m.Status.TargetNode = ms.TargetNode
 	m.Status.Message = ""
 	r.setPhase(m, v1alpha1.MigrationSucceeded)
+	r.metrics.observeMigration(m, ms, r.now())
 	r.Recorder.Eventf(m, vmi, corev1.EventTypeNormal, ReasonMigrationSucceeded, "Migrate", "VMI %s moved from %s to %s: %s of memory, %s of disk, downtime %s",
 		vmi.Name, m.Status.SourceNode, ms.TargetNode, humanBytes(ms.MemoryBytes), humanBytes(ms.DiskBytes), m.Status.Downtime)
 	return nil
@@ -639,6 +641,7 @@ func (r *MigrationReconciler) fail(ctx context.Context, m *v1alpha1.VirtualMachi
 	}
 	m.Status.Message = why
 	r.setPhase(m, v1alpha1.MigrationFailed)
+	r.metrics.observeMigration(m, nil, r.now())
 	r.Recorder.Eventf(m, nil, corev1.EventTypeWarning, ReasonMigrationFailed, "Migrate", "%s", why)
 	return nil
 }

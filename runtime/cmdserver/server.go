@@ -304,8 +304,9 @@ func (s *Server) PrepareMigration(ctx context.Context, req *launchercmd.PrepareM
 		return nil, s.errorf(codes.Internal, "prepare migration", "%v", err)
 	}
 	s.prepared = resp
+	arrival := context.WithoutCancel(ctx) // the domain arrives after this call has returned
 	go func() {
-		d, cfg, err := wait(context.Background())
+		d, cfg, err := wait(arrival)
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		if err != nil {

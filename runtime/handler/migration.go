@@ -144,7 +144,9 @@ func (r *Reconciler) syncSource(ctx context.Context, sess *session, vmi *v1.Virt
 		if err := r.patchMigration(ctx, vmi, ms.MigrationUID, map[string]any{"startTimestamp": metav1.Now()}); err != nil {
 			return err
 		}
-		mctx, mcancel := context.WithCancel(context.Background())
+		// The migration outlives this reconcile; AbortRequested or the
+		// daemon's end cancels it.
+		mctx, mcancel := context.WithCancel(context.WithoutCancel(ctx))
 		r.migrations.add(ms.MigrationUID, mcancel)
 		req := &launchercmd.MigrateRequest{TargetAddress: ms.TargetAddress, Token: token, DomainXml: ms.TargetDomain,
 			BandwidthMib: r.Config.Migration.BandwidthMiB, AutoConverge: r.Config.Migration.AutoConverge, PostCopy: r.Config.Migration.AllowPostCopy,
@@ -159,7 +161,7 @@ func (r *Reconciler) syncSource(ctx context.Context, sess *session, vmi *v1.Virt
 func (r *Reconciler) migrate(ctx context.Context, sess *session, vmi *v1.VirtualMachineInstance, pod string, uid types.UID, req *launchercmd.MigrateRequest) {
 	defer r.migrations.remove(uid)
 	logger := log.FromContext(ctx).WithValues("vmi", vmi.Namespace+"/"+vmi.Name, "migration", uid)
-	bg := context.Background()
+	bg := context.WithoutCancel(ctx) // the outcome is written even when ctx was cancelled
 	fields := func(p *launchercmd.MigrationProgress) map[string]any {
 		return map[string]any{"memoryBytes": p.GetMemoryProcessed(), "memoryTotal": p.GetMemoryTotal(),
 			"diskBytes": p.GetDiskProcessed(), "diskTotal": p.GetDiskTotal()}

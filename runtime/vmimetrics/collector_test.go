@@ -37,6 +37,9 @@ func (d statsDomain) Console() (io.ReadWriteCloser, error) {
 func (d statsDomain) Interfaces() []cmdserver.Interface                { return nil }
 func (d statsDomain) Stats() (*launchercmd.DomainStatsResponse, error) { return d.stats, nil }
 func (d statsDomain) Done() <-chan struct{}                            { return nil }
+func (d statsDomain) Migrate(context.Context, *launchercmd.MigrateRequest, func(*launchercmd.MigrationProgress)) (*launchercmd.MigrationProgress, error) {
+	return nil, errors.New("not in this test")
+}
 
 // serve runs a real command server for d on a socket and returns its client.
 func serve(t *testing.T, d cmdserver.Domain) launchercmd.CommandClient {
