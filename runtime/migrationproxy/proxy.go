@@ -73,9 +73,7 @@ type Target struct {
 	dial    [numChannels]string
 	bytes   atomic.Int64
 	wg      sync.WaitGroup
-	mu      sync.Mutex
-	conns   map[net.Conn]struct{}
-	closed  bool
+	conns   connSet
 	refused atomic.Int64
 }
 
@@ -90,7 +88,7 @@ func ListenTarget(addr string, token []byte, sockets map[Channel]string) (*Targe
 	if err != nil {
 		return nil, fmt.Errorf("migration proxy: listen on %s: %w", addr, err)
 	}
-	t := &Target{l: l, token: append([]byte(nil), token...), conns: map[net.Conn]struct{}{}}
+	t := &Target{l: l, token: append([]byte(nil), token...)}
 	for c, p := range sockets {
 		if c >= numChannels {
 			_ = l.Close()
@@ -128,11 +126,10 @@ func (t *Target) serve() {
 }
 
 func (t *Target) handle(c net.Conn) {
-	if !t.track(c) {
-		_ = c.Close()
+	if !t.conns.track(c) {
 		return
 	}
-	defer t.untrack(c)
+	defer t.conns.untrack(c)
 	hdr := make([]byte, TokenSize+1)
 	_ = c.SetReadDeadline(time.Now().Add(headerTimeout))
 	if _, err := io.ReadFull(c, hdr); err != nil {
@@ -151,29 +148,11 @@ func (t *Target) handle(c net.Conn) {
 		slog.Warn("migration proxy: dial", "channel", ch, "err", err)
 		return
 	}
-	if !t.track(u) {
-		_ = u.Close()
+	if !t.conns.track(u) {
 		return
 	}
-	defer t.untrack(u)
+	defer t.conns.untrack(u)
 	pipe(c, u, &t.bytes)
-}
-
-func (t *Target) track(c net.Conn) bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.closed {
-		return false
-	}
-	t.conns[c] = struct{}{}
-	return true
-}
-
-func (t *Target) untrack(c net.Conn) {
-	t.mu.Lock()
-	delete(t.conns, c)
-	t.mu.Unlock()
-	_ = c.Close()
 }
 
 // StopAccepting closes the listener; the connections already carried go
@@ -189,12 +168,7 @@ func (t *Target) StopAccepting() error {
 
 // Close stops listening and cuts every connection.
 func (t *Target) Close() error {
-	t.mu.Lock()
-	t.closed = true
-	for c := range t.conns {
-		_ = c.Close()
-	}
-	t.mu.Unlock()
+	t.conns.closeAll()
 	err := t.l.Close()
 	t.wg.Wait()
 	if errors.Is(err, net.ErrClosed) {
@@ -212,9 +186,7 @@ type Source struct {
 	ls     []net.Listener
 	bytes  atomic.Int64
 	wg     sync.WaitGroup
-	mu     sync.Mutex
-	conns  map[net.Conn]struct{}
-	closed bool
+	conns  connSet
 }
 
 // ListenSource makes dir/<channel>.sock for every channel, each carried to
@@ -226,7 +198,7 @@ func ListenSource(dir, target string, token []byte) (*Source, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("migration proxy: %w", err)
 	}
-	s := &Source{dir: dir, target: target, token: append([]byte(nil), token...), conns: map[net.Conn]struct{}{}}
+	s := &Source{dir: dir, target: target, token: append([]byte(nil), token...)}
 	for c := range numChannels {
 		p := filepath.Join(dir, c.SocketName())
 		_ = os.Remove(p)
@@ -261,11 +233,10 @@ func (s *Source) serve(l net.Listener, ch Channel) {
 }
 
 func (s *Source) handle(c net.Conn, ch Channel) {
-	if !s.track(c) {
-		_ = c.Close()
+	if !s.conns.track(c) {
 		return
 	}
-	defer s.untrack(c)
+	defer s.conns.untrack(c)
 	ctx, cancel := context.WithTimeout(context.Background(), headerTimeout)
 	defer cancel()
 	var d net.Dialer
@@ -274,42 +245,19 @@ func (s *Source) handle(c net.Conn, ch Channel) {
 		slog.Warn("migration proxy: dial the target", "target", s.target, "channel", ch, "err", err)
 		return
 	}
-	if !s.track(r) {
-		_ = r.Close()
+	if !s.conns.track(r) {
 		return
 	}
-	defer s.untrack(r)
+	defer s.conns.untrack(r)
 	if _, err := r.Write(append(append([]byte(nil), s.token...), byte(ch))); err != nil {
 		return
 	}
 	pipe(c, r, &s.bytes)
 }
 
-func (s *Source) track(c net.Conn) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return false
-	}
-	s.conns[c] = struct{}{}
-	return true
-}
-
-func (s *Source) untrack(c net.Conn) {
-	s.mu.Lock()
-	delete(s.conns, c)
-	s.mu.Unlock()
-	_ = c.Close()
-}
-
 // Close stops listening, cuts every connection and removes the sockets.
 func (s *Source) Close() error {
-	s.mu.Lock()
-	s.closed = true
-	for c := range s.conns {
-		_ = c.Close()
-	}
-	s.mu.Unlock()
+	s.conns.closeAll()
 	var errs []error
 	for _, l := range s.ls {
 		if err := l.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
@@ -318,6 +266,46 @@ func (s *Source) Close() error {
 	}
 	s.wg.Wait()
 	return errors.Join(errs...)
+}
+
+// connSet is the open connections of a proxy, cut all at once when it closes.
+type connSet struct {
+	mu     sync.Mutex
+	m      map[net.Conn]struct{}
+	closed bool
+}
+
+// track adds c, or closes it when the set is closed already.
+func (cs *connSet) track(c net.Conn) bool {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if cs.closed {
+		_ = c.Close()
+		return false
+	}
+	if cs.m == nil {
+		cs.m = map[net.Conn]struct{}{}
+	}
+	cs.m[c] = struct{}{}
+	return true
+}
+
+// untrack closes c and forgets it.
+func (cs *connSet) untrack(c net.Conn) {
+	cs.mu.Lock()
+	delete(cs.m, c)
+	cs.mu.Unlock()
+	_ = c.Close()
+}
+
+// closeAll closes every connection and every one tracked after.
+func (cs *connSet) closeAll() {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	cs.closed = true
+	for c := range cs.m {
+		_ = c.Close()
+	}
 }
 
 // pipe copies both ways until either side ends, counting bytes.

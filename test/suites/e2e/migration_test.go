@@ -61,10 +61,7 @@ func TestLiveMigration(t *testing.T) {
 	for _, c := range []string{name + "-root", name + "-data"} {
 		sourcePVs[c] = boundVolume(ctx, t, c)
 	}
-	// The guest counts, each value fsync'd to its root disk before the next.
-	if _, err := st.RunInConsole(ctx, name, "(i=0; while true; do i=$((i+1)); echo $i >> /var/counter; sync; sleep 0.05; done) >/dev/null 2>&1 & sleep 1; echo started", 3*time.Minute); err != nil {
-		t.Fatal(err)
-	}
+	startCounter(ctx, t, name)
 	target := st.OtherNode(source)
 	wait, err := st.WatchFromPod(ctx, "watch-"+name, stack.VMNetwork, target, stack.HostPort(ip, stack.VMPort), 10*time.Millisecond, 75*time.Second)
 	if err != nil {
@@ -177,6 +174,15 @@ func boundVolume(ctx context.Context, t *testing.T, claim string) string {
 	return pvc.Spec.VolumeName
 }
 
+// startCounter makes the guest count in /var/counter, each value fsync'd
+// to its root disk before the next.
+func startCounter(ctx context.Context, t *testing.T, vm string) {
+	t.Helper()
+	if _, err := st.RunInConsole(ctx, vm, "(i=0; while true; do i=$((i+1)); echo $i >> /var/counter; sync; sleep 0.05; done) >/dev/null 2>&1 & sleep 1; echo started", 3*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+}
+
 var lastLine = regexp.MustCompile(`(?m)^COUNT (\d+)`)
 
 // lastCount is the guest counter's last value on its disk.
@@ -285,9 +291,7 @@ func TestLiveMigrationFailures(t *testing.T) {
 		t.Fatal(err)
 	}
 	node, uid := vmi.Status.NodeName, vmi.UID
-	if _, err := st.RunInConsole(ctx, name, "(i=0; while true; do i=$((i+1)); echo $i >> /var/counter; sync; sleep 0.05; done) >/dev/null 2>&1 & sleep 1; echo started", 3*time.Minute); err != nil {
-		t.Fatal(err)
-	}
+	startCounter(ctx, t, name)
 	for _, tc := range []struct {
 		name  string
 		fault func(m *v1.VirtualMachineInstanceMigration)
