@@ -198,29 +198,50 @@ func SocketPath(kubeletRoot string, pod *corev1.Pod, vmi *v1.VirtualMachineInsta
 	return launchercmd.SocketPath(filepath.Join(kubeletRoot, "pods", string(pod.UID), "volumes", "kubernetes.io~empty-dir", v1.SocketVolumeName), string(vmi.UID))
 }
 
-// Reconcile brings one VMI's launcher and status in step.
+// Reconcile brings one VMI's launchers and status in step: its launcher
+// pod on this node, and the target pod of its migration when that is here
+// (on the same node too).
 func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	key := req.NamespacedName.String()
 	vmi := &v1.VirtualMachineInstance{}
 	if err := r.Client.Get(ctx, req.NamespacedName, vmi); err != nil {
 		if apierrors.IsNotFound(err) {
-			r.sessions.drop(key)
+			r.sessions.dropVMI(key, nil)
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
-	pod, err := r.launcherPod(ctx, vmi)
+	pods, err := r.launcherPods(ctx, vmi)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	sess := r.sessions.get(key)
-	if sess != nil && (sess.uid != string(vmi.UID) || (pod != nil && sess.socket != SocketPath(r.Config.KubeletRoot, pod, vmi))) {
-		r.sessions.drop(key) // a new VMI of the same name, or its new launcher pod
-		sess = nil
+	keep := map[string]bool{}
+	for _, pod := range pods {
+		keep[SocketPath(r.Config.KubeletRoot, pod, vmi)] = true
 	}
-	if pod == nil || vmi.Status.Phase.IsFinal() {
-		// Not on this node, or over: the controller takes it from here.
-		if sess != nil && (pod == nil || sess.ended()) {
-			r.sessions.drop(key)
+	// Sessions of another VMI of the same name, or of pods the VMI left.
+	r.sessions.dropVMI(key, keep)
+	var result ctrl.Result
+	for _, pod := range pods {
+		res, err := r.syncPod(ctx, req, vmi, pod)
+		if err != nil {
+			return ctrl.Result{}, err
+		}
+		if res.RequeueAfter > 0 && (result.RequeueAfter == 0 || res.RequeueAfter < result.RequeueAfter) {
+			result = res
+		}
+	}
+	return result, nil
+}
+
+// syncPod brings one launcher pod of vmi in step, as its part says: the
+// VMI's launcher, or a migration's source or target.
+func (r *Reconciler) syncPod(ctx context.Context, req ctrl.Request, vmi *v1.VirtualMachineInstance, pod *corev1.Pod) (ctrl.Result, error) {
+	sock := SocketPath(r.Config.KubeletRoot, pod, vmi)
+	sess := r.sessions.get(sock)
+	if vmi.Status.Phase.IsFinal() {
+		// Over: the controller takes it from here.
+		if sess != nil && sess.ended() {
+			r.sessions.drop(sock)
 		}
 		return ctrl.Result{}, nil
 	}
@@ -228,12 +249,12 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		if pod.Status.Phase != corev1.PodRunning || pod.DeletionTimestamp != nil {
 			return ctrl.Result{}, nil // the pod's next update wakes us
 		}
-		sock := SocketPath(r.Config.KubeletRoot, pod, vmi)
 		if _, err := os.Stat(sock); err != nil {
 			log.FromContext(ctx).V(1).Info("waiting for the launcher's socket", "socket", sock)
 			return ctrl.Result{RequeueAfter: r.Config.SocketRetry}, nil
 		}
-		sess, err = openSession(log.FromContext(ctx), key, string(vmi.UID), sock, r.notifier(req.NamespacedName))
+		var err error
+		sess, err = openSession(log.FromContext(ctx), req.NamespacedName.String(), string(vmi.UID), sock, r.notifier(req.NamespacedName))
 		if err != nil {
 			log.FromContext(ctx).Info("launcher not answering yet", "socket", sock, "err", err)
 			return ctrl.Result{RequeueAfter: r.Config.SocketRetry}, nil
@@ -270,25 +291,26 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	return ctrl.Result{}, r.writeStatus(ctx, vmi, observe(last, lost, vmi.Status.Domain, metav1.Now()))
 }
 
-// launcherPod returns vmi's launcher pod on this node (the cache holds
-// no other), or nil: the pod the VMI names, or the target pod of its
-// migration in flight. A pod the VMI has left behind is not its.
-func (r *Reconciler) launcherPod(ctx context.Context, vmi *v1.VirtualMachineInstance) (*corev1.Pod, error) {
+// launcherPods returns vmi's launcher pods on this node (the cache holds no
+// other): the pod the VMI names, and the target pod of its migration in
+// flight. A pod the VMI has left behind is not its.
+func (r *Reconciler) launcherPods(ctx context.Context, vmi *v1.VirtualMachineInstance) ([]*corev1.Pod, error) {
 	pods := &corev1.PodList{}
 	if err := r.Client.List(ctx, pods, client.InNamespace(vmi.Namespace), client.MatchingLabels{v1.CreatedByLabel: string(vmi.UID)}); err != nil {
 		return nil, fmt.Errorf("list launcher pods of VMI %s/%s: %w", vmi.Namespace, vmi.Name, err)
 	}
 	ms := inFlight(vmi)
+	var out []*corev1.Pod
 	for i := range pods.Items {
 		p := &pods.Items[i]
 		if p.Spec.NodeName != r.Config.NodeName || !metav1.IsControlledBy(p, vmi) {
 			continue
 		}
 		if vmi.Status.LauncherPod == "" || p.Name == vmi.Status.LauncherPod || (ms != nil && p.Name == ms.TargetPod) {
-			return p, nil
+			out = append(out, p)
 		}
 	}
-	return nil, nil
+	return out, nil
 }
 
 // start sends the launcher its VMI and the pod's network results.

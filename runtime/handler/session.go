@@ -140,17 +140,18 @@ func finished(state v1.DomainState) bool {
 	return state == v1.DomainShutdown || state == v1.DomainCrashed
 }
 
-// sessions are the open sessions, by VMI namespace/name.
+// sessions are the open sessions, by command socket (one per launcher pod;
+// a VMI has two while it migrates).
 type sessions struct {
 	mu    sync.Mutex
 	m     map[string]*session
 	gauge prometheus.Gauge // set to the number of open sessions
 }
 
-func (ss *sessions) get(key string) *session {
+func (ss *sessions) get(socket string) *session {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	return ss.m[key]
+	return ss.m[socket]
 }
 
 func (ss *sessions) put(s *session) {
@@ -159,19 +160,35 @@ func (ss *sessions) put(s *session) {
 	if ss.m == nil {
 		ss.m = map[string]*session{}
 	}
-	ss.m[s.key] = s
+	ss.m[s.socket] = s
 	ss.gauge.Set(float64(len(ss.m)))
 }
 
-// drop closes and forgets the session of key, if any.
-func (ss *sessions) drop(key string) {
+// drop closes and forgets the session on socket, if any.
+func (ss *sessions) drop(socket string) {
 	ss.mu.Lock()
-	s := ss.m[key]
-	delete(ss.m, key)
+	s := ss.m[socket]
+	delete(ss.m, socket)
 	ss.gauge.Set(float64(len(ss.m)))
 	ss.mu.Unlock()
 	if s != nil {
 		s.close()
+	}
+}
+
+// dropVMI drops the sessions of the VMI namespace/name key but those on
+// the sockets in keep.
+func (ss *sessions) dropVMI(key string, keep map[string]bool) {
+	ss.mu.Lock()
+	var drop []string
+	for socket, s := range ss.m {
+		if s.key == key && !keep[socket] {
+			drop = append(drop, socket)
+		}
+	}
+	ss.mu.Unlock()
+	for _, socket := range drop {
+		ss.drop(socket)
 	}
 }
 
@@ -181,12 +198,14 @@ func (ss *sessions) Launchers() []vmimetrics.Launcher {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	out := make([]vmimetrics.Launcher, 0, len(ss.m))
-	for key, s := range ss.m {
+	seen := map[string]bool{} // a VMI's two launchers both run for a moment of its migration
+	for _, s := range ss.m {
 		last, lost := s.snapshot()
-		if st := last.DomainState(); lost != "" || (st != v1.DomainRunning && st != v1.DomainPaused) {
+		if st := last.DomainState(); lost != "" || (st != v1.DomainRunning && st != v1.DomainPaused) || seen[s.key] {
 			continue
 		}
-		namespace, name, _ := strings.Cut(key, "/")
+		seen[s.key] = true
+		namespace, name, _ := strings.Cut(s.key, "/")
 		out = append(out, vmimetrics.Launcher{Namespace: namespace, Name: name, Client: s.client})
 	}
 	return out
