@@ -98,6 +98,15 @@ func (r *VMIReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 			}
 		}
 	}
+	// A migration renames the claims in the spec; the status follows.
+	for i := range vmi.Status.VolumeStatus {
+		vs := &vmi.Status.VolumeStatus[i]
+		for _, v := range vmi.Spec.Volumes {
+			if v.Name == vs.Name && v.PersistentVolumeClaim != nil {
+				vs.ClaimName = v.PersistentVolumeClaim.ClaimName
+			}
+		}
+	}
 	pod, err := r.getLauncherPod(ctx, vmi)
 	if err != nil {
 		return ctrl.Result{}, err
