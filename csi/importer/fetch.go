@@ -113,15 +113,16 @@ func rangeGET(ctx context.Context, client *http.Client, url string, offset, size
 			resp.Body.Close()
 			return nil, -1, fmt.Errorf("GET %s: Content-Range %q does not start at %d", url, resp.Header.Get("Content-Range"), offset)
 		}
-		return resp.Body, total, nil
+		return bulkBody(resp), total, nil
 	case resp.StatusCode == http.StatusOK:
+		body := bulkBody(resp)
 		if offset > 0 {
-			if _, err := io.CopyN(io.Discard, resp.Body, offset); err != nil {
-				resp.Body.Close()
+			if _, err := io.CopyN(io.Discard, body, offset); err != nil {
+				body.Close()
 				return nil, -1, fmt.Errorf("GET %s: skip to %d: %w", url, offset, err)
 			}
 		}
-		return resp.Body, resp.ContentLength, nil
+		return body, resp.ContentLength, nil
 	default:
 		resp.Body.Close()
 		return nil, -1, &httpStatusError{url: url, status: resp.StatusCode}
@@ -235,4 +236,117 @@ func (r *failoverReader) drop() {
 func (r *failoverReader) Close() error {
 	r.drop()
 	return nil
+}
+
+// bulkBody is the body of a blob or file download. Over TLS it is read ahead in a
+// goroutine of its own (readAhead). Plain HTTP needs no such thing: the socket's receive
+// buffer already lets the server run ahead, and a Read takes all it holds.
+func bulkBody(resp *http.Response) io.ReadCloser {
+	if resp.TLS == nil {
+		return resp.Body
+	}
+	return newReadAhead(resp.Body, readAheadSize)
+}
+
+// readAheadSize is how much of a response body readAhead holds: enough that the
+// consumer (hashing, unpacking, writing) gets reads of up to a few MiB when it is the
+// slower side, little enough per import not to matter.
+const readAheadSize = 4 << 20
+
+// readAhead reads a response body in a goroutine of its own into a ring buffer, so that
+// receiving (TLS decryption) overlaps with what the consumer does with the bytes, and the
+// consumer's Read gets everything buffered so far: a TLS connection otherwise decrypts in
+// the consumer's goroutine and hands out one 16 KiB record per Read, each then hashed,
+// counted and written on its own. It never reads more than the ring holds ahead of the
+// consumer. A read error (io.EOF included) reaches the consumer after the bytes before
+// it. The read is bounded by the request's context (the stall timer, the import), so the
+// consumer never waits on a goroutine that could not end. Close closes the body and waits
+// for the goroutine: nothing reads the body after it returns.
+type readAhead struct {
+	body io.ReadCloser
+	done chan struct{}
+
+	mu     sync.Mutex
+	cond   sync.Cond
+	buf    []byte
+	r, n   int   // ring: next byte to hand out, bytes buffered
+	err    error // the body's read error, once it came
+	closed bool
+}
+
+func newReadAhead(body io.ReadCloser, size int) *readAhead {
+	ra := &readAhead{body: body, done: make(chan struct{}), buf: make([]byte, size)}
+	ra.cond.L = &ra.mu
+	go ra.fill()
+	return ra
+}
+
+func (ra *readAhead) fill() {
+	defer close(ra.done)
+	for {
+		ra.mu.Lock()
+		for ra.n == len(ra.buf) && !ra.closed {
+			ra.cond.Wait()
+		}
+		if ra.closed {
+			ra.mu.Unlock()
+			return
+		}
+		// The free part after the buffered bytes, up to the ring's end: the consumer does
+		// not look at it until n grows.
+		w := (ra.r + ra.n) % len(ra.buf)
+		end := len(ra.buf)
+		if w < ra.r {
+			end = ra.r
+		}
+		ra.mu.Unlock()
+		m, err := ra.body.Read(ra.buf[w:end])
+		ra.mu.Lock()
+		ra.n += m
+		if err != nil {
+			ra.err = err
+		}
+		ra.cond.Broadcast()
+		ra.mu.Unlock()
+		if err != nil {
+			return
+		}
+	}
+}
+
+func (ra *readAhead) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	ra.mu.Lock()
+	defer ra.mu.Unlock()
+	for ra.n == 0 && ra.err == nil && !ra.closed {
+		ra.cond.Wait()
+	}
+	if ra.n == 0 {
+		if ra.closed {
+			return 0, errors.New("read after close")
+		}
+		return 0, ra.err
+	}
+	total := 0
+	for len(p) > 0 && ra.n > 0 {
+		c := copy(p, ra.buf[ra.r:min(ra.r+ra.n, len(ra.buf))])
+		ra.r = (ra.r + c) % len(ra.buf)
+		ra.n -= c
+		total += c
+		p = p[c:]
+	}
+	ra.cond.Broadcast()
+	return total, nil
+}
+
+func (ra *readAhead) Close() error {
+	ra.mu.Lock()
+	ra.closed = true
+	ra.cond.Broadcast()
+	ra.mu.Unlock()
+	err := ra.body.Close()
+	<-ra.done
+	return err
 }

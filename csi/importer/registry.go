@@ -46,6 +46,13 @@ func (c *Cache) baseTransport(src Source) (*http.Transport, error) {
 		tlsCfg.RootCAs = pool
 	}
 	tlsCfg.InsecureSkipVerify = src.Insecure //nolint:gosec // only when the user said insecure
+	// HTTP/1.1 only: an import is one bulk download at a time, which HTTP/2 only slows
+	// down — 16 KiB DATA frames, flow-control updates, and a server that spends twice the
+	// CPU per byte (docker-registry over TLS: 0.98 s against 0.46 s per 512 MiB, measured
+	// on loopback). Connections are kept and reused for every request of the import
+	// (manifest, token, blobs, Range resumes), so TLS is negotiated once per host.
+	protocols := new(http.Protocols)
+	protocols.SetHTTP1(true)
 	return &http.Transport{
 		Proxy:                 nil,
 		DialContext:           c.policy(src).DialContext(10*time.Second, 30*time.Second),
@@ -53,7 +60,7 @@ func (c *Cache) baseTransport(src Source) (*http.Transport, error) {
 		TLSHandshakeTimeout:   10 * time.Second,
 		ResponseHeaderTimeout: 30 * time.Second,
 		MaxIdleConnsPerHost:   4,
-		ForceAttemptHTTP2:     true,
+		Protocols:             protocols,
 		// Layers are compressed already; asking for gzip would only cost CPU.
 		DisableCompression: true,
 	}, nil

@@ -9,9 +9,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"sync"
 
 	"github.com/google/go-containerregistry/pkg/v1/types"
-	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/podvirt/podvirt/csi/image"
@@ -131,7 +131,13 @@ func (s *registrySource) streamLayer(ctx context.Context, j *job, li int, w *spa
 		health: j.c.health, stall: j.c.stall, offset: off, onSwitch: j.setMirror}
 	defer fr.Close()
 	raw := j.counting(fr, h, off)
-	fail := func(err error) error { return s.layerError(j, fr, raw, l, err) }
+	// stopReader stops a decompressor that reads raw in a goroutine of its own; raw (and
+	// fr) are only looked at here after it.
+	stopReader := func() {}
+	fail := func(err error) error {
+		stopReader()
+		return s.layerError(j, fr, raw, l, err)
+	}
 	identity := isUncompressedLayer(l.MediaType)
 	var stream io.Reader
 	switch {
@@ -139,11 +145,12 @@ func (s *registrySource) streamLayer(ctx context.Context, j *job, li int, w *spa
 		stream = raw
 	case l.MediaType == string(types.OCILayer) || l.MediaType == string(types.DockerLayer) || l.MediaType == string(types.DockerForeignLayer) ||
 		l.MediaType == string(types.OCIRestrictedLayer):
-		gz, err := gzip.NewReader(raw)
+		gz, err := newGzipReader(raw)
 		if err != nil {
 			return fail(err)
 		}
-		defer gz.Close()
+		stopReader = sync.OnceFunc(func() { _ = gz.Close() })
+		defer stopReader()
 		stream = gz
 	case l.MediaType == string(types.OCILayerZStd):
 		zr, err := zstd.NewReader(raw, zstd.WithDecoderConcurrency(1))
@@ -202,6 +209,7 @@ func (s *registrySource) streamLayer(ctx context.Context, j *job, li int, w *spa
 		}
 	}
 	// Whatever follows the tar's end marker still belongs to the blob and its digest.
+	stopReader()
 	if _, err := io.Copy(io.Discard, raw); err != nil {
 		return fail(err)
 	}
