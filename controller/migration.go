@@ -225,8 +225,14 @@ func (r *MigrationReconciler) start(ctx context.Context, m *v1alpha1.VirtualMach
 		r.Recorder.Eventf(m, vmi, corev1.EventTypeWarning, ReasonMigrationRejected, "Migrate", "%s", msg)
 		return ctrl.Result{}, r.fail(ctx, m, nil, msg)
 	}
-	if vmi.Status.Phase != v1alpha1.Running || vmi.Status.LauncherPod == "" || vmi.Status.NodeName == "" {
+	switch {
+	case vmi.Status.Phase != v1alpha1.Running || vmi.Status.LauncherPod == "" || vmi.Status.NodeName == "":
 		return reject(fmt.Sprintf("VMI %s is %s, not Running: only a running VMI migrates live", vmi.Name, vmi.Status.Phase))
+	case m.Spec.TargetNode == vmi.Status.NodeName:
+		// host-local IPAM keeps the VM's L2 address leased to the source
+		// pod on that node until it ends, so a target pod there cannot
+		// have it.
+		return reject(fmt.Sprintf("VMI %s runs on %s already: a migration onto the same node is not supported yet; name another node", vmi.Name, m.Spec.TargetNode))
 	}
 	if s := vmi.Status.MigrationState; s != nil && s.EndTimestamp == nil && s.MigrationUID != m.UID {
 		return reject(fmt.Sprintf("VMI %s is being migrated already (migration %s): wait for it to end", vmi.Name, s.MigrationUID))

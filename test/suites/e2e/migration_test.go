@@ -423,35 +423,3 @@ func restartHandlerOn(ctx context.Context, t *testing.T, node string) {
 	}
 	t.Fatalf("no node daemon pod on %s", node)
 }
-
-// TestLiveMigrationSameNode moves a VM into a new launcher pod on its own
-// node (as onto a new launcher image): it runs on there, with its data.
-func TestLiveMigrationSameNode(t *testing.T) {
-	useStack(t)
-	ctx := testContext(t, 20*time.Minute)
-	const name = "homebody"
-	createVM(ctx, t, stack.VMOn(name, v1.RunStrategyAlways, stack.VMNetwork))
-	t.Cleanup(func() { deleteVM(t, name); deleteClaimsOf(t, name) })
-	vmi, err := st.WaitRunning(ctx, name, 12*time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
-	node, pod := vmi.Status.NodeName, vmi.Status.LauncherPod
-	startCounter(ctx, t, name)
-	before := lastCount(ctx, t, name)
-	podvirtctl(ctx, t, "migrate", name, "--node", node)
-	m := waitMigration(ctx, t, name, 10*time.Minute)
-	if m.Status.Phase != v1.MigrationSucceeded {
-		t.Fatalf("migration %s: %s: %s", m.Name, m.Status.Phase, m.Status.Message)
-	}
-	vmi, err = getVMI(ctx, name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if vmi.Status.NodeName != node || vmi.Status.LauncherPod == pod || vmi.Status.Phase != v1.Running {
-		t.Fatalf("vmi %s is %s on %s in pod %s; want Running on %s in a new pod (was %s)", name, vmi.Status.Phase, vmi.Status.NodeName, vmi.Status.LauncherPod, node, pod)
-	}
-	if after := lastCount(ctx, t, name); after <= before {
-		t.Fatalf("the counter stands at %d, was %d before the migration", after, before)
-	}
-}

@@ -36,7 +36,7 @@ func (o *options) migrateCommand() *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&node, "node", "", "the node to move to, its own node too (a new launcher pod, e.g. of a new launcher image); default: any other node the scheduler picks")
+	cmd.Flags().StringVar(&node, "node", "", "the node to move to (default: any other node the scheduler picks)")
 	return cmd
 }
 
@@ -67,6 +67,9 @@ func (s *session) migrate(ctx context.Context, name, node string) (string, error
 	vmi, err := s.runningVMI(ctx, "vm", name, "migrate")
 	if err != nil {
 		return "", err
+	}
+	if node != "" && node == vmi.Status.NodeName {
+		return "", fmt.Errorf("vm %s runs on %s already: a migration onto the same node is not supported yet; name another node, or leave --node out", name, node)
 	}
 	if m, err := s.runningMigration(ctx, name); err != nil {
 		return "", err
