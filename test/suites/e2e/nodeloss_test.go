@@ -9,6 +9,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/controller"
@@ -23,8 +24,8 @@ import (
 func TestNodePowerLoss(t *testing.T) {
 	useStack(t)
 	ctx := testContext(t, 25*time.Minute)
-	nodes := twoNodes(t)
-	lost := nodes[1].Name
+	twoNodes(t)
+	lost := st.OtherNode(controllerNode(ctx, t)) // the controller must outlive the node
 	const name = "powerloss"
 	vm := stack.VM(name, v1.RunStrategyAlways)
 	vm.Spec.Template.Spec.NodeSelector = map[string]string{corev1.LabelHostname: lost}
@@ -83,4 +84,20 @@ func TestNodePowerLoss(t *testing.T) {
 	if out, err := st.RunInConsole(ctx, name, "cat /marker", 3*time.Minute); err != nil || !strings.Contains(out, "podvirt-survived") {
 		t.Errorf("vm %s's disk lost what the guest wrote before the power loss: %v\n%s", name, err, out)
 	}
+}
+
+// controllerNode is the node the controller's pod runs on.
+func controllerNode(ctx context.Context, t *testing.T) string {
+	t.Helper()
+	pods := &corev1.PodList{}
+	if err := st.Client.List(ctx, pods, client.InNamespace(stack.Namespace), client.MatchingLabels{"app.kubernetes.io/component": "controller"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pods.Items {
+		if p.Spec.NodeName != "" && p.DeletionTimestamp == nil {
+			return p.Spec.NodeName
+		}
+	}
+	t.Fatal("no controller pod is scheduled")
+	return ""
 }
