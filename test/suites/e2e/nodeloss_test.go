@@ -24,8 +24,8 @@ import (
 func TestNodePowerLoss(t *testing.T) {
 	useStack(t)
 	ctx := testContext(t, 25*time.Minute)
-	twoNodes(t)
-	lost := st.OtherNode(controllerNode(ctx, t)) // the controller must outlive the node
+	lost := twoNodes(t)[1].Name // not the first: that one is the machine itself
+	moveControllerOff(ctx, t, lost)
 	const name = "powerloss"
 	vm := stack.VM(name, v1.RunStrategyAlways)
 	vm.Spec.Template.Spec.NodeSelector = map[string]string{corev1.LabelHostname: lost}
@@ -86,18 +86,68 @@ func TestNodePowerLoss(t *testing.T) {
 	}
 }
 
-// controllerNode is the node the controller's pod runs on.
-func controllerNode(ctx context.Context, t *testing.T) string {
+// moveControllerOff makes sure the controller does not run on node (it
+// must outlive the node's power loss): its pod there is deleted while the
+// node is cordoned, and its replacement comes up elsewhere.
+func moveControllerOff(ctx context.Context, t *testing.T, node string) {
+	t.Helper()
+	pod := controllerPod(ctx, t)
+	if pod == nil {
+		t.Fatal("no controller pod")
+	}
+	if pod.Spec.NodeName != node {
+		return
+	}
+	cordon := func(on bool) error {
+		n := &corev1.Node{}
+		if err := st.Client.Get(ctx, client.ObjectKey{Name: node}, n); err != nil {
+			return err
+		}
+		patch := client.MergeFrom(n.DeepCopy())
+		n.Spec.Unschedulable = on
+		return st.Client.Patch(ctx, n, patch)
+	}
+	if err := cordon(true); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := cordon(false); err != nil {
+			t.Errorf("uncordon %s: %v", node, err)
+		}
+	}()
+	if err := st.Client.Delete(ctx, pod); err != nil {
+		t.Fatal(err)
+	}
+	if err := stack.Poll(ctx, 3*time.Minute, func() (bool, error) {
+		p := controllerPod(ctx, t)
+		if p == nil || p.UID == pod.UID || p.Spec.NodeName == node {
+			return false, nil
+		}
+		for _, c := range p.Status.Conditions {
+			if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
+				return true, nil
+			}
+		}
+		return false, nil
+	}); err != nil {
+		t.Fatalf("the controller did not come up off node %s: %v", node, err)
+	}
+}
+
+// controllerPod is the controller's pod (the newest, while one replaces
+// another), or nil.
+func controllerPod(ctx context.Context, t *testing.T) *corev1.Pod {
 	t.Helper()
 	pods := &corev1.PodList{}
 	if err := st.Client.List(ctx, pods, client.InNamespace(stack.Namespace), client.MatchingLabels{"app.kubernetes.io/component": "controller"}); err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range pods.Items {
-		if p.Spec.NodeName != "" && p.DeletionTimestamp == nil {
-			return p.Spec.NodeName
+	var newest *corev1.Pod
+	for i := range pods.Items {
+		p := &pods.Items[i]
+		if p.DeletionTimestamp == nil && (newest == nil || newest.CreationTimestamp.Before(&p.CreationTimestamp)) {
+			newest = p
 		}
 	}
-	t.Fatal("no controller pod is scheduled")
-	return ""
+	return newest
 }
