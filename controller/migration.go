@@ -234,7 +234,7 @@ func (r *MigrationReconciler) start(ctx context.Context, m *v1alpha1.VirtualMach
 		// have it.
 		return reject(fmt.Sprintf("VMI %s runs on %s already: a migration onto the same node is not supported yet; name another node", vmi.Name, m.Spec.TargetNode))
 	}
-	if s := vmi.Status.MigrationState; s != nil && s.EndTimestamp == nil && s.MigrationUID != m.UID {
+	if s := vmi.MigrationInFlight(); s != nil && s.MigrationUID != m.UID {
 		return reject(fmt.Sprintf("VMI %s is being migrated already (migration %s): wait for it to end", vmi.Name, s.MigrationUID))
 	}
 	if wait, err := r.overLimit(ctx, vmi.Status.NodeName); err != nil || wait != "" {
@@ -294,12 +294,6 @@ func (r *MigrationReconciler) overLimit(ctx context.Context, node string) (strin
 		return fmt.Sprintf("waiting: %d migrations leave node %s, the most at once (--parallel-outbound-migrations-per-node)", fromNode, node), nil
 	}
 	return "", nil
-}
-
-// migrationInFlight reports whether vmi has a migration that has not ended.
-func migrationInFlight(vmi *v1alpha1.VirtualMachineInstance) bool {
-	ms := vmi.Status.MigrationState
-	return ms != nil && ms.EndTimestamp == nil
 }
 
 // patchState merges fields into the VMI's migrationState.
@@ -637,7 +631,7 @@ func (r *MigrationReconciler) fail(ctx context.Context, m *v1alpha1.VirtualMachi
 			return err
 		}
 	}
-	if vmi != nil && vmi.Status.MigrationState != nil && vmi.Status.MigrationState.MigrationUID == m.UID && vmi.Status.MigrationState.EndTimestamp == nil {
+	if vmi != nil && vmi.MigrationInFlight() != nil && vmi.Status.MigrationState.MigrationUID == m.UID {
 		if err := r.patchState(ctx, vmi, map[string]any{"failed": true, "failureReason": why, "endTimestamp": metav1.NewTime(r.now())}); err != nil {
 			return err
 		}

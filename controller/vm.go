@@ -566,7 +566,7 @@ func printableStatus(vm *v1alpha1.VirtualMachine, vmi *v1alpha1.VirtualMachineIn
 	}
 	switch vmi.Status.Phase {
 	case v1alpha1.Running:
-		if migrationInFlight(vmi) {
+		if vmi.MigrationInFlight() != nil {
 			return v1alpha1.PrintableStatusMigrating
 		}
 		if d := vmi.Status.Domain; d != nil && d.State == v1alpha1.DomainPaused {

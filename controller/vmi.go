@@ -111,7 +111,7 @@ func (r *VMIReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	if ms := vmi.Status.MigrationState; ms != nil && ms.EndTimestamp == nil && pod != nil && podFinished(pod) {
+	if vmi.MigrationInFlight() != nil && pod != nil && podFinished(pod) {
 		// The source launcher ends when its domain has left; the node
 		// daemon says whether for the target: wait for its word.
 		if _, err := r.updateStatus(ctx, orig, vmi); err != nil {
@@ -193,7 +193,7 @@ func (r *VMIReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 		}
 	}
 
-	if err := syncDisruptionBudget(ctx, r.Client, vmi, r.Config, migrationInFlight(vmi)); err != nil {
+	if err := syncDisruptionBudget(ctx, r.Client, vmi, r.Config, vmi.MigrationInFlight() != nil); err != nil {
 		return ctrl.Result{}, err
 	}
 	if res, err := r.updateStatus(ctx, orig, vmi); err != nil || res.RequeueAfter > 0 {

@@ -141,6 +141,15 @@ type MigrationClaim struct {
 	Target string `json:"target"`
 }
 
+// MigrationInFlight is the VMI's migration while it runs (it has not
+// ended), or nil.
+func (vmi *VirtualMachineInstance) MigrationInFlight() *MigrationState {
+	if ms := vmi.Status.MigrationState; ms != nil && ms.EndTimestamp == nil {
+		return ms
+	}
+	return nil
+}
+
 // MigrationState is a VMI's migration in flight (or its last one), which the
 // controller and the two node daemons coordinate through.
 //

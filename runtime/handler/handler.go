@@ -262,7 +262,7 @@ func (r *Reconciler) syncPod(ctx context.Context, req ctrl.Request, vmi *v1.Virt
 		r.sessions.put(sess)
 	}
 
-	ms := inFlight(vmi)
+	ms := vmi.MigrationInFlight()
 	switch {
 	case vmi.Status.LauncherPod != "" && pod.Name != vmi.Status.LauncherPod:
 		// The target of a migration: it receives the domain; the VMI is
@@ -299,7 +299,7 @@ func (r *Reconciler) launcherPods(ctx context.Context, vmi *v1.VirtualMachineIns
 	if err := r.Client.List(ctx, pods, client.InNamespace(vmi.Namespace), client.MatchingLabels{v1.CreatedByLabel: string(vmi.UID)}); err != nil {
 		return nil, fmt.Errorf("list launcher pods of VMI %s/%s: %w", vmi.Namespace, vmi.Name, err)
 	}
-	ms := inFlight(vmi)
+	ms := vmi.MigrationInFlight()
 	var out []*corev1.Pod
 	for i := range pods.Items {
 		p := &pods.Items[i]

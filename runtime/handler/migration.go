@@ -41,14 +41,6 @@ const (
 	ReasonMigrated             = "Migrated"
 )
 
-// inFlight is vmi's migration while it runs.
-func inFlight(vmi *v1.VirtualMachineInstance) *v1.MigrationState {
-	if ms := vmi.Status.MigrationState; ms != nil && ms.EndTimestamp == nil {
-		return ms
-	}
-	return nil
-}
-
 // migrations are the Migrate calls this daemon runs, by migration UID.
 type migrations struct {
 	mu sync.Mutex
