@@ -313,13 +313,9 @@ func (r *MigrationReconciler) targetClaims(ctx context.Context, m *v1alpha1.Virt
 		if v.PersistentVolumeClaim == nil {
 			continue
 		}
-		src := &corev1.PersistentVolumeClaim{}
-		if err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: vmi.Namespace, Name: v.PersistentVolumeClaim.ClaimName}, src); err != nil {
-			return nil, fmt.Errorf("volume %s: get PVC %s: %w", v.Name, v.PersistentVolumeClaim.ClaimName, err)
-		}
-		pv := &corev1.PersistentVolume{}
-		if err := r.APIReader.Get(ctx, types.NamespacedName{Name: src.Spec.VolumeName}, pv); err != nil {
-			return nil, fmt.Errorf("volume %s: get PV %s of PVC %s: %w", v.Name, src.Spec.VolumeName, src.Name, err)
+		src, pv, err := r.boundVolume(ctx, vmi.Namespace, v.PersistentVolumeClaim.ClaimName)
+		if err != nil {
+			return nil, fmt.Errorf("volume %s: %w", v.Name, err)
 		}
 		claim, err := targetClaim(m, src, pv)
 		if err != nil {
@@ -452,20 +448,29 @@ func (r *MigrationReconciler) targetPod(ctx context.Context, m *v1alpha1.Virtual
 // pinnedContainerDisk is the image of a containerDisk volume pinned to the
 // digest its source volume was made from.
 func (r *MigrationReconciler) pinnedContainerDisk(ctx context.Context, vmi *v1alpha1.VirtualMachineInstance, volume string) (string, error) {
-	pvc := &corev1.PersistentVolumeClaim{}
-	name := vmi.Status.LauncherPod + "-" + volume
-	if err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: vmi.Namespace, Name: name}, pvc); err != nil {
-		return "", fmt.Errorf("get its PVC %s: %w", name, err)
-	}
-	pv := &corev1.PersistentVolume{}
-	if err := r.APIReader.Get(ctx, types.NamespacedName{Name: pvc.Spec.VolumeName}, pv); err != nil {
-		return "", fmt.Errorf("get PV %s: %w", pvc.Spec.VolumeName, err)
+	_, pv, err := r.boundVolume(ctx, vmi.Namespace, vmi.Status.LauncherPod+"-"+volume)
+	if err != nil {
+		return "", err
 	}
 	if pv.Spec.CSI == nil || pv.Spec.CSI.VolumeAttributes[v1alpha1.VolumeContextDigest] == "" {
 		return "", fmt.Errorf("PV %s does not say which image digest it holds", pv.Name)
 	}
 	src, _, err := pinnedSource(pv.Spec.CSI.VolumeAttributes[v1alpha1.VolumeContextSource], pv.Spec.CSI.VolumeAttributes[v1alpha1.VolumeContextDigest])
 	return src, err
+}
+
+// boundVolume reads a claim and the PV it is bound to, from the API server
+// (the cache holds neither for every claim).
+func (r *MigrationReconciler) boundVolume(ctx context.Context, namespace, claim string) (*corev1.PersistentVolumeClaim, *corev1.PersistentVolume, error) {
+	pvc := &corev1.PersistentVolumeClaim{}
+	if err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: namespace, Name: claim}, pvc); err != nil {
+		return nil, nil, fmt.Errorf("get PVC %s: %w", claim, err)
+	}
+	pv := &corev1.PersistentVolume{}
+	if err := r.APIReader.Get(ctx, types.NamespacedName{Name: pvc.Spec.VolumeName}, pv); err != nil {
+		return nil, nil, fmt.Errorf("get PV %s of PVC %s: %w", pvc.Spec.VolumeName, claim, err)
+	}
+	return pvc, pv, nil
 }
 
 // requireNode adds a required node-affinity term to every term of pod.
