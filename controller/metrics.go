@@ -73,6 +73,12 @@ func newMetrics(reg prometheus.Registerer) (*instruments, error) {
 			Buckets: prometheus.ExponentialBuckets(1<<20, 4, 10),
 		}),
 	}
+	// Series that exist before the first migration ends, so a dashboard
+	// shows zero rather than no data.
+	for _, result := range []v1alpha1.MigrationPhase{v1alpha1.MigrationSucceeded, v1alpha1.MigrationFailed} {
+		m.migrations.WithLabelValues(string(result))
+		m.migrationDuration.WithLabelValues(string(result))
+	}
 	if reg == nil {
 		return m, nil
 	}

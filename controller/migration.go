@@ -9,6 +9,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -672,4 +673,35 @@ func mergePatchStatus(ctx context.Context, c client.Client, obj client.Object, f
 // shortUID is the first 5 hex digits of uid, for names.
 func shortUID(uid types.UID) string {
 	return strings.ReplaceAll(string(uid), "-", "")[:5]
+}
+
+// The VM's Migrating condition: True while its VMI moves live to another
+// node, with how far it got.
+const (
+	ConditionMigrating = "Migrating"
+	ReasonMigrating    = "LiveMigration"
+)
+
+// setMigrating sets the VM's Migrating condition from vmi's migration in
+// flight, or clears it.
+func setMigrating(vm *v1alpha1.VirtualMachine, vmi *v1alpha1.VirtualMachineInstance) {
+	var ms *v1alpha1.MigrationState
+	if vmi != nil {
+		ms = vmi.MigrationInFlight()
+	}
+	if ms == nil {
+		meta.RemoveStatusCondition(&vm.Status.Conditions, ConditionMigrating)
+		return
+	}
+	target := ms.TargetNode
+	if target == "" {
+		target = "a node the scheduler picks"
+	}
+	msg := fmt.Sprintf("moving live from node %s to %s", ms.SourceNode, target)
+	if ms.MemoryTotal > 0 {
+		msg += fmt.Sprintf("; memory %s of %s, disk %s copied", bytesize.Format(ms.MemoryBytes), bytesize.Format(ms.MemoryTotal), bytesize.Format(ms.DiskBytes))
+	}
+	meta.SetStatusCondition(&vm.Status.Conditions, metav1.Condition{
+		Type: ConditionMigrating, Status: metav1.ConditionTrue, Reason: ReasonMigrating, Message: msg, ObservedGeneration: vm.Generation,
+	})
 }

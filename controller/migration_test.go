@@ -2,8 +2,10 @@ package controller
 
 import (
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -68,5 +70,33 @@ func TestTargetClaim(t *testing.T) {
 	other.Spec.CSI.Driver = "other.csi.example"
 	if _, err := targetClaim(m, src, other); err == nil {
 		t.Error("a claim of another driver got a target")
+	}
+}
+
+// TestVMMigratingCondition: a VM whose VMI moves is Migrating, in its
+// printable status and in a condition saying from where to where and how
+// far; once the move ended both are gone.
+func TestVMMigratingCondition(t *testing.T) {
+	vm := &v1alpha1.VirtualMachine{}
+	vmi := &v1alpha1.VirtualMachineInstance{Status: v1alpha1.VirtualMachineInstanceStatus{
+		Phase: v1alpha1.Running,
+		MigrationState: &v1alpha1.MigrationState{SourceNode: "node-1", TargetNode: "node-2",
+			MemoryBytes: 100 << 20, MemoryTotal: 256 << 20, DiskBytes: 5 << 20},
+	}}
+	setMigrating(vm, vmi)
+	c := meta.FindStatusCondition(vm.Status.Conditions, ConditionMigrating)
+	if c == nil || c.Status != metav1.ConditionTrue || c.Message != "moving live from node node-1 to node-2; memory 100.0 MiB of 256.0 MiB, disk 5.0 MiB copied" {
+		t.Errorf("Migrating condition %+v", c)
+	}
+	if s := printableStatus(vm, vmi, diskReady, time.Now()); s != v1alpha1.PrintableStatusMigrating {
+		t.Errorf("printable status %s, want Migrating", s)
+	}
+	vmi.Status.MigrationState.EndTimestamp = &metav1.Time{Time: time.Now()}
+	setMigrating(vm, vmi)
+	if c := meta.FindStatusCondition(vm.Status.Conditions, ConditionMigrating); c != nil {
+		t.Errorf("Migrating condition %+v after the migration ended", c)
+	}
+	if s := printableStatus(vm, vmi, diskReady, time.Now()); s != v1alpha1.PrintableStatusRunning {
+		t.Errorf("printable status %s, want Running", s)
 	}
 }

@@ -496,6 +496,8 @@ func (r *VMReconciler) updateStatus(ctx context.Context, orig, vm *v1alpha1.Virt
 		res.RequeueAfter = uncachedDiskRetry
 	}
 	r.setDisksReady(vm, d)
+	r.setRestartRequired(vm, vmi)
+	setMigrating(vm, vmi)
 	s := &vm.Status
 	s.ObservedGeneration = vm.Generation
 	s.Created = vmi != nil

@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -306,4 +307,58 @@ func TestVMUnschedulableSaysWhy(t *testing.T) {
 		c := meta.FindStatusCondition(vm.Status.Conditions, ConditionReady)
 		return c != nil && c.Status == metav1.ConditionFalse && c.Reason == ReasonUnschedulable && c.Message == "the launcher pod cannot be scheduled: "+why, fmt.Sprintf("%+v", c)
 	})
+}
+
+// TestVMRestartRequired: changing a running VM's template leaves its VMI
+// as it is and sets RestartRequired naming the fields; changing it back
+// clears it, and a restart applies the change and clears it too.
+func TestVMRestartRequired(t *testing.T) {
+	ns := namespace(t)
+	create(t, testVM(ns, "resized", v1alpha1.RunStrategyAlways))
+	vmi := waitVMI(t, ns, "resized", "", "")
+	editTemplate := func(what string, edit func(*v1alpha1.VirtualMachineInstanceSpec)) {
+		polltest.Eventually(t, wait, what, func() (bool, string) {
+			vm := getVM(t, ns, "resized")
+			edit(&vm.Spec.Template.Spec)
+			err := k8s.Update(context.Background(), vm)
+			return err == nil, fmt.Sprint(err)
+		})
+	}
+	restartRequired := func(want string) {
+		polltest.Eventually(t, wait, "RestartRequired "+want, func() (bool, string) {
+			c := meta.FindStatusCondition(getVM(t, ns, "resized").Status.Conditions, ConditionRestartRequired)
+			if want == "" {
+				return c == nil, fmt.Sprintf("%+v", c)
+			}
+			return c != nil && c.Status == metav1.ConditionTrue && c.Reason == ReasonTemplateChanged && strings.Contains(c.Message, want), fmt.Sprintf("%+v", c)
+		})
+	}
+
+	editTemplate("more memory, another volume", func(s *v1alpha1.VirtualMachineInstanceSpec) {
+		s.Domain.Memory.Guest = resource.MustParse("128Mi")
+		s.Volumes[0].ContainerDisk.Image = "podvirt.local/guest:2"
+	})
+	restartRequired("spec.template.spec domain.memory, volumes changed since VMI resized started")
+	if cur := getVMI(t, ns, "resized"); cur.UID != vmi.UID || cur.Spec.Domain.Memory.Guest.String() != "64Mi" {
+		t.Fatalf("the running VMI changed: uid %s (was %s), memory %s", cur.UID, vmi.UID, cur.Spec.Domain.Memory.Guest.String())
+	}
+	editTemplate("the memory back", func(s *v1alpha1.VirtualMachineInstanceSpec) {
+		s.Domain.Memory.Guest = resource.MustParse("64Mi")
+	})
+	restartRequired("spec.template.spec volumes changed")
+	editTemplate("the volume back", func(s *v1alpha1.VirtualMachineInstanceSpec) {
+		s.Volumes[0].ContainerDisk.Image = "podvirt.local/guest:1"
+	})
+	restartRequired("")
+
+	editTemplate("more CPUs", func(s *v1alpha1.VirtualMachineInstanceSpec) {
+		s.Domain.CPU = &v1alpha1.CPU{Cores: 2}
+	})
+	restartRequired("domain.cpu")
+	requestStateChange(t, ns, "resized", v1alpha1.StopRequest)
+	vmi = waitVMI(t, ns, "resized", vmi.UID, "")
+	if vmi.Spec.Domain.CPU == nil || vmi.Spec.Domain.CPU.Cores != 2 {
+		t.Fatalf("restarted VMI has cpu %+v, want 2 cores", vmi.Spec.Domain.CPU)
+	}
+	restartRequired("")
 }

@@ -18,6 +18,7 @@ import (
 // +kubebuilder:printcolumn:name="Ready",type=boolean,JSONPath=`.status.ready`
 // +kubebuilder:printcolumn:name="Node",type=string,JSONPath=`.status.nodeName`
 // +kubebuilder:printcolumn:name="IP",type=string,JSONPath=`.status.ipAddress`
+// +kubebuilder:printcolumn:name="RestartRequired",type=string,JSONPath=`.status.conditions[?(@.type=="RestartRequired")].status`,priority=1
 type VirtualMachine struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
@@ -264,7 +265,10 @@ type VirtualMachineStatus struct {
 	DiskClaims []string `json:"diskClaims,omitempty"`
 
 	// Conditions: Ready (the VMI is Ready), Failure (the controller cannot
-	// do what the spec asks; the message says why).
+	// do what the spec asks; the message says why), DisksReady (every disk
+	// has its volume, or which import is under way or failed),
+	// RestartRequired (the template changed since the VMI started; the
+	// message names the fields).
 	//
 	// +optional
 	// +listType=map

@@ -288,11 +288,23 @@ type Devices struct {
 	//
 	// +optional
 	VNC *bool `json:"vnc,omitempty"`
+
+	// AutoattachMemBalloon gives the guest a virtio memory balloon whose
+	// driver reports the guest's available and unused memory (the
+	// podvirt_vmi_memory_* metrics). Default true.
+	//
+	// +optional
+	AutoattachMemBalloon *bool `json:"autoattachMemBalloon,omitempty"`
 }
 
 // SerialConsole reports whether the guest gets a serial console.
 func (d *Devices) SerialConsole() bool {
 	return d.AutoattachSerialConsole == nil || *d.AutoattachSerialConsole
+}
+
+// MemBalloon reports whether the guest gets a memory balloon.
+func (d *Devices) MemBalloon() bool {
+	return d.AutoattachMemBalloon == nil || *d.AutoattachMemBalloon
 }
 
 // DiskBus is the bus a disk is attached to.

@@ -241,7 +241,9 @@ func (c *Cache) Acquire(ctx context.Context, src Source, holder string, progress
 	if err != nil {
 		if errors.Is(err, errUseCached) {
 			base, err := c.reference(digest, holder)
-			base.Cached = err == nil
+			if base.Cached = err == nil; base.Cached {
+				c.metrics.lookups.WithLabelValues(lookupHit).Inc()
+			}
 			return base, err
 		}
 		return Base{}, err
@@ -249,9 +251,11 @@ func (c *Cache) Acquire(ctx context.Context, src Source, holder string, progress
 	if digest != "" {
 		if base, err := c.reference(digest, holder); err == nil {
 			base.Cached = true
+			c.metrics.lookups.WithLabelValues(lookupHit).Inc()
 			return base, nil
 		}
 	}
+	c.metrics.lookups.WithLabelValues(lookupMiss).Inc()
 	base, err := c.join(ctx, j, progress)
 	if err != nil {
 		return Base{}, err
@@ -341,15 +345,15 @@ func (c *Cache) runFlight(ctx context.Context, f *flight, srcKey string) {
 		j.advance(0, true)
 		err = c.add(base, j.src.URL, srcKey)
 	}
-	result := "success"
+	result := importSuccess
 	switch {
 	case err == nil:
 	case IsTerminal(err):
-		result = "terminal"
+		result = importTerminal
 	case ctx.Err() != nil:
-		result = "cancelled"
+		result = importCancelled
 	default:
-		result = "retryable"
+		result = importRetryable
 	}
 	c.metrics.imports.WithLabelValues(result).Inc()
 	c.metrics.duration.WithLabelValues(j.source.kind(), result).Observe(time.Since(j.started).Seconds())

@@ -22,7 +22,7 @@ type httpSource struct {
 	validator string // see rangeGET
 }
 
-func (s *httpSource) kind() string { return "http" }
+func (s *httpSource) kind() string { return sourceHTTP }
 
 // resumes always holds: the validator, kept in the checkpoint, makes the
 // server refuse a range of a changed file.

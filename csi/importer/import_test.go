@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/podvirt/podvirt/contracts/diskmeta"
@@ -63,6 +64,10 @@ func TestImportInProcessRegistry(t *testing.T) {
 	}
 	if n := counter.blobGETs.Load(); n != gets {
 		t.Fatalf("second Acquire downloaded again (%d blob GETs, had %d)", n, gets)
+	}
+	hits, misses := testutil.ToFloat64(c.metrics.lookups.WithLabelValues(lookupHit)), testutil.ToFloat64(c.metrics.lookups.WithLabelValues(lookupMiss))
+	if hits != 1 || misses != 1 {
+		t.Fatalf("cache lookups: %v hits, %v misses; want 1 and 1", hits, misses)
 	}
 	// By digest, and after a restart: the index survives.
 	c2 := newTestCache(t, dir, 0, Options{})

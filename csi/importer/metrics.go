@@ -6,9 +6,24 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
+// Results of a cache lookup, and of an import.
+const (
+	lookupHit  = "hit"
+	lookupMiss = "miss"
+
+	importSuccess   = "success"
+	importTerminal  = "terminal"
+	importRetryable = "retryable"
+	importCancelled = "cancelled"
+
+	sourceRegistry = "registry"
+	sourceHTTP     = "http"
+)
+
 type metrics struct {
 	bytes      *prometheus.CounterVec
 	imports    *prometheus.CounterVec
+	lookups    *prometheus.CounterVec
 	failovers  *prometheus.CounterVec
 	cacheBytes prometheus.Gauge
 	entries    prometheus.Gauge
@@ -23,6 +38,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"source"}),
 		imports: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "podvirt_csi_imports_total", Help: "Finished image imports by result (success, terminal, retryable, cancelled).",
+		}, []string{"result"}),
+		lookups: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "podvirt_csi_cache_lookups_total", Help: "Volumes that asked the cache for a base, by result: hit (it was there) or miss (it was imported).",
 		}, []string{"result"}),
 		failovers: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "podvirt_csi_import_mirror_failovers_total", Help: "Times an import left a mirror for the next one, by the mirror left.",
@@ -41,10 +59,20 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Buckets: prometheus.ExponentialBuckets(0.1, 2, 14),
 		}, []string{"source", "result"}),
 	}
+	// Series that exist from the start, so a dashboard shows zero (and a
+	// hit ratio) rather than no data.
+	m.lookups.WithLabelValues(lookupHit)
+	m.lookups.WithLabelValues(lookupMiss)
+	for _, kind := range []string{sourceRegistry, sourceHTTP} {
+		m.bytes.WithLabelValues(kind)
+	}
+	for _, result := range []string{importSuccess, importTerminal, importRetryable, importCancelled} {
+		m.imports.WithLabelValues(result)
+	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.bytes, m.imports, m.failovers, m.cacheBytes, m.entries, m.evictions, m.duration} {
+	for _, c := range []prometheus.Collector{m.bytes, m.imports, m.lookups, m.failovers, m.cacheBytes, m.entries, m.evictions, m.duration} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if errors.As(err, &are) {

@@ -26,7 +26,7 @@ type registrySource struct {
 	tr  http.RoundTripper
 }
 
-func (s *registrySource) kind() string { return "registry" }
+func (s *registrySource) kind() string { return sourceRegistry }
 
 // resumes holds when the checkpoint was taken on the same layers (by a driver that
 // records which layer its disk came from).

@@ -10,9 +10,8 @@ import (
 
 // convertGraphics adds VNC on a unix socket (never a TCP port in the pod)
 // with a VGA device when the VMI asks for it, and otherwise no display at
-// all. It also drops the memory balloon, which podvirt does not drive.
+// all.
 func convertGraphics(dom *libvirtxml.Domain, vmi *v1.VirtualMachineInstance, opts Options) error {
-	dom.Devices.MemBalloon = &libvirtxml.DomainMemBalloon{Model: "none"}
 	if vnc := vmi.Spec.Domain.Devices.VNC; vnc == nil || !*vnc {
 		dom.Devices.Videos = append(dom.Devices.Videos, libvirtxml.DomainVideo{Model: libvirtxml.DomainVideoModel{Type: "none"}})
 		return nil

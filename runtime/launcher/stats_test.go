@@ -2,12 +2,14 @@ package launcher
 
 import (
 	"testing"
+	"time"
 
 	"libvirt.org/go/libvirt"
 	"libvirt.org/go/libvirtxml"
 
 	"github.com/podvirt/podvirt/cni"
 	"github.com/podvirt/podvirt/contracts/launchercmd"
+	"github.com/podvirt/podvirt/runtime/converter"
 )
 
 // TestStatsResponse: libvirt's KiB become bytes, unreported counters stay
@@ -44,8 +46,9 @@ func TestStatsResponse(t *testing.T) {
 
 // TestStatsGuest boots the test guest with a disk and a tap NIC (the
 // L2 path, bridge mode), waits until it took its address by DHCP, and
-// reads its stats: the vCPU ran, it has memory, and the root disk and
-// the NIC have counted traffic under their VMI names.
+// reads its stats: the vCPU ran, it has memory and its balloon driver
+// reports what it uses, and the root disk and the NIC have counted traffic
+// under their VMI names.
 func TestStatsGuest(t *testing.T) {
 	art := l2Guest(t)
 	vm := startL2VM(t, art, newNodeNS(t), l2Conf(cni.ModeBridge, t.TempDir()), "stats")
@@ -64,6 +67,17 @@ func TestStatsGuest(t *testing.T) {
 	}
 	if m := st.GetMemory(); m.GetActualBalloonBytes() != 256<<20 || m.GetRssBytes() == 0 {
 		t.Errorf("memory %v, want 256Mi actual and some RSS", m)
+	}
+	// The driver reports on loading and then every stats period.
+	deadline := time.Now().Add(3 * converter.MemBalloonStatsPeriod)
+	for st.GetMemory().AvailableBytes == nil && time.Now().Before(deadline) {
+		time.Sleep(500 * time.Millisecond)
+		if st, err = vm.l.Stats(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if m := st.GetMemory(); m.GetAvailableBytes() == 0 || m.GetAvailableBytes() > 256<<20 || m.GetUnusedBytes() == 0 || m.GetUnusedBytes() > m.GetAvailableBytes() {
+		t.Errorf("memory %v, want available ≤ 256Mi and unused ≤ available from the balloon driver", m)
 	}
 	disk := findDisk(st, "root")
 	if disk == nil || disk.GetDevice() != "vda" || disk.GetReadBytes() == 0 || disk.GetReadOps() == 0 || disk.GetReadTimeNs() == 0 {

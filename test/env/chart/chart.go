@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"slices"
 	"strings"
@@ -453,3 +454,53 @@ func Leftovers(ctx context.Context, cfg *rest.Config, release, ns string) ([]str
 	}
 	return left, nil
 }
+
+// DashboardFile is the chart's Grafana dashboard.
+func DashboardFile() string { return filepath.Join(Dir(), "dashboards", "podvirt.json") }
+
+// DashboardQueries reads a Grafana dashboard's PromQL queries, keyed by
+// panel title and target ref ("CPU/A"); an error names a panel without any.
+func DashboardQueries(dashboard []byte) (map[string]string, error) {
+	var d struct {
+		Panels []struct {
+			Title   string `json:"title"`
+			Type    string `json:"type"`
+			Targets []struct {
+				Expr  string `json:"expr"`
+				RefID string `json:"refId"`
+			} `json:"targets"`
+		} `json:"panels"`
+	}
+	if err := json.Unmarshal(dashboard, &d); err != nil {
+		return nil, fmt.Errorf("dashboard: %w", err)
+	}
+	exprs := map[string]string{}
+	for _, p := range d.Panels {
+		if p.Type == "row" {
+			continue
+		}
+		if len(p.Targets) == 0 {
+			return nil, fmt.Errorf("dashboard: panel %q has no query", p.Title)
+		}
+		for _, tg := range p.Targets {
+			if tg.Expr == "" || tg.RefID == "" {
+				return nil, fmt.Errorf("dashboard: panel %q has a target without expr or refId", p.Title)
+			}
+			exprs[p.Title+"/"+tg.RefID] = tg.Expr
+		}
+	}
+	return exprs, nil
+}
+
+// DashboardMetrics is the set of podvirt series names the queries read.
+func DashboardMetrics(exprs map[string]string) map[string]bool {
+	names := map[string]bool{}
+	for _, e := range exprs {
+		for _, n := range metricName.FindAllString(e, -1) {
+			names[n] = true
+		}
+	}
+	return names
+}
+
+var metricName = regexp.MustCompile(`podvirt_[a-z0-9_]+`)

@@ -74,6 +74,7 @@ var valueSets = []struct {
 		"images.controller.repository=registry.example/podvirt/controller", "images.controller.tag=v0.1.0",
 		"images.csiProvisioner.repository=registry.k8s.io/sig-storage/csi-provisioner",
 	}, map[string]int{"StorageClass": 0, "VolumeSnapshotClass": 0}},
+	{"grafana dashboard", []string{"metrics.grafanaDashboard.enabled=true", "metrics.grafanaDashboard.folder=VMs"}, map[string]int{"ConfigMap": 1}},
 }
 
 func setArgs(set []string) []string {
@@ -131,6 +132,7 @@ func TestSchemaRejects(t *testing.T) {
 		{"networks.whereabouts.kubeconfig=whereabouts.kubeconfig", "/networks/whereabouts/kubeconfig"},
 		{"metrics.serviceMonitor.enabled=yes", "/metrics/serviceMonitor/enabled"},
 		{"metrics.serviceMonitor.interval=30", "/metrics/serviceMonitor/interval"},
+		{"metrics.grafanaDashboard.namespace=Monitoring", "/metrics/grafanaDashboard/namespace"},
 	} {
 		t.Run(tc.set, func(t *testing.T) {
 			_, err := h.Run(ctx, "template", "t", Dir(), "--set", tc.set)

@@ -179,9 +179,10 @@ LABEL linux
 `
 
 // Kernel modules: in the initramfs (to reach the root disk and the NICs)
-// and in the root filesystem (power button, cloud-init disk formats),
-// loaded in this order: isofs needs cdrom's symbols.
+// and in the root filesystem (power button, cloud-init disk formats, the
+// balloon that reports memory), loaded in this order: isofs needs cdrom's
+// symbols.
 var (
 	initrdModules = []string{"virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci", "virtio_blk", "failover", "net_failover", "virtio_net"}
-	rootModules   = []string{"evdev", "button", "fat", "vfat", "cdrom", "isofs", "nls_cp437", "nls_ascii", "nls_utf8", "nls_iso8859-1"}
+	rootModules   = []string{"evdev", "button", "fat", "vfat", "cdrom", "isofs", "nls_cp437", "nls_ascii", "nls_utf8", "nls_iso8859-1", "virtio_balloon"}
 )

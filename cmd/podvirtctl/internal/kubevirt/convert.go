@@ -499,9 +499,7 @@ func (c *conversion) domain(d *fields, out *v1.DomainSpec) (autoattachPod bool) 
 		vnc := true
 		out.Devices.VNC = &vnc
 	}
-	if b := dev.boolean("autoattachMemBalloon"); b != nil && *b {
-		c.drop(dev.at("autoattachMemBalloon"), "podvirt attaches no memory balloon")
-	}
+	out.Devices.AutoattachMemBalloon = dev.boolean("autoattachMemBalloon")
 	pod := dev.boolean("autoattachPodInterface")
 	dev.done()
 	d.done()
