@@ -2,7 +2,6 @@ package chart
 
 import (
 	"context"
-	"path"
 	"slices"
 	"strings"
 	"testing"
@@ -67,7 +66,12 @@ func TestValueChoices(t *testing.T) {
 	}
 	var moved []string
 	for _, ref := range built {
-		moved = append(moved, "registry.example.com:5000/podvirt/"+path.Base(ref))
+		// Where `podvirt-images push --registry` puts it.
+		to, err := components.PushedRef("registry.example.com:5000/podvirt/", ref)
+		if err != nil {
+			t.Fatal(err)
+		}
+		moved = append(moved, to)
 	}
 	if got := images(render(ctx, t, h, "ns", []string{"imageRegistry=registry.example.com:5000/podvirt/"})); !slices.Equal(got, moved) {
 		t.Errorf("images with imageRegistry %v, want %v", got, moved)
