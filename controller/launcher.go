@@ -3,6 +3,7 @@ package controller
 import (
 	"encoding/json"
 	"fmt"
+	"path"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -10,6 +11,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/utils/ptr"
 
 	"github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/contracts/podlink"
@@ -193,11 +195,34 @@ func launcherVolumes(vmi *v1alpha1.VirtualMachineInstance, podName string, claim
 		case v.ContainerDisk != nil:
 			pv.addContainerDisk(vmi, podName, v.Name, v.ContainerDisk, cfg)
 		case v.CloudInitNoCloud != nil:
-			// The launcher writes the seed image under PrivateDir itself.
+			// The launcher writes the seed image under PrivateDir itself,
+			// from the spec and these Secrets.
 			pv.statuses = append(pv.statuses, v1alpha1.VolumeStatus{Name: v.Name})
+			if ref := v.CloudInitNoCloud.UserDataSecretRef; ref != nil {
+				pv.addSecret(v1alpha1.CloudInitSecretMount(v1alpha1.CloudInitUserData), ref.Name)
+			}
+			if ref := v.CloudInitNoCloud.NetworkDataSecretRef; ref != nil {
+				pv.addSecret(v1alpha1.CloudInitSecretMount(v1alpha1.CloudInitNetworkData), ref.Name)
+			}
+		}
+	}
+	for i, ac := range vmi.Spec.AccessCredentials {
+		if key := ac.SSHPublicKey; key != nil && key.Source.Secret != nil {
+			pv.addSecret(v1alpha1.AccessCredentialMount(i), key.Source.Secret.SecretName)
 		}
 	}
 	return pv, nil
+}
+
+// addSecret mounts Secret secret read-only at SecretDir/mount. The kubelet
+// refuses to start the pod while the Secret is missing, and says so in a
+// FailedMount event.
+func (pv *podVolumes) addSecret(mount, secret string) {
+	volume := "podvirt-" + mount
+	pv.volumes = append(pv.volumes, corev1.Volume{Name: volume, VolumeSource: corev1.VolumeSource{
+		Secret: &corev1.SecretVolumeSource{SecretName: secret, DefaultMode: ptr.To[int32](0o400)},
+	}})
+	pv.mounts = append(pv.mounts, corev1.VolumeMount{Name: volume, MountPath: path.Join(v1alpha1.SecretDir, mount), ReadOnly: true})
 }
 
 // addClaim mounts a PVC volume: a device node for a Block PVC, a directory

@@ -71,7 +71,9 @@ func representativeVMI(ns string) *v1alpha1.VirtualMachineInstance {
 				{Name: "root", VolumeSource: v1alpha1.VolumeSource{PersistentVolumeClaim: &v1alpha1.PersistentVolumeClaimVolumeSource{ClaimName: "golden-root"}}},
 				{Name: "data", VolumeSource: v1alpha1.VolumeSource{PersistentVolumeClaim: &v1alpha1.PersistentVolumeClaimVolumeSource{ClaimName: "golden-data"}}},
 				{Name: "scratch", VolumeSource: v1alpha1.VolumeSource{ContainerDisk: &v1alpha1.ContainerDiskSource{Image: "podvirt.local/scratch:1"}}},
-				{Name: "cloudinit", VolumeSource: v1alpha1.VolumeSource{CloudInitNoCloud: &v1alpha1.CloudInitNoCloudSource{UserData: "#cloud-config\npassword: podvirt\n"}}},
+				{Name: "cloudinit", VolumeSource: v1alpha1.VolumeSource{CloudInitNoCloud: &v1alpha1.CloudInitNoCloudSource{
+					UserDataSecretRef: &corev1.LocalObjectReference{Name: "golden-userdata"}, NetworkData: "version: 2\n",
+				}}},
 			},
 			Networks: []v1alpha1.Network{
 				{Name: "default", NetworkSource: v1alpha1.NetworkSource{Pod: &v1alpha1.PodNetwork{}}},
@@ -85,6 +87,10 @@ func representativeVMI(ns string) *v1alpha1.VirtualMachineInstance {
 			}},
 			Tolerations:                   []corev1.Toleration{{Key: "podvirt.io/dedicated", Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoSchedule}},
 			TerminationGracePeriodSeconds: &grace,
+			AccessCredentials: []v1alpha1.AccessCredential{{SSHPublicKey: &v1alpha1.SSHPublicKeyAccessCredential{
+				Source:            v1alpha1.SSHPublicKeyAccessCredentialSource{Secret: &v1alpha1.AccessCredentialSecretSource{SecretName: "golden-keys"}},
+				PropagationMethod: v1alpha1.SSHPublicKeyAccessCredentialPropagationMethod{NoCloud: &v1alpha1.NoCloudPropagation{}},
+			}}},
 		},
 	}
 }

@@ -231,7 +231,19 @@ func TestInvalidVMsAreRejected(t *testing.T) {
 		}, "a volume needs exactly one source"},
 		{"empty cloud-init", func(vm *v1alpha1.VirtualMachine) {
 			vmiSpec(vm).Volumes[2].CloudInitNoCloud.UserData = ""
-		}, "cloudInitNoCloud needs userData, networkData or both"},
+		}, "cloudInitNoCloud needs userData, networkData or a Secret for either"},
+		{"user-data twice", func(vm *v1alpha1.VirtualMachine) {
+			vmiSpec(vm).Volumes[2].CloudInitNoCloud.UserDataSecretRef = &corev1.LocalObjectReference{Name: "ud"}
+		}, "cloudInitNoCloud: give userData or secretRef"},
+		{"access credentials without cloud-init", func(vm *v1alpha1.VirtualMachine) {
+			s := vmiSpec(vm)
+			s.Volumes = s.Volumes[:2]
+			s.Domain.Devices.Disks = s.Domain.Devices.Disks[:2]
+			s.AccessCredentials = []v1alpha1.AccessCredential{{SSHPublicKey: &v1alpha1.SSHPublicKeyAccessCredential{
+				Source:            v1alpha1.SSHPublicKeyAccessCredentialSource{Secret: &v1alpha1.AccessCredentialSecretSource{SecretName: "keys"}},
+				PropagationMethod: v1alpha1.SSHPublicKeyAccessCredentialPropagationMethod{NoCloud: &v1alpha1.NoCloudPropagation{}},
+			}}}
+		}, "accessCredentials reach the guest through NoCloud: add a cloudInitNoCloud volume"},
 		{"network that is both pod and multus", func(vm *v1alpha1.VirtualMachine) {
 			vmiSpec(vm).Networks[0].Multus = &v1alpha1.MultusNetwork{NetworkName: "l2"}
 		}, "a network needs exactly one of pod or multus"},
@@ -311,9 +323,9 @@ func TestInvalidVMIIsRejected(t *testing.T) {
 // category, the status subresource and the printer columns.
 func TestCRDNames(t *testing.T) {
 	c := needServer(t)
-	for _, tc := range []struct{ crd, short string }{
-		{"virtualmachines.podvirt.io", "vm"},
-		{"virtualmachineinstances.podvirt.io", "vmi"},
+	for _, tc := range []struct{ crd, short, columns string }{
+		{"virtualmachines.podvirt.io", "vm", "Age,Status,Ready,Node,IP,RestartRequired"},
+		{"virtualmachineinstances.podvirt.io", "vmi", "Age,Status,Ready,Node,IP"},
 	} {
 		crd := &apiextensionsv1.CustomResourceDefinition{}
 		if err := c.Get(context.Background(), client.ObjectKey{Name: tc.crd}, crd); err != nil {
@@ -331,7 +343,7 @@ func TestCRDNames(t *testing.T) {
 		for _, col := range v.AdditionalPrinterColumns {
 			columns = append(columns, col.Name)
 		}
-		if got := strings.Join(columns, ","); got != "Age,Status,Ready,Node,IP" {
+		if got := strings.Join(columns, ","); got != tc.columns {
 			t.Errorf("%s: printer columns %s", tc.crd, got)
 		}
 	}

@@ -47,6 +47,7 @@ type VirtualMachineInstanceList struct {
 // +kubebuilder:validation:XValidation:rule="!has(self.networks) || self.networks.all(n, has(self.domain.devices.interfaces) && self.domain.devices.interfaces.exists(i, i.name == n.name))",message="every network needs an interface of the same name in spec.domain.devices.interfaces: add the interface, or remove the network",reason=FieldValueInvalid
 // +kubebuilder:validation:XValidation:rule="!has(self.networks) || self.networks.filter(n, has(n.pod)).size() <= 1",message="at most one network can be the pod network (pod: {}); attach further networks through Multus",reason=FieldValueInvalid
 // +kubebuilder:validation:XValidation:rule="!has(self.domain.devices.interfaces) || !has(self.networks) || self.domain.devices.interfaces.all(i, !has(i.binding) || self.networks.all(n, n.name != i.name || (i.binding == 'user') == has(n.pod)))",message="interface binding must match its network: 'user' for the pod network, 'tap' for a Multus network",reason=FieldValueInvalid
+// +kubebuilder:validation:XValidation:rule="!has(self.accessCredentials) || (has(self.volumes) && self.volumes.exists(v, has(v.cloudInitNoCloud)))",message="accessCredentials reach the guest through NoCloud: add a cloudInitNoCloud volume (and disk) to the VM",reason=FieldValueInvalid
 type VirtualMachineInstanceSpec struct {
 	// Domain is the virtual hardware.
 	Domain DomainSpec `json:"domain"`
@@ -99,7 +100,59 @@ type VirtualMachineInstanceSpec struct {
 	// +kubebuilder:validation:Minimum=0
 	// +kubebuilder:validation:Maximum=86400
 	TerminationGracePeriodSeconds *int64 `json:"terminationGracePeriodSeconds,omitempty"`
+
+	// AccessCredentials put credentials from Secrets into the guest, as in
+	// KubeVirt: SSH public keys through the cloud-init NoCloud disk.
+	//
+	// +optional
+	// +kubebuilder:validation:MaxItems=8
+	AccessCredentials []AccessCredential `json:"accessCredentials,omitempty"`
 }
+
+// AccessCredential is one credential for the guest.
+type AccessCredential struct {
+	// SSHPublicKey adds the public keys in a Secret to the guest's
+	// authorized keys.
+	SSHPublicKey *SSHPublicKeyAccessCredential `json:"sshPublicKey"`
+}
+
+// SSHPublicKeyAccessCredential is a Secret of SSH public keys and how they
+// reach the guest.
+type SSHPublicKeyAccessCredential struct {
+	// Source is the Secret: every key of it holds public keys, one per
+	// line (authorized_keys format).
+	Source SSHPublicKeyAccessCredentialSource `json:"source"`
+	// PropagationMethod is how the keys reach the guest.
+	PropagationMethod SSHPublicKeyAccessCredentialPropagationMethod `json:"propagationMethod"`
+}
+
+// SSHPublicKeyAccessCredentialSource names where the keys are.
+type SSHPublicKeyAccessCredentialSource struct {
+	// Secret in the VMI's namespace.
+	Secret *AccessCredentialSecretSource `json:"secret"`
+}
+
+// AccessCredentialSecretSource is a Secret in the VMI's namespace.
+type AccessCredentialSecretSource struct {
+	// SecretName is the Secret's name.
+	//
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	SecretName string `json:"secretName"`
+}
+
+// SSHPublicKeyAccessCredentialPropagationMethod is how keys reach the
+// guest.
+type SSHPublicKeyAccessCredentialPropagationMethod struct {
+	// NoCloud adds the keys to the ssh_authorized_keys of the cloud-init
+	// user-data on the NoCloud disk at boot (the user-data must be
+	// #cloud-config, or empty). A change to the Secret applies at the next
+	// start.
+	NoCloud *NoCloudPropagation `json:"noCloud"`
+}
+
+// NoCloudPropagation has no settings.
+type NoCloudPropagation struct{}
 
 // MinGuestMemory is the smallest guest memory the API accepts.
 const MinGuestMemory = "32Mi"
@@ -492,7 +545,9 @@ type ContainerDiskSource struct {
 
 // CloudInitNoCloudSource is the data of a cloud-init NoCloud seed disk.
 //
-// +kubebuilder:validation:XValidation:rule="has(self.userData) || has(self.networkData)",message="cloudInitNoCloud needs userData, networkData or both",reason=FieldValueRequired
+// +kubebuilder:validation:XValidation:rule="has(self.userData) || has(self.networkData) || has(self.secretRef) || has(self.networkDataSecretRef)",message="cloudInitNoCloud needs userData, networkData or a Secret for either (secretRef, networkDataSecretRef)",reason=FieldValueRequired
+// +kubebuilder:validation:XValidation:rule="!(has(self.userData) && has(self.secretRef))",message="cloudInitNoCloud: give userData or secretRef (a Secret with the user-data), not both",reason=FieldValueInvalid
+// +kubebuilder:validation:XValidation:rule="!(has(self.networkData) && has(self.networkDataSecretRef))",message="cloudInitNoCloud: give networkData or networkDataSecretRef, not both",reason=FieldValueInvalid
 type CloudInitNoCloudSource struct {
 	// UserData is the cloud-init user-data (e.g. "#cloud-config ...").
 	//
@@ -505,6 +560,19 @@ type CloudInitNoCloudSource struct {
 	// +optional
 	// +kubebuilder:validation:MaxLength=65536
 	NetworkData string `json:"networkData,omitempty"`
+
+	// UserDataSecretRef takes the user-data from the Secret's key
+	// "userdata" (or "userData") instead, so none sits in the VM's spec
+	// (KubeVirt's secretRef).
+	//
+	// +optional
+	UserDataSecretRef *corev1.LocalObjectReference `json:"secretRef,omitempty"`
+
+	// NetworkDataSecretRef takes the network-config from the Secret's key
+	// "networkdata" (or "networkData").
+	//
+	// +optional
+	NetworkDataSecretRef *corev1.LocalObjectReference `json:"networkDataSecretRef,omitempty"`
 }
 
 // Network is a network the VM's interface of the same name joins.

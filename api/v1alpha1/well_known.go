@@ -1,6 +1,7 @@
 package v1alpha1
 
 import (
+	"fmt"
 	"path"
 )
 
@@ -177,7 +178,29 @@ const (
 	PrivateDir = "/var/run/podvirt/private"
 	// PrivateVolumeName is the name of that emptyDir in the pod spec.
 	PrivateVolumeName = "podvirt-private"
+	// SecretDir holds the Secrets the guest gets, one directory each, named
+	// by AccessCredentialMount and CloudInitSecretMount.
+	SecretDir = "/var/run/podvirt/secrets" //nolint:gosec // a directory, not a credential
 )
+
+// AccessCredentialMount is the directory under SecretDir holding the
+// Secret of spec.accessCredentials[i].
+func AccessCredentialMount(i int) string {
+	return fmt.Sprintf("access-credential-%d", i)
+}
+
+// Cloud-init data a Secret may hold (CloudInitSecretMount).
+const (
+	CloudInitUserData    = "userdata"
+	CloudInitNetworkData = "networkdata"
+)
+
+// CloudInitSecretMount is the directory under SecretDir holding the Secret
+// with the cloud-init data of kind (CloudInitUserData,
+// CloudInitNetworkData).
+func CloudInitSecretMount(kind string) string {
+	return "cloud-init-" + kind
+}
 
 // FilesystemDiskPath is the disk image of volume on a Filesystem-mode PVC,
 // inside the launcher pod.

@@ -54,6 +54,7 @@ func main() {
 	flag.StringVar(&cfg.NetworksPath, "networks", "", "with --vmi: CNI results of the pod's L2 attachments as JSON (contracts/launchercmd.Networks)")
 	flag.StringVar(&cfg.SocketDir, "socket-dir", v1.SocketDir, "directory of the command socket <vmi-uid>.sock")
 	flag.StringVar(&cfg.DiskDir, "disk-dir", v1.DiskDir, "where the volumes' disks are (<dir>/<volume>/...)")
+	flag.StringVar(&cfg.SecretDir, "secret-dir", v1.SecretDir, "where the Secrets for the guest are (access credentials, cloud-init data)")
 	flag.Parse()
 	cfg.UID = os.Getenv(UIDEnv)
 	if err := run(cfg); err != nil {

@@ -9,23 +9,106 @@ import (
 	"strings"
 	"time"
 
+	"go.yaml.in/yaml/v3"
+
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
 )
 
 // NoCloudLabel is the volume label cloud-init looks for.
 const NoCloudLabel = "cidata"
 
+// NoCloudSecrets is what the Secrets of a VMI's NoCloud disk hold, as the
+// launcher read them from its pod.
+type NoCloudSecrets struct {
+	// UserData and NetworkData come from userDataSecretRef and
+	// networkDataSecretRef ("" when not given).
+	UserData, NetworkData string
+	// AuthorizedKeys are the SSH public keys of spec.accessCredentials.
+	AuthorizedKeys []string
+}
+
 // NoCloudFiles are the files of the VMI's NoCloud disk: meta-data (with
-// the instance id and hostname), user-data and, when given, network-config.
-func NoCloudFiles(vmi *v1.VirtualMachineInstance, src *v1.CloudInitNoCloudSource) map[string][]byte {
+// the instance id and hostname), user-data (with the access credentials'
+// keys added) and, when given, network-config.
+func NoCloudFiles(vmi *v1.VirtualMachineInstance, src *v1.CloudInitNoCloudSource, sec NoCloudSecrets) (map[string][]byte, error) {
+	userData, networkData := src.UserData, src.NetworkData
+	if src.UserDataSecretRef != nil {
+		userData = sec.UserData
+	}
+	if src.NetworkDataSecretRef != nil {
+		networkData = sec.NetworkData
+	}
+	userData, err := withAuthorizedKeys(userData, sec.AuthorizedKeys)
+	if err != nil {
+		return nil, err
+	}
 	files := map[string][]byte{
 		"meta-data": []byte(fmt.Sprintf("instance-id: %s\nlocal-hostname: %s\n", vmi.UID, vmi.Name)),
-		"user-data": []byte(src.UserData),
+		"user-data": []byte(userData),
 	}
-	if src.NetworkData != "" {
-		files["network-config"] = []byte(src.NetworkData)
+	if networkData != "" {
+		files["network-config"] = []byte(networkData)
 	}
-	return files
+	return files, nil
+}
+
+const cloudConfigHeader = "#cloud-config"
+
+// withAuthorizedKeys adds keys to the ssh_authorized_keys of the
+// #cloud-config userData (made when empty), leaving the rest as written.
+func withAuthorizedKeys(userData string, keys []string) (string, error) {
+	if len(keys) == 0 {
+		return userData, nil
+	}
+	if strings.TrimSpace(userData) == "" {
+		userData = cloudConfigHeader + "\n"
+	}
+	if first, _, _ := strings.Cut(userData, "\n"); strings.TrimSpace(first) != cloudConfigHeader {
+		return "", fmt.Errorf("accessCredentials: the SSH keys go into #cloud-config user-data, and this user-data starts with %q: "+
+			"write it as #cloud-config, or put the keys into it yourself and drop accessCredentials", first)
+	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal([]byte(userData), &doc); err != nil {
+		return "", fmt.Errorf("accessCredentials: user-data is not valid YAML: %w", err)
+	}
+	if doc.Kind == 0 { // only the header comment
+		doc = yaml.Node{Kind: yaml.DocumentNode, Content: []*yaml.Node{{Kind: yaml.MappingNode}}}
+	}
+	root := doc.Content[0]
+	if root.Kind != yaml.MappingNode {
+		return "", fmt.Errorf("accessCredentials: #cloud-config user-data must be a YAML mapping (key: value lines)")
+	}
+	var list *yaml.Node
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		if root.Content[i].Value == "ssh_authorized_keys" {
+			list = root.Content[i+1]
+		}
+	}
+	if list == nil {
+		list = &yaml.Node{Kind: yaml.SequenceNode}
+		root.Content = append(root.Content, &yaml.Node{Kind: yaml.ScalarNode, Value: "ssh_authorized_keys"}, list)
+	}
+	if list.Kind != yaml.SequenceNode {
+		return "", fmt.Errorf("accessCredentials: ssh_authorized_keys in the user-data must be a list")
+	}
+	have := map[string]bool{}
+	for _, k := range list.Content {
+		have[k.Value] = true
+	}
+	for _, k := range keys {
+		if !have[k] {
+			list.Content = append(list.Content, &yaml.Node{Kind: yaml.ScalarNode, Value: k})
+			have[k] = true
+		}
+	}
+	out, err := yaml.Marshal(&doc)
+	if err != nil {
+		return "", fmt.Errorf("accessCredentials: write user-data: %w", err)
+	}
+	if !strings.HasPrefix(string(out), cloudConfigHeader) {
+		out = append([]byte(cloudConfigHeader+"\n"), out...)
+	}
+	return string(out), nil
 }
 
 // WriteNoCloudISO writes files as an ISO 9660 image labelled cidata at

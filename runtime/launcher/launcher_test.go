@@ -102,9 +102,7 @@ func newTestVM(t testing.TB, name string) *testVM {
 		},
 	}
 	iso := filepath.Join(dir, "cloud-init.iso")
-	if err := converter.WriteNoCloudISO(iso, converter.NoCloudFiles(vmi, vmi.Spec.Volumes[1].CloudInitNoCloud)); err != nil {
-		t.Fatal(err)
-	}
+	writeSeed(t, vmi, iso)
 	console := filepath.Join(dir, "console.log")
 	xml, err := converter.ConvertXML(vmi, converter.Options{
 		DomainType:    converter.DomainQEMU,
@@ -290,5 +288,17 @@ func TestDestroyAfterGrace(t *testing.T) {
 	}
 	if s, reason := l.State(); s != v1.DomainShutdown || reason != "Destroyed" {
 		t.Errorf("after destroy: %s (%s), want Shutdown (Destroyed)", s, reason)
+	}
+}
+
+// writeSeed writes the NoCloud disk of vmi's second volume at iso.
+func writeSeed(t testing.TB, vmi *v1.VirtualMachineInstance, iso string) {
+	t.Helper()
+	files, err := converter.NoCloudFiles(vmi, vmi.Spec.Volumes[1].CloudInitNoCloud, converter.NoCloudSecrets{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := converter.WriteNoCloudISO(iso, files); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -162,9 +162,7 @@ func render(t testing.TB, vmi *v1.VirtualMachineInstance, dir, root, data string
 	t.Helper()
 	iso := filepath.Join(dir, "cloud-init.iso")
 	if _, err := os.Stat(iso); err != nil {
-		if err := converter.WriteNoCloudISO(iso, converter.NoCloudFiles(vmi, vmi.Spec.Volumes[1].CloudInitNoCloud)); err != nil {
-			t.Fatal(err)
-		}
+		writeSeed(t, vmi, iso)
 	}
 	xml, err := converter.ConvertXML(vmi, converter.Options{
 		DomainType: converter.DomainQEMU,

@@ -42,6 +42,9 @@ type Config struct {
 	SocketDir string
 	// DiskDir is where the volumes' disks are (<dir>/<volume>/...).
 	DiskDir string
+	// SecretDir is where the Secrets for the guest are mounted (see
+	// v1.SecretDir).
+	SecretDir string
 	// DomainType is kvm or qemu; empty: DefaultDomainType.
 	DomainType string
 	// Private runs libvirtd in its own mount namespace (root, outside a
@@ -309,7 +312,15 @@ func domainOptions(vmi *v1.VirtualMachineInstance, networks *launchercmd.Network
 		vol := &vmi.Spec.Volumes[i]
 		if vol.CloudInitNoCloud != nil {
 			opts.CloudInitDisk = filepath.Join(cfg.RunDir, "cloud-init.iso")
-			if err := converter.WriteNoCloudISO(opts.CloudInitDisk, converter.NoCloudFiles(vmi, vol.CloudInitNoCloud)); err != nil {
+			sec, err := readNoCloudSecrets(vmi, vol.CloudInitNoCloud, cfg.SecretDir)
+			if err != nil {
+				return opts, nil, err
+			}
+			files, err := converter.NoCloudFiles(vmi, vol.CloudInitNoCloud, sec)
+			if err != nil {
+				return opts, nil, fmt.Errorf("volume %s: %w", vol.Name, err)
+			}
+			if err := converter.WriteNoCloudISO(opts.CloudInitDisk, files); err != nil {
 				return opts, nil, err
 			}
 			continue

@@ -19,7 +19,7 @@ import (
 // exampleVMs are the VM examples the README lists, one per common case.
 var exampleVMs = []string{
 	"vm-containerdisk.yaml", "vm-http-disk.yaml", "vm-l2-bridge.yaml", "vm-l2-macvlan.yaml",
-	"vm-cloudinit.yaml", "vm-two-disks.yaml", "vm-service.yaml",
+	"vm-cloudinit.yaml", "vm-two-disks.yaml", "vm-service.yaml", "vm-ssh-key.yaml",
 }
 
 // TestExamples creates every manifest of charts/podvirt/examples, as
@@ -44,7 +44,7 @@ func TestExamples(t *testing.T) {
 	const ns = "examples"
 	_, dyn, mapper := chartAPIServer(ctx, t, ns, filepath.Join(Dir(), "crds"))
 
-	nads := map[string]bool{}
+	nads, secrets := map[string]bool{}, map[string]bool{}
 	var vms []*v1.VirtualMachine
 	var services []*corev1.Service
 	for _, f := range files { // nad-* sort before vm-*: the NADs exist first
@@ -68,6 +68,8 @@ func TestExamples(t *testing.T) {
 				switch gvk.Kind {
 				case "NetworkAttachmentDefinition":
 					nads[obj.GetName()] = true
+				case "Secret":
+					secrets[obj.GetName()] = true
 				case "VirtualMachine":
 					vm := &v1.VirtualMachine{}
 					if err := runtime.DefaultUnstructuredConverter.FromUnstructured(obj.Object, vm); err != nil {
@@ -89,6 +91,20 @@ func TestExamples(t *testing.T) {
 		t.Fatalf("%d VMs and %d Services in the examples", len(vms), len(services))
 	}
 	for _, vm := range vms {
+		var refs []string
+		for _, ac := range vm.Spec.Template.Spec.AccessCredentials {
+			refs = append(refs, ac.SSHPublicKey.Source.Secret.SecretName)
+		}
+		for _, v := range vm.Spec.Template.Spec.Volumes {
+			if ci := v.CloudInitNoCloud; ci != nil && ci.UserDataSecretRef != nil {
+				refs = append(refs, ci.UserDataSecretRef.Name)
+			}
+		}
+		for _, r := range refs {
+			if !secrets[r] {
+				t.Errorf("VM %s names Secret %q, which no example defines (%v)", vm.Name, r, secrets)
+			}
+		}
 		for _, n := range vm.Spec.Template.Spec.Networks {
 			if n.Multus != nil && !nads[n.Multus.NetworkName] {
 				t.Errorf("VM %s: network %s names NAD %q, which no example defines (%v)", vm.Name, n.Name, n.Multus.NetworkName, nads)

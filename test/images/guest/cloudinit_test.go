@@ -24,6 +24,7 @@ func TestCloudInit(t *testing.T) {
 		name     string
 		fat      bool
 		userData string
+		keys     []string // from access credentials
 		// want are lines the guest prints on its console.
 		want []string
 	}{
@@ -41,6 +42,18 @@ func TestCloudInit(t *testing.T) {
 			want: []string{"runcmd-token-42", "list-token-49", CloudInitMarker + " hostname=from-cloud-config"},
 		},
 		{
+			name:     "iso-ssh-keys",
+			userData: "#cloud-config\nssh_authorized_keys: [ssh-rsa AAAAB3NzaC1yc2E own@key]\nruncmd:\n  - sed 's/^/key: /' /root/.ssh/authorized_keys\n",
+			keys:     []string{"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA alice@host"},
+			want:     []string{"key: ssh-rsa AAAAB3NzaC1yc2E own@key", "key: ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA alice@host"},
+		},
+		{
+			name:     "iso-ssh-keys-block",
+			userData: "#cloud-config\nruncmd:\n  - sed 's/^/key: /' /root/.ssh/authorized_keys\n",
+			keys:     []string{"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB bob@host", "ssh-rsa AAAAB3NzaC1yc2EB carol"},
+			want:     []string{"key: ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB bob@host", "key: ssh-rsa AAAAB3NzaC1yc2EB carol"},
+		},
+		{
 			name:     "fat-script",
 			fat:      true,
 			userData: "#!/bin/sh\necho \"fat-token-$((6*7))\"\n",
@@ -50,7 +63,10 @@ func TestCloudInit(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			vmi := &v1.VirtualMachineInstance{ObjectMeta: metav1.ObjectMeta{Name: tc.name, UID: "0b0c2c4e-1111-4222-8333-944455556666"}}
-			files := converter.NoCloudFiles(vmi, &v1.CloudInitNoCloudSource{UserData: tc.userData})
+			files, err := converter.NoCloudFiles(vmi, &v1.CloudInitNoCloudSource{UserData: tc.userData}, converter.NoCloudSecrets{AuthorizedKeys: tc.keys})
+			if err != nil {
+				t.Fatal(err)
+			}
 			seed := filepath.Join(t.TempDir(), "seed.img")
 			if tc.fat {
 				writeFATSeed(t, seed, files)

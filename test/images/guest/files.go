@@ -98,8 +98,9 @@ esac
 		{"etc/cloud-init.sh", 0o755, `#!/bin/sh
 # NoCloud: a filesystem labelled cidata (ISO 9660 or FAT) holding meta-data
 # and user-data. Applies the hostname (cloud-config hostname:, else
-# meta-data local-hostname), runs user-data that is a script, or the
-# runcmd list of a #cloud-config, then prints the marker.
+# meta-data local-hostname), runs user-data that is a script, or adds the
+# ssh_authorized_keys of a #cloud-config to root's and runs its runcmd
+# list, then prints the marker.
 mkdir -p /run/cidata
 dev=$(findfs LABEL=cidata 2>/dev/null) || dev=$(findfs LABEL=CIDATA 2>/dev/null) || dev=
 found=
@@ -125,10 +126,33 @@ if head -n 1 $ud 2>/dev/null | grep -q '^#!'; then
 	chmod +x /run/user-data
 	/run/user-data
 elif head -n 1 $ud 2>/dev/null | grep -q '^#cloud-config'; then
+	mkdir -p /root/.ssh
+	chmod 700 /root/.ssh
+	awk -f /etc/cloud-config-keys.awk $ud >> /root/.ssh/authorized_keys
 	awk -f /etc/cloud-config-runcmd.awk $ud > /run/runcmd.sh
 	sh /run/runcmd.sh
 fi
 echo "` + CloudInitMarker + ` hostname=$(hostname)"
+`},
+		{"etc/cloud-config-keys.awk", 0o644, `# Prints the ssh_authorized_keys of a #cloud-config, one key a line: a
+# block list ("- ssh-ed25519 AAAA... comment") or a flow list ("[k1, k2]").
+/^ssh_authorized_keys:[ \t]*\[/ {
+	sub(/^ssh_authorized_keys:[ \t]*\[/, "")
+	sub(/\][ \t]*$/, "")
+	n = split($0, k, ",")
+	for (i = 1; i <= n; i++) {
+		gsub(/^[ \t"']+|[ \t"']+$/, "", k[i])
+		if (k[i] != "") print k[i]
+	}
+	next
+}
+/^ssh_authorized_keys:[ \t]*$/ { r = 1; next }
+r && /^[^ \t#-]/ { r = 0 }
+r && /^[ \t]*-[ \t]+/ {
+	sub(/^[ \t]*-[ \t]+/, "")
+	gsub(/^["']|["'][ \t]*$/, "")
+	print
+}
 `},
 		{"etc/cloud-config-runcmd.awk", 0o644, `# Prints the runcmd list of a #cloud-config, one shell command a line.
 # An item is a string ("- echo hi", quoted or not), run by sh, or a flow

@@ -62,7 +62,9 @@ masquerade); each --network adds a NIC on that Multus NetworkAttachmentDefinitio
 (binding tap: the guest is on the NAD's L2 segment).`,
 		Example: fmt.Sprintf(`  %[1]s create vm web --image docker://quay.io/containerdisks/fedora:40 --disk-size 6Gi | kubectl apply -f -
   %[1]s create vm db --image https://example.com/disk.qcow2 --network l2-bridge --memory 1Gi --cpu 2
-  %[1]s create vm test --image docker://registry.local/cirros:0.6 --user-data-file cloud-init.yaml -n dev`, o.name),
+  %[1]s create vm test --image docker://registry.local/cirros:0.6 --user-data-file cloud-init.yaml -n dev
+  kubectl create secret generic my-keys --from-file=key1=$HOME/.ssh/id_ed25519.pub
+  %[1]s create vm box --image docker://quay.io/containerdisks/fedora:40 --ssh-key-secret my-keys`, o.name),
 		Args: exactlyOneName("VM"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ns := ""
@@ -85,7 +87,7 @@ masquerade); each --network adds a NIC on that Multus NetworkAttachmentDefinitio
 	fl.StringVar(&f.runStrategy, "run-strategy", string(v1.RunStrategyAlways), "when the VM runs: "+strings.Join(runStrategies(), ", "))
 	fl.StringArrayVar(&f.networks, "network", nil, "a NetworkAttachmentDefinition, NAME or NAMESPACE/NAME, to put a NIC on (repeatable); without it the VM gets the pod network")
 	fl.StringVar(&f.userDataFile, "user-data-file", "", "a cloud-init user-data file (#cloud-config ...) for a NoCloud seed disk")
-	fl.StringVar(&f.sshKeySecret, "ssh-key-secret", "", "not supported yet: podvirt has no access credentials")
+	fl.StringVar(&f.sshKeySecret, "ssh-key-secret", "", "a Secret in the VM's namespace holding SSH public keys (one per line, under any key): added to the guest's authorized keys through cloud-init at each start (spec.accessCredentials)")
 	return cmd
 }
 
@@ -106,7 +108,9 @@ func newVM(vmName, namespace string, f vmFlags) (*v1.VirtualMachine, error) {
 		bad("VM name %q: %s (it names the VM's VMI, pod and labels)", vmName, strings.Join(msgs, "; "))
 	}
 	if f.sshKeySecret != "" {
-		bad("--ssh-key-secret: not supported yet: podvirt's API has no accessCredentials; put the public key into cloud-init user-data (ssh_authorized_keys) and pass it with --user-data-file")
+		if msgs := validation.IsDNS1123Subdomain(f.sshKeySecret); len(msgs) > 0 {
+			bad("--ssh-key-secret %q is not a Secret name: %s", f.sshKeySecret, strings.Join(msgs, "; "))
+		}
 	}
 	if err := checkImageSource(f.image); err != nil {
 		errs = append(errs, err)
@@ -153,6 +157,12 @@ func newVM(vmName, namespace string, f vmFlags) (*v1.VirtualMachine, error) {
 			bad("--user-data-file %s has %d bytes: cloudInitNoCloud.userData takes at most 65536", f.userDataFile, len(b))
 		}
 		userData = string(b)
+		if f.sshKeySecret != "" && !strings.HasPrefix(userData, "#cloud-config") {
+			bad("--user-data-file %s is not #cloud-config: --ssh-key-secret adds the keys to a #cloud-config's ssh_authorized_keys; write it as #cloud-config, or put the keys in it and drop --ssh-key-secret", f.userDataFile)
+		}
+	}
+	if f.sshKeySecret != "" && userData == "" {
+		userData = "#cloud-config\n" // the keys are added at each start
 	}
 	ifaces, networks, err := vmNetworks(f.networks)
 	if err != nil {
@@ -200,6 +210,12 @@ func newVM(vmName, namespace string, f vmFlags) (*v1.VirtualMachine, error) {
 		spec.Volumes = append(spec.Volumes, v1.Volume{Name: cloudInitDisk, VolumeSource: v1.VolumeSource{
 			CloudInitNoCloud: &v1.CloudInitNoCloudSource{UserData: userData},
 		}})
+	}
+	if f.sshKeySecret != "" {
+		vm.Spec.Template.Spec.AccessCredentials = []v1.AccessCredential{{SSHPublicKey: &v1.SSHPublicKeyAccessCredential{
+			Source:            v1.SSHPublicKeyAccessCredentialSource{Secret: &v1.AccessCredentialSecretSource{SecretName: f.sshKeySecret}},
+			PropagationMethod: v1.SSHPublicKeyAccessCredentialPropagationMethod{NoCloud: &v1.NoCloudPropagation{}},
+		}}}
 	}
 	return vm, nil
 }

@@ -166,6 +166,18 @@ func TestCreateVM(t *testing.T) {
 				t.Errorf("cloud-init: volumes %+v, disks %+v", spec.Volumes, spec.Domain.Devices.Disks)
 			}
 		}},
+		{"ssh key from a secret", []string{
+			"vm", "box", "--image", "docker://quay.io/containerdisks/fedora:40", "--ssh-key-secret", "my-keys",
+		}, func(t *testing.T, vm *v1.VirtualMachine) {
+			spec := vm.Spec.Template.Spec
+			if ac := spec.AccessCredentials; len(ac) != 1 || ac[0].SSHPublicKey == nil || ac[0].SSHPublicKey.Source.Secret.SecretName != "my-keys" ||
+				ac[0].SSHPublicKey.PropagationMethod.NoCloud == nil {
+				t.Errorf("accessCredentials %+v, want my-keys through noCloud", ac)
+			}
+			if len(spec.Volumes) != 2 || spec.Volumes[1].CloudInitNoCloud == nil || spec.Volumes[1].CloudInitNoCloud.UserData != "#cloud-config\n" {
+				t.Errorf("volumes %+v, want a #cloud-config NoCloud disk for the keys", spec.Volumes)
+			}
+		}},
 		{"halted, storage class, http", []string{
 			"vm", "small", "--image", "http://10.0.0.5:8080/cirros.qcow2", "--run-strategy", "Halted",
 			"--storage-class", "podvirt", "--memory", "64Mi",
@@ -200,6 +212,10 @@ func TestCreateVM(t *testing.T) {
 // write instead, prints nothing and exits non-zero; all mistakes at once.
 func TestCreateVMBadInput(t *testing.T) {
 	const image = "docker://quay.io/containerdisks/fedora:40"
+	script := filepath.Join(t.TempDir(), "user-data.sh")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\necho hi\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		args []string
 		want []string
@@ -220,7 +236,8 @@ func TestCreateVMBadInput(t *testing.T) {
 		{[]string{"vm", "web", "--image", image, "--network", "L2_Bridge"}, []string{`--network "L2_Bridge"`, "NAMESPACE/NAME"}},
 		{[]string{"vm", "web", "--image", image, "--storage-class", "Fast SSD"}, []string{`--storage-class "Fast SSD"`}},
 		{[]string{"vm", "web", "--image", image, "--user-data-file", "/nonexistent"}, []string{"--user-data-file", "no such file"}},
-		{[]string{"vm", "web", "--image", image, "--ssh-key-secret", "my-key"}, []string{"--ssh-key-secret", "not supported yet", "accessCredentials", "ssh_authorized_keys"}},
+		{[]string{"vm", "web", "--image", image, "--ssh-key-secret", "My Keys"}, []string{`--ssh-key-secret "My Keys" is not a Secret name`}},
+		{[]string{"vm", "web", "--image", image, "--ssh-key-secret", "k", "--user-data-file", script}, []string{"is not #cloud-config", "ssh_authorized_keys"}},
 		{[]string{"vm", "web", "--image", image, "-n", "Bad_NS"}, []string{`--namespace "Bad_NS"`}},
 		{[]string{"vm", "web", "--image", "x", "--cpu", "x", "--memory", "x"}, []string{"--image", "--cpu", "--memory"}},
 		{[]string{"vm"}, []string{"exactly one VM name"}},

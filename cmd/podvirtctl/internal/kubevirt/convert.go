@@ -425,7 +425,53 @@ func (c *conversion) vmiSpec(s *fields, out *v1.VirtualMachineInstanceSpec) {
 	if g, ok := s.integer("terminationGracePeriodSeconds", 0, 86400); ok {
 		out.TerminationGracePeriodSeconds = &g
 	}
+	switch e := s.str("evictionStrategy"); e {
+	case "":
+	case string(v1.EvictionStrategyLiveMigrate), string(v1.EvictionStrategyNone):
+		strategy := v1.EvictionStrategy(e)
+		out.EvictionStrategy = &strategy
+	default:
+		c.drop(s.at("evictionStrategy"), fmt.Sprintf("podvirt's eviction strategies are LiveMigrate and None, not %s: the chart's default applies", e))
+	}
+	for _, ac := range s.list("accessCredentials") {
+		if cred, ok := c.accessCredential(ac); ok {
+			out.AccessCredentials = append(out.AccessCredentials, cred)
+		}
+	}
 	s.done()
+}
+
+// accessCredential maps an SSH key Secret propagated through NoCloud, the
+// one way podvirt puts credentials into a guest.
+func (c *conversion) accessCredential(f *fields) (v1.AccessCredential, bool) {
+	f.drop("userPassword", "podvirt has no user passwords through the guest agent: set the password in the cloud-init user-data")
+	defer f.done()
+	if !f.has("sshPublicKey") {
+		return v1.AccessCredential{}, false
+	}
+	key := f.object("sshPublicKey")
+	defer key.done()
+	src := key.object("source")
+	secret := src.object("secret")
+	name := secret.str("secretName")
+	secret.done()
+	src.done()
+	pm := key.object("propagationMethod")
+	defer pm.done()
+	for _, m := range []string{"qemuGuestAgent", "configDrive"} {
+		pm.drop(m, "podvirt puts SSH keys into the guest through NoCloud only: add a cloudInitNoCloud volume")
+	}
+	pm.ignore("noCloud")
+	if name == "" || !pm.has("noCloud") {
+		if name == "" {
+			c.block(src.at("secret.secretName"), "an SSH key credential needs its Secret's name")
+		}
+		return v1.AccessCredential{}, false
+	}
+	return v1.AccessCredential{SSHPublicKey: &v1.SSHPublicKeyAccessCredential{
+		Source:            v1.SSHPublicKeyAccessCredentialSource{Secret: &v1.AccessCredentialSecretSource{SecretName: name}},
+		PropagationMethod: v1.SSHPublicKeyAccessCredentialPropagationMethod{NoCloud: &v1.NoCloudPropagation{}},
+	}}, true
 }
 
 // decodeInto reads key, a Kubernetes type podvirt takes as it is
@@ -638,7 +684,7 @@ func (c *conversion) volume(f *fields) (out v1.Volume, ok bool) {
 	case f.has("cloudInitNoCloud"):
 		out.CloudInitNoCloud = c.cloudInit(f.object("cloudInitNoCloud"))
 		if out.CloudInitNoCloud == nil {
-			c.drop(f.path, fmt.Sprintf("volume %q is left out: it has no inline data", out.Name))
+			c.drop(f.path, fmt.Sprintf("volume %q is left out: it has no data", out.Name))
 			f.done()
 			return out, false
 		}
@@ -682,12 +728,26 @@ func (c *conversion) cloudInit(ci *fields) *v1.CloudInitNoCloudSource {
 			c.block(ci.at(key), fmt.Sprintf("%d bytes: podvirt takes at most 65536", len(data)))
 		}
 	}
-	ci.drop("secretRef", "podvirt's cloudInitNoCloud takes its data inline only: copy the Secret's userdata into userData")
+	out.UserDataSecretRef = secretRef(ci, "secretRef")
+	out.NetworkDataSecretRef = secretRef(ci, "networkDataSecretRef")
 	ci.done()
 	if *out == (v1.CloudInitNoCloudSource{}) {
 		return nil
 	}
 	return out
+}
+
+// secretRef reads key as a reference to a Secret by name, or nil.
+func secretRef(f *fields, key string) *corev1.LocalObjectReference {
+	if !f.has(key) {
+		return nil
+	}
+	ref := f.object(key)
+	defer ref.done()
+	if name := ref.str("name"); name != "" {
+		return &corev1.LocalObjectReference{Name: name}
+	}
+	return nil
 }
 
 func (c *conversion) network(f *fields) (out v1.Network, ok bool) {

@@ -269,17 +269,20 @@ func TestFindings(t *testing.T) {
 			"spec.template.spec.somethingNew",
 			"spec.template.spec.volumes[0].containerDisk.extra",
 		}},
-		{"cloud-init from a Secret, binary user-data", `      domain:
+		{"binary user-data, credentials podvirt has not", `      domain:
         memory: {guest: 1Gi}
       volumes:
       - name: a
         cloudInitNoCloud: {secretRef: {name: user-data}}
       - name: b
         cloudInitNoCloud: {userDataBase64: H4sIAAAAAAAAA0vOzytJzSvhAgA9HvIZCAAAAA==}
+      accessCredentials:
+      - sshPublicKey: {source: {secret: {secretName: keys}}, propagationMethod: {qemuGuestAgent: {users: [root]}}}
+      - userPassword: {source: {secret: {secretName: pw}}, propagationMethod: {qemuGuestAgent: {}}}
 `, []string{
 			"!spec.template.spec.volumes[1].cloudInitNoCloud.userDataBase64",
-			"spec.template.spec.volumes[0]",
-			"spec.template.spec.volumes[0].cloudInitNoCloud.secretRef",
+			"spec.template.spec.accessCredentials[0].sshPublicKey.propagationMethod.qemuGuestAgent",
+			"spec.template.spec.accessCredentials[1].userPassword",
 			"spec.template.spec.volumes[1]",
 		}},
 		{"values podvirt cannot take", `      domain:
@@ -353,6 +356,9 @@ func TestRoundTrip(t *testing.T) {
       nodeSelector: {disk: ssd}
       tolerations: [{key: k, operator: Exists}]
       terminationGracePeriodSeconds: 0
+      evictionStrategy: LiveMigrate
+      accessCredentials:
+      - sshPublicKey: {source: {secret: {secretName: my-keys}}, propagationMethod: {noCloud: {}}}
 `))
 	if len(fs) != 0 {
 		t.Fatal(fs)
@@ -369,7 +375,9 @@ func TestRoundTrip(t *testing.T) {
 	d := spec.Domain.Devices.Disks[0]
 	if d.Bus != v1.DiskBusSATA || !d.ReadOnly || *d.BootOrder != 1 || d.Serial != "ROOT1" || !spec.Volumes[0].PersistentVolumeClaim.ReadOnly ||
 		spec.NodeSelector["disk"] != "ssd" || spec.Tolerations[0].Key != "k" || *spec.TerminationGracePeriodSeconds != 0 ||
-		spec.Domain.CPU.Cores != 2 || spec.Domain.CPU.Model != "host-passthrough" || back.Namespace != "ns" {
+		spec.Domain.CPU.Cores != 2 || spec.Domain.CPU.Model != "host-passthrough" || back.Namespace != "ns" ||
+		*spec.EvictionStrategy != v1.EvictionStrategyLiveMigrate || spec.AccessCredentials[0].SSHPublicKey.Source.Secret.SecretName != "my-keys" ||
+		spec.AccessCredentials[0].SSHPublicKey.PropagationMethod.NoCloud == nil {
 		t.Fatalf("got %+v", back.Spec)
 	}
 }

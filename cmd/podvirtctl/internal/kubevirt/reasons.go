@@ -12,7 +12,6 @@ var noEquivalent = map[string]string{ //nolint:gosec // explanations for users, 
 	"updateVolumesStrategy": "podvirt has no live updates: a changed template applies at the VM's next start",
 
 	// VirtualMachineInstance spec
-	"evictionStrategy":          "podvirt has no live migration: its disks are node-local, and a VM on a drained node stops",
 	"startStrategy":             "podvirt has no start strategy: start the VM, then pause it with `podvirtctl pause vm`",
 	"hostname":                  "podvirt does not set the guest's hostname: set hostname in the cloud-init user-data",
 	"subdomain":                 "podvirt does not give VMs DNS names under a subdomain",
@@ -20,7 +19,6 @@ var noEquivalent = map[string]string{ //nolint:gosec // explanations for users, 
 	"dnsPolicy":                 "podvirt does not set the launcher pod's DNS",
 	"readinessProbe":            "podvirt has no guest probes: a VMI is Ready while its guest runs",
 	"livenessProbe":             "podvirt has no guest probes: a VMI is Ready while its guest runs",
-	"accessCredentials":         "podvirt has no access credentials: put SSH keys into the cloud-init user-data (ssh_authorized_keys)",
 	"priorityClassName":         "podvirt places VMs by nodeSelector, affinity and tolerations only",
 	"schedulerName":             "podvirt places VMs by nodeSelector, affinity and tolerations only",
 	"topologySpreadConstraints": "podvirt places VMs by nodeSelector, affinity and tolerations only",
@@ -100,7 +98,6 @@ var noEquivalent = map[string]string{ //nolint:gosec // explanations for users, 
 	"downwardAPI":          "podvirt cannot hand ConfigMaps, Secrets or pod data to the guest as disks: put what the guest needs into the cloud-init user-data",
 	"sysprep":              "podvirt has no sysprep volumes for Windows",
 	"memoryDump":           "podvirt has no memory dumps",
-	"networkDataSecretRef": "podvirt's cloudInitNoCloud takes its network data inline only: copy the Secret's networkdata into networkData",
 
 	// DataVolume (CDI)
 	"sourceRef":          "podvirt has no CDI DataSources: name the image in the template's spec.source (registry or http)",
