@@ -307,7 +307,9 @@ func (s *Stack) RestartKeepsIdentity(ctx context.Context, name string) error {
 // GuestIP is the VMI's address on its L2 interface ("" until known).
 func GuestIP(vmi *v1.VirtualMachineInstance) string {
 	for _, i := range vmi.Status.Interfaces {
-		if i.Name == "l2" && i.IP != "" {
+		// The stack's VMs name it l2; one made by `podvirtctl create vm`
+		// has a single NIC named after its NAD.
+		if (i.Name == "l2" || len(vmi.Status.Interfaces) == 1) && i.IP != "" {
 			ip, _, _ := strings.Cut(i.IP, "/")
 			return ip
 		}
