@@ -47,6 +47,7 @@ type VirtualMachineInstanceList struct {
 // +kubebuilder:validation:XValidation:rule="!has(self.networks) || self.networks.all(n, has(self.domain.devices.interfaces) && self.domain.devices.interfaces.exists(i, i.name == n.name))",message="every network needs an interface of the same name in spec.domain.devices.interfaces: add the interface, or remove the network",reason=FieldValueInvalid
 // +kubebuilder:validation:XValidation:rule="!has(self.networks) || self.networks.filter(n, has(n.pod)).size() <= 1",message="at most one network can be the pod network (pod: {}); attach further networks through Multus",reason=FieldValueInvalid
 // +kubebuilder:validation:XValidation:rule="!has(self.domain.devices.interfaces) || !has(self.networks) || self.domain.devices.interfaces.all(i, !has(i.binding) || self.networks.all(n, n.name != i.name || (i.binding == 'user') == has(n.pod)))",message="interface binding must match its network: 'user' for the pod network, 'tap' for a Multus network",reason=FieldValueInvalid
+// +kubebuilder:validation:XValidation:rule="!has(self.domain.devices.interfaces) || self.domain.devices.interfaces.all(i, !has(i.ports) || (has(self.networks) && self.networks.exists(n, n.name == i.name && has(n.pod))))",message="interface ports are forwarded by the pod network only: remove ports from an interface on a Multus network (its guest has its own address there)",reason=FieldValueInvalid
 // +kubebuilder:validation:XValidation:rule="!has(self.accessCredentials) || (has(self.volumes) && self.volumes.exists(v, has(v.cloudInitNoCloud)))",message="accessCredentials reach the guest through NoCloud: add a cloudInitNoCloud volume (and disk) to the VM",reason=FieldValueInvalid
 type VirtualMachineInstanceSpec struct {
 	// Domain is the virtual hardware.
@@ -481,6 +482,38 @@ type Interface struct {
 	//
 	// +optional
 	Binding InterfaceBinding `json:"binding,omitempty"`
+
+	// Ports are the guest's ports the pod network forwards from the launcher
+	// pod's address (KubeVirt's interfaces[].ports), so a Service selecting
+	// the VMI reaches them; none listed forwards every TCP and UDP port.
+	// Only for the pod network.
+	//
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=64
+	Ports []Port `json:"ports,omitempty"`
+}
+
+// Port is a guest port the pod network forwards.
+type Port struct {
+	// Name names the port, as in a Service's targetPort.
+	//
+	// +optional
+	// +kubebuilder:validation:MaxLength=15
+	Name string `json:"name,omitempty"`
+
+	// Protocol is TCP or UDP. Default TCP.
+	//
+	// +optional
+	// +kubebuilder:default=TCP
+	// +kubebuilder:validation:Enum=TCP;UDP
+	Protocol corev1.Protocol `json:"protocol,omitempty"`
+
+	// Port is the port number, in the guest and on the pod.
+	//
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=65535
+	Port int32 `json:"port"`
 }
 
 // Volume is the source of one disk's data.

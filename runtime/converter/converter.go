@@ -45,8 +45,10 @@ type Options struct {
 	Taps map[string]Tap
 	// ConsoleLog, when set, receives a copy of the serial console.
 	ConsoleLog string
-	// UserNetBackend is "passt" or "" (QEMU's slirp) for user binding.
-	UserNetBackend string
+	// PasstSocket, when set, is the unix socket of the passt process the
+	// launcher started for the pod network: user binding goes through it
+	// (forwarding the interface's ports), else through QEMU's slirp.
+	PasstSocket string
 	// OVMFCode and OVMFVars are the UEFI firmware and its variable store
 	// template; empty means the Debian ovmf paths.
 	OVMFCode, OVMFVars string

@@ -19,8 +19,12 @@ func TestConvertInterfaces(t *testing.T) {
 				{Name: "l2", MACAddress: "02:00:00:00:00:01", Model: v1.InterfaceModelE1000E},
 				{Name: "l2b"},
 			}
-			o.UserNetBackend = "passt"
+			o.PasstSocket = "/var/run/podvirt/private/passt.sock"
 			o.Taps = map[string]Tap{"l2b": {Dev: "tapnet2", MAC: "02:aa:bb:cc:dd:ee"}}
+		}},
+		{name: "interfaces-slirp", mutate: func(v *v1.VirtualMachineInstance, _ *Options) {
+			v.Spec.Networks = []v1.Network{{Name: "default", NetworkSource: v1.NetworkSource{Pod: &v1.PodNetwork{}}}}
+			v.Spec.Domain.Devices.Interfaces = []v1.Interface{{Name: "default", Ports: []v1.Port{{Port: 80}}}}
 		}},
 	})
 }
@@ -32,5 +36,20 @@ func TestConvertInterfaceMACConflict(t *testing.T) {
 	_, err := Convert(vmi, Options{DomainType: DomainQEMU, Taps: map[string]Tap{"l2": {Dev: "tap0", MAC: "02:00:00:00:00:02"}}})
 	if err == nil {
 		t.Fatal("a MAC the network did not give was accepted")
+	}
+}
+
+func TestPasstPorts(t *testing.T) {
+	for _, c := range []struct {
+		ports    []v1.Port
+		tcp, udp string
+	}{
+		{nil, "all", "all"},
+		{[]v1.Port{{Name: "http", Port: 80}, {Name: "dns", Protocol: "UDP", Port: 53}, {Port: 22, Protocol: "TCP"}}, "80,22", "53"},
+		{[]v1.Port{{Port: 5353, Protocol: "UDP"}}, "none", "5353"},
+	} {
+		if tcp, udp := PasstPorts(c.ports); tcp != c.tcp || udp != c.udp {
+			t.Errorf("PasstPorts(%+v) = %q, %q; want %q, %q", c.ports, tcp, udp, c.tcp, c.udp)
+		}
 	}
 }

@@ -340,6 +340,11 @@ func domainOptions(vmi *v1.VirtualMachineInstance, networks *launchercmd.Network
 		}
 		opts.Disks[vol.Name] = src
 	}
+	socket, err := startPasst(vmi, cfg.RunDir)
+	if err != nil {
+		return opts, nil, err
+	}
+	opts.PasstSocket = socket
 	if networks == nil {
 		return opts, nil, nil
 	}

@@ -18,6 +18,8 @@ APT_PACKAGES=(
 	etcd-server containerd runc containernetworking-plugins iptables iproute2 ca-certificates
 	# VMs: QEMU + libvirt (cgo bindings need libvirt-dev and pkg-config)
 	qemu-system-x86 qemu-utils ovmf libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
+	# the pod network's user-mode NIC, forwarding ports into the guest
+	passt
 	# the test guest: busybox, a bootloader, FAT and ext4 tools
 	busybox-static syslinux syslinux-common extlinux dosfstools mtools e2fsprogs
 	# the CSI importer's tests: a real registry process (TLS + htpasswd)

@@ -8,6 +8,8 @@
 // node and opens read-write (a device plugin's allocation, say). With
 // PROBE_LISTEN=:port it then serves TCP there until killed, greeting each
 // connection with its hostname (the far end of a connectivity check).
+// With PROBE_HTTP_GET="URL ..." it fetches each (again every second for up
+// to PROBE_CONNECT_WITHIN) and prints its status and first line.
 // With PROBE_CONNECT and PROBE_CONNECT_EVERY (a Go duration) it instead
 // connects that often for PROBE_CONNECT_FOR and prints how many attempts
 // failed and the longest time without a connection (reachability during a
@@ -16,7 +18,9 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"strings"
 	"syscall"
@@ -62,8 +66,44 @@ func main() {
 		fmt.Printf("connect %s: ok from %s\n", addr, conn.LocalAddr())
 		conn.Close()
 	}
+	if urls := os.Getenv("PROBE_HTTP_GET"); urls != "" {
+		within, _ := time.ParseDuration(os.Getenv("PROBE_CONNECT_WITHIN"))
+		failed := false
+		for _, u := range strings.Fields(urls) {
+			failed = !get(u, within) || failed
+		}
+		if failed {
+			os.Exit(1)
+		}
+	}
 	if addr := os.Getenv("PROBE_LISTEN"); addr != "" {
 		serve(addr, host)
+	}
+}
+
+// get fetches url, again every second until it answers 200 or within has
+// passed, and prints the status and the body's first line.
+func get(url string, within time.Duration) bool {
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
+	deadline := time.Now().Add(within)
+	for {
+		resp, err := c.Get(url)
+		if err == nil {
+			b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+			resp.Body.Close()
+			first, _, _ := strings.Cut(string(b), "\n")
+			if resp.StatusCode == http.StatusOK || time.Now().After(deadline) {
+				fmt.Printf("get %s: %s: %s\n", url, resp.Status, first)
+				return resp.StatusCode == http.StatusOK
+			}
+			err = fmt.Errorf("%s", resp.Status)
+		}
+		if time.Now().After(deadline) {
+			fmt.Printf("get %s: %v\n", url, err)
+			return false
+		}
+		fmt.Printf("get %s: %v (trying again)\n", url, err)
+		time.Sleep(time.Second)
 	}
 }
 

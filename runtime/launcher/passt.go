@@ -1,0 +1,135 @@
+package launcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	v1 "github.com/podvirt/podvirt/api/v1alpha1"
+	"github.com/podvirt/podvirt/runtime/converter"
+)
+
+// passtStartTimeout bounds how long passt may take to bind its socket.
+const passtStartTimeout = 10 * time.Second
+
+// passtUser is the uid and gid passt runs as: nobody.
+const passtUser = 65534
+
+// allPortsFiles is how many files passt needs open to forward every TCP
+// and UDP port: a socket each, and some to spare.
+const allPortsFiles = 2*65536 + 1024
+
+// raiseOpenFiles raises this process's open-file limit to at least n, so
+// passt inherits it (Go hands a child the limit it started with unless the
+// program set one itself).
+func raiseOpenFiles(n uint64) error {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return err
+	}
+	if lim.Cur >= n {
+		return syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+	}
+	want := syscall.Rlimit{Cur: n, Max: max(lim.Max, n)}
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &want); err != nil {
+		return fmt.Errorf("forwarding every port needs %d open files, the pod allows %d: %w", n, lim.Max, err)
+	}
+	return nil
+}
+
+// startPasst runs passt for the VMI's pod network interface, if it has one,
+// forwarding the interface's ports from the pod's address into the guest,
+// and returns its socket once it listens ("" without a pod network, or
+// without passt, when QEMU's slirp carries the NIC and no port is
+// forwarded). passt serves one QEMU and exits when it leaves (-1), and dies
+// with the launcher.
+func startPasst(vmi *v1.VirtualMachineInstance, runDir string) (string, error) {
+	ifc := podNetworkInterface(vmi)
+	if ifc == nil {
+		return "", nil
+	}
+	bin, err := exec.LookPath(converter.UserNetPasst)
+	if err != nil {
+		slog.Warn("passt is not installed: the pod network NIC falls back to slirp and forwards no port", "vmi", vmi.Namespace+"/"+vmi.Name)
+		return "", nil
+	}
+	// passt binds the forwarded ports as root, then runs as nobody, which
+	// must be able to create its socket: runDir must let others through
+	// (the pod's emptyDir does).
+	dir := filepath.Join(runDir, "passt")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	if err := os.Chown(dir, passtUser, passtUser); err != nil {
+		return "", err
+	}
+	socket := filepath.Join(dir, "passt.sock")
+	_ = os.Remove(socket) // a previous launcher's in this pod
+	logFile, err := os.Create(filepath.Join(runDir, "passt.log"))
+	if err != nil {
+		return "", err
+	}
+	defer logFile.Close()
+	tcp, udp := converter.PasstPorts(ifc.Ports)
+	if len(ifc.Ports) == 0 {
+		if err := raiseOpenFiles(allPortsFiles); err != nil {
+			// passt would fail to bind them all: forward none, and say
+			// how to forward what the guest serves.
+			slog.Warn("the pod network forwards no port: list the guest's ports in interfaces[].ports to forward them",
+				"vmi", vmi.Namespace+"/"+vmi.Name, "interface", ifc.Name, "reason", err)
+			tcp, udp = "none", "none"
+		}
+	}
+	cmd := exec.Command(bin, "--foreground", "--one-off", "--runas", fmt.Sprintf("%d:%d", passtUser, passtUser),
+		"--socket", socket, "--tcp-ports", tcp, "--udp-ports", udp)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return "", fmt.Errorf("pod network: start passt: %w", err)
+	}
+	exited := make(chan struct{})
+	go func() {
+		_ = cmd.Wait() // its ProcessState says how it ended
+		close(exited)
+	}()
+
+	ctx, cancel := context.WithTimeout(context.Background(), passtStartTimeout)
+	defer cancel()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if _, err := os.Stat(socket); err == nil {
+			return socket, nil
+		}
+		select {
+		case <-exited:
+			b, _ := os.ReadFile(logFile.Name())
+			return "", fmt.Errorf("pod network: passt (-t %s -u %s) %s before it listened: %s", tcp, udp, cmd.ProcessState, b)
+		case <-ctx.Done():
+			_ = cmd.Process.Kill()
+			return "", errors.New("pod network: passt did not create its socket within " + passtStartTimeout.String())
+		case <-tick.C:
+		}
+	}
+}
+
+// podNetworkInterface is the VMI's interface on the pod network, or nil.
+func podNetworkInterface(vmi *v1.VirtualMachineInstance) *v1.Interface {
+	for _, n := range vmi.Spec.Networks {
+		if n.Pod == nil {
+			continue
+		}
+		for i := range vmi.Spec.Domain.Devices.Interfaces {
+			if ifc := &vmi.Spec.Domain.Devices.Interfaces[i]; ifc.Name == n.Name {
+				return ifc
+			}
+		}
+	}
+	return nil
+}
