@@ -817,7 +817,7 @@ func (c *conversion) iface(f *fields, nw v1.Network) (out v1.Interface, ok bool)
 			c.drop(f.at("binding"), fmt.Sprintf("podvirt has no network binding plugins (%q): the NIC gets podvirt's binding for its network, %s", name, out.Binding))
 		}
 	case binding == "bridge" && pod:
-		c.drop(f.at("bridge"), "podvirt reaches the pod network through user-mode networking only (NAT, as masquerade): the guest will not have the pod's IP")
+		c.drop(f.at("bridge"), "podvirt reaches the pod network through passt: the guest has the pod's IP, but only interfaces[].ports come in (every port where the launcher may open that many sockets)")
 	case binding == "masquerade" && !pod, (binding == "passt" || binding == "slirp") && !pod, binding == "macvtap" && pod:
 		c.drop(f.at(binding), fmt.Sprintf("KubeVirt's %s binding does not go with this network; podvirt attaches it with binding %s", binding, out.Binding))
 	}
@@ -826,6 +826,26 @@ func (c *conversion) iface(f *fields, nw v1.Network) (out v1.Interface, ok bool)
 	// be a podvirt-l2 one, decides bridge or macvlan).
 	if binding != "" && binding != "sriov" && binding != "binding" {
 		f.object(binding).done()
+	}
+	for _, pf := range f.list("ports") {
+		if !pod {
+			c.drop(pf.path, "ports are forwarded on the pod network only; on a Multus network the guest has its own address")
+			pf.ignore("name", "port", "protocol")
+			pf.done()
+			continue
+		}
+		port := v1.Port{Name: pf.str("name"), Protocol: corev1.Protocol(strings.ToUpper(pf.str("protocol")))}
+		if port.Protocol != "" && port.Protocol != corev1.ProtocolTCP && port.Protocol != corev1.ProtocolUDP {
+			c.drop(pf.path, fmt.Sprintf("podvirt forwards TCP and UDP ports, not %s", port.Protocol))
+			pf.ignore("port")
+			pf.done()
+			continue
+		}
+		if n, ok := pf.integer("port", 1, 65535); ok {
+			port.Port = int32(n)
+			out.Ports = append(out.Ports, port)
+		}
+		pf.done()
 	}
 	f.ignore(bindings...)
 	f.done()

@@ -1,6 +1,7 @@
 package kubevirt
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -285,6 +286,17 @@ func TestFindings(t *testing.T) {
 			"spec.template.spec.accessCredentials[1].userPassword",
 			"spec.template.spec.volumes[1]",
 		}},
+		{"ports podvirt cannot forward", `      domain:
+        memory: {guest: 1Gi}
+        devices:
+          interfaces:
+          - {name: default, masquerade: {}, ports: [{port: 9, protocol: SCTP}, {port: 80}]}
+          - {name: l2, bridge: {}, ports: [{port: 80}]}
+      networks: [{name: default, pod: {}}, {name: l2, multus: {networkName: l2-bridge}}]
+`, []string{
+			"spec.template.spec.domain.devices.interfaces[0].ports[0]",
+			"spec.template.spec.domain.devices.interfaces[1].ports[0]",
+		}},
 		{"values podvirt cannot take", `      domain:
         cpu: {cores: 512, threads: 1.5}
         memory: {guest: 16Mi}
@@ -352,6 +364,8 @@ func TestRoundTrip(t *testing.T) {
         memory: {guest: 1Gi}
         devices:
           disks: [{name: root, bootOrder: 1, serial: ROOT1, disk: {bus: sata, readonly: true}}]
+          interfaces: [{name: default, masquerade: {}, ports: [{name: http, port: 80}, {port: 53, protocol: udp}]}]
+      networks: [{name: default, pod: {}}]
       volumes: [{name: root, persistentVolumeClaim: {claimName: pvc, readOnly: true}}]
       nodeSelector: {disk: ssd}
       tolerations: [{key: k, operator: Exists}]
@@ -377,7 +391,8 @@ func TestRoundTrip(t *testing.T) {
 		spec.NodeSelector["disk"] != "ssd" || spec.Tolerations[0].Key != "k" || *spec.TerminationGracePeriodSeconds != 0 ||
 		spec.Domain.CPU.Cores != 2 || spec.Domain.CPU.Model != "host-passthrough" || back.Namespace != "ns" ||
 		*spec.EvictionStrategy != v1.EvictionStrategyLiveMigrate || spec.AccessCredentials[0].SSHPublicKey.Source.Secret.SecretName != "my-keys" ||
-		spec.AccessCredentials[0].SSHPublicKey.PropagationMethod.NoCloud == nil {
+		spec.AccessCredentials[0].SSHPublicKey.PropagationMethod.NoCloud == nil ||
+		fmt.Sprint(spec.Domain.Devices.Interfaces[0].Ports) != "[{http  80} { UDP 53}]" {
 		t.Fatalf("got %+v", back.Spec)
 	}
 }

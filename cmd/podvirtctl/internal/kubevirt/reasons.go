@@ -82,7 +82,6 @@ var noEquivalent = map[string]string{ //nolint:gosec // explanations for users, 
 
 	// interfaces
 	"sriov":       "podvirt has no SR-IOV: put the NIC on a podvirt-l2 NetworkAttachmentDefinition (bridge or macvlan mode) with binding bridge",
-	"ports":       "podvirt's interfaces have no port list",
 	"dhcpOptions": "podvirt's DHCP server hands out the network's address and routes only",
 	"state":       "podvirt has no link state (absent, down)",
 	"acpiIndex":   "podvirt has no ACPI index for NICs",
