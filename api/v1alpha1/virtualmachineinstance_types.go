@@ -351,6 +351,21 @@ type Devices struct {
 	AutoattachMemBalloon *bool `json:"autoattachMemBalloon,omitempty"`
 }
 
+// PodInterface is the spec's interface on the pod network, or nil.
+func (s *VirtualMachineInstanceSpec) PodInterface() *Interface {
+	for _, n := range s.Networks {
+		if n.Pod == nil {
+			continue
+		}
+		for i := range s.Domain.Devices.Interfaces {
+			if s.Domain.Devices.Interfaces[i].Name == n.Name {
+				return &s.Domain.Devices.Interfaces[i]
+			}
+		}
+	}
+	return nil
+}
+
 // SerialConsole reports whether the guest gets a serial console.
 func (d *Devices) SerialConsole() bool {
 	return d.AutoattachSerialConsole == nil || *d.AutoattachSerialConsole

@@ -50,7 +50,7 @@ func raiseOpenFiles(n uint64) error {
 // forwarded). passt serves one QEMU and exits when it leaves (-1), and dies
 // with the launcher.
 func startPasst(vmi *v1.VirtualMachineInstance, runDir string) (string, error) {
-	ifc := podNetworkInterface(vmi)
+	ifc := vmi.Spec.PodInterface()
 	if ifc == nil {
 		return "", nil
 	}
@@ -117,19 +117,4 @@ func startPasst(vmi *v1.VirtualMachineInstance, runDir string) (string, error) {
 		case <-tick.C:
 		}
 	}
-}
-
-// podNetworkInterface is the VMI's interface on the pod network, or nil.
-func podNetworkInterface(vmi *v1.VirtualMachineInstance) *v1.Interface {
-	for _, n := range vmi.Spec.Networks {
-		if n.Pod == nil {
-			continue
-		}
-		for i := range vmi.Spec.Domain.Devices.Interfaces {
-			if ifc := &vmi.Spec.Domain.Devices.Interfaces[i]; ifc.Name == n.Name {
-				return ifc
-			}
-		}
-	}
-	return nil
 }

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"os/exec"
 	"fmt"
 	"net"
 	"strconv"
@@ -10,8 +11,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
@@ -20,8 +19,8 @@ import (
 )
 
 // TestPodNetworkService puts a VM whose only NIC is on the pod network,
-// forwarding its web port, behind a NodePort Service that selects it by
-// label, and fetches the guest's page from a pod through the Service's
+// forwarding its web port, behind a NodePort Service made by `podvirtctl
+// expose`, and fetches the guest's page from a pod through the Service's
 // ClusterIP and through the node port: passt forwards the launcher pod's
 // port into the guest, as KubeVirt's masquerade binding does.
 func TestPodNetworkService(t *testing.T) {
@@ -30,7 +29,6 @@ func TestPodNetworkService(t *testing.T) {
 	const name = "served"
 	vm := stack.VM(name, v1.RunStrategyAlways)
 	tmpl := &vm.Spec.Template
-	tmpl.ObjectMeta.Labels = map[string]string{"podvirt.io/e2e-service": name}
 	tmpl.Spec.Networks = []v1.Network{{Name: "default", NetworkSource: v1.NetworkSource{Pod: &v1.PodNetwork{}}}}
 	tmpl.Spec.Domain.Devices.Interfaces = []v1.Interface{{Name: "default", Ports: []v1.Port{{Name: "http", Port: stack.VMPort}}}}
 	createVM(ctx, t, vm)
@@ -46,15 +44,17 @@ func TestPodNetworkService(t *testing.T) {
 		t.Fatalf("vm %s is not Running: %v", name, err)
 	}
 
-	svc := &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: stack.Namespace},
-		Spec: corev1.ServiceSpec{
-			Type:     corev1.ServiceTypeNodePort,
-			Selector: map[string]string{"podvirt.io/e2e-service": name},
-			Ports:    []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(stack.VMPort)}},
-		},
+	bin, err := st.Podvirtctl(ctx)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if err := st.Client.Create(ctx, svc); err != nil {
+	out, err := exec.CommandContext(ctx, bin, "expose", "vm", name, "-n", stack.Namespace, "--kubeconfig", st.Cluster.Kubeconfig(),
+		"--port", "80", "--target-port", strconv.Itoa(stack.VMPort), "--type", "NodePort").CombinedOutput()
+	if err != nil {
+		t.Fatalf("podvirtctl expose: %v: %s", err, out)
+	}
+	svc := &corev1.Service{}
+	if err := st.Client.Get(ctx, client.ObjectKey{Namespace: stack.Namespace, Name: name}, svc); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = st.Client.Delete(context.Background(), svc) })
