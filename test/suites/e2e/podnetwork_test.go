@@ -2,9 +2,9 @@ package e2e
 
 import (
 	"context"
-	"os/exec"
 	"fmt"
 	"net"
+	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
