@@ -3,7 +3,9 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -80,4 +82,46 @@ func TestPodNetworkService(t *testing.T) {
 			t.Errorf("no %q in the probe's log (%v):\n%s", want, err, logs)
 		}
 	}
+
+	// Through the API server: `podvirtctl port-forward`, listening here,
+	// and with --stdio, as ssh's ProxyCommand uses it.
+	kube := []string{"-n", stack.Namespace, "--kubeconfig", st.Cluster.Kubeconfig()}
+	stdio := exec.CommandContext(ctx, bin, append(kube, "port-forward", "--stdio", name, strconv.Itoa(stack.VMPort))...)
+	stdio.Stdin = strings.NewReader("GET /index.html HTTP/1.0\r\n\r\n")
+	if out, err := stdio.CombinedOutput(); err != nil || !strings.Contains(string(out), "hello from "+name) {
+		t.Errorf("port-forward --stdio: %v:\n%s", err, out)
+	}
+	local := freeLoopbackPort(t)
+	fwd := exec.CommandContext(ctx, bin, append(kube, "port-forward", "vm/"+name, fmt.Sprintf("%d:%d", local, stack.VMPort))...)
+	var fwdOut strings.Builder
+	fwd.Stdout, fwd.Stderr = &fwdOut, &fwdOut
+	if err := fwd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = fwd.Process.Kill(); _ = fwd.Wait() }()
+	var body string
+	err = stack.Poll(ctx, time.Minute, func() (bool, error) {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/index.html", local))
+		if err != nil {
+			return false, nil // not listening yet
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		body = string(b)
+		return true, nil
+	})
+	if err != nil || !strings.Contains(body, "hello from "+name) {
+		t.Errorf("GET through port-forward: %q, %v; port-forward said:\n%s", body, err, fwdOut.String())
+	}
+}
+
+// freeLoopbackPort is a TCP port free on 127.0.0.1 a moment ago.
+func freeLoopbackPort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
 }

@@ -138,15 +138,8 @@ func (s *session) exposedService(ctx context.Context, kind, name string, f expos
 	if f.l2Network != "" {
 		return s.l2Service(svc, kind, name, spec, f.l2Network, selector)
 	}
-	ifc := spec.PodInterface()
-	if ifc == nil {
-		return nil, fmt.Errorf("%s %s has no interface on the pod network, so no Service reaches it there: expose it on its L2 network with --l2-network NAMESPACE/NAD", kind, name)
-	}
-	if len(ifc.Ports) > 0 && !slices.ContainsFunc(ifc.Ports, func(p v1.Port) bool {
-		return p.Port == f.targetPort && (p.Protocol == protocol || (p.Protocol == "" && protocol == corev1.ProtocolTCP))
-	}) {
-		return nil, fmt.Errorf("%s %s forwards only its listed ports on the pod network, and %s %d is not one: add it to interfaces[%q].ports (the VM restarts to apply it)",
-			kind, name, protocol, f.targetPort, ifc.Name)
+	if err := forwarded(kind, name, spec, protocol, f.targetPort); err != nil {
+		return nil, fmt.Errorf("%w; or expose it on its L2 network with --l2-network NAMESPACE/NAD", err)
 	}
 	svc.Spec.Selector = selector
 	return svc, nil
@@ -174,4 +167,20 @@ func (s *session) l2Service(svc *corev1.Service, kind, name string, spec *v1.Vir
 	}
 	svc.Annotations = map[string]string{v1.L2NetworkAnnotation: nad, v1.L2SelectorAnnotation: v1.VMNameLabel + "=" + selector[v1.VMNameLabel]}
 	return svc, nil
+}
+
+// forwarded checks that the pod network carries protocol port into the
+// guest of spec: it has a pod-network interface that forwards it.
+func forwarded(kind, name string, spec *v1.VirtualMachineInstanceSpec, protocol corev1.Protocol, port int32) error {
+	ifc := spec.PodInterface()
+	if ifc == nil {
+		return fmt.Errorf("%s %s has no interface on the pod network, so nothing reaches its guest through a pod", kind, name)
+	}
+	if len(ifc.Ports) > 0 && !slices.ContainsFunc(ifc.Ports, func(p v1.Port) bool {
+		return p.Port == port && (p.Protocol == protocol || (p.Protocol == "" && protocol == corev1.ProtocolTCP))
+	}) {
+		return fmt.Errorf("%s %s forwards only its listed ports on the pod network, and %s %d is not one: add it to interfaces[%q].ports (the VM restarts to apply it)",
+			kind, name, protocol, port, ifc.Name)
+	}
+	return nil
 }

@@ -72,3 +72,23 @@ func TestExpose(t *testing.T) {
 		}
 	}
 }
+
+// TestPortForwardRefuses: what cannot be forwarded is refused before any
+// connection, saying what to do.
+func TestPortForwardRefuses(t *testing.T) {
+	ns := namespace(t)
+	create(t, testVM(ns, "stopped", v1.RunStrategyHalted))
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"stopped", "8080:80"}, "start it with"},
+		{[]string{"pod/stopped", "8080:80"}, "name a VM as NAME, vm/NAME or vmi/NAME"},
+		{[]string{"stopped"}, "needs a VM and its ports"},
+		{[]string{"--stdio", "stopped", "80", "81"}, "one with --stdio"},
+	} {
+		if out, err := podvirtctl(t, ns, append([]string{"port-forward"}, c.args...)...); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("port-forward %v: %q, %v; want an error saying %q", c.args, out, err, c.want)
+		}
+	}
+}

@@ -73,7 +73,7 @@ func NewRootCommand(name string, streams genericiooptions.IOStreams) *cobra.Comm
 	root.AddCommand(
 		o.startCommand(), o.stopCommand(), o.restartCommand(),
 		o.pauseCommand(true), o.pauseCommand(false),
-		o.migrateCommand(), o.migrateCancelCommand(), o.exposeCommand(),
+		o.migrateCommand(), o.migrateCancelCommand(), o.exposeCommand(), o.portForwardCommand(),
 		o.consoleCommand(), o.vncCommand(), o.versionCommand(),
 		o.createCommand(), o.convertCommand(),
 	)
