@@ -77,17 +77,7 @@ type testVM struct {
 
 func newTestVM(t testing.TB, name string) *testVM {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	art, err := guest.Build(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	overlay := filepath.Join(dir, "root.qcow2")
-	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-b", art.Disk, "-F", "qcow2", overlay).CombinedOutput(); err != nil {
-		t.Fatalf("overlay: %v: %s", err, out)
-	}
+	dir, overlay := guestOverlay(t)
 	vmi := &v1.VirtualMachineInstance{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "test", UID: types.UID(newUID(t))},
 		Spec: v1.VirtualMachineInstanceSpec{
@@ -301,4 +291,22 @@ func writeSeed(t testing.TB, vmi *v1.VirtualMachineInstance, iso string) {
 	if err := converter.WriteNoCloudISO(iso, files); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// guestOverlay builds the test guest (cached) and makes a qcow2 overlay on
+// its disk in a new directory, returned with it.
+func guestOverlay(t testing.TB) (dir, overlay string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	art, err := guest.Build(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir = t.TempDir()
+	overlay = filepath.Join(dir, "root.qcow2")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-b", art.Disk, "-F", "qcow2", overlay).CombinedOutput(); err != nil {
+		t.Fatalf("overlay: %v: %s", err, out)
+	}
+	return dir, overlay
 }

@@ -222,17 +222,7 @@ func podNetVMI(t *testing.T, ports []v1.Port) *v1.VirtualMachineInstance {
 // on the passt socket.
 func podNetVM(t *testing.T, vmi *v1.VirtualMachineInstance, socket string) *testVM {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	art, err := guest.Build(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	overlay := filepath.Join(dir, "root.qcow2")
-	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-b", art.Disk, "-F", "qcow2", overlay).CombinedOutput(); err != nil {
-		t.Fatalf("overlay: %v: %s", err, out)
-	}
+	dir, overlay := guestOverlay(t)
 	iso := filepath.Join(dir, "cloud-init.iso")
 	writeSeed(t, vmi, iso)
 	console := filepath.Join(dir, "console.log")

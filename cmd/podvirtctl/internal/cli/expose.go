@@ -34,12 +34,7 @@ func (o *options) exposeCommand() *cobra.Command {
 		Example: fmt.Sprintf(`  %[1]s expose vm web --port 80 --target-port 8080 --type NodePort
   %[1]s expose vm web --name web-l2 --port 80 --l2-network podvirt-system/l2-bridge`, o.name),
 		ValidArgs: []string{"vm", "vmi"},
-		Args: func(cmd *cobra.Command, args []string) error {
-			if len(args) != 2 || (args[0] != "vm" && args[0] != "vmi") {
-				return fmt.Errorf("%s needs a kind (vm or vmi) and a name: %s", cmd.CommandPath(), cmd.UseLine())
-			}
-			return nil
-		},
+		Args:      kindAndName,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, err := o.session()
 			if err != nil {

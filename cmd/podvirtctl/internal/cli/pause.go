@@ -27,12 +27,7 @@ func (o *options) pauseCommand(pause bool) *cobra.Command {
 		Short:     short,
 		Example:   fmt.Sprintf("  %s %s vm my-vm\n  %s %s vmi my-vm", o.name, verb, o.name, verb),
 		ValidArgs: []string{"vm", "vmi"},
-		Args: func(cmd *cobra.Command, args []string) error {
-			if len(args) != 2 || (args[0] != "vm" && args[0] != "vmi") {
-				return fmt.Errorf("%s needs a kind (vm or vmi) and a name: %s", cmd.CommandPath(), cmd.UseLine())
-			}
-			return nil
-		},
+		Args:      kindAndName,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, err := o.session()
 			if err != nil {

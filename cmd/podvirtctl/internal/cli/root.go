@@ -113,6 +113,14 @@ func (o *options) session() (*session, error) {
 	return &session{o: o, config: cfg, c: c, kube: kube, ns: ns}, nil
 }
 
+// kindAndName is cobra's argument check for `COMMAND (vm|vmi) NAME`.
+func kindAndName(cmd *cobra.Command, args []string) error {
+	if len(args) != 2 || (args[0] != "vm" && args[0] != "vmi") {
+		return fmt.Errorf("%s needs a kind (vm or vmi) and a name: %s", cmd.CommandPath(), cmd.UseLine())
+	}
+	return nil
+}
+
 // exactlyOneName is cobra's argument check, with a message that says what
 // is missing.
 func exactlyOneName(kind string) cobra.PositionalArgs {
