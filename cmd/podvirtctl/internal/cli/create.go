@@ -57,9 +57,10 @@ func (o *options) createVMCommand() *cobra.Command {
 		Short: "Print a VirtualMachine booting from an imported disk",
 		Long: `Print a VirtualMachine (podvirt.io/v1alpha1) as YAML. Its disk NAME-root is a disk
 template: a PVC that podvirt's CSI driver fills from --image before the first start. Without
---network the VM has one NIC on the pod network (user-mode networking, as KubeVirt's
-masquerade); each --network adds a NIC on that Multus NetworkAttachmentDefinition instead
-(binding tap: the guest is on the NAD's L2 segment).`,
+--network the VM has one NIC on the pod network (passt: the guest has the pod's address;
+add interfaces[].ports to the printed VM to have Services reach guest ports); each --network
+adds a NIC on that Multus NetworkAttachmentDefinition instead (binding tap: the guest is on
+the NAD's L2 segment).`,
 		Example: fmt.Sprintf(`  %[1]s create vm web --image docker://quay.io/containerdisks/fedora:40 --disk-size 6Gi | kubectl apply -f -
   %[1]s create vm db --image https://example.com/disk.qcow2 --network l2-bridge --memory 1Gi --cpu 2
   %[1]s create vm test --image docker://registry.local/cirros:0.6 --user-data-file cloud-init.yaml -n dev
