@@ -8,6 +8,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -104,7 +106,10 @@ func startPasst(vmi *v1.VirtualMachineInstance, runDir string) (string, error) {
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		if _, err := os.Stat(socket); err == nil {
+		// Listening, not only bound: QEMU connects once, at start. Asking
+		// the kernel rather than connecting, which would use up passt's
+		// one client.
+		if listening(socket) {
 			return socket, nil
 		}
 		select {
@@ -118,3 +123,27 @@ func startPasst(vmi *v1.VirtualMachineInstance, runDir string) (string, error) {
 		}
 	}
 }
+
+// listening reports whether a unix socket bound at path listens in this
+// thread's network namespace (/proc/.../net/unix, flag __SO_ACCEPTCON).
+func listening(path string) bool {
+	b, err := os.ReadFile("/proc/thread-self/net/unix")
+	if err != nil {
+		return false
+	}
+	for line := range strings.Lines(string(b)) {
+		// Num RefCount Protocol Flags Type St Inode Path
+		f := strings.Fields(line)
+		if len(f) < 8 || f[7] != path {
+			continue
+		}
+		flags, err := strconv.ParseUint(f[3], 16, 32)
+		if err == nil && flags&soAcceptCon != 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// soAcceptCon is the kernel's flag of a listening socket in /proc/net/unix.
+const soAcceptCon = 0x10000
