@@ -91,19 +91,23 @@ func newTestVM(t testing.TB, name string) *testVM {
 			},
 		},
 	}
-	iso := filepath.Join(dir, "cloud-init.iso")
-	writeSeed(t, vmi, iso)
-	console := filepath.Join(dir, "console.log")
-	xml, err := converter.ConvertXML(vmi, converter.Options{
-		DomainType:    converter.DomainQEMU,
-		Disks:         map[string]converter.DiskSource{"root": {Path: overlay, Format: diskmeta.FormatQCOW2}},
-		CloudInitDisk: iso,
-		ConsoleLog:    console,
-	})
+	return renderTestVM(t, vmi, dir, overlay, converter.Options{})
+}
+
+// renderTestVM renders vmi with opts, its root disk on overlay and its
+// NoCloud disk (the second volume) and console log under dir.
+func renderTestVM(t testing.TB, vmi *v1.VirtualMachineInstance, dir, overlay string, opts converter.Options) *testVM {
+	t.Helper()
+	opts.DomainType = converter.DomainQEMU
+	opts.Disks = map[string]converter.DiskSource{"root": {Path: overlay, Format: diskmeta.FormatQCOW2}}
+	opts.CloudInitDisk = filepath.Join(dir, "cloud-init.iso")
+	opts.ConsoleLog = filepath.Join(dir, "console.log")
+	writeSeed(t, vmi, opts.CloudInitDisk)
+	xml, err := converter.ConvertXML(vmi, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &testVM{vmi: vmi, xml: xml, console: console}
+	return &testVM{vmi: vmi, xml: xml, console: opts.ConsoleLog}
 }
 
 // userData is the test VMs' cloud-init user-data: a script printing

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -22,7 +21,6 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
-	"github.com/podvirt/podvirt/contracts/diskmeta"
 	"github.com/podvirt/podvirt/runtime/converter"
 	"github.com/podvirt/podvirt/test/harness/netnstest"
 	"github.com/podvirt/podvirt/test/images/guest"
@@ -223,18 +221,5 @@ func podNetVMI(t *testing.T, ports []v1.Port) *v1.VirtualMachineInstance {
 func podNetVM(t *testing.T, vmi *v1.VirtualMachineInstance, socket string) *testVM {
 	t.Helper()
 	dir, overlay := guestOverlay(t)
-	iso := filepath.Join(dir, "cloud-init.iso")
-	writeSeed(t, vmi, iso)
-	console := filepath.Join(dir, "console.log")
-	xml, err := converter.ConvertXML(vmi, converter.Options{
-		DomainType:    converter.DomainQEMU,
-		Disks:         map[string]converter.DiskSource{"root": {Path: overlay, Format: diskmeta.FormatQCOW2}},
-		CloudInitDisk: iso,
-		ConsoleLog:    console,
-		PasstSocket:   socket,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testVM{vmi: vmi, xml: xml, console: console}
+	return renderTestVM(t, vmi, dir, overlay, converter.Options{PasstSocket: socket})
 }

@@ -35,18 +35,9 @@ func (o *options) exposeCommand() *cobra.Command {
   %[1]s expose vm web --name web-l2 --port 80 --l2-network podvirt-system/l2-bridge`, o.name),
 		ValidArgs: []string{"vm", "vmi"},
 		Args:      kindAndName,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := o.session()
-			if err != nil {
-				return err
-			}
-			msg, err := s.expose(cmd.Context(), args[0], args[1], f)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintln(o.streams.Out, msg)
-			return nil
-		},
+		RunE: o.report(func(ctx context.Context, s *session, args []string) (string, error) {
+			return s.expose(ctx, args[0], args[1], f)
+		}),
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.name, "name", "", "the Service's name (default: the VM's)")

@@ -77,18 +77,9 @@ func (o *options) lifecycleCommand(verb, short string, p plan) *cobra.Command {
 		Short:             short,
 		Args:              exactlyOneName("VM"),
 		ValidArgsFunction: o.completeVMs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := o.session()
-			if err != nil {
-				return err
-			}
-			msg, err := s.apply(cmd.Context(), args[0], p)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintln(o.streams.Out, msg)
-			return nil
-		},
+		RunE: o.report(func(ctx context.Context, s *session, args []string) (string, error) {
+			return s.apply(ctx, args[0], p)
+		}),
 	}
 }
 

@@ -23,18 +23,9 @@ func (o *options) migrateCommand() *cobra.Command {
 			o.name, o.name, o.name),
 		Args:              exactlyOneName("VM"),
 		ValidArgsFunction: o.completeVMs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := o.session()
-			if err != nil {
-				return err
-			}
-			msg, err := s.migrate(cmd.Context(), args[0], node)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintln(o.streams.Out, msg)
-			return nil
-		},
+		RunE: o.report(func(ctx context.Context, s *session, args []string) (string, error) {
+			return s.migrate(ctx, args[0], node)
+		}),
 	}
 	cmd.Flags().StringVar(&node, "node", "", "the node to move to (default: any other node the scheduler picks)")
 	return cmd
@@ -48,18 +39,9 @@ func (o *options) migrateCancelCommand() *cobra.Command {
 		Short:             "Cancel a VM's running live migration; the VM keeps running where it was",
 		Args:              exactlyOneName("VM"),
 		ValidArgsFunction: o.completeVMs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := o.session()
-			if err != nil {
-				return err
-			}
-			msg, err := s.cancelMigration(cmd.Context(), args[0])
-			if err != nil {
-				return err
-			}
-			fmt.Fprintln(o.streams.Out, msg)
-			return nil
-		},
+		RunE: o.report(func(ctx context.Context, s *session, args []string) (string, error) {
+			return s.cancelMigration(ctx, args[0])
+		}),
 	}
 }
 

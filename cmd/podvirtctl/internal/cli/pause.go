@@ -28,18 +28,9 @@ func (o *options) pauseCommand(pause bool) *cobra.Command {
 		Example:   fmt.Sprintf("  %s %s vm my-vm\n  %s %s vmi my-vm", o.name, verb, o.name, verb),
 		ValidArgs: []string{"vm", "vmi"},
 		Args:      kindAndName,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := o.session()
-			if err != nil {
-				return err
-			}
-			msg, err := s.setPaused(cmd.Context(), args[0], args[1], pause)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintln(o.streams.Out, msg)
-			return nil
-		},
+		RunE: o.report(func(ctx context.Context, s *session, args []string) (string, error) {
+			return s.setPaused(ctx, args[0], args[1], pause)
+		}),
 	}
 }
 

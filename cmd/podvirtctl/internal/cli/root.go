@@ -113,6 +113,23 @@ func (o *options) session() (*session, error) {
 	return &session{o: o, config: cfg, c: c, kube: kube, ns: ns}, nil
 }
 
+// report is a RunE for a command that does one thing through the API
+// server and says what it did: do gets a session and the arguments.
+func (o *options) report(do func(ctx context.Context, s *session, args []string) (string, error)) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		s, err := o.session()
+		if err != nil {
+			return err
+		}
+		msg, err := do(cmd.Context(), s, args)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(o.streams.Out, msg)
+		return nil
+	}
+}
+
 // kindAndName is cobra's argument check for `COMMAND (vm|vmi) NAME`.
 func kindAndName(cmd *cobra.Command, args []string) error {
 	if len(args) != 2 || (args[0] != "vm" && args[0] != "vmi") {
