@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -27,7 +28,10 @@ const (
 // runs), and says so in an event when it turns on.
 func (r *VMReconciler) setRestartRequired(vm *v1alpha1.VirtualMachine, vmi *v1alpha1.VirtualMachineInstance) {
 	var changed []string
-	if vmi != nil && vmi.DeletionTimestamp == nil && !vmi.Status.Phase.IsFinal() {
+	// Naming the fields decodes both specs as JSON: only when they differ,
+	// which they seldom do.
+	if vmi != nil && vmi.DeletionTimestamp == nil && !vmi.Status.Phase.IsFinal() &&
+		!equality.Semantic.DeepEqual(vm.Spec.Template.Spec, vmi.Spec) {
 		changed = specChanges(&vm.Spec.Template.Spec, &vmi.Spec)
 	}
 	if len(changed) == 0 {
