@@ -86,18 +86,27 @@ build_wrapped() {
 		for r in ${WRAP_REQUIRES:-}; do echo "require ${r%@*} ${r#*@}"; done
 		[ -n "$replaces" ] && printf '\nreplace (\n%s\n)\n' "$replaces"
 	} >"$src/go.mod"
-	{
-		echo '//go:build tools'
-		echo
-		echo 'package tools'
-		echo
-		echo 'import ('
-		local p
-		for p in "$@"; do echo "	_ \"$p\""; done
-		echo ')'
-	} >"$src/tools.go"
+	local targets=("$@")
+	if [ -n "${WRAP_MAIN:-}" ]; then
+		# WRAP_MAIN=FN: `FN PKG...` prints a main package of our own
+		# that imports the PKGs; it is built as the binary NAME.
+		mkdir -p "$src/$name"
+		"$WRAP_MAIN" "$@" | gofmt >"$src/$name/main.go"
+		targets=("./$name")
+	else
+		{
+			echo '//go:build tools'
+			echo
+			echo 'package tools'
+			echo
+			echo 'import ('
+			local p
+			for p in "$@"; do echo "	_ \"$p\""; done
+			echo ')'
+		} >"$src/tools.go"
+	fi
 	(cd "$src" && GOFLAGS=-mod=mod go mod tidy)
-	(cd "$src" && CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$out.tmp/" "$@")
+	(cd "$src" && CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$out.tmp/" "${targets[@]}")
 	# WRAP_POST=FN: `FN SRC OUT` finishes OUT before it moves into place
 	# (renames a binary, copies files out of the module source).
 	[ -z "${WRAP_POST:-}" ] || (cd "$src" && "$WRAP_POST" "$src" "$out.tmp")
@@ -170,6 +179,41 @@ whereabouts_post() {
 controller_gen() {
 	build_wrapped controller-gen "$CONTROLLER_GEN_VERSION" sigs.k8s.io/controller-tools "-s -w" "" \
 		sigs.k8s.io/controller-tools/cmd/controller-gen
+# coredns: the local cluster's DNS, built with only the plugins its
+# Corefile uses (test/env/cluster/dns.go): CoreDNS's own main links every
+# plugin, cloud SDKs and all, which would add minutes to a cold build. No
+# forward plugin, so it cannot send a query off the machine.
+COREDNS_PLUGINS=(bind ready errors log cache kubernetes)
+
+coredns() {
+	local c=github.com/coredns/coredns
+	WRAP_MAIN=coredns_main build_wrapped coredns "$COREDNS_VERSION" $c "-s -w -X $c/coremain.GitCommit=$COREDNS_VERSION" "" \
+		"${COREDNS_PLUGINS[@]/#/$c/plugin/}"
+}
+
+# coredns_main PLUGIN_PKG...: CoreDNS's own main with its plugin list cut
+# to these (run in the order given: that of CoreDNS's plugin.cfg).
+coredns_main() {
+	local c=github.com/coredns/coredns
+	cat <<EOF
+package main
+
+import (
+	"$c/core/dnsserver"
+	"$c/coremain"
+
+$(printf '\t_ "%s"\n' "$@")
+)
+
+func main() {
+	if err := dnsserver.SetDirectives([]string{$(printf '"%s", ' "${@##*/}")}); err != nil {
+		panic(err)
+	}
+	coremain.Run()
+}
+EOF
+}
+
 }
 
 golangci_lint() {
@@ -239,9 +283,10 @@ build() {
 	controller-gen) controller_gen ;;
 	golangci-lint | lint) golangci_lint ;;
 	helm) helm ;;
+	coredns) coredns ;;
 	csi-sidecars) csi_sidecars ;;
 	*)
-		echo "deps: unknown tool '$1' (want: kubernetes, cni-plugins, cnitool, multus, whereabouts, controller-gen, golangci-lint, helm, csi-sidecars)" >&2
+		echo "deps: unknown tool '$1' (want: kubernetes, cni-plugins, cnitool, multus, whereabouts, coredns, controller-gen, golangci-lint, helm, csi-sidecars)" >&2
 		exit 2
 		;;
 	esac
@@ -259,6 +304,7 @@ main() {
 		controller_gen
 		kubernetes
 		helm
+		coredns
 		csi_sidecars
 		;;
 	path)

@@ -14,6 +14,7 @@ func TestVersion(t *testing.T) {
 		"cni-plugins": "v1.10.0",
 		"multus":      "v4.2.2",
 		"whereabouts": "v0.9.2",
+		"coredns":     "v1.15.0",
 		"nonexistent": "",
 	} {
 		if got := Version(tool); !strings.HasPrefix(got, want) || (want == "" && got != "") {

@@ -10,6 +10,13 @@
 // connection with its hostname (the far end of a connectivity check).
 // With PROBE_HTTP_GET="URL ..." it fetches each (again every second for up
 // to PROBE_CONNECT_WITHIN) and prints its status and first line.
+// With PROBE_RESOLVE="NAME ..." it prints the pod's nameservers and looks
+// each name up (an IP address: its PTR names), again every second for up
+// to PROBE_CONNECT_WITHIN, printing the addresses; with PROBE_UNRESOLVABLE
+// ="NAME ..." it looks each up once and prints the error and how long the
+// answer took (a name the cluster's DNS must refuse, fast). Either exits 1
+// when a name does not behave so. They run before PROBE_CONNECT, which
+// may then name a Service.
 // With PROBE_CONNECT and PROBE_CONNECT_EVERY (a Go duration) it instead
 // connects that often for PROBE_CONNECT_FOR and prints how many attempts
 // failed and the longest time without a connection (reachability during a
@@ -17,6 +24,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -49,6 +57,12 @@ func main() {
 	for _, dev := range strings.Split(os.Getenv("PROBE_DEVICES"), ",") {
 		if dev != "" {
 			fmt.Printf("device %s: %s\n", dev, deviceReport(dev))
+		}
+	}
+	if names, bad := os.Getenv("PROBE_RESOLVE"), os.Getenv("PROBE_UNRESOLVABLE"); names != "" || bad != "" {
+		within, _ := time.ParseDuration(os.Getenv("PROBE_CONNECT_WITHIN"))
+		if !resolveAll(strings.Fields(names), strings.Fields(bad), within) {
+			os.Exit(1)
 		}
 	}
 	if every, _ := time.ParseDuration(os.Getenv("PROBE_CONNECT_EVERY")); every > 0 {
@@ -105,6 +119,59 @@ func get(url string, within time.Duration) bool {
 		fmt.Printf("get %s: %v (trying again)\n", url, err)
 		time.Sleep(time.Second)
 	}
+}
+
+// resolveAll prints the nameservers of /etc/resolv.conf, then looks up
+// each of names until it resolves or within has passed, and each of bad
+// once; it reports whether every name resolved and every bad one failed.
+func resolveAll(names, bad []string, within time.Duration) bool {
+	if b, err := os.ReadFile("/etc/resolv.conf"); err == nil {
+		for line := range strings.Lines(string(b)) {
+			if f := strings.Fields(line); len(f) > 1 && (f[0] == "nameserver" || f[0] == "search") {
+				fmt.Printf("resolv.conf %s\n", strings.Join(f, " "))
+			}
+		}
+	}
+	ok := true
+	for _, name := range names {
+		deadline := time.Now().Add(within)
+		for {
+			addrs, err := lookup(name)
+			if err == nil {
+				fmt.Printf("resolve %s: %s\n", name, strings.Join(addrs, ","))
+				break
+			}
+			if time.Now().After(deadline) {
+				fmt.Printf("resolve %s: %v\n", name, err)
+				ok = false
+				break
+			}
+			fmt.Printf("resolve %s: %v (trying again)\n", name, err)
+			time.Sleep(time.Second)
+		}
+	}
+	for _, name := range bad {
+		start := time.Now()
+		addrs, err := lookup(name)
+		took := time.Since(start).Milliseconds()
+		if err == nil {
+			fmt.Printf("unresolvable %s: resolved to %s in %d ms\n", name, strings.Join(addrs, ","), took)
+			ok = false
+			continue
+		}
+		fmt.Printf("unresolvable %s: %v in %d ms\n", name, err, took)
+	}
+	return ok
+}
+
+// lookup resolves a name to its addresses, or an address to its names.
+func lookup(name string) ([]string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if net.ParseIP(name) != nil {
+		return net.DefaultResolver.LookupAddr(ctx, name)
+	}
+	return net.DefaultResolver.LookupHost(ctx, name)
 }
 
 // connect dials addr, again every second until within has passed: a

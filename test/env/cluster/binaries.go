@@ -8,7 +8,7 @@ import (
 type binaries struct {
 	etcd, apiserver, controllerManager, scheduler, kubelet, kubeProxy string
 	containerd, runc, ctr                                             string
-	multus, whereabouts                                               string
+	multus, whereabouts, coredns                                      string
 	// cniPlugins maps a plugin name to the Debian-packaged binary that the
 	// node's CNI bin dir gets a copy of.
 	cniPlugins map[string]string
@@ -54,6 +54,9 @@ func findBinaries() (binaries, error) {
 		}
 	}
 	if b.whereabouts, err = deps.Binary("whereabouts", "whereabouts"); err != nil {
+		return b, err
+	}
+	if b.coredns, err = deps.Binary("coredns", "coredns"); err != nil {
 		return b, err
 	}
 	b.cniPlugins["multus"] = b.multus

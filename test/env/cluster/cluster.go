@@ -1,12 +1,12 @@
 // Package cluster runs a real Kubernetes of one or more nodes on this
 // machine for development and tests: etcd, kube-apiserver,
-// kube-controller-manager, kube-scheduler and, per node, the kubelet,
-// kube-proxy (built from k8s.io/kubernetes by `make deps`), containerd +
-// runc, a CNI bridge pod network with Multus as the meta plugin. The first
-// node is the machine itself; every other node runs in a network and mount
-// namespace of its own (see nodes.go). All state lives under one directory;
-// every process it starts is recorded by pid, and Down removes every
-// process, link, mount, netns and cgroup that Up made.
+// kube-controller-manager, kube-scheduler, CoreDNS (dns.go) and, per node,
+// the kubelet, kube-proxy (built from k8s.io/kubernetes by `make deps`),
+// containerd + runc, a CNI bridge pod network with Multus as the meta
+// plugin. The first node is the machine itself; every other node runs in a
+// network and mount namespace of its own (see nodes.go). All state lives
+// under one directory; every process it starts is recorded by pid, and
+// Down removes every process, link, mount, netns and cgroup that Up made.
 package cluster
 
 import (
@@ -81,14 +81,14 @@ func DefaultConfig() Config {
 }
 
 type ports struct {
-	apiserver, etcdClient, etcdPeer, controllerManager, scheduler, kubelet, kubeletHealthz, proxyHealthz, proxyMetrics int
+	apiserver, etcdClient, etcdPeer, controllerManager, scheduler, kubelet, kubeletHealthz, proxyHealthz, proxyMetrics, dnsReady int
 }
 
 func (c Config) ports() ports {
 	b := c.BasePort
 	return ports{
 		apiserver: b, etcdClient: b + 1, etcdPeer: b + 2, controllerManager: b + 3,
-		scheduler: b + 4, kubelet: b + 5, kubeletHealthz: b + 6, proxyHealthz: b + 7, proxyMetrics: b + 8,
+		scheduler: b + 4, kubelet: b + 5, kubeletHealthz: b + 6, proxyHealthz: b + 7, proxyMetrics: b + 8, dnsReady: b + 9,
 	}
 }
 
@@ -244,6 +244,7 @@ func (c *Cluster) Up(ctx context.Context) error {
 		{"kube-apiserver", c.startAPIServer},
 		{"kube-controller-manager and kube-scheduler", c.startControllers},
 		{"NetworkAttachmentDefinition CRD and Multus RBAC", c.applyAddons},
+		{"cluster DNS: CoreDNS and Service " + dnsNamespace + "/" + dnsService, c.startDNS},
 	}
 	for _, n := range c.Nodes() {
 		steps = append(steps, c.nodeSteps(n)...)

@@ -49,7 +49,8 @@ func testConfig(t *testing.T) Config {
 }
 
 // TestCluster brings a real two-node cluster up, runs pods on each real
-// kubelet, reaches pods and a Service across nodes, and pods across nodes
+// kubelet, reaches pods and a Service across nodes, resolves Services by
+// name through the cluster DNS on both nodes, and reaches pods across nodes
 // on a second interface through Multus on the shared L2 segment; powers
 // the second node off and on; takes it all down and checks that nothing of
 // it is left on the machine.
@@ -102,6 +103,10 @@ func TestCluster(t *testing.T) {
 
 	t.Run("AcrossNodes", func(t *testing.T) {
 		testAcrossNodes(ctx, t, c)
+	})
+
+	t.Run("ClusterDNS", func(t *testing.T) {
+		testClusterDNS(ctx, t, c)
 	})
 
 	t.Run("NodePathsOfItsOwn", func(t *testing.T) {

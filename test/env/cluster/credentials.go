@@ -19,6 +19,7 @@ var identities = []struct{ file, user, group string }{
 	{"kube-proxy", "system:kube-proxy", ""},
 	{"multus", "podvirt:multus", ""},
 	{"whereabouts", "podvirt:whereabouts", ""},
+	{"coredns", "podvirt:coredns", ""},
 	{"apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters"},
 }
 
@@ -74,6 +75,7 @@ func (c *Cluster) writeCredentials(context.Context) error {
 		c.path("kubeconfigs", "kube-proxy.kubeconfig"):         "kube-proxy",
 		c.path("kubeconfigs", "multus.kubeconfig"):             "multus",
 		c.Whereabouts().Kubeconfig:                             "whereabouts",
+		c.path("kubeconfigs", "coredns.kubeconfig"):            "coredns",
 	}
 	for _, n := range c.Nodes() {
 		configs[c.path("kubeconfigs", kubeletCert(n, "kubelet")+".kubeconfig")] = kubeletCert(n, "kubelet")

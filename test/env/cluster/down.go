@@ -63,7 +63,7 @@ func (c *Cluster) Down(ctx context.Context) error {
 	for _, n := range nodes[1:] {
 		errs = append(errs, c.stopProcess(holderName(n)))
 	}
-	for _, name := range []string{"kube-apiserver", "etcd"} {
+	for _, name := range []string{"coredns", "kube-apiserver", "etcd"} {
 		errs = append(errs, c.stopProcess(name))
 	}
 	errs = append(errs, c.unmountAll(), c.deleteLinks())
@@ -87,7 +87,7 @@ func (c *Cluster) Down(ctx context.Context) error {
 func (c *Cluster) components() map[string]string {
 	m := map[string]string{
 		"etcd": c.bins.etcd, "kube-apiserver": c.bins.apiserver, "kube-controller-manager": c.bins.controllerManager,
-		"kube-scheduler": c.bins.scheduler,
+		"kube-scheduler": c.bins.scheduler, "coredns": c.bins.coredns,
 	}
 	sleep, _ := sleepPath()
 	for _, n := range c.Nodes() {

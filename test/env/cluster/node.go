@@ -206,8 +206,10 @@ authentication:
     clientCAFile: %s
 authorization:
   mode: Webhook
-clusterDomain: cluster.local
-# No cluster DNS: pods get no nameserver rather than the host's, so no
+clusterDomain: %s
+clusterDNS: [%s]
+# Pods with dnsPolicy Default (and host-network ones without
+# ClusterFirstWithHostNet) get no nameserver rather than the host's, so no
 # query ever leaves the machine.
 resolvConf: ""
 podLogsDir: %s
@@ -224,7 +226,8 @@ evictionHard:
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 `, n.Name, c.path("containerd", "containerd.sock"), n.IP, p.kubelet, p.kubeletHealthz,
-		c.path("pki", kubeletCert(n, "kubelet-serving")+".crt"), c.path("pki", kubeletCert(n, "kubelet-serving")+".key"), c.path("pki", "ca.crt"), c.path("pod-logs"))
+		c.path("pki", kubeletCert(n, "kubelet-serving")+".crt"), c.path("pki", kubeletCert(n, "kubelet-serving")+".key"), c.path("pki", "ca.crt"),
+		ClusterDomain, c.DNSServiceIP(), c.path("pod-logs"))
 	if err := writeFile(c.nodePath(n, "kubelet", "config.yaml"), config); err != nil {
 		return err
 	}

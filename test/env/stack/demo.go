@@ -399,8 +399,30 @@ func (s *Stack) deleteAndWait(ctx context.Context, what string, timeout time.Dur
 	return nil
 }
 
+// nameOnL2 gives the VM vm a DNS name on the L2, as a user would: a
+// headless L2 Service of the same name, whose EndpointSlice podvirt's
+// controller fills with the VM's L2 address, so the cluster DNS answers
+// NAME.NAMESPACE with it. It returns that name.
+func (s *Stack) nameOnL2(ctx context.Context, vm string) (string, error) {
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: vm, Namespace: Namespace, Annotations: map[string]string{
+			v1.L2NetworkAnnotation:  VMNetwork,
+			v1.L2SelectorAnnotation: v1.VMNameLabel + "=" + vm,
+		}},
+		Spec: corev1.ServiceSpec{ClusterIP: corev1.ClusterIPNone, Ports: []corev1.ServicePort{{Name: "http", Port: VMPort}}},
+	}
+	// A second run finds it there.
+	if err := s.Client.Create(ctx, svc); err != nil && !apierrors.IsAlreadyExists(err) {
+		return "", fmt.Errorf("vm %s: its L2 Service: %w", vm, err)
+	}
+	name := vm + "." + Namespace
+	s.opts.say("vm %s has the name %s.svc.%s (a headless L2 Service on %s)", vm, name, cluster.ClusterDomain, VMNetwork)
+	return name, nil
+}
+
 // ProbeFromPod runs a plain pod on PodNetwork(vmNAD), on node (any when
-// ""), that connects to addr (host:port) and returns its log.
+// ""), that connects to addr (host:port; host an address or a name the
+// cluster DNS answers) and returns its log.
 func (s *Stack) ProbeFromPod(ctx context.Context, name, vmNAD, node, addr string, timeout time.Duration) (string, error) {
 	if err := s.Cluster.ImportProbe(ctx); err != nil {
 		return "", err
@@ -411,7 +433,9 @@ func (s *Stack) ProbeFromPod(ctx context.Context, name, vmNAD, node, addr string
 	if err := s.deleteAndWait(ctx, "pod "+pod.Namespace+"/"+pod.Name, time.Minute, pod.DeepCopy()); err != nil {
 		return "", err
 	}
-	pod.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "PROBE_CONNECT", Value: addr}}
+	// A name of a new Service resolves a moment later (CoreDNS, the
+	// EndpointSlice); the probe tries for a minute.
+	pod.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "PROBE_CONNECT", Value: addr}, {Name: "PROBE_CONNECT_WITHIN", Value: "60s"}}
 	pod.Spec.NodeName = node
 	_, logs, err := s.Cluster.RunToCompletion(ctx, pod, timeout)
 	// Its log is read; the pod would only stand in the way of a rerun or an
@@ -529,12 +553,17 @@ func Demo(ctx context.Context, c *cluster.Cluster, opts Options) error {
 		opts.say("vm %s (node %s) pings vm %s (%s, node %s) over the L2: 0%% packet loss", n, nodes[n], peer, ips[peer], nodes[peer])
 	}
 	for _, n := range names {
-		node := s.OtherNode(nodes[n])
-		logs, err := s.ProbeFromPod(ctx, "demo-probe-"+n, VMNetwork, node, HostPort(ips[n], VMPort), 3*time.Minute)
+		name, err := s.nameOnL2(ctx, n)
 		if err != nil {
 			return err
 		}
-		opts.say("a plain pod on node %s, NAD %s, reached vm %s at %s:\n%s", node, PodNetwork(VMNetwork), n, HostPort(ips[n], VMPort), strings.TrimSpace(logs))
+		node := s.OtherNode(nodes[n])
+		addr := HostPort(name, VMPort)
+		logs, err := s.ProbeFromPod(ctx, "demo-probe-"+n, VMNetwork, node, addr, 3*time.Minute)
+		if err != nil {
+			return err
+		}
+		opts.say("a plain pod on node %s, NAD %s, reached vm %s by its name %s (%s):\n%s", node, PodNetwork(VMNetwork), n, addr, ips[n], strings.TrimSpace(logs))
 	}
 	opts.say("done in %s", time.Since(start).Round(time.Second))
 	return nil
