@@ -91,6 +91,7 @@ func Convert(vmi *v1.VirtualMachineInstance, opts Options) (*libvirtxml.Domain, 
 		{"disks", convertDisks},
 		{"interfaces", convertInterfaces},
 		{"console", convertConsole},
+		{"guest agent", convertGuestAgent},
 		{"graphics", convertGraphics},
 	}
 	for _, s := range steps {

@@ -20,8 +20,11 @@ APT_PACKAGES=(
 	qemu-system-x86 qemu-utils ovmf libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
 	# the pod network's user-mode NIC, forwarding ports into the guest
 	passt
-	# the test guest: busybox, a bootloader, FAT and ext4 tools
-	busybox-static syslinux syslinux-common extlinux dosfstools mtools e2fsprogs
+	# the test guest: busybox, a bootloader, FAT and ext4 tools; the ssh
+	# server and guest agent it runs (the host's binaries and libraries)
+	busybox-static syslinux syslinux-common extlinux dosfstools mtools e2fsprogs dropbear-bin qemu-guest-agent
+	# podvirtctl ssh's tests: the user's ssh client
+	openssh-client
 	# the CSI importer's tests: a real registry process (TLS + htpasswd)
 	docker-registry
 )
@@ -176,9 +179,6 @@ whereabouts_post() {
 	chmod 644 "$2"/*.yaml
 }
 
-controller_gen() {
-	build_wrapped controller-gen "$CONTROLLER_GEN_VERSION" sigs.k8s.io/controller-tools "-s -w" "" \
-		sigs.k8s.io/controller-tools/cmd/controller-gen
 # coredns: the local cluster's DNS, built with only the plugins its
 # Corefile uses (test/env/cluster/dns.go): CoreDNS's own main links every
 # plugin, cloud SDKs and all, which would add minutes to a cold build. No
@@ -214,6 +214,9 @@ func main() {
 EOF
 }
 
+controller_gen() {
+	build_wrapped controller-gen "$CONTROLLER_GEN_VERSION" sigs.k8s.io/controller-tools "-s -w" "" \
+		sigs.k8s.io/controller-tools/cmd/controller-gen
 }
 
 golangci_lint() {
@@ -280,10 +283,10 @@ build() {
 	cni-plugins | cnitool) cni_plugins ;;
 	multus) multus ;;
 	whereabouts) whereabouts ;;
+	coredns) coredns ;;
 	controller-gen) controller_gen ;;
 	golangci-lint | lint) golangci_lint ;;
 	helm) helm ;;
-	coredns) coredns ;;
 	csi-sidecars) csi_sidecars ;;
 	*)
 		echo "deps: unknown tool '$1' (want: kubernetes, cni-plugins, cnitool, multus, whereabouts, coredns, controller-gen, golangci-lint, helm, csi-sidecars)" >&2
@@ -301,10 +304,10 @@ main() {
 		cni_plugins
 		multus
 		whereabouts
+		coredns
 		controller_gen
 		kubernetes
 		helm
-		coredns
 		csi_sidecars
 		;;
 	path)

@@ -214,7 +214,11 @@ func populateRoot(ctx context.Context, root string, modules map[string]string) e
 			}
 		}
 	}
-	return nil
+	programs, err := hostProgramFiles()
+	if err != nil {
+		return err
+	}
+	return copyHostPrograms(root, programs)
 }
 
 // assembleDisk writes a raw disk: syslinux's MBR code, a partition table

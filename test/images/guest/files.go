@@ -65,6 +65,14 @@ echo "` + BootMarker + ` uptime=$(cut -d' ' -f1 /proc/uptime)"
 acpid -c /etc/acpi -l /dev/null
 ip link set lo up
 /etc/cloud-init.sh
+# ssh: root logs in with the keys cloud-init gave it, never a password;
+# host keys are made at the first connection.
+mkdir -p /etc/dropbear
+dropbear -R -s -p 22
+# QEMU's guest agent, on the virtio-serial port the host named for it.
+for p in /sys/class/virtio-ports/*; do
+	[ "$(cat "$p/name" 2>/dev/null)" = org.qemu.guest_agent.0 ] && qemu-ga -d -m virtio-serial -p "/dev/${p##*/}"
+done
 for d in /sys/class/net/*; do
 	n=${d##*/}
 	[ "$n" = lo ] && continue
@@ -187,6 +195,7 @@ poweroff
 		{"etc/profile", 0o644, "export PS1='podvirt# '\nexport HOME=/root\n"},
 		{"etc/passwd", 0o644, "root:x:0:0:root:/root:/bin/sh\n"},
 		{"etc/group", 0o644, "root:x:0:\n"},
+		{"etc/shells", 0o644, "/bin/sh\n"},
 		{"etc/hostname", 0o644, "podvirt-guest\n"},
 		{"etc/resolv.conf", 0o644, ""},
 	}
@@ -204,9 +213,9 @@ LABEL linux
 
 // Kernel modules: in the initramfs (to reach the root disk and the NICs)
 // and in the root filesystem (power button, cloud-init disk formats, the
-// balloon that reports memory), loaded in this order: isofs needs cdrom's
+// balloon that reports memory, the guest agent's virtio-serial), loaded in this order: isofs needs cdrom's
 // symbols.
 var (
 	initrdModules = []string{"virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci", "virtio_blk", "failover", "net_failover", "virtio_net"}
-	rootModules   = []string{"evdev", "button", "fat", "vfat", "cdrom", "isofs", "nls_cp437", "nls_ascii", "nls_utf8", "nls_iso8859-1", "virtio_balloon"}
+	rootModules   = []string{"evdev", "button", "fat", "vfat", "cdrom", "isofs", "nls_cp437", "nls_ascii", "nls_utf8", "nls_iso8859-1", "virtio_balloon", "virtio_console"}
 )

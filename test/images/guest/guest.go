@@ -15,6 +15,9 @@
 // A build is cached under $PODVIRT_CACHE (default ~/.cache/podvirt) in
 // guest-<hash of the inputs>/, so only the first call is slow (~5 s plus
 // the kernel package download).
+//
+// The guest also runs an ssh server (dropbear; root logs in with the keys
+// cloud-init gave it) and QEMU's guest agent on its virtio-serial channel.
 package guest
 
 import (
@@ -44,7 +47,7 @@ const (
 
 // recipeVersion changes whenever the build steps change in a way the
 // hashed inputs do not show.
-const recipeVersion = "5"
+const recipeVersion = "6"
 
 // kernelMeta is the Debian metapackage that names the current cloud kernel.
 const kernelMeta = "linux-image-cloud-amd64"
@@ -109,7 +112,7 @@ func CheckTools() error {
 			return fmt.Errorf("%w: %s (Debian package %s) not found: run `make deps`", ErrMissingTool, tool, pkg)
 		}
 	}
-	for _, f := range []struct{ path, pkg string }{{mbrBin, "syslinux-common"}, {busyboxBin, "busybox-static"}} {
+	for _, f := range append([]struct{ path, pkg string }{{mbrBin, "syslinux-common"}, {busyboxBin, "busybox-static"}}, hostPrograms...) {
 		if _, err := os.Stat(f.path); err != nil {
 			return fmt.Errorf("%w: %s (Debian package %s) not found: run `make deps`", ErrMissingTool, f.path, f.pkg)
 		}
@@ -201,7 +204,11 @@ func kernelPackage(ctx context.Context) (name, version string, err error) {
 func inputsHash(kpkg, kver string) (string, error) {
 	h := sha256.New()
 	fmt.Fprintf(h, "recipe %s\nkernel %s %s\n", recipeVersion, kpkg, kver)
-	for _, f := range []string{busyboxBin, mbrBin} {
+	programs, err := hostProgramFiles()
+	if err != nil {
+		return "", err
+	}
+	for _, f := range append([]string{busyboxBin, mbrBin}, programs...) {
 		b, err := os.ReadFile(f)
 		if err != nil {
 			return "", err
