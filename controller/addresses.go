@@ -108,7 +108,7 @@ func qualifiedNAD(ns, name string) string {
 // cannot give.
 func (r *VMReconciler) assignIdentity(ctx context.Context, vm *v1alpha1.VirtualMachine) (bool, error) {
 	owner := string(vm.UID)
-	changed := false
+	changed := defaultPodInterface(&vm.Spec.Template.Spec)
 	ifaces := vm.Spec.Template.Spec.Domain.Devices.Interfaces
 	for i := range ifaces {
 		ifc := &ifaces[i]
@@ -171,6 +171,19 @@ func (r *VMReconciler) assignIdentity(ctx context.Context, vm *v1alpha1.VirtualM
 		}
 	}
 	return changed, nil
+}
+
+// defaultPodInterface gives a spec without interfaces and networks its
+// NIC on the pod network (unless autoattachPodInterface is false), and
+// reports whether it did.
+func defaultPodInterface(spec *v1alpha1.VirtualMachineInstanceSpec) bool {
+	devices := &spec.Domain.Devices
+	if len(spec.Networks) > 0 || len(devices.Interfaces) > 0 || !devices.PodInterfaceByDefault() {
+		return false
+	}
+	spec.Networks = []v1alpha1.Network{{Name: v1alpha1.DefaultPodNetwork, NetworkSource: v1alpha1.NetworkSource{Pod: &v1alpha1.PodNetwork{}}}}
+	devices.Interfaces = []v1alpha1.Interface{{Name: v1alpha1.DefaultPodNetwork}}
+	return true
 }
 
 func orStarting(holder string) string {

@@ -240,3 +240,30 @@ func TestIdentityPinnedByUser(t *testing.T) {
 		return c == nil, fmt.Sprint(c)
 	})
 }
+
+// A VM that lists no interfaces gets one on the pod network, with a MAC,
+// as in KubeVirt; autoattachPodInterface: false keeps it without a NIC.
+func TestPodInterfaceByDefault(t *testing.T) {
+	ns := namespace(t)
+	bare := testVM(ns, "bare", v1alpha1.RunStrategyHalted)
+	bare.Spec.Template.Spec.Networks, bare.Spec.Template.Spec.Domain.Devices.Interfaces = nil, nil
+	create(t, bare)
+	none := testVM(ns, "none", v1alpha1.RunStrategyHalted)
+	none.Spec.Template.Spec.Networks, none.Spec.Template.Spec.Domain.Devices.Interfaces = nil, nil
+	none.Spec.Template.Spec.Domain.Devices.AutoattachPodInterface = new(false)
+	create(t, none)
+
+	polltest.Eventually(t, wait, "a VM without interfaces gets one NIC on the pod network, named default, with a MAC", func() (bool, string) {
+		spec := getVM(t, ns, "bare").Spec.Template.Spec
+		ifc := spec.PodInterface()
+		return ifc != nil && ifc.Name == v1alpha1.DefaultPodNetwork && len(spec.Networks) == 1 && ifc.MACAddress != "",
+			fmt.Sprintf("networks %+v, interfaces %+v", spec.Networks, spec.Domain.Devices.Interfaces)
+	})
+	polltest.Eventually(t, wait, "VM none is reconciled (Stopped)", func() (bool, string) {
+		st := getVM(t, ns, "none").Status.PrintableStatus
+		return st == v1alpha1.PrintableStatusStopped, string(st)
+	})
+	if spec := getVM(t, ns, "none").Spec.Template.Spec; len(spec.Networks) != 0 || len(spec.Domain.Devices.Interfaces) != 0 {
+		t.Errorf("autoattachPodInterface: false, yet the VM got networks %+v, interfaces %+v", spec.Networks, spec.Domain.Devices.Interfaces)
+	}
+}

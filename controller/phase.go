@@ -30,6 +30,7 @@ const (
 	ReasonGuestRunning       = "GuestRunning"
 	ReasonPaused             = "Paused"
 	ReasonPodNotReady        = "LauncherPodNotReady"
+	ReasonGuestNotReady      = "ReadinessProbeFailed"
 	ReasonUnschedulable      = corev1.PodReasonUnschedulable
 	ReasonVMIFinal           = "VMIFinished"
 	ReasonWaitingForPod      = "WaitingForLauncherPod"
@@ -197,6 +198,11 @@ func vmiConditions(vmi *v1alpha1.VirtualMachineInstance, pod *corev1.Pod) []meta
 		ready.Message = fmt.Sprintf("the guest is paused (%s) though the VMI does not ask for it: the node daemon resumes it", why)
 	case podReady == nil || podReady.Status != corev1.ConditionTrue:
 		ready.Reason, ready.Message = ReasonPodNotReady, "the launcher pod is not ready"
+	case vmi.Spec.ReadinessProbe != nil && (vmi.Status.Readiness == nil || !vmi.Status.Readiness.Ready):
+		ready.Reason, ready.Message = ReasonGuestNotReady, "the readiness probe has not passed yet"
+		if r := vmi.Status.Readiness; r != nil && r.Message != "" {
+			ready.Message = r.Message
+		}
 	default:
 		ready.Status, ready.Reason = metav1.ConditionTrue, ReasonGuestRunning
 	}

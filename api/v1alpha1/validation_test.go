@@ -14,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -118,6 +119,14 @@ func validVM(name string) *v1alpha1.VirtualMachine {
 						{Name: "l2", NetworkSource: v1alpha1.NetworkSource{Multus: &v1alpha1.MultusNetwork{NetworkName: "default/l2-macvlan"}}},
 					},
 					TerminationGracePeriodSeconds: ptr[int64](30),
+					ReadinessProbe: &v1alpha1.Probe{
+						HTTPGet:       &corev1.HTTPGetAction{Path: "/healthz", Port: intstr.FromInt32(8080)},
+						PeriodSeconds: 5,
+					},
+					LivenessProbe: &v1alpha1.Probe{
+						Exec:                &corev1.ExecAction{Command: []string{"systemctl", "is-active", "nginx"}},
+						InitialDelaySeconds: 120,
+					},
 				},
 			},
 		},
@@ -244,6 +253,19 @@ func TestInvalidVMsAreRejected(t *testing.T) {
 				PropagationMethod: v1alpha1.SSHPublicKeyAccessCredentialPropagationMethod{NoCloud: &v1alpha1.NoCloudPropagation{}},
 			}}}
 		}, "accessCredentials reach the guest through NoCloud: add a cloudInitNoCloud volume"},
+		{"probe with two checks", func(vm *v1alpha1.VirtualMachine) {
+			vmiSpec(vm).ReadinessProbe.TCPSocket = &corev1.TCPSocketAction{Port: intstr.FromInt32(22)}
+		}, "a probe needs exactly one of exec, httpGet, tcpSocket and guestAgentPing"},
+		{"probe with no check", func(vm *v1alpha1.VirtualMachine) {
+			vmiSpec(vm).LivenessProbe.Exec = nil
+		}, "a probe needs exactly one of exec, httpGet, tcpSocket and guestAgentPing"},
+		{"liveness probe passing twice", func(vm *v1alpha1.VirtualMachine) {
+			vmiSpec(vm).LivenessProbe.SuccessThreshold = 2
+		}, "a liveness probe's successThreshold must be 1"},
+		{"http probe without the pod network", func(vm *v1alpha1.VirtualMachine) {
+			s := vmiSpec(vm)
+			s.Networks, s.Domain.Devices.Interfaces = s.Networks[1:], s.Domain.Devices.Interfaces[1:]
+		}, "readinessProbe: tcpSocket and httpGet probes reach the guest through the pod network"},
 		{"network that is both pod and multus", func(vm *v1alpha1.VirtualMachine) {
 			vmiSpec(vm).Networks[0].Multus = &v1alpha1.MultusNetwork{NetworkName: "l2"}
 		}, "a network needs exactly one of pod or multus"},

@@ -48,6 +48,8 @@ type VirtualMachineInstanceList struct {
 // +kubebuilder:validation:XValidation:rule="!has(self.networks) || self.networks.filter(n, has(n.pod)).size() <= 1",message="at most one network can be the pod network (pod: {}); attach further networks through Multus",reason=FieldValueInvalid
 // +kubebuilder:validation:XValidation:rule="!has(self.domain.devices.interfaces) || !has(self.networks) || self.domain.devices.interfaces.all(i, !has(i.binding) || self.networks.all(n, n.name != i.name || (i.binding == 'user') == has(n.pod)))",message="interface binding must match its network: 'user' for the pod network, 'tap' for a Multus network",reason=FieldValueInvalid
 // +kubebuilder:validation:XValidation:rule="!has(self.domain.devices.interfaces) || self.domain.devices.interfaces.all(i, !has(i.ports) || (has(self.networks) && self.networks.exists(n, n.name == i.name && has(n.pod))))",message="interface ports are forwarded by the pod network only: remove ports from an interface on a Multus network (its guest has its own address there)",reason=FieldValueInvalid
+// +kubebuilder:validation:XValidation:rule="!has(self.readinessProbe) || !(has(self.readinessProbe.tcpSocket) || has(self.readinessProbe.httpGet)) || (has(self.networks) && self.networks.exists(n, has(n.pod)))",message="readinessProbe: tcpSocket and httpGet probes reach the guest through the pod network: add it (networks: [{name: default, pod: {}}]) or probe with exec through the guest agent",reason=FieldValueInvalid
+// +kubebuilder:validation:XValidation:rule="!has(self.livenessProbe) || !(has(self.livenessProbe.tcpSocket) || has(self.livenessProbe.httpGet)) || (has(self.networks) && self.networks.exists(n, has(n.pod)))",message="livenessProbe: tcpSocket and httpGet probes reach the guest through the pod network: add it (networks: [{name: default, pod: {}}]) or probe with exec through the guest agent",reason=FieldValueInvalid
 // +kubebuilder:validation:XValidation:rule="!has(self.accessCredentials) || (has(self.volumes) && self.volumes.exists(v, has(v.cloudInitNoCloud)))",message="accessCredentials reach the guest through NoCloud: add a cloudInitNoCloud volume (and disk) to the VM",reason=FieldValueInvalid
 type VirtualMachineInstanceSpec struct {
 	// Domain is the virtual hardware.
@@ -108,6 +110,20 @@ type VirtualMachineInstanceSpec struct {
 	// +optional
 	// +kubebuilder:validation:MaxItems=8
 	AccessCredentials []AccessCredential `json:"accessCredentials,omitempty"`
+
+	// ReadinessProbe decides the VMI's Ready condition (and so whether
+	// Services and L2 Services send it traffic): Ready only while it
+	// passes.
+	//
+	// +optional
+	ReadinessProbe *Probe `json:"readinessProbe,omitempty"`
+	// LivenessProbe stops a guest that keeps failing it: the VMI fails
+	// (reason LivenessProbeFailed) and the VM's run strategy starts it
+	// again.
+	//
+	// +optional
+	// +kubebuilder:validation:XValidation:rule="!has(self.successThreshold) || self.successThreshold <= 1",message="a liveness probe's successThreshold must be 1",reason=FieldValueInvalid
+	LivenessProbe *Probe `json:"livenessProbe,omitempty"`
 }
 
 // AccessCredential is one credential for the guest.
@@ -349,6 +365,13 @@ type Devices struct {
 	//
 	// +optional
 	AutoattachMemBalloon *bool `json:"autoattachMemBalloon,omitempty"`
+
+	// AutoattachPodInterface gives a VM that lists no interfaces and no
+	// networks one NIC on the pod network (named default), as KubeVirt
+	// does; the controller writes it into the VM's spec. Default true.
+	//
+	// +optional
+	AutoattachPodInterface *bool `json:"autoattachPodInterface,omitempty"`
 }
 
 // PodInterface is the spec's interface on the pod network, or nil.
@@ -369,6 +392,12 @@ func (s *VirtualMachineInstanceSpec) PodInterface() *Interface {
 // SerialConsole reports whether the guest gets a serial console.
 func (d *Devices) SerialConsole() bool {
 	return d.AutoattachSerialConsole == nil || *d.AutoattachSerialConsole
+}
+
+// PodInterfaceByDefault reports whether a VM without interfaces gets one
+// on the pod network.
+func (d *Devices) PodInterfaceByDefault() bool {
+	return d.AutoattachPodInterface == nil || *d.AutoattachPodInterface
 }
 
 // MemBalloon reports whether the guest gets a memory balloon.
@@ -786,8 +815,14 @@ type VirtualMachineInstanceStatus struct {
 	// +optional
 	LauncherPod string `json:"launcherPod,omitempty"`
 
-	// Conditions: Ready (the guest runs, is not paused, and the launcher
-	// pod is ready), Paused (True while the guest is paused, its reason
+	// Readiness is the readiness probe's last verdict, from the launcher;
+	// absent without a probe or before its first verdict.
+	//
+	// +optional
+	Readiness *ProbeStatus `json:"readiness,omitempty"`
+
+	// Conditions: Ready (the guest runs, is not paused, the launcher pod
+	// is ready and the readiness probe, if any, passes), Paused (True while the guest is paused, its reason
 	// why, e.g. PausedByUser; absent otherwise), PodScheduled (copied from
 	// the launcher pod), Synchronized (False when the controller cannot
 	// make the launcher pod).

@@ -213,3 +213,7 @@ func FilesystemDiskPath(volume string) string {
 func BlockDiskPath(volume string) string {
 	return path.Join(DiskDir, volume+".dev")
 }
+
+// DefaultPodNetwork names the pod network (and its interface) a VM gets
+// when it lists none, as KubeVirt's.
+const DefaultPodNetwork = "default"

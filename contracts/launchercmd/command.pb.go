@@ -492,9 +492,20 @@ type StatusResponse struct {
 	// state is Starting, Running, Paused, Shutdown or Crashed; empty while
 	// the launcher waits for Start.
 	State string `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"`
-	// reason is what caused the state (the libvirt event).
-	Reason        string       `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
-	Interfaces    []*Interface `protobuf:"bytes,6,rep,name=interfaces,proto3" json:"interfaces,omitempty"`
+	// reason is what caused the state (the libvirt event, or
+	// LivenessProbeFailed when the launcher stopped the guest).
+	Reason     string       `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	Interfaces []*Interface `protobuf:"bytes,6,rep,name=interfaces,proto3" json:"interfaces,omitempty"`
+	// message details the state (the failed liveness probe's error).
+	Message string `protobuf:"bytes,7,opt,name=message,proto3" json:"message,omitempty"`
+	// readiness is the readiness probe's verdict: empty without a probe or
+	// before its first verdict, else Ready or NotReady.
+	Readiness string `protobuf:"bytes,8,opt,name=readiness,proto3" json:"readiness,omitempty"`
+	// readiness_message is why it is NotReady (the probe's last failure).
+	ReadinessMessage string `protobuf:"bytes,9,opt,name=readiness_message,json=readinessMessage,proto3" json:"readiness_message,omitempty"`
+	// warnings say how the domain runs worse than its VMI asked (a pod
+	// network without passt forwards no port); set once it started.
+	Warnings      []string `protobuf:"bytes,10,rep,name=warnings,proto3" json:"warnings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -567,6 +578,34 @@ func (x *StatusResponse) GetReason() string {
 func (x *StatusResponse) GetInterfaces() []*Interface {
 	if x != nil {
 		return x.Interfaces
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *StatusResponse) GetReadiness() string {
+	if x != nil {
+		return x.Readiness
+	}
+	return ""
+}
+
+func (x *StatusResponse) GetReadinessMessage() string {
+	if x != nil {
+		return x.ReadinessMessage
+	}
+	return ""
+}
+
+func (x *StatusResponse) GetWarnings() []string {
+	if x != nil {
+		return x.Warnings
 	}
 	return nil
 }
@@ -1458,7 +1497,7 @@ const file_command_proto_rawDesc = "" +
 	"\x03vmi\x18\x01 \x01(\fR\x03vmi\x12\x1a\n" +
 	"\bnetworks\x18\x02 \x01(\fR\bnetworks\"\x0f\n" +
 	"\rStatusRequest\"\x0e\n" +
-	"\fWatchRequest\"\xc0\x01\n" +
+	"\fWatchRequest\"\xc1\x02\n" +
 	"\x0eStatusResponse\x12\x10\n" +
 	"\x03vmi\x18\x01 \x01(\tR\x03vmi\x12\x10\n" +
 	"\x03uid\x18\x02 \x01(\tR\x03uid\x12\x16\n" +
@@ -1467,7 +1506,12 @@ const file_command_proto_rawDesc = "" +
 	"\x06reason\x18\x05 \x01(\tR\x06reason\x12D\n" +
 	"\n" +
 	"interfaces\x18\x06 \x03(\v2$.podvirt.launcher.v1alpha1.InterfaceR\n" +
-	"interfaces\"]\n" +
+	"interfaces\x12\x18\n" +
+	"\amessage\x18\a \x01(\tR\amessage\x12\x1c\n" +
+	"\treadiness\x18\b \x01(\tR\treadiness\x12+\n" +
+	"\x11readiness_message\x18\t \x01(\tR\x10readinessMessage\x12\x1a\n" +
+	"\bwarnings\x18\n" +
+	" \x03(\tR\bwarnings\"]\n" +
 	"\tInterface\x12\x18\n" +
 	"\anetwork\x18\x01 \x01(\tR\anetwork\x12\x10\n" +
 	"\x03mac\x18\x02 \x01(\tR\x03mac\x12\x0e\n" +

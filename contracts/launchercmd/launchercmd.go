@@ -58,3 +58,9 @@ func (x *StatusResponse) DomainState() v1.DomainState { return v1.DomainState(x.
 
 // DomainState is the domain's final state after a shutdown.
 func (x *ShutdownResponse) DomainState() v1.DomainState { return v1.DomainState(x.GetState()) }
+
+// Readiness verdicts of StatusResponse.readiness.
+const (
+	Ready    = "Ready"
+	NotReady = "NotReady"
+)

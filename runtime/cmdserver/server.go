@@ -37,6 +37,8 @@ type Domain interface {
 	Shutdown(ctx context.Context, grace time.Duration) (graceful bool, err error)
 	Console() (io.ReadWriteCloser, error)
 	Interfaces() []Interface
+	// Health is what the launcher knows of the guest beyond its state.
+	Health() Health
 	// Stats reads the domain's counters; disks and NICs are named by
 	// their VMI names.
 	Stats() (*launchercmd.DomainStatsResponse, error)
@@ -65,6 +67,18 @@ type Interface struct {
 	// Acked is whether the launcher's DHCP server has acknowledged the
 	// lease to the guest at least once.
 	Acked bool
+}
+
+// Health is what the launcher knows of the guest beyond its state: its
+// probes' verdicts and how it runs worse than asked.
+type Health struct {
+	// Message details the state (why the launcher stopped the guest).
+	Message string
+	// Readiness is "" (no probe, or no verdict yet), or
+	// launchercmd.Ready or NotReady; ReadinessMessage says why NotReady.
+	Readiness, ReadinessMessage string
+	// Warnings are set once the domain started.
+	Warnings []string
 }
 
 // Config says which VMI the server speaks for.
@@ -355,6 +369,8 @@ func (s *Server) status() *launchercmd.StatusResponse {
 	}
 	st, reason := d.State()
 	resp.State, resp.Reason = string(st), reason
+	h := d.Health()
+	resp.Message, resp.Readiness, resp.ReadinessMessage, resp.Warnings = h.Message, h.Readiness, h.ReadinessMessage, h.Warnings
 	for _, i := range d.Interfaces() {
 		pi := &launchercmd.Interface{Network: i.Network, Mac: i.MAC.String(), Acked: i.Acked}
 		if i.Addr.IsValid() {

@@ -131,6 +131,7 @@ func (f *fakeDomain) Changed() <-chan struct{} {
 }
 
 func (f *fakeDomain) Interfaces() []Interface { return f.ifaces }
+func (f *fakeDomain) Health() Health          { return Health{} }
 func (f *fakeDomain) Done() <-chan struct{}   { return f.done }
 
 func (f *fakeDomain) Stats() (*launchercmd.DomainStatsResponse, error) { return f.stats, f.statsErr }

@@ -85,6 +85,9 @@ const (
 	ReasonLauncherLost  = "LauncherLost"
 	ReasonDomainCrashed = "DomainCrashed"
 	ReasonShutdown      = "Shutdown"
+	// ReasonDegraded: the domain runs, but with less than its VMI asked
+	// (the launcher's warnings, e.g. a pod network without passt).
+	ReasonDegraded = "Degraded"
 )
 
 // CacheOptions limits the manager's cache: of all pods, only launcher
@@ -352,6 +355,9 @@ func (r *Reconciler) start(ctx context.Context, sess *session, vmi *v1.VirtualMa
 	}
 	sess.mu.Unlock()
 	r.Recorder.Eventf(vmi, pod, corev1.EventTypeNormal, ReasonStarted, "Start", "launcher %s started domain %s", pod.Name, resp.GetDomain())
+	for _, w := range resp.GetWarnings() {
+		r.Recorder.Eventf(vmi, pod, corev1.EventTypeWarning, ReasonDegraded, "Start", "%s", w)
+	}
 	return nil
 }
 

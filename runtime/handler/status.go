@@ -20,6 +20,7 @@ import (
 type observed struct {
 	Domain     *v1.DomainStatus                            `json:"domain"`
 	Interfaces []v1.VirtualMachineInstanceNetworkInterface `json:"interfaces"`
+	Readiness  *v1.ProbeStatus                             `json:"readiness"`
 }
 
 // observe turns the launcher's last status (and why it was lost, if it
@@ -29,7 +30,7 @@ type observed struct {
 func observe(last *launchercmd.StatusResponse, lost string, cur *v1.DomainStatus, now metav1.Time) observed {
 	var o observed
 	state := last.DomainState()
-	reason, message := last.GetReason(), ""
+	reason, message := last.GetReason(), last.GetMessage()
 	switch {
 	case lost != "":
 		state, reason, message = v1.DomainCrashed, ReasonLauncherLost, lost
@@ -39,6 +40,9 @@ func observe(last *launchercmd.StatusResponse, lost string, cur *v1.DomainStatus
 		if cur != nil && cur.State == state {
 			o.Domain.LastTransitionTime = cur.LastTransitionTime
 		}
+	}
+	if r := last.GetReadiness(); r != "" && lost == "" {
+		o.Readiness = &v1.ProbeStatus{Ready: r == launchercmd.Ready, Message: last.GetReadinessMessage()}
 	}
 	for _, i := range last.GetInterfaces() {
 		ni := v1.VirtualMachineInstanceNetworkInterface{Name: i.GetNetwork(), MAC: i.GetMac()}
@@ -58,7 +62,8 @@ func (r *Reconciler) writeStatus(ctx context.Context, vmi *v1.VirtualMachineInst
 	if o.Domain == nil {
 		return nil // the launcher waits for Start: nothing to say yet
 	}
-	if equality.Semantic.DeepEqual(o.Domain, vmi.Status.Domain) && equality.Semantic.DeepEqual(o.Interfaces, vmi.Status.Interfaces) {
+	if equality.Semantic.DeepEqual(o.Domain, vmi.Status.Domain) && equality.Semantic.DeepEqual(o.Interfaces, vmi.Status.Interfaces) &&
+		equality.Semantic.DeepEqual(o.Readiness, vmi.Status.Readiness) {
 		return nil
 	}
 	patch, err := json.Marshal(map[string]observed{"status": o})

@@ -26,13 +26,21 @@ func TestObserve(t *testing.T) {
 		wantState v1.DomainState
 		reason    string
 		when      metav1.Time
+		message   string
+		readiness *v1.ProbeStatus
 	}{
 		{name: "waiting for Start", last: &launchercmd.StatusResponse{}},
 		{name: "first Running", last: running, wantState: v1.DomainRunning, reason: "Booted", when: t1},
 		{name: "still Running keeps the time", last: running, cur: &v1.DomainStatus{State: v1.DomainRunning, LastTransitionTime: t0}, wantState: v1.DomainRunning, reason: "Booted", when: t0},
 		{name: "Running to Paused", last: &launchercmd.StatusResponse{State: "Paused", Reason: "PausedByUser"}, cur: &v1.DomainStatus{State: v1.DomainRunning, LastTransitionTime: t0}, wantState: v1.DomainPaused, reason: "PausedByUser", when: t1},
 		{name: "guest powered off", last: &launchercmd.StatusResponse{State: "Shutdown", Reason: "Shutdown"}, wantState: v1.DomainShutdown, reason: "Shutdown", when: t1},
-		{name: "launcher lost", last: running, lost: "the launcher went away", wantState: v1.DomainCrashed, reason: ReasonLauncherLost, when: t1},
+		{name: "launcher lost", last: running, lost: "the launcher went away", wantState: v1.DomainCrashed, reason: ReasonLauncherLost, when: t1, message: "the launcher went away"},
+		{name: "readiness probe failing", last: &launchercmd.StatusResponse{State: "Running", Reason: "Booted", Readiness: launchercmd.NotReady, ReadinessMessage: "readiness probe: GET / on guest port 80: 503"},
+			wantState: v1.DomainRunning, reason: "Booted", when: t1, readiness: &v1.ProbeStatus{Message: "readiness probe: GET / on guest port 80: 503"}},
+		{name: "readiness probe passing", last: &launchercmd.StatusResponse{State: "Running", Reason: "Booted", Readiness: launchercmd.Ready},
+			wantState: v1.DomainRunning, reason: "Booted", when: t1, readiness: &v1.ProbeStatus{Ready: true}},
+		{name: "liveness probe failed", last: &launchercmd.StatusResponse{State: "Crashed", Reason: "LivenessProbeFailed", Message: "liveness probe: exit status 1"},
+			wantState: v1.DomainCrashed, reason: "LivenessProbeFailed", when: t1, message: "liveness probe: exit status 1"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			o := observe(tc.last, tc.lost, tc.cur, t1)
@@ -42,8 +50,11 @@ func TestObserve(t *testing.T) {
 				}
 				return
 			}
-			if o.Domain == nil || o.Domain.State != tc.wantState || o.Domain.Reason != tc.reason || !o.Domain.LastTransitionTime.Equal(&tc.when) || o.Domain.Message != tc.lost {
-				t.Fatalf("domain %+v, want %s/%s at %s message %q", o.Domain, tc.wantState, tc.reason, tc.when, tc.lost)
+			if o.Domain == nil || o.Domain.State != tc.wantState || o.Domain.Reason != tc.reason || !o.Domain.LastTransitionTime.Equal(&tc.when) || o.Domain.Message != tc.message {
+				t.Fatalf("domain %+v, want %s/%s at %s message %q", o.Domain, tc.wantState, tc.reason, tc.when, tc.message)
+			}
+			if (o.Readiness == nil) != (tc.readiness == nil) || (o.Readiness != nil && *o.Readiness != *tc.readiness) {
+				t.Fatalf("readiness %+v, want %+v", o.Readiness, tc.readiness)
 			}
 			if len(tc.last.GetInterfaces()) > 0 {
 				want := []v1.VirtualMachineInstanceNetworkInterface{

@@ -13,11 +13,15 @@ type nicServer struct {
 	server *dhcp.Server
 }
 
-// Interfaces returns the guest NICs passed to ServeDHCP, in order.
+// Interfaces returns the pod network NIC, then the guest NICs passed to
+// ServeDHCP, in order.
 func (l *Launcher) Interfaces() []cmdserver.Interface {
 	l.dhcp.mu.Lock()
 	defer l.dhcp.mu.Unlock()
-	out := make([]cmdserver.Interface, 0, len(l.dhcp.nics))
+	out := make([]cmdserver.Interface, 0, len(l.dhcp.nics)+1)
+	if l.podNIC != nil {
+		out = append(out, *l.podNIC)
+	}
 	for _, ns := range l.dhcp.nics {
 		i := cmdserver.Interface{Network: ns.nic.Network, MAC: ns.nic.MAC}
 		if ns.nic.Lease != nil {

@@ -70,11 +70,20 @@ type Launcher struct {
 	gone    bool
 	cbID    int
 	started time.Time
+	health  cmdserver.Health
+	// stopReason, when set, is why the launcher destroyed the guest: its
+	// end is a crash with that reason, not a shutdown.
+	stopReason string
 
 	dhcp dhcpServers // has its own lock
 
 	// sockets is where this launcher's migrations put their unix sockets.
 	sockets MigrationSockets
+	// podNIC is the guest's pod network NIC (passt's), nil without one.
+	podNIC *cmdserver.Interface
+	// dialGuest, when set, replaces the dialer of tcpSocket and httpGet
+	// probes.
+	dialGuest dialFunc
 }
 
 // New connects to the libvirt daemon at uri for the domain called name.
@@ -173,6 +182,9 @@ func (l *Launcher) onLifecycle(_ *libvirt.Connect, d *libvirt.Domain, ev *libvir
 		case libvirt.DOMAIN_EVENT_STOPPED_CRASHED, libvirt.DOMAIN_EVENT_STOPPED_FAILED:
 			st = v1.DomainCrashed
 		}
+		if l.stopReason != "" {
+			st, reason = v1.DomainCrashed, l.stopReason
+		}
 		l.setLocked(st, reason)
 		l.goneLocked()
 	case libvirt.DOMAIN_EVENT_UNDEFINED:
@@ -183,16 +195,64 @@ func (l *Launcher) onLifecycle(_ *libvirt.Connect, d *libvirt.Domain, ev *libvir
 func (l *Launcher) setLocked(s v1.DomainState, reason string) {
 	l.state, l.reason = s, reason
 	l.events = append(l.events, Event{State: s, Reason: reason, Time: time.Now()})
+	l.notifyLocked()
+}
+
+// notifyLocked wakes whoever waits on Changed.
+func (l *Launcher) notifyLocked() {
 	close(l.watch)
 	l.watch = make(chan struct{})
+}
+
+// Health returns what the probes found and the start's warnings.
+func (l *Launcher) Health() cmdserver.Health {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	h := l.health
+	h.Warnings = append([]string(nil), h.Warnings...)
+	return h
+}
+
+func (l *Launcher) setReadiness(verdict, message string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.health.Readiness != verdict || l.health.ReadinessMessage != message {
+		l.health.Readiness, l.health.ReadinessMessage = verdict, message
+		l.notifyLocked()
+	}
+}
+
+// warn records something the user should know about how the domain runs.
+func (l *Launcher) warn(msg string) {
+	slog.Warn(msg, "domain", l.name)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.health.Warnings = append(l.health.Warnings, msg)
+	l.notifyLocked()
+}
+
+// stopFailed destroys a running guest that failed (its liveness probe):
+// the domain ends Crashed with reason and message, and the VM's run
+// strategy decides what comes next.
+func (l *Launcher) stopFailed(reason, message string) {
+	d, err := l.domain()
+	if err != nil {
+		return
+	}
+	l.mu.Lock()
+	l.stopReason, l.health.Message = reason, message
+	l.mu.Unlock()
+	slog.Warn("stopping the guest", "domain", l.name, "reason", reason, "message", message)
+	if err := l.destroy(d); err != nil {
+		slog.Error("stop the guest", "domain", l.name, "err", err)
+	}
 }
 
 func (l *Launcher) goneLocked() {
 	if !l.gone {
 		l.gone = true
 		close(l.done)
-		close(l.watch)
-		l.watch = make(chan struct{})
+		l.notifyLocked()
 	}
 }
 
@@ -406,6 +466,9 @@ func (l *Launcher) Close() error {
 		errs = append(errs, err)
 	}
 	errs = append(errs, l.stopDHCP())
+	l.mu.Lock()
+	l.goneLocked() // ends the probes of a domain that never came
+	l.mu.Unlock()
 	return errors.Join(errs...)
 }
 

@@ -4,7 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
+	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
+	"github.com/podvirt/podvirt/runtime/cmdserver"
 	"github.com/podvirt/podvirt/runtime/converter"
 )
 
@@ -50,32 +52,32 @@ func raiseOpenFiles(n uint64) error {
 // and returns its socket once it listens ("" without a pod network, or
 // without passt, when QEMU's slirp carries the NIC and no port is
 // forwarded). passt serves one QEMU and exits when it leaves (-1), and dies
-// with the launcher.
-func startPasst(vmi *v1.VirtualMachineInstance, runDir string) (string, error) {
+// with the launcher. warning says how the pod network does less than the
+// VMI asked.
+func startPasst(vmi *v1.VirtualMachineInstance, runDir string) (socket, warning string, err error) {
 	ifc := vmi.Spec.PodInterface()
 	if ifc == nil {
-		return "", nil
+		return "", "", nil
 	}
 	bin, err := exec.LookPath(converter.UserNetPasst)
 	if err != nil {
-		slog.Warn("passt is not installed: the pod network NIC falls back to slirp and forwards no port", "vmi", vmi.Namespace+"/"+vmi.Name)
-		return "", nil
+		return "", "the launcher image has no passt: the pod network NIC falls back to QEMU's slirp, which forwards no port (Services, port-forward, ssh and probes cannot reach the guest); use a launcher image with passt", nil
 	}
 	// passt binds the forwarded ports as root, then runs as nobody, which
 	// must be able to create its socket: runDir must let others through
 	// (the pod's emptyDir does).
 	dir := filepath.Join(runDir, "passt")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", err
+		return "", "", err
 	}
 	if err := os.Chown(dir, passtUser, passtUser); err != nil {
-		return "", err
+		return "", "", err
 	}
-	socket := filepath.Join(dir, "passt.sock")
+	socket = filepath.Join(dir, "passt.sock")
 	_ = os.Remove(socket) // a previous launcher's in this pod
 	logFile, err := os.Create(filepath.Join(runDir, "passt.log"))
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
 	defer logFile.Close()
 	tcp, udp := converter.PasstPorts(ifc.Ports)
@@ -83,8 +85,7 @@ func startPasst(vmi *v1.VirtualMachineInstance, runDir string) (string, error) {
 		if err := raiseOpenFiles(allPortsFiles); err != nil {
 			// passt would fail to bind them all: forward none, and say
 			// how to forward what the guest serves.
-			slog.Warn("the pod network forwards no port: list the guest's ports in interfaces[].ports to forward them",
-				"vmi", vmi.Namespace+"/"+vmi.Name, "interface", ifc.Name, "reason", err)
+			warning = fmt.Sprintf("the pod network forwards no port into the guest (%v): list the guest's ports in interface %s's ports to forward them", err, ifc.Name)
 			tcp, udp = "none", "none"
 		}
 	}
@@ -93,7 +94,7 @@ func startPasst(vmi *v1.VirtualMachineInstance, runDir string) (string, error) {
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
-		return "", fmt.Errorf("pod network: start passt: %w", err)
+		return "", "", fmt.Errorf("pod network: start passt: %w", err)
 	}
 	exited := make(chan struct{})
 	go func() {
@@ -110,15 +111,15 @@ func startPasst(vmi *v1.VirtualMachineInstance, runDir string) (string, error) {
 		// the kernel rather than connecting, which would use up passt's
 		// one client.
 		if listening(socket) {
-			return socket, nil
+			return socket, warning, nil
 		}
 		select {
 		case <-exited:
 			b, _ := os.ReadFile(logFile.Name())
-			return "", fmt.Errorf("pod network: passt (-t %s -u %s) %s before it listened: %s", tcp, udp, cmd.ProcessState, b)
+			return "", "", fmt.Errorf("pod network: passt (-t %s -u %s) %s before it listened: %s", tcp, udp, cmd.ProcessState, b)
 		case <-ctx.Done():
 			_ = cmd.Process.Kill()
-			return "", errors.New("pod network: passt did not create its socket within " + passtStartTimeout.String())
+			return "", "", errors.New("pod network: passt did not create its socket within " + passtStartTimeout.String())
 		case <-tick.C:
 		}
 	}
@@ -147,3 +148,33 @@ func listening(path string) bool {
 
 // soAcceptCon is the kernel's flag of a listening socket in /proc/net/unix.
 const soAcceptCon = 0x10000
+
+// podInterfaceName is the pod's own NIC, by the CNI convention.
+const podInterfaceName = "eth0"
+
+// podNIC is the pod network NIC as the guest has it: passt gives the guest
+// the pod's address (and the MAC the VMI asks for). nil without a pod
+// network interface or without passt.
+func podNIC(vmi *v1.VirtualMachineInstance, passt bool) *cmdserver.Interface {
+	ifc := vmi.Spec.PodInterface()
+	if ifc == nil || !passt {
+		return nil
+	}
+	nic := &cmdserver.Interface{Network: ifc.Name}
+	nic.MAC, _ = net.ParseMAC(ifc.MACAddress)
+	eth, err := net.InterfaceByName(podInterfaceName)
+	if err != nil {
+		return nic
+	}
+	addrs, err := eth.Addrs()
+	if err != nil {
+		return nic
+	}
+	for _, a := range addrs {
+		if p, err := netip.ParsePrefix(a.String()); err == nil && p.Addr().Is4() {
+			nic.Addr = p
+			break
+		}
+	}
+	return nic
+}

@@ -68,14 +68,19 @@ func TestPodNetworkPortForward(t *testing.T) {
 				t.Fatal(err)
 			}
 			vmi := podNetVMI(t, c.ports)
-			var socket string
+			var socket, warning string
 			err = pod.Do(func(ns.NetNS) error {
 				var err error
-				socket, err = startPasst(vmi, runDir)
+				socket, warning, err = startPasst(vmi, runDir)
 				return err
 			})
 			if err != nil || socket == "" {
 				t.Fatalf("passt: %q, %v", socket, err)
+			}
+			// The launcher's warning (a Degraded event on the VMI) when
+			// it cannot forward what the VMI asks.
+			if forwardsNone := c.ports == nil && !allPorts; forwardsNone != strings.Contains(warning, "forwards no port") {
+				t.Errorf("passt's warning %q; want one saying it forwards no port: %v", warning, forwardsNone)
 			}
 			vm := podNetVM(t, vmi, socket)
 			startVM(t, d, vm)

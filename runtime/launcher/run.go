@@ -238,7 +238,7 @@ func serverConfig(vmi *v1.VirtualMachineInstance) cmdserver.Config {
 // startDomain renders vmi for this pod and starts its domain, with DHCP
 // on its tap NICs.
 func startDomain(uri string, vmi *v1.VirtualMachineInstance, networks *launchercmd.Networks, cfg Config) (*Launcher, error) {
-	opts, nics, err := domainOptions(vmi, networks, cfg)
+	opts, nics, warnings, err := domainOptions(vmi, networks, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -250,6 +250,10 @@ func startDomain(uri string, vmi *v1.VirtualMachineInstance, networks *launcherc
 	if err != nil {
 		return nil, err
 	}
+	for _, w := range warnings {
+		l.warn(w)
+	}
+	l.podNIC = podNIC(vmi, opts.PasstSocket != "")
 	if err := l.ServeDHCP(nics); err != nil {
 		_ = l.Close()
 		return nil, err
@@ -258,6 +262,7 @@ func startDomain(uri string, vmi *v1.VirtualMachineInstance, networks *launcherc
 		_ = l.Close()
 		return nil, err
 	}
+	l.startProbes(vmi, opts.PasstSocket != "")
 	return l, nil
 }
 
@@ -266,7 +271,7 @@ func startDomain(uri string, vmi *v1.VirtualMachineInstance, networks *launcherc
 // the destination XML), DHCP on its taps, and the proxy on listen.
 func prepareIncoming(d *libvirtd.Daemon, vmi *v1.VirtualMachineInstance, networks *launchercmd.Networks, cfg Config, socks MigrationSockets, listen string) (
 	*Launcher, *launchercmd.PrepareMigrationResponse, *Incoming, error) {
-	opts, nics, err := domainOptions(vmi, networks, cfg)
+	opts, nics, warnings, err := domainOptions(vmi, networks, cfg)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -283,6 +288,10 @@ func prepareIncoming(d *libvirtd.Daemon, vmi *v1.VirtualMachineInstance, network
 		return nil, nil, nil, err
 	}
 	l.sockets = socks
+	for _, w := range warnings {
+		l.warn(w)
+	}
+	l.podNIC = podNIC(vmi, opts.PasstSocket != "")
 	if err := l.ServeDHCP(nics); err != nil {
 		_ = l.Close()
 		return nil, nil, nil, err
@@ -292,14 +301,18 @@ func prepareIncoming(d *libvirtd.Daemon, vmi *v1.VirtualMachineInstance, network
 		_ = l.Close()
 		return nil, nil, nil, err
 	}
+	// The probes start once the arrived guest runs here.
+	l.startProbes(vmi, opts.PasstSocket != "")
 	return l, &launchercmd.PrepareMigrationResponse{Address: in.Addr(), Token: token, DomainXml: xml}, in, nil
 }
 
 // domainOptions resolves what the converter needs beyond the VMI from the
 // pod: the disks with their declared formats, the cloud-init disk (built
-// here), and the taps with the guest MACs podvirt-l2 chose.
-func domainOptions(vmi *v1.VirtualMachineInstance, networks *launchercmd.Networks, cfg Config) (converter.Options, []network.GuestNIC, error) {
-	opts := converter.Options{
+// here), and the taps with the guest MACs podvirt-l2 chose; warnings say
+// what of the VMI the pod cannot give.
+func domainOptions(vmi *v1.VirtualMachineInstance, networks *launchercmd.Networks, cfg Config) (
+	opts converter.Options, nics []network.GuestNIC, warnings []string, err error) {
+	opts = converter.Options{
 		DomainType: cfg.DomainType,
 		ConsoleLog: filepath.Join(cfg.RunDir, "console.log"),
 		NVRAMDir:   cfg.RunDir,
@@ -314,43 +327,45 @@ func domainOptions(vmi *v1.VirtualMachineInstance, networks *launchercmd.Network
 			opts.CloudInitDisk = filepath.Join(cfg.RunDir, "cloud-init.iso")
 			sec, err := readNoCloudSecrets(vmi, vol.CloudInitNoCloud, cfg.SecretDir)
 			if err != nil {
-				return opts, nil, err
+				return opts, nil, nil, err
 			}
 			files, err := converter.NoCloudFiles(vmi, vol.CloudInitNoCloud, sec)
 			if err != nil {
-				return opts, nil, fmt.Errorf("volume %s: %w", vol.Name, err)
+				return opts, nil, nil, fmt.Errorf("volume %s: %w", vol.Name, err)
 			}
 			if err := converter.WriteNoCloudISO(opts.CloudInitDisk, files); err != nil {
-				return opts, nil, err
+				return opts, nil, nil, err
 			}
 			continue
 		}
 		src, err := converter.DefaultDiskSource(vol, opts)
 		if err != nil {
-			return opts, nil, err
+			return opts, nil, nil, err
 		}
 		if rel, ok := strings.CutPrefix(src.Path, v1.DiskDir+"/"); ok {
 			src.Path = filepath.Join(cfg.DiskDir, rel)
 		}
 		// A disk.podvirt.io volume declares its format (raw for Block).
 		if declared, ok, err := poddisk.Source(cfg.DiskDir, vol.Name); err != nil {
-			return opts, nil, err
+			return opts, nil, nil, err
 		} else if ok {
 			src = declared
 		}
 		opts.Disks[vol.Name] = src
 	}
-	socket, err := startPasst(vmi, cfg.RunDir)
+	socket, warning, err := startPasst(vmi, cfg.RunDir)
 	if err != nil {
-		return opts, nil, err
+		return opts, nil, nil, err
 	}
 	opts.PasstSocket = socket
-	if networks == nil {
-		return opts, nil, nil
+	if warning != "" {
+		warnings = append(warnings, warning)
 	}
-	nics, err := network.GuestNICs(networks)
-	if err != nil {
-		return opts, nil, err
+	if networks == nil {
+		return opts, nil, warnings, nil
+	}
+	if nics, err = network.GuestNICs(networks); err != nil {
+		return opts, nil, nil, err
 	}
 	opts.Taps = map[string]converter.Tap{}
 	for i := range nics {
@@ -359,5 +374,5 @@ func domainOptions(vmi *v1.VirtualMachineInstance, networks *launchercmd.Network
 		nics[i].NetNS = ""
 		opts.Taps[nics[i].Network] = converter.Tap{Dev: nics[i].Tap, MAC: nics[i].MAC.String()}
 	}
-	return opts, nics, nil
+	return opts, nics, warnings, nil
 }

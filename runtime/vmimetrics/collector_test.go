@@ -35,6 +35,7 @@ func (d statsDomain) Console() (io.ReadWriteCloser, error) {
 	return nil, errors.New("not in this test")
 }
 func (d statsDomain) Interfaces() []cmdserver.Interface                { return nil }
+func (d statsDomain) Health() cmdserver.Health                         { return cmdserver.Health{} }
 func (d statsDomain) Stats() (*launchercmd.DomainStatsResponse, error) { return d.stats, nil }
 func (d statsDomain) Done() <-chan struct{}                            { return nil }
 func (d statsDomain) Migrate(context.Context, *launchercmd.MigrateRequest, func(*launchercmd.MigrationProgress)) (*launchercmd.MigrationProgress, error) {

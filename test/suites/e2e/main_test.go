@@ -174,6 +174,13 @@ func waitNewVMI(ctx context.Context, t *testing.T, name string, old types.UID) *
 	return vmi
 }
 
+// waitVMIRunning waits until the VM's VMI is Running (whatever its
+// addresses: st.WaitRunning also waits for one on the L2).
+func waitVMIRunning(ctx context.Context, t *testing.T, name string) *v1.VirtualMachineInstance {
+	t.Helper()
+	return waitNewVMI(ctx, t, name, "")
+}
+
 func waitNoVMI(ctx context.Context, t *testing.T, name string) {
 	t.Helper()
 	if err := stack.Poll(ctx, 5*time.Minute, func() (bool, error) {

@@ -35,16 +35,7 @@ func TestPodNetworkService(t *testing.T) {
 	tmpl.Spec.Domain.Devices.Interfaces = []v1.Interface{{Name: "default", Ports: []v1.Port{{Name: "http", Port: stack.VMPort}}}}
 	createVM(ctx, t, vm)
 	t.Cleanup(func() { deleteVM(t, name) })
-	err := stack.Poll(ctx, 10*time.Minute, func() (bool, error) {
-		vmi := &v1.VirtualMachineInstance{}
-		if err := st.Client.Get(ctx, client.ObjectKey{Namespace: stack.Namespace, Name: name}, vmi); err != nil {
-			return false, client.IgnoreNotFound(err)
-		}
-		return vmi.Status.Phase == v1.Running, nil
-	})
-	if err != nil {
-		t.Fatalf("vm %s is not Running: %v", name, err)
-	}
+	waitVMIRunning(ctx, t, name)
 
 	bin, err := st.Podvirtctl(ctx)
 	if err != nil {

@@ -46,8 +46,8 @@ const (
 	defaultVMDiskSize = "1Gi"
 	rootDisk          = "root"
 	cloudInitDisk     = "cloudinit"
-	podNetworkName    = "default" // KubeVirt's name for the pod network
-	maxCores          = 256       // the CRD's maximum of cpu.cores
+	podNetworkName    = v1.DefaultPodNetwork
+	maxCores          = 256 // the CRD's maximum of cpu.cores
 )
 
 func (o *options) createVMCommand() *cobra.Command {

@@ -399,8 +399,8 @@ func (c *conversion) vmiSpec(s *fields, out *v1.VirtualMachineInstanceSpec) {
 	out.Networks = keep
 	if len(c.ifaces) == 0 && len(out.Networks) == 0 && autoattachPod {
 		// KubeVirt gives a VM without interfaces one on the pod network.
-		out.Networks = []v1.Network{{Name: "default", NetworkSource: v1.NetworkSource{Pod: &v1.PodNetwork{}}}}
-		out.Domain.Devices.Interfaces = []v1.Interface{{Name: "default", Binding: v1.InterfaceBindingUser}}
+		out.Networks = []v1.Network{{Name: v1.DefaultPodNetwork, NetworkSource: v1.NetworkSource{Pod: &v1.PodNetwork{}}}}
+		out.Domain.Devices.Interfaces = []v1.Interface{{Name: v1.DefaultPodNetwork, Binding: v1.InterfaceBindingUser}}
 	}
 
 	var disks []v1.Disk
@@ -547,6 +547,7 @@ func (c *conversion) domain(d *fields, out *v1.DomainSpec) (autoattachPod bool) 
 	}
 	out.Devices.AutoattachMemBalloon = dev.boolean("autoattachMemBalloon")
 	pod := dev.boolean("autoattachPodInterface")
+	out.Devices.AutoattachPodInterface = pod
 	dev.done()
 	d.done()
 	return pod == nil || *pod
