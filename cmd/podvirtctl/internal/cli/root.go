@@ -8,6 +8,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os/signal"
 	"path/filepath"
@@ -32,11 +33,22 @@ func Main(args []string, streams genericiooptions.IOStreams) int {
 	cmd := NewRootCommand(commandName(args[0]), streams)
 	cmd.SetArgs(args[1:])
 	if err := cmd.ExecuteContext(ctx); err != nil {
+		var code exitCode
+		if errors.As(err, &code) {
+			return int(code)
+		}
 		fmt.Fprintf(streams.ErrOut, "error: %v\n", err)
 		return 1
 	}
 	return 0
 }
+
+// exitCode is the error of a command that ran another program (ssh),
+// which has already said what went wrong: podvirtctl exits with its
+// status and adds nothing.
+type exitCode int
+
+func (c exitCode) Error() string { return fmt.Sprintf("exit status %d", int(c)) }
 
 // commandName is how the user called us: "kubectl virt" through the
 // kubectl plugin mechanism (a binary or link named kubectl-virt).
@@ -73,7 +85,7 @@ func NewRootCommand(name string, streams genericiooptions.IOStreams) *cobra.Comm
 	root.AddCommand(
 		o.startCommand(), o.stopCommand(), o.restartCommand(),
 		o.pauseCommand(true), o.pauseCommand(false),
-		o.migrateCommand(), o.migrateCancelCommand(), o.exposeCommand(), o.portForwardCommand(),
+		o.migrateCommand(), o.migrateCancelCommand(), o.exposeCommand(), o.portForwardCommand(), o.sshCommand(),
 		o.consoleCommand(), o.vncCommand(), o.versionCommand(),
 		o.createCommand(), o.convertCommand(),
 	)
