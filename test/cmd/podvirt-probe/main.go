@@ -21,6 +21,10 @@
 // connects that often for PROBE_CONNECT_FOR and prints how many attempts
 // failed and the longest time without a connection (reachability during a
 // live migration, say).
+// With PROBE_HTTP_BENCH="http://HOST:PORT ..." it measures each server's
+// latency and throughput (bench.go; PROBE_BENCH_SAMPLES, default 30);
+// with PROBE_HTTP_SERVE=:port it serves the pages that measures, until
+// killed.
 package main
 
 import (
@@ -30,6 +34,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -89,6 +94,19 @@ func main() {
 		if failed {
 			os.Exit(1)
 		}
+	}
+	if bases := benchBases(os.Getenv("PROBE_HTTP_BENCH")); len(bases) > 0 {
+		samples, err := strconv.Atoi(os.Getenv("PROBE_BENCH_SAMPLES"))
+		if err != nil || samples < 1 {
+			samples = 30
+		}
+		within, _ := time.ParseDuration(os.Getenv("PROBE_CONNECT_WITHIN"))
+		if !bench(bases, samples, within) {
+			os.Exit(1)
+		}
+	}
+	if addr := os.Getenv("PROBE_HTTP_SERVE"); addr != "" {
+		serveBench(addr, host)
 	}
 	if addr := os.Getenv("PROBE_LISTEN"); addr != "" {
 		serve(addr, host)
