@@ -58,25 +58,8 @@ func TestPodNetworkPortForward(t *testing.T) {
 			pod, client := netnstest.New(t), netnstest.New(t)
 			linkPodNetwork(t, pod, client)
 			d := startDaemonIn(t, pod)
-			// As the pod's emptyDir: passt, running as nobody, reaches its socket.
-			runDir, err := os.MkdirTemp("", "podvirt-podnet-")
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { _ = os.RemoveAll(runDir) })
-			if err := os.Chmod(runDir, 0o711); err != nil {
-				t.Fatal(err)
-			}
 			vmi := podNetVMI(t, c.ports)
-			var socket, warning string
-			err = pod.Do(func(ns.NetNS) error {
-				var err error
-				socket, warning, err = startPasst(vmi, runDir)
-				return err
-			})
-			if err != nil || socket == "" {
-				t.Fatalf("passt: %q, %v", socket, err)
-			}
+			socket, warning := passtIn(t, pod, vmi)
 			// The launcher's warning (a Degraded event on the VMI) when
 			// it cannot forward what the VMI asks.
 			if forwardsNone := c.ports == nil && !allPorts; forwardsNone != strings.Contains(warning, "forwards no port") {
@@ -118,6 +101,30 @@ func TestPodNetworkPortForward(t *testing.T) {
 			}
 		})
 	}
+}
+
+// passtIn starts passt for vmi in pod, with a run dir like the pod's
+// emptyDir, and returns its socket and warning.
+func passtIn(t *testing.T, pod ns.NetNS, vmi *v1.VirtualMachineInstance) (socket, warning string) {
+	t.Helper()
+	// As the pod's emptyDir: passt, running as nobody, reaches its socket.
+	runDir, err := os.MkdirTemp("", "podvirt-podnet-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(runDir) })
+	if err := os.Chmod(runDir, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	err = pod.Do(func(ns.NetNS) error {
+		var err error
+		socket, warning, err = startPasst(vmi, runDir)
+		return err
+	})
+	if err != nil || socket == "" {
+		t.Fatalf("passt: %q, %v", socket, err)
+	}
+	return socket, warning
 }
 
 // linkPodNetwork gives pod an eth0 with podIP and a default route through

@@ -3,7 +3,6 @@ package launcher
 import (
 	"context"
 	"net"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -28,14 +27,6 @@ func TestProbes(t *testing.T) {
 	pod, client := netnstest.New(t), netnstest.New(t)
 	linkPodNetwork(t, pod, client)
 	d := startDaemonIn(t, pod)
-	runDir, err := os.MkdirTemp("", "podvirt-probes-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(runDir) })
-	if err := os.Chmod(runDir, 0o711); err != nil {
-		t.Fatal(err)
-	}
 	const closed = guestWeb + 2 // forwarded, nothing listens
 	vmi := podNetVMI(t, []v1.Port{{Name: "web", Port: guestWeb}, {Name: "closed", Port: closed}})
 	vmi.Spec.ReadinessProbe = &v1.Probe{
@@ -46,15 +37,7 @@ func TestProbes(t *testing.T) {
 		Exec:          &corev1.ExecAction{Command: []string{"/bin/sh", "-c", "test ! -e /tmp/dead"}},
 		PeriodSeconds: 1, FailureThreshold: 2, TimeoutSeconds: 5,
 	}
-	var socket string
-	err = pod.Do(func(ns.NetNS) error {
-		var err error
-		socket, _, err = startPasst(vmi, runDir)
-		return err
-	})
-	if err != nil || socket == "" {
-		t.Fatalf("passt: %q, %v", socket, err)
-	}
+	socket, _ := passtIn(t, pod, vmi)
 	vm := podNetVM(t, vmi, socket)
 	l := startVM(t, d, vm)
 	// The launcher runs in the pod's network namespace; this test does
