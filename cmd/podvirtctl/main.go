@@ -1,6 +1,7 @@
 // Command podvirtctl writes, starts, stops and reaches podvirt VMs: create
 // vm and convert (print manifests), start, stop, restart, pause, unpause,
-// console, vnc, version and shell completion.
+// console, vnc, version and shell completion; image push and image inspect
+// publish VM disk files as containerDisks to registries.
 //
 // Installed (or linked) as kubectl-virt on the PATH it is also the kubectl
 // plugin `kubectl virt`. It takes kubectl's connection flags (--kubeconfig,

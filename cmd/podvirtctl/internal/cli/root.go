@@ -3,7 +3,8 @@
 // its status.stateChangeRequests as the controller expects, pause/unpause
 // set the VMI's podvirt.io/paused annotation for the node daemon, and
 // console and vnc reach the launcher pod through pods/exec. create and
-// convert only print manifests and reach no server.
+// convert only print manifests and reach no server. image push and inspect
+// talk to registries (the API server only for push --storage-class).
 package cli
 
 import (
@@ -87,7 +88,7 @@ func NewRootCommand(name string, streams genericiooptions.IOStreams) *cobra.Comm
 		o.pauseCommand(true), o.pauseCommand(false),
 		o.migrateCommand(), o.migrateCancelCommand(), o.exposeCommand(), o.portForwardCommand(), o.sshCommand(),
 		o.consoleCommand(), o.vncCommand(), o.versionCommand(),
-		o.createCommand(), o.convertCommand(),
+		o.createCommand(), o.convertCommand(), o.imageCommand(),
 	)
 	return root
 }
