@@ -34,7 +34,7 @@ import (
 // imageCmd runs `podvirtctl image ...` with the test's kubeconfig, for as
 // long as a push of the test guest may take; it returns stdout and the
 // error.
-func imageCmd(t *testing.T, args ...string) (string, error) {
+func imageCmd(t testing.TB, args ...string) (string, error) {
 	t.Helper()
 	var out, errOut bytes.Buffer
 	streams := genericiooptions.IOStreams{In: strings.NewReader(""), Out: &out, ErrOut: &errOut}
@@ -49,7 +49,7 @@ func imageCmd(t *testing.T, args ...string) (string, error) {
 // startRegistries runs real registry processes: plain HTTP and TLS (from a
 // CA of its own, so --insecure is needed for both). The user's docker
 // config is out of the way.
-func startRegistries(t *testing.T, tls ...bool) []*testregistry.Registry {
+func startRegistries(t testing.TB, tls ...bool) []*testregistry.Registry {
 	t.Helper()
 	t.Setenv("DOCKER_CONFIG", t.TempDir())
 	var regs []*testregistry.Registry
