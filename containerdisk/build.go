@@ -8,11 +8,8 @@ package containerdisk
 import (
 	"archive/tar"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"os"
 	"path/filepath"
@@ -25,6 +22,7 @@ import (
 	"github.com/klauspost/pgzip"
 
 	"github.com/podvirt/podvirt/csi/image"
+	"github.com/podvirt/podvirt/internal/digestwriter"
 )
 
 // The disk's ownership and modes: KubeVirt's docs build containerDisks with
@@ -207,11 +205,11 @@ func (l *diskLayer) Uncompressed() (io.ReadCloser, error) {
 // hashTar computes an uncompressed layer's digest (which is its diff ID)
 // in one pass over the file.
 func (l *diskLayer) hashTar(ctx context.Context, o Options) error {
-	hw := newHashingWriter(io.Discard)
+	hw := digestwriter.New(io.Discard)
 	if err := l.writeTar(ctx, hw, o.Progress); err != nil {
 		return err
 	}
-	l.diffID, l.blobSize = hw.sum(), hw.n
+	l.diffID, l.blobSize = hw.Digest(), hw.Size()
 	l.digest = l.diffID
 	return nil
 }
@@ -231,7 +229,7 @@ func (l *diskLayer) spoolGzip(ctx context.Context, o Options) (err error) {
 			_ = os.Remove(f.Name())
 		}
 	}()
-	compressed := newHashingWriter(f)
+	compressed := digestwriter.New(f)
 	// pgzip cuts blocks at fixed sizes, whatever its concurrency: its output
 	// depends on the input only, as a reproducible digest needs.
 	zw, err := pgzip.NewWriterLevel(compressed, pgzip.DefaultCompression)
@@ -239,7 +237,7 @@ func (l *diskLayer) spoolGzip(ctx context.Context, o Options) (err error) {
 		return err
 	}
 	zw.ModTime = epoch
-	uncompressed := newHashingWriter(zw)
+	uncompressed := digestwriter.New(zw)
 	if err := l.writeTar(ctx, uncompressed, o.Progress); err != nil {
 		_ = zw.Close()
 		return err
@@ -248,7 +246,7 @@ func (l *diskLayer) spoolGzip(ctx context.Context, o Options) (err error) {
 		return fmt.Errorf("spool the gzip layer at %s: %w", f.Name(), err)
 	}
 	l.spool = f.Name()
-	l.digest, l.diffID, l.blobSize = compressed.sum(), uncompressed.sum(), compressed.n
+	l.digest, l.diffID, l.blobSize = compressed.Digest(), uncompressed.Digest(), compressed.Size()
 	return nil
 }
 
@@ -299,24 +297,4 @@ func (r *fileReader) Read(p []byte) (int, error) {
 		r.progress(r.done, r.total)
 	}
 	return n, err
-}
-
-// hashingWriter counts and sha256-hashes what passes through it.
-type hashingWriter struct {
-	w io.Writer
-	h hash.Hash
-	n int64
-}
-
-func newHashingWriter(w io.Writer) *hashingWriter { return &hashingWriter{w: w, h: sha256.New()} }
-
-func (hw *hashingWriter) Write(p []byte) (int, error) {
-	n, err := hw.w.Write(p)
-	hw.h.Write(p[:n])
-	hw.n += int64(n)
-	return n, err
-}
-
-func (hw *hashingWriter) sum() v1.Hash {
-	return v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(hw.h.Sum(nil))}
 }

@@ -2,11 +2,8 @@ package oci
 
 import (
 	"archive/tar"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"hash"
 	"io"
 	"os"
 
@@ -15,6 +12,8 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/partial"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/podvirt/podvirt/internal/digestwriter"
 )
 
 // DirLayer returns the files under dir as one zstd-compressed layer, cached
@@ -77,12 +76,12 @@ func writeDirLayer(dir, blob string) error {
 		return err
 	}
 	defer f.Close()
-	compressed := newHashingWriter(f)
+	compressed := digestwriter.New(f)
 	zw, err := zstd.NewWriter(compressed, zstd.WithEncoderLevel(zstd.SpeedDefault))
 	if err != nil {
 		return err
 	}
-	uncompressed := newHashingWriter(zw)
+	uncompressed := digestwriter.New(zw)
 	tw := tar.NewWriter(uncompressed)
 	if err := addTree(tw, dir); err != nil {
 		return err
@@ -97,7 +96,7 @@ func writeDirLayer(dir, blob string) error {
 		return err
 	}
 	var l cachedLayer
-	l.Meta.Digest, l.Meta.DiffID, l.Meta.Size = compressed.sum(), uncompressed.sum(), compressed.n
+	l.Meta.Digest, l.Meta.DiffID, l.Meta.Size = compressed.Digest(), uncompressed.Digest(), compressed.Size()
 	meta, err := json.Marshal(l.Meta)
 	if err != nil {
 		return err
@@ -106,24 +105,4 @@ func writeDirLayer(dir, blob string) error {
 		return err
 	}
 	return os.WriteFile(blob+".json", meta, 0o644)
-}
-
-// hashingWriter counts and sha256-hashes what passes through it.
-type hashingWriter struct {
-	w io.Writer
-	h hash.Hash
-	n int64
-}
-
-func newHashingWriter(w io.Writer) *hashingWriter { return &hashingWriter{w: w, h: sha256.New()} }
-
-func (hw *hashingWriter) Write(p []byte) (int, error) {
-	n, err := hw.w.Write(p)
-	hw.h.Write(p[:n])
-	hw.n += int64(n)
-	return n, err
-}
-
-func (hw *hashingWriter) sum() v1.Hash {
-	return v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(hw.h.Sum(nil))}
 }
