@@ -43,12 +43,9 @@ func (o *options) portForwardCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			kind, name := "vm", args[0]
-			if k, n, ok := strings.Cut(args[0], "/"); ok {
-				kind, name = k, n
-			}
-			if kind != "vm" && kind != "vmi" {
-				return fmt.Errorf("%q: name a VM as NAME, vm/NAME or vmi/NAME", args[0])
+			kind, name, err := vmRef(args[0])
+			if err != nil {
+				return err
 			}
 			if stdio {
 				return s.forwardStdio(cmd.Context(), kind, name, args[1], o.streams.In, o.streams.Out)
@@ -59,6 +56,19 @@ func (o *options) portForwardCommand() *cobra.Command {
 	cmd.Flags().StringVar(&address, "address", "127.0.0.1", "the local address to listen on")
 	cmd.Flags().BoolVar(&stdio, "stdio", false, "connect stdin and stdout to the one GUEST port instead of listening")
 	return cmd
+}
+
+// vmRef reads a VM named as NAME or vm/NAME (the VM's running VMI) or
+// vmi/NAME.
+func vmRef(arg string) (kind, name string, err error) {
+	kind, name = "vm", arg
+	if k, n, ok := strings.Cut(arg, "/"); ok {
+		kind, name = k, n
+	}
+	if kind != "vm" && kind != "vmi" || name == "" {
+		return "", "", fmt.Errorf("%q: name a VM as NAME, vm/NAME or vmi/NAME", arg)
+	}
+	return kind, name, nil
 }
 
 // portForward listens on address for each LOCAL:GUEST of ports until ctx

@@ -51,12 +51,9 @@ when none are listed. Put your public key in the guest with spec.accessCredentia
 				}
 				user, target = u, rest
 			}
-			kind, name := "vm", target
-			if k, n, ok := strings.Cut(target, "/"); ok {
-				kind, name = k, n
-			}
-			if kind != "vm" && kind != "vmi" || name == "" {
-				return fmt.Errorf("%q: name a VM as NAME, vm/NAME or vmi/NAME (with USER@ before it)", args[0])
+			kind, name, err := vmRef(target)
+			if err != nil {
+				return err
 			}
 			client, err := exec.LookPath("ssh")
 			if err != nil {
