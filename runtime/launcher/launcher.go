@@ -231,8 +231,8 @@ func (l *Launcher) warn(msg string) {
 	l.notifyLocked()
 }
 
-// stopFailed destroys a running guest that failed (its liveness probe):
-// the domain ends Crashed with reason and message, and the VM's run
+// stopFailed destroys a running guest that failed (its liveness probe),
+// once: the domain ends Crashed with reason and message, and the VM's run
 // strategy decides what comes next.
 func (l *Launcher) stopFailed(reason, message string) {
 	d, err := l.domain()
@@ -240,6 +240,10 @@ func (l *Launcher) stopFailed(reason, message string) {
 		return
 	}
 	l.mu.Lock()
+	if l.stopReason != "" {
+		l.mu.Unlock()
+		return // stopped once already; a probe still failing says nothing new
+	}
 	l.stopReason, l.health.Message = reason, message
 	l.mu.Unlock()
 	slog.Warn("stopping the guest", "domain", l.name, "reason", reason, "message", message)

@@ -42,7 +42,7 @@ type check func(ctx context.Context) error
 func (l *Launcher) startProbes(vmi *v1.VirtualMachineInstance, passt bool) {
 	if p := vmi.Spec.ReadinessProbe; p != nil {
 		l.setReadiness(launchercmd.NotReady, "the readiness probe has not passed yet")
-		go l.runProbe("readiness", p, l.probeCheck(vmi, p, passt), 1, func(ok bool, err error) {
+		go l.runProbe("readiness", p, l.probeCheck(vmi, p, passt), func(ok bool, err error) {
 			if ok {
 				l.setReadiness(launchercmd.Ready, "")
 			} else {
@@ -51,7 +51,7 @@ func (l *Launcher) startProbes(vmi *v1.VirtualMachineInstance, passt bool) {
 		})
 	}
 	if p := vmi.Spec.LivenessProbe; p != nil {
-		go l.runProbe("liveness", p, l.probeCheck(vmi, p, passt), 0, func(ok bool, err error) {
+		go l.runProbe("liveness", p, l.probeCheck(vmi, p, passt), func(ok bool, err error) {
 			if !ok {
 				l.stopFailed(ReasonLivenessProbeFailed, "liveness probe: "+err.Error())
 			}
@@ -60,12 +60,12 @@ func (l *Launcher) startProbes(vmi *v1.VirtualMachineInstance, passt bool) {
 }
 
 // runProbe calls verdict when the probe turns (the first time, and after
-// the thresholds of passes or failures in a row); liveness (successes 0)
-// stops after its first failing verdict.
-func (l *Launcher) runProbe(kind string, p *v1.Probe, c check, successes int32, verdict func(ok bool, err error)) {
+// the thresholds of passes or failures in a row), and with the newest
+// reason while it keeps failing, until the domain is gone.
+func (l *Launcher) runProbe(kind string, p *v1.Probe, c check, verdict func(ok bool, err error)) {
 	timeout := seconds(p.TimeoutSeconds, v1.DefaultProbeTimeoutSeconds)
 	period := seconds(p.PeriodSeconds, v1.DefaultProbePeriodSeconds)
-	needOK := max(p.SuccessThreshold, successes, 1)
+	needOK := max(p.SuccessThreshold, 1)
 	needFail := p.FailureThreshold
 	if needFail <= 0 {
 		needFail = v1.DefaultProbeFailureThreshold
@@ -96,9 +96,6 @@ func (l *Launcher) runProbe(kind string, p *v1.Probe, c check, successes int32, 
 				slog.Warn("probe failed", "probe", kind, "times", failRun, "err", err)
 				passing = new(false)
 				verdict(false, err)
-				if successes == 0 {
-					return
-				}
 			case err != nil && passing != nil && !*passing:
 				verdict(false, err) // still failing: the newest reason
 			}
