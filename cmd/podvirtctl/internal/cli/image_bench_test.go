@@ -2,8 +2,6 @@ package cli
 
 import (
 	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"net"
@@ -118,12 +116,11 @@ func (f *fileBlob) Digest() (gcrv1.Hash, error) {
 			return gcrv1.Hash{}, err
 		}
 		defer file.Close()
-		h := sha256.New()
-		n, err := io.Copy(h, file)
+		h, n, err := gcrv1.SHA256(file)
 		if err != nil {
 			return gcrv1.Hash{}, err
 		}
-		f.digest, f.size = &gcrv1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(h.Sum(nil))}, n
+		f.digest, f.size = &h, n
 	}
 	return *f.digest, nil
 }
