@@ -10,5 +10,7 @@
 //   - cniresults: podvirt-l2's saved ADD results — the plugin writes them,
 //     the node daemon reads them;
 //   - launchercmd: the handler–launcher command protocol on the launcher's
-//     unix socket.
+//     unix socket;
+//   - upload: image-upload's claim annotations, upload pod and resumable
+//     protocol — podvirtctl, the controller and the CSI driver.
 package contracts

@@ -30,12 +30,14 @@ import (
 
 	"github.com/podvirt/podvirt/cmd/internal/restconfig"
 	"github.com/podvirt/podvirt/cmd/internal/version"
+	uploadcontract "github.com/podvirt/podvirt/contracts/upload"
 	"github.com/podvirt/podvirt/csi/cluster"
 	"github.com/podvirt/podvirt/csi/driver"
 	"github.com/podvirt/podvirt/csi/egress"
 	"github.com/podvirt/podvirt/csi/image"
 	"github.com/podvirt/podvirt/csi/importer"
 	"github.com/podvirt/podvirt/csi/registration"
+	"github.com/podvirt/podvirt/csi/upload"
 )
 
 func main() {
@@ -44,7 +46,12 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	err := run(ctx, os.Args[1:])
+	var err error
+	if len(os.Args) > 1 && os.Args[1] == uploadcontract.Command {
+		err = serveUpload(ctx, os.Args[2:])
+	} else {
+		err = run(ctx, os.Args[1:])
+	}
 	if errors.Is(err, flag.ErrHelp) {
 		return
 	}
@@ -188,4 +195,30 @@ func limits(maxVirtualSize int64) image.Limits {
 	l := image.DefaultLimits
 	l.MaxVirtualSize = maxVirtualSize
 	return l
+}
+
+// serveUpload runs an upload pod's server (podvirtctl image-upload): the
+// controller starts this image with the upload-server subcommand.
+func serveUpload(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("podvirt-csi "+uploadcontract.Command, flag.ContinueOnError)
+	dir := fs.String("dir", uploadcontract.Dir, "the CSI inline volume the bytes go to")
+	length := fs.Int64("length", 0, "the upload's length in bytes (the claim's "+uploadcontract.SizeAnnotation+")")
+	address := fs.String("address", fmt.Sprintf(":%d", uploadcontract.Port), "address to serve the upload protocol on")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *length <= 0 {
+		return fmt.Errorf("--length %d: give the upload's length in bytes", *length)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	srv := &http.Server{Addr: *address, Handler: (&upload.Server{Dir: *dir, Length: *length, Log: log}).Handler(), ReadHeaderTimeout: 30 * time.Second}
+	go func() {
+		<-ctx.Done()
+		_ = srv.Close()
+	}()
+	log.Info("serving an upload", "address", *address, "dir", *dir, "length", *length)
+	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
 }
