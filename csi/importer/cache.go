@@ -273,6 +273,8 @@ func (c *Cache) plan(ctx context.Context, src Source) (*job, string, error) {
 		return c.planRegistry(ctx, src)
 	case strings.HasPrefix(src.URL, "http://") || strings.HasPrefix(src.URL, "https://"):
 		return c.planHTTP(src)
+	case strings.HasPrefix(src.URL, "upload://") && src.Upload != nil:
+		return c.planUpload(src)
 	default:
 		return nil, "", terminal(fmt.Errorf("source %q: unsupported scheme; use docker://registry/repo:tag or http(s)://…", src.URL))
 	}

@@ -32,10 +32,9 @@ func (s *httpSource) resumes(*checkpoint) bool { return true }
 // known before downloading), else by its URL.
 func (c *Cache) planHTTP(src Source) (*job, string, error) {
 	if src.Checksum != "" {
-		sum := strings.ToLower(src.Checksum)
-		hexPart, ok := strings.CutPrefix(sum, "sha256:")
-		if b, err := hex.DecodeString(hexPart); !ok || err != nil || len(b) != sha256.Size {
-			return nil, "", terminal(fmt.Errorf("checksum %q of %s is not sha256:<64 hex digits>; fix the source's checksum", src.Checksum, src.URL))
+		sum, err := checksumDigest(src)
+		if err != nil {
+			return nil, "", err
 		}
 		return c.newJob(src, &httpSource{src: src}, sum), sum, nil
 	}
@@ -43,6 +42,16 @@ func (c *Cache) planHTTP(src Source) (*job, string, error) {
 	digest := c.idx.Sources[sourceKey(src)]
 	c.mu.Unlock()
 	return c.newJob(src, &httpSource{src: src}, "url:"+sourceKey(src)), digest, nil
+}
+
+// checksumDigest is src's checksum as a digest, checked.
+func checksumDigest(src Source) (string, error) {
+	sum := strings.ToLower(src.Checksum)
+	hexPart, ok := strings.CutPrefix(sum, "sha256:")
+	if b, err := hex.DecodeString(hexPart); !ok || err != nil || len(b) != sha256.Size {
+		return "", terminal(fmt.Errorf("checksum %q of %s is not sha256:<64 hex digits>; fix the source's checksum", src.Checksum, src.URL))
+	}
+	return sum, nil
 }
 
 // stream downloads an http(s) source into w (decompressing .gz/.xz), checks its
@@ -86,7 +95,7 @@ func (s *httpSource) stream(ctx context.Context, j *job, w *sparseWriter, cp *ch
 		comp = image.XZ
 	}
 	if comp == image.None {
-		err = s.copyIdentity(j, w, raw)
+		err = j.copyPlain(w, raw, s.validator)
 	} else {
 		err = decompress(ctx, w, raw, comp)
 		if err == nil {
@@ -115,7 +124,9 @@ func (s *httpSource) stream(ctx context.Context, j *job, w *sparseWriter, cp *ch
 	return digest, nil
 }
 
-func (s *httpSource) copyIdentity(j *job, w *sparseWriter, raw *countingReader) error {
+// copyPlain copies raw into w unchanged, offering a checkpoint (with the
+// source's validator, "" for none) every ckptSize bytes and when raw fails.
+func (j *job) copyPlain(w *sparseWriter, raw *countingReader, validator string) error {
 	buf := make([]byte, 1<<20)
 	since := int64(0)
 	for {
@@ -130,12 +141,12 @@ func (s *httpSource) copyIdentity(j *job, w *sparseWriter, raw *countingReader) 
 			return nil
 		}
 		if err != nil {
-			j.ckpt.final(&checkpoint{Key: j.key, BlobOffset: raw.n, BlobHash: hashState(raw.h), OutOffset: w.off, Validator: s.validator})
+			j.ckpt.final(&checkpoint{Key: j.key, BlobOffset: raw.n, BlobHash: hashState(raw.h), OutOffset: w.off, Validator: validator})
 			return err
 		}
 		if since >= j.c.ckptSize {
 			since = 0
-			cp := &checkpoint{Key: j.key, BlobOffset: raw.n, BlobHash: hashState(raw.h), OutOffset: w.off, Validator: s.validator}
+			cp := &checkpoint{Key: j.key, BlobOffset: raw.n, BlobHash: hashState(raw.h), OutOffset: w.off, Validator: validator}
 			if err := j.ckpt.offer(cp); err != nil {
 				return &writeError{err}
 			}

@@ -18,6 +18,7 @@ const (
 
 	sourceRegistry = "registry"
 	sourceHTTP     = "http"
+	sourceUpload   = "upload"
 )
 
 type metrics struct {
@@ -63,7 +64,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	// hit ratio) rather than no data.
 	m.lookups.WithLabelValues(lookupHit)
 	m.lookups.WithLabelValues(lookupMiss)
-	for _, kind := range []string{sourceRegistry, sourceHTTP} {
+	for _, kind := range []string{sourceRegistry, sourceHTTP, sourceUpload} {
 		m.bytes.WithLabelValues(kind)
 	}
 	for _, result := range []string{importSuccess, importTerminal, importRetryable, importCancelled} {

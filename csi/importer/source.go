@@ -4,9 +4,12 @@ package importer
 
 // Source says where an image comes from and how to reach it.
 type Source struct {
-	// URL is docker://host/repo:tag, docker://host/repo@sha256:…, or http(s)://….
+	// URL is docker://host/repo:tag, docker://host/repo@sha256:…, http(s)://…, or
+	// upload://namespace/claim for an upload (with Upload set).
 	URL string
-	// Checksum ("sha256:<hex>") is optional and applies to http(s) sources.
+	// Upload is the file an upload's bytes arrive in, for upload:// sources.
+	Upload *Upload
+	// Checksum ("sha256:<hex>") is optional for http(s) sources and required for uploads.
 	Checksum string
 	// Mirrors are registry hosts (host[:port]) tried in order for docker:// sources;
 	// empty means the URL's own host.
@@ -45,4 +48,12 @@ type Base struct {
 	// Cached: the image was in the node's cache already, so this Acquire
 	// downloaded nothing.
 	Cached bool
+}
+
+// Upload is a file that grows while a user uploads it (podvirtctl image-upload).
+type Upload struct {
+	// Path is the file the bytes are appended to.
+	Path string
+	// Length is how long it will be: the import reads that many bytes, waiting for them.
+	Length int64
 }
