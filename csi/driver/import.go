@@ -16,6 +16,7 @@ import (
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/contracts/diskmeta"
+	"github.com/podvirt/podvirt/contracts/upload"
 	"github.com/podvirt/podvirt/csi/importer"
 	"github.com/podvirt/podvirt/csi/state"
 	"github.com/podvirt/podvirt/csi/volume"
@@ -66,6 +67,9 @@ func (d *Driver) resolveImage(ctx context.Context, req *csi.CreateVolumeRequest,
 		p.claim = claim
 		if claim.Annotations[v1.DiskBlankAnnotation] == "true" {
 			return nil // an empty disk, whatever the StorageClass's source
+		}
+		if strings.TrimSpace(claim.Annotations[v1.DiskSourceAnnotation]) == upload.Source {
+			return d.resolveUpload(p, claim)
 		}
 		if s := strings.TrimSpace(claim.Annotations[v1.DiskSourceAnnotation]); s != "" {
 			if err := checkSourceURL(s); err != nil {
@@ -153,6 +157,24 @@ func (d *Driver) resolveImage(ctx context.Context, req *csi.CreateVolumeRequest,
 		}
 	}
 	p.image = &src
+	return nil
+}
+
+// resolveUpload plans the import of a claim filled by podvirtctl image-upload.
+func (d *Driver) resolveUpload(p *plan, claim *corev1.PersistentVolumeClaim) error {
+	if d.opts.Cache == nil {
+		return status.Errorf(codes.FailedPrecondition, "CreateVolume %q: upload: %v", p.name, errNoCache)
+	}
+	src, err := d.uploadSource(claim)
+	if err != nil {
+		err = status.Errorf(codes.InvalidArgument, "CreateVolume %q: %v", p.name, err)
+		msg := status.Convert(err).Message()
+		d.event(claim, corev1.EventTypeWarning, ReasonImportFailed, msg)
+		d.recordImport(claim, importAnnotations(v1.ImportFailed, nil, msg))
+		return err
+	}
+	p.failureKey = src.URL + " " + string(claim.UID) + " " + src.Checksum
+	p.image = src
 	return nil
 }
 
@@ -252,6 +274,7 @@ func (d *Driver) importVolume(ctx context.Context, p plan, v state.Volume) (stat
 	if !overlay {
 		release() // a copy does not need the cached image any more
 	}
+	d.removeUpload(src)
 	if err := d.store.PutVolume(v); err != nil {
 		err = status.Errorf(codes.Internal, "record volume %q on node %s: %v (retrying)", p.name, d.opts.NodeID, err)
 		d.retrying(p, status.Convert(err).Message())

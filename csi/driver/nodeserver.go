@@ -146,6 +146,9 @@ func (d *Driver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolu
 // NodePublishVolume bind-mounts the staged volume at the target path: the
 // volume directory for Filesystem, the loop device onto a file for Block.
 func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
+	if req.GetVolumeContext()[contextEphemeral] == "true" {
+		return d.publishUpload(ctx, req)
+	}
 	if req.GetVolumeId() != "" && req.GetTargetPath() != "" && req.GetVolumeCapability() == nil {
 		return nil, status.Errorf(codes.InvalidArgument, "NodePublishVolume %s: no volume capability", req.GetVolumeId())
 	}
