@@ -25,12 +25,23 @@ const DefaultLauncherImage = "podvirt.local/podvirt-launcher:dev"
 // DefaultLauncherCommand runs the launcher inside the launcher image.
 var DefaultLauncherCommand = []string{"/usr/bin/podvirt-launcher"}
 
+// DefaultUploadImage is the upload pods' image (the CSI driver's) unless
+// configured otherwise.
+const DefaultUploadImage = "podvirt.local/podvirt-csi:dev"
+
+// DefaultUploadCommand runs podvirt-csi inside that image.
+var DefaultUploadCommand = []string{"/usr/bin/podvirt-csi"}
+
 // Config is what the reconcilers need to know beyond the API objects.
 type Config struct {
 	// LauncherImage is the image of every launcher pod.
 	LauncherImage string
 	// LauncherCommand is the launcher pod's command.
 	LauncherCommand []string
+	// UploadImage and UploadCommand run upload pods (podvirtctl
+	// image-upload): the CSI driver's image and its podvirt-csi binary.
+	UploadImage   string
+	UploadCommand []string
 	// UseEmulation leaves out the devices.podvirt.io/kvm request and adds
 	// the TCG memory overhead, for nodes without /dev/kvm.
 	UseEmulation bool
@@ -77,6 +88,8 @@ func DefaultConfig() Config {
 	return Config{
 		LauncherImage:                     DefaultLauncherImage,
 		LauncherCommand:                   DefaultLauncherCommand,
+		UploadImage:                       DefaultUploadImage,
+		UploadCommand:                     DefaultUploadCommand,
 		ContainerDiskSize:                 resource.MustParse("10Gi"),
 		CPUAllocationRatio:                10,
 		RestartBackoff:                    10 * time.Second,

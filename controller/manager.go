@@ -81,6 +81,14 @@ func Setup(mgr ctrl.Manager, cfg Config) error {
 	if err := evacuation.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up evacuation controller: %w", err)
 	}
+	uploads, err := UploadCache(mgr)
+	if err != nil {
+		return fmt.Errorf("upload cache: %w", err)
+	}
+	up := &UploadReconciler{Client: mgr.GetClient(), Cache: uploads, Recorder: mgr.GetEventRecorder("podvirt-controller"), Config: &cfg}
+	if err := up.SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("set up upload controller: %w", err)
+	}
 	l2 := &L2ServiceReconciler{
 		Client:    mgr.GetClient(),
 		APIReader: mgr.GetAPIReader(),

@@ -65,6 +65,7 @@ func run(args []string) error {
 		logLevel        = fs.Int("v", 0, "log verbosity (0 info, 1 debug)")
 	)
 	fs.StringVar(&cfg.LauncherImage, "launcher-image", envOr("PODVIRT_LAUNCHER_IMAGE", controller.DefaultLauncherImage), "launcher image (env PODVIRT_LAUNCHER_IMAGE)")
+	fs.StringVar(&cfg.UploadImage, "upload-image", envOr("PODVIRT_UPLOAD_IMAGE", controller.DefaultUploadImage), "image of upload pods (podvirtctl image-upload): the CSI driver's (env PODVIRT_UPLOAD_IMAGE)")
 	emulation := emulationFlag{cfg: &cfg}
 	if err := emulation.Set(envOr("PODVIRT_USE_EMULATION", "auto")); err != nil {
 		return fmt.Errorf("env PODVIRT_USE_EMULATION: %w", err)
