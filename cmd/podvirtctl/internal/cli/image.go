@@ -222,14 +222,9 @@ func (o *options) push(ctx context.Context, file, ref string, f registryFlags, s
 	if _, err := containerdisk.CheckFile(file); err != nil {
 		return fmt.Errorf("nothing was pushed: %w", err)
 	}
-	info, err := image.Validate(ctx, file, file, image.DefaultLimits)
-	var refusal *image.Error
-	switch {
-	case errors.As(err, &refusal):
-		refusal.Hint = pushHint(file, refusal)
-		return fmt.Errorf("podvirt's nodes would refuse this disk, so nothing was pushed: %w", err)
-	case err != nil: // qemu-img missing (the message names its package), or interrupted
-		return fmt.Errorf("nothing was pushed: %w", err)
+	info, err := checkDisk(ctx, file, "push", "nothing was pushed")
+	if err != nil {
+		return err
 	}
 	progress := o.progress()
 	var buildProgress func(done, total int64)
@@ -289,17 +284,18 @@ func (o *options) push(ctx context.Context, file, ref string, f registryFlags, s
 	return nil
 }
 
-// pushHint says what to do about a refused file in terms of this file and
-// this command, where csi/image speaks of an image already published.
-func pushHint(file string, e *image.Error) string {
+// diskHint says what to do about a refused file in terms of this file and
+// this command (verb: push, upload), where csi/image speaks of an image
+// already published.
+func diskHint(file string, e *image.Error, verb string) string {
 	flat := strings.TrimSuffix(file, filepath.Ext(file)) + "-flat.qcow2"
 	switch e.Reason {
 	case image.ReasonBackingFile, image.ReasonDataFile:
-		return fmt.Sprintf("make a self-contained copy with `qemu-img convert -O qcow2 %s %s` and push that", file, flat)
+		return fmt.Sprintf("make a self-contained copy with `qemu-img convert -O qcow2 %s %s` and %s that", file, flat, verb)
 	case image.ReasonUnsupported:
-		return fmt.Sprintf("convert it with `qemu-img convert -O qcow2 %s %s` and push that", file, flat)
+		return fmt.Sprintf("convert it with `qemu-img convert -O qcow2 %s %s` and %s that", file, flat, verb)
 	case image.ReasonNotAnImage, image.ReasonEmpty:
-		return "push a qcow2 or raw disk image (decompressed: push compresses the layer itself)"
+		return verb + " a qcow2 or raw disk image, decompressed"
 	}
 	return e.Hint
 }

@@ -90,18 +90,11 @@ func (s *session) forwardStdio(ctx context.Context, kind, name, port string, in 
 	if err != nil {
 		return err
 	}
-	failed := make(chan error, 1)
-	go func() { failed <- fw.ForwardPorts() }()
-	select {
-	case <-fw.Ready:
-	case err := <-failed:
+	local, err := serveLocal(fw)
+	if err != nil {
 		return err
 	}
-	local, err := fw.GetPorts()
-	if err != nil || len(local) != 1 {
-		return fmt.Errorf("port-forward: no local port: %w", err)
-	}
-	conn, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(int(local[0].Local))))
+	conn, err := net.Dial("tcp", local)
 	if err != nil {
 		return err
 	}
@@ -139,6 +132,33 @@ func (s *session) forwarder(ctx context.Context, kind, name, address string, por
 	if err != nil {
 		return nil, err
 	}
+	fw, err := s.podForwarder(ctx, pod, address, ports, out)
+	if err != nil {
+		return nil, fmt.Errorf("port-forward to %s %s: %w", kind, name, err)
+	}
+	return fw, nil
+}
+
+// serveLocal starts fw, which forwards one port from a free loopback port,
+// and returns that port's address; fw stops with its context.
+func serveLocal(fw *portforward.PortForwarder) (string, error) {
+	failed := make(chan error, 1)
+	go func() { failed <- fw.ForwardPorts() }()
+	select {
+	case <-fw.Ready:
+	case err := <-failed:
+		return "", err
+	}
+	local, err := fw.GetPorts()
+	if err != nil || len(local) != 1 {
+		return "", fmt.Errorf("port-forward: no local port: %w", err)
+	}
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(int(local[0].Local))), nil
+}
+
+// podForwarder makes a port forwarder to a pod of the session's namespace
+// through the API server (pods/portforward).
+func (s *session) podForwarder(ctx context.Context, pod, address string, ports []string, out io.Writer) (*portforward.PortForwarder, error) {
 	url := s.kube.CoreV1().RESTClient().Post().Resource("pods").Namespace(s.ns).Name(pod).SubResource("portforward").URL()
 	transport, upgrader, err := spdy.RoundTripperFor(s.config)
 	if err != nil {
@@ -152,9 +172,5 @@ func (s *session) forwarder(ctx context.Context, kind, name, address string, por
 			return httpstream.IsUpgradeFailure(err) || httpstream.IsHTTPSProxyError(err)
 		})
 	}
-	fw, err := portforward.NewOnAddressesForStreamingWithContext(ctx, dialer, []string{address}, ports, make(chan struct{}), out, s.o.streams.ErrOut)
-	if err != nil {
-		return nil, fmt.Errorf("port-forward to %s %s: %w", kind, name, err)
-	}
-	return fw, nil
+	return portforward.NewOnAddressesForStreamingWithContext(ctx, dialer, []string{address}, ports, make(chan struct{}), out, s.o.streams.ErrOut)
 }
