@@ -139,6 +139,8 @@ func New(opts Options) (*Driver, error) {
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	if opts.Cluster != nil {
 		d.annotations = newClaimAnnotator(opts.Cluster, d.log)
+		d.wg.Add(1)
+		go d.sweepUploads()
 	}
 	return d, nil
 }

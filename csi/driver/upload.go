@@ -7,11 +7,13 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/contracts/upload"
@@ -51,13 +53,67 @@ func (d *Driver) uploadSource(claim *corev1.PersistentVolumeClaim) (*importer.So
 	}, nil
 }
 
+// claimRecordSuffix names the file beside an upload directory that says
+// whose claim it is (namespace/name).
+const claimRecordSuffix = ".claim"
+
 // removeUpload drops an upload's bytes once they are in the cache.
 func (d *Driver) removeUpload(src importer.Source) {
 	if src.Upload == nil {
 		return
 	}
-	if err := os.RemoveAll(filepath.Dir(src.Upload.Path)); err != nil {
-		d.log.Error("remove an imported upload", "source", src.URL, "err", err)
+	d.removeUploadDir(filepath.Dir(src.Upload.Path))
+}
+
+func (d *Driver) removeUploadDir(dir string) {
+	if err := os.RemoveAll(dir); err != nil {
+		d.log.Error("remove an upload", "dir", dir, "err", err)
+		return
+	}
+	if err := os.Remove(dir + claimRecordSuffix); err != nil && !os.IsNotExist(err) {
+		d.log.Error("remove an upload's claim record", "dir", dir, "err", err)
+	}
+}
+
+// uploadSweepInterval is how often uploads nobody waits for any more are
+// looked for.
+const uploadSweepInterval = time.Hour
+
+// sweepUploads removes, now and then every uploadSweepInterval, the bytes
+// of uploads whose claim is gone or going (deleted half-way) or filled.
+func (d *Driver) sweepUploads() {
+	defer d.wg.Done()
+	for {
+		d.sweepUploadsOnce(d.ctx)
+		select {
+		case <-d.ctx.Done():
+			return
+		case <-time.After(uploadSweepInterval):
+		}
+	}
+}
+
+func (d *Driver) sweepUploadsOnce(ctx context.Context) {
+	dirs, _ := filepath.Glob(filepath.Join(d.opts.StateDir, "uploads", "*"))
+	for _, dir := range dirs {
+		if strings.HasSuffix(dir, claimRecordSuffix) {
+			continue
+		}
+		record, err := os.ReadFile(dir + claimRecordSuffix)
+		ns, name, ok := strings.Cut(string(record), "/")
+		if err != nil || !ok {
+			d.log.Info("removing an upload without a claim record", "dir", dir)
+			d.removeUploadDir(dir)
+			continue
+		}
+		claim, err := d.opts.Cluster.Claim(ctx, ns, name)
+		switch {
+		case apierrors.IsNotFound(err) || (err == nil && (string(claim.UID) != filepath.Base(dir) || claim.Spec.VolumeName != "" || claim.DeletionTimestamp != nil)):
+			d.log.Info("removing an upload no claim waits for", "dir", dir, "claim", ns+"/"+name)
+			d.removeUploadDir(dir)
+		case err != nil:
+			d.log.Info("cannot tell whether an upload's claim waits; kept", "dir", dir, "claim", ns+"/"+name, "err", err)
+		}
 	}
 }
 
@@ -90,6 +146,14 @@ func (d *Driver) publishUpload(ctx context.Context, req *csi.NodePublishVolumeRe
 		return nil, status.Errorf(codes.FailedPrecondition, "NodePublishVolume %s: claim %s/%s is filled already (bound to %s)", req.GetVolumeId(), ns, name, claim.Spec.VolumeName)
 	}
 	dir := d.uploadDir(claim)
+	// The claim's name, kept beside the directory (which the pod owns),
+	// lets sweepUploads find out whether the claim still waits.
+	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
+		return nil, status.Errorf(codes.Internal, "NodePublishVolume %s: %v", req.GetVolumeId(), err)
+	}
+	if err := os.WriteFile(dir+claimRecordSuffix, []byte(ns+"/"+name), 0o600); err != nil {
+		return nil, status.Errorf(codes.Internal, "NodePublishVolume %s: %v", req.GetVolumeId(), err)
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, status.Errorf(codes.Internal, "NodePublishVolume %s: %v", req.GetVolumeId(), err)
 	}
