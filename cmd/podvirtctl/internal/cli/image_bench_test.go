@@ -1,24 +1,13 @@
 package cli
 
 import (
-	"crypto/rand"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
-	gcrv1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/partial"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/types"
-
 	"github.com/podvirt/podvirt/test/harness/durations"
+	"github.com/podvirt/podvirt/test/harness/transfer"
 )
 
 // benchDiskBytes is the benchmark disk's data: random, so nothing
@@ -35,13 +24,9 @@ const benchDiskBytes = 512 << 20
 //
 //	go test -run '^$' -bench ImagePush -benchtime 3x ./cmd/podvirtctl/internal/cli/
 func BenchmarkImagePush(b *testing.B) {
-	curl, err := exec.LookPath("curl")
-	if err != nil {
-		b.Fatal("curl is not installed: run `make deps`")
-	}
 	disk := filepath.Join(b.TempDir(), "disk.raw")
-	writeRandom(b, disk, benchDiskBytes)
-	sink := startSink(b)
+	transfer.WriteRandom(b, disk, benchDiskBytes)
+	sink := transfer.Sink(b)
 	var plain, gzip, blob, put []time.Duration
 	for i := range b.N {
 		plain = append(plain, onFreshRegistry(b, func(reg string) {
@@ -54,12 +39,12 @@ func BenchmarkImagePush(b *testing.B) {
 				b.Fatalf("image push: %v\n%s", err, out)
 			}
 		}))
-		blob = append(blob, onFreshRegistry(b, func(reg string) { uploadBlob(b, disk, reg) }))
-		start := time.Now()
-		if out, err := exec.Command(curl, "-sS", "--fail", "-T", disk, "-o", "/dev/null", sink).CombinedOutput(); err != nil {
-			b.Fatalf("curl -T: %v: %s", err, out)
-		}
-		put = append(put, time.Since(start))
+		blob = append(blob, onFreshRegistry(b, func(reg string) {
+			if err := transfer.PushBlob(b.Context(), disk, reg, "vms/blob"); err != nil {
+				b.Fatal(err)
+			}
+		}))
+		put = append(put, transfer.CurlPut(b, disk, sink))
 	}
 	p, g, bl, c := durations.Median(plain), durations.Median(gzip), durations.Median(blob), durations.Median(put)
 	b.ReportMetric(float64(p.Milliseconds()), "push-none-ms")
@@ -83,82 +68,4 @@ func onFreshRegistry(b *testing.B, f func(addr string)) time.Duration {
 	start := time.Now()
 	f(reg.Addr)
 	return time.Since(start)
-}
-
-// uploadBlob hashes disk and uploads it as one blob to the registry at
-// addr, as a plain blob push does.
-func uploadBlob(b *testing.B, disk, addr string) {
-	b.Helper()
-	layer, err := partial.CompressedToLayer(&fileBlob{path: disk})
-	if err != nil {
-		b.Fatal(err)
-	}
-	repo, err := name.NewRepository(addr+"/vms/blob", name.Insecure)
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := remote.WriteLayer(repo, layer, remote.WithContext(b.Context())); err != nil {
-		b.Fatalf("blob upload: %v", err)
-	}
-}
-
-// fileBlob is a file uploaded as it is, its digest computed first.
-type fileBlob struct {
-	path   string
-	digest *gcrv1.Hash
-	size   int64
-}
-
-func (f *fileBlob) Digest() (gcrv1.Hash, error) {
-	if f.digest == nil {
-		file, err := os.Open(f.path)
-		if err != nil {
-			return gcrv1.Hash{}, err
-		}
-		defer file.Close()
-		h, n, err := gcrv1.SHA256(file)
-		if err != nil {
-			return gcrv1.Hash{}, err
-		}
-		f.digest, f.size = &h, n
-	}
-	return *f.digest, nil
-}
-
-func (f *fileBlob) Compressed() (io.ReadCloser, error) { return os.Open(f.path) }
-
-func (f *fileBlob) Size() (int64, error) {
-	_, err := f.Digest()
-	return f.size, err
-}
-
-func (f *fileBlob) MediaType() (types.MediaType, error) { return types.OCILayer, nil }
-
-// writeRandom writes n random bytes to path.
-func writeRandom(b *testing.B, path string, n int64) {
-	b.Helper()
-	f, err := os.Create(path)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer f.Close()
-	if _, err := io.CopyN(f, rand.Reader, n); err != nil {
-		b.Fatal(err)
-	}
-}
-
-// startSink serves an HTTP sink on loopback that reads and drops what is
-// PUT to it, and returns its URL.
-func startSink(b *testing.B) string {
-	b.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, _ = io.Copy(io.Discard, r.Body)
-	})}
-	go func() { _ = srv.Serve(l) }()
-	b.Cleanup(func() { _ = srv.Close() })
-	return "http://" + l.Addr().String() + "/disk.raw"
 }
