@@ -390,6 +390,8 @@ func pinnedSource(source, digest string) (string, string, error) {
 		return "docker://" + ref + "@" + digest, "", nil
 	case strings.HasPrefix(source, "http://"), strings.HasPrefix(source, "https://"):
 		return source, digest, nil
+	case strings.HasPrefix(source, "upload://"):
+		return "", "", fmt.Errorf("the disk was uploaded (%s, podvirtctl image-upload) and its base exists on its node only: it cannot move yet; push the image to a registry (podvirtctl image push) and make the disk from there to have a VM that migrates", source)
 	}
 	return "", "", fmt.Errorf("the disk's image %q has no scheme a target could import it by", source)
 }

@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -24,6 +25,9 @@ func TestPinnedSource(t *testing.T) {
 		if err != nil || source != tc.source || checksum != tc.checksum {
 			t.Errorf("pinnedSource(%q) = %q, %q, %v; want %q, %q", tc.in, source, checksum, err, tc.source, tc.checksum)
 		}
+	}
+	if _, _, err := pinnedSource("upload://ns/claim", digest); err == nil || !strings.Contains(err.Error(), "image push") {
+		t.Errorf("pinnedSource of an uploaded disk: %v; want a refusal saying to push the image", err)
 	}
 	if _, _, err := pinnedSource("ftp://x/y", digest); err == nil {
 		t.Error("an ftp:// source was pinned")

@@ -127,7 +127,7 @@ func (d *Driver) csiVolume(v state.Volume) *csi.Volume {
 	if v.Digest != "" {
 		cv.VolumeContext[v1.VolumeContextDigest] = v.Digest
 	}
-	if v.Overlay && refetchable(v.Source) {
+	if v.Overlay {
 		cv.VolumeContext[v1.VolumeContextOverlay] = "true"
 	}
 	switch {

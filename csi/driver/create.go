@@ -226,6 +226,12 @@ func (d *Driver) copyFrom(ctx context.Context, key, src, tmp, dir string, v *sta
 	}); err != nil {
 		return status.Errorf(codes.Internal, "CreateVolume %q from %s: %v", p.name, key, err)
 	}
+	// A copy that keeps the source's base is an overlay on that image: say
+	// so, as an import does, or a live migration would copy only the top
+	// of the chain onto an empty disk.
+	if m.HasBase() && !flatten && v.Format == diskmeta.FormatQCOW2 {
+		v.Digest, v.Overlay = m.Digest, true
+	}
 	return nil
 }
 

@@ -33,6 +33,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	v1 "github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/contracts/diskmeta"
 	"github.com/podvirt/podvirt/csi/importer"
 	"github.com/podvirt/podvirt/csi/volume"
@@ -323,6 +324,11 @@ func TestImportOverlayCopyAndBlock(t *testing.T) {
 	restored, err := td.controller().CreateVolume(ctx, restoreReq)
 	if err != nil {
 		t.Fatal(err)
+	}
+	// Its PV says which image it is an overlay on, as the import's does,
+	// so a live migration makes the same base present on the target.
+	if rc, oc := restored.Volume.VolumeContext, ov.Volume.VolumeContext; rc[v1.VolumeContextDigest] != oc[v1.VolumeContextDigest] || rc[v1.VolumeContextOverlay] != "true" || oc[v1.VolumeContextOverlay] != "true" {
+		t.Errorf("restored volume's context %v; want the overlay's digest (%v) and overlay", rc, oc)
 	}
 	rdir := td.VolumeDir(restored.Volume.VolumeId)
 	if i := diskInfo(t, rdir, "qcow2"); i.BackingFilename != volume.BaseName || i.VirtualSize != 64<<20 {

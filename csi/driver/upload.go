@@ -117,11 +117,6 @@ func (d *Driver) sweepUploadsOnce(ctx context.Context) {
 	}
 }
 
-// refetchable says whether a target node can import a volume's source again
-// (a live migration then copies only the overlay): an upload exists on its
-// node only.
-func refetchable(source string) bool { return !strings.HasPrefix(source, "upload://") }
-
 // publishUpload is NodePublishVolume of an upload pod's CSI inline volume:
 // the claim's upload directory, given to the pod's user. Only a pod in the
 // claim's own namespace gets it, and only while the claim waits for its

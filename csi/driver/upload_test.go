@@ -27,9 +27,8 @@ import (
 // TestUploadClaim plays the upload pod and external-provisioner against a
 // real API server: the inline volume is given to a pod of the claim's
 // namespace only; CreateVolume imports the bytes while they are appended
-// to it, checks them against the claim's checksum, and removes them; the
-// PV does not claim a base another node could fetch. An upload whose claim
-// is deleted half-way is swept away.
+// to it, checks them against the claim's checksum, and removes them. An
+// upload whose claim is deleted half-way is swept away.
 func TestUploadClaim(t *testing.T) {
 	srv, err := apiserver.Start(apiserver.Options{})
 	if err != nil {
@@ -121,8 +120,8 @@ func TestUploadClaim(t *testing.T) {
 		t.Fatalf("CreateVolume of an upload: %v", err)
 	case resp := <-created:
 		attrs := resp.GetVolume().GetVolumeContext()
-		if attrs[v1.VolumeContextDigest] != "sha256:"+hex.EncodeToString(sum[:]) || attrs[v1.VolumeContextOverlay] != "" {
-			t.Errorf("upload volume's attributes %v; want its digest and no overlay (no other node can fetch the base)", attrs)
+		if attrs[v1.VolumeContextDigest] != "sha256:"+hex.EncodeToString(sum[:]) || attrs[v1.VolumeContextSource] != "upload://"+ns+"/disk" {
+			t.Errorf("upload volume's attributes %v; want its digest and source", attrs)
 		}
 	case <-ctx.Done():
 		t.Fatal(ctx.Err())

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/portforward"
@@ -141,44 +142,33 @@ func TestImageUpload(t *testing.T) {
 // waitUploadPod waits for the controller's upload pod of claim to be ready.
 func waitUploadPod(ctx context.Context, t *testing.T, claim string) *corev1.Pod {
 	t.Helper()
-	deadline := time.Now().Add(3 * time.Minute)
 	pod := &corev1.Pod{}
-	for {
+	if err := stack.Poll(ctx, 3*time.Minute, func() (bool, error) {
 		err := st.Client.Get(ctx, client.ObjectKey{Namespace: stack.Namespace, Name: "podvirt-upload-" + claim}, pod)
-		if err == nil {
-			for _, c := range pod.Status.Conditions {
-				if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
-					return pod
-				}
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no ready upload pod for claim %s after 3m (last: %v, %+v)", claim, err, pod.Status)
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatal(ctx.Err())
-		case <-time.After(500 * time.Millisecond):
+		return err == nil && podReady(pod), client.IgnoreNotFound(err)
+	}); err != nil {
+		t.Fatalf("no ready upload pod for claim %s (last: %+v): %v", claim, pod.Status, err)
+	}
+	return pod
+}
+
+func podReady(pod *corev1.Pod) bool {
+	for _, c := range pod.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
 		}
 	}
+	return false
 }
 
 // waitGone waits for an object to be deleted.
 func waitGone(ctx context.Context, t *testing.T, obj client.Object) {
 	t.Helper()
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		if err := st.Client.Get(ctx, client.ObjectKeyFromObject(obj), obj); client.IgnoreNotFound(err) == nil && err != nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s %s still exists after 2m", obj.GetObjectKind().GroupVersionKind().Kind, obj.GetName())
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatal(ctx.Err())
-		case <-time.After(500 * time.Millisecond):
-		}
+	if err := stack.Poll(ctx, 2*time.Minute, func() (bool, error) {
+		err := st.Client.Get(ctx, client.ObjectKeyFromObject(obj), obj)
+		return apierrors.IsNotFound(err), client.IgnoreNotFound(err)
+	}); err != nil {
+		t.Fatalf("%s is still there: %v", obj.GetName(), err)
 	}
 }
 
