@@ -19,6 +19,7 @@ import (
 // +kubebuilder:printcolumn:name="Node",type=string,JSONPath=`.status.nodeName`
 // +kubebuilder:printcolumn:name="IP",type=string,JSONPath=`.status.ipAddress`
 // +kubebuilder:printcolumn:name="RestartRequired",type=string,JSONPath=`.status.conditions[?(@.type=="RestartRequired")].status`,priority=1
+// +kubebuilder:printcolumn:name="Display Name",type=string,JSONPath=`.spec.displayName`
 type VirtualMachine struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
@@ -78,6 +79,13 @@ const (
 //
 // +kubebuilder:validation:XValidation:rule="!has(self.diskTemplates) || self.diskTemplates.all(t, self.diskTemplates.exists_one(u, u.metadata.name == t.metadata.name))",message="diskTemplates need unique metadata.name: each is the name of the PVC it makes",reason=FieldValueInvalid
 type VirtualMachineSpec struct {
+	// DisplayName is a label for people, free to change at any time (the
+	// name is the VM's identity: podvirtctl rename changes that).
+	//
+	// +optional
+	// +kubebuilder:validation:MaxLength=256
+	DisplayName string `json:"displayName,omitempty"`
+
 	// RunStrategy is when a VMI runs: Always, RerunOnFailure, Manual,
 	// Halted or Once. Default Always.
 	//
@@ -160,9 +168,12 @@ const (
 	PrintableStatusRunning      VirtualMachinePrintableStatus = "Running"
 	PrintableStatusPaused       VirtualMachinePrintableStatus = "Paused"
 	// PrintableStatusMigrating: the VM moves live to another node.
-	PrintableStatusMigrating          VirtualMachinePrintableStatus = "Migrating"
-	PrintableStatusStopping           VirtualMachinePrintableStatus = "Stopping"
-	PrintableStatusTerminating        VirtualMachinePrintableStatus = "Terminating"
+	PrintableStatusMigrating   VirtualMachinePrintableStatus = "Migrating"
+	PrintableStatusStopping    VirtualMachinePrintableStatus = "Stopping"
+	PrintableStatusTerminating VirtualMachinePrintableStatus = "Terminating"
+	// PrintableStatusRenaming: the VM was made by a rename and waits for
+	// the VM of the old name to be gone.
+	PrintableStatusRenaming           VirtualMachinePrintableStatus = "Renaming"
 	PrintableStatusCrashLoopBackOff   VirtualMachinePrintableStatus = "CrashLoopBackOff"
 	PrintableStatusFailed             VirtualMachinePrintableStatus = "Failed"
 	PrintableStatusUnschedulable      VirtualMachinePrintableStatus = "ErrorUnschedulable"

@@ -86,6 +86,15 @@ const (
 	// MultusNetworkStatusAnnotation is where Multus reports the pod's
 	// attachments (interface names, IPs, MACs).
 	MultusNetworkStatusAnnotation = "k8s.v1.cni.cncf.io/network-status"
+	// RenameToAnnotation on a stopped VM asks the controller to rename it
+	// (podvirtctl rename writes it): the controller makes the VM of the new
+	// name, gives it the disks, and deletes this one. One write starts it,
+	// so an interrupted client leaves either nothing done or a rename the
+	// controller finishes.
+	RenameToAnnotation = "podvirt.io/rename-to"
+	// RenamedFromAnnotation on a VM a rename made is the old name; the VM
+	// stays inert (Renaming) until the old VM is gone.
+	RenamedFromAnnotation = "podvirt.io/renamed-from"
 	// PausedAnnotation on a VMI, set to "true", asks the node daemon to
 	// pause the guest; removing it resumes the guest. podvirtctl
 	// pause/unpause set it: there is no aggregated API server to carry a
