@@ -112,6 +112,10 @@ func (r *VMReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Re
 		orig = vm.DeepCopy()
 	}
 
+	if res, handled, err := r.rename(ctx, orig, vm, vmi); handled {
+		return res, err
+	}
+
 	changed, err := r.assignIdentity(ctx, vm)
 	if rf, ok := asRefusal(err); ok {
 		r.fail(vm, rf.reason, "Start", rf.msg)
