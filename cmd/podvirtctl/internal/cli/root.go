@@ -88,7 +88,7 @@ func NewRootCommand(name string, streams genericiooptions.IOStreams) *cobra.Comm
 		o.pauseCommand(true), o.pauseCommand(false),
 		o.migrateCommand(), o.migrateCancelCommand(), o.exposeCommand(), o.portForwardCommand(), o.sshCommand(),
 		o.consoleCommand(), o.vncCommand(), o.versionCommand(),
-		o.createCommand(), o.convertCommand(), o.imageCommand(), o.imageUploadCommand(),
+		o.createCommand(), o.convertCommand(), o.imageCommand(), o.imageUploadCommand(), o.renameCommand(),
 	)
 	return root
 }
