@@ -91,6 +91,9 @@ func (s *session) imageUpload(ctx context.Context, file string, f uploadFlags) e
 		}
 		size = &q
 	}
+	if err := s.checkUploadClass(ctx, f.storageClass); err != nil {
+		return err
+	}
 	claim, err := s.uploadClaim(ctx, f, digest, length, *size)
 	if err != nil {
 		return err
@@ -164,6 +167,24 @@ func (s *session) hashFile(ctx context.Context, file string) (string, int64, err
 		return "", 0, fmt.Errorf("hash %s: %w", file, err)
 	}
 	return "sha256:" + hex.EncodeToString(h.Sum(nil)), fi.Size(), nil
+}
+
+// checkUploadClass refuses a StorageClass of another provisioner, which
+// would ignore the upload and give the claim an empty disk. A class the
+// user may not read, or no default class, is left to the API server.
+func (s *session) checkUploadClass(ctx context.Context, name string) error {
+	classes, err := s.kube.StorageV1().StorageClasses().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil
+	}
+	for _, sc := range classes.Items {
+		chosen := sc.Name == name || (name == "" && sc.Annotations["storageclass.kubernetes.io/is-default-class"] == "true")
+		if chosen && sc.Provisioner != v1.CSIDriverName {
+			return fmt.Errorf("StorageClass %q is provisioned by %s, not podvirt's %s, so it would not receive the upload; nothing was uploaded: name a podvirt StorageClass with --storage-class",
+				sc.Name, sc.Provisioner, v1.CSIDriverName)
+		}
+	}
+	return nil
 }
 
 // uploadClaim creates the claim for the upload, or returns the one an
