@@ -95,7 +95,7 @@ func (s *httpSource) stream(ctx context.Context, j *job, w *sparseWriter, cp *ch
 		comp = image.XZ
 	}
 	if comp == image.None {
-		err = j.copyPlain(w, raw, s.validator)
+		err = j.copyPlain(w, raw, &s.validator)
 	} else {
 		err = decompress(ctx, w, raw, comp)
 		if err == nil {
@@ -124,9 +124,17 @@ func (s *httpSource) stream(ctx context.Context, j *job, w *sparseWriter, cp *ch
 	return digest, nil
 }
 
-// copyPlain copies raw into w unchanged, offering a checkpoint (with the
-// source's validator, "" for none) every ckptSize bytes and when raw fails.
-func (j *job) copyPlain(w *sparseWriter, raw *countingReader, validator string) error {
+// copyPlain copies raw into w unchanged, offering a checkpoint every
+// ckptSize bytes and when raw fails. Each checkpoint keeps the source's
+// validator as it is then (nil: none): an HTTP source learns it from its
+// first answer, after the copy began.
+func (j *job) copyPlain(w *sparseWriter, raw *countingReader, validator *string) error {
+	current := func() string {
+		if validator == nil {
+			return ""
+		}
+		return *validator
+	}
 	buf := make([]byte, 1<<20)
 	since := int64(0)
 	for {
@@ -141,12 +149,12 @@ func (j *job) copyPlain(w *sparseWriter, raw *countingReader, validator string) 
 			return nil
 		}
 		if err != nil {
-			j.ckpt.final(&checkpoint{Key: j.key, BlobOffset: raw.n, BlobHash: hashState(raw.h), OutOffset: w.off, Validator: validator})
+			j.ckpt.final(&checkpoint{Key: j.key, BlobOffset: raw.n, BlobHash: hashState(raw.h), OutOffset: w.off, Validator: current()})
 			return err
 		}
 		if since >= j.c.ckptSize {
 			since = 0
-			cp := &checkpoint{Key: j.key, BlobOffset: raw.n, BlobHash: hashState(raw.h), OutOffset: w.off, Validator: validator}
+			cp := &checkpoint{Key: j.key, BlobOffset: raw.n, BlobHash: hashState(raw.h), OutOffset: w.off, Validator: current()}
 			if err := j.ckpt.offer(cp); err != nil {
 				return &writeError{err}
 			}

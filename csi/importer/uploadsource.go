@@ -73,7 +73,7 @@ func (s *uploadSource) stream(ctx context.Context, j *job, w *sparseWriter, cp *
 	j.mu.Unlock()
 	fr := &followReader{ctx: ctx, f: f, left: s.src.Upload.Length - off, stall: s.stall, url: s.src.URL, at: off, length: s.src.Upload.Length}
 	raw := j.counting(fr, h, off)
-	if err := j.copyPlain(w, raw, ""); err != nil {
+	if err := j.copyPlain(w, raw, nil); err != nil {
 		if isBoundError(err) || isWriteError(err) || errors.Is(err, errUploadStalled) {
 			return "", err
 		}
