@@ -71,3 +71,8 @@ func Encode(m Meta) ([]byte, error) {
 	}
 	return append(b, '\n'), nil
 }
+
+// QCOW2Room is what a qcow2 of virtual size v may need beyond v for its
+// metadata (L1/L2 and refcount tables), at the smallest cluster size: the
+// largest file a disk of v bytes can be, less v.
+func QCOW2Room(v int64) int64 { return v/32 + 16<<20 }

@@ -26,6 +26,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sys/unix"
 
+	"github.com/podvirt/podvirt/contracts/diskmeta"
 	"github.com/podvirt/podvirt/csi/image"
 )
 
@@ -38,7 +39,7 @@ func TestImportBombsStopAtTheirBound(t *testing.T) {
 	needTool(t, "xz", "xz-utils")
 	const unpacked = 256 << 20 // what every bomb unpacks to
 	const claim = 64 << 20     // the claim it is imported for
-	limit := claim + qcow2Room(claim)
+	limit := claim + diskmeta.QCOW2Room(claim)
 	const slack = 64 << 10 // the partial import's checkpoint file, beside its data
 
 	host, _ := inProcessRegistry(t)

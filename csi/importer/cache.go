@@ -18,6 +18,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/podvirt/podvirt/contracts/diskmeta"
 	"github.com/podvirt/podvirt/csi/egress"
 	"github.com/podvirt/podvirt/csi/image"
 	"github.com/podvirt/podvirt/internal/atomicfile"
@@ -498,7 +499,7 @@ func (c *Cache) bound(src Source) (written, declared outputBound) {
 	}
 	written = declared
 	if declared.bytes > 0 {
-		written.bytes += qcow2Room(declared.bytes)
+		written.bytes += diskmeta.QCOW2Room(declared.bytes)
 		written.what += " (plus room for qcow2 metadata)"
 	}
 	if c.maxBytes > 0 {

@@ -125,10 +125,6 @@ type outputBound struct {
 
 }
 
-// qcow2Room is what a qcow2 of virtual size v may need beyond v for its
-// metadata (L1/L2 and refcount tables), at the smallest cluster size.
-func qcow2Room(v int64) int64 { return v/32 + 16<<20 }
-
 // tighter returns the tighter of two bounds.
 func (b outputBound) tighter(o outputBound) outputBound {
 	if o.bytes > 0 && (b.bytes <= 0 || o.bytes < b.bytes) {
