@@ -24,6 +24,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	"github.com/podvirt/podvirt/api/v1alpha1"
+	"github.com/podvirt/podvirt/contracts/diskmeta"
 	"github.com/podvirt/podvirt/contracts/upload"
 )
 
@@ -154,6 +155,13 @@ func (r *UploadReconciler) uploadPod(claim *corev1.PersistentVolumeClaim) (*core
 	length, err := strconv.ParseInt(claim.Annotations[upload.SizeAnnotation], 10, 64)
 	if err != nil || length <= 0 {
 		return nil, fmt.Errorf("claim %s/%s has no valid %s (%q): make it with podvirtctl image-upload", claim.Namespace, claim.Name, upload.SizeAnnotation, claim.Annotations[upload.SizeAnnotation])
+	}
+	// The pod writes to the node's disk before the driver reads a byte:
+	// no more than a disk of the claim's size can take.
+	request := claim.Spec.Resources.Requests[corev1.ResourceStorage]
+	if most := request.Value() + diskmeta.QCOW2Room(request.Value()); length > most {
+		return nil, fmt.Errorf("claim %s/%s: an upload of %d bytes (%s) cannot be a disk of the %s it requests (at most %d bytes): request a larger claim",
+			claim.Namespace, claim.Name, length, upload.SizeAnnotation, request.String(), most)
 	}
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{

@@ -34,7 +34,8 @@ func uploadClaim(ns, name, size string) *corev1.PersistentVolumeClaim {
 // TestUploadPod: an upload claim gets one unprivileged upload pod with the
 // CSI inline volume naming the claim; once the pod is scheduled the claim is
 // placed on its node; a final import failure removes the pod. A claim
-// without a valid size gets an event and no pod.
+// without a valid size, or one larger than a disk of the claim can be, gets
+// an event and no pod.
 func TestUploadPod(t *testing.T) {
 	ns := namespace(t)
 	ctx := context.Background()
@@ -80,12 +81,15 @@ func TestUploadPod(t *testing.T) {
 		return client.IgnoreNotFound(err) == nil && (err != nil || pod.DeletionTimestamp != nil), fmt.Sprint(err)
 	})
 
-	bad := uploadClaim(ns, "no-size", "")
-	if err := k8s.Create(ctx, bad); err != nil {
-		t.Fatal(err)
-	}
-	waitEvent(t, ns, "no-size", "UploadFailed")
-	if err := k8s.Get(ctx, types.NamespacedName{Namespace: ns, Name: "podvirt-upload-no-size"}, &corev1.Pod{}); client.IgnoreNotFound(err) != nil || err == nil {
-		t.Errorf("a claim without a size got an upload pod (%v)", err)
+	// No size, and a size no disk of the claim's 1Gi can have: the pod
+	// would write that much to the node before the driver read a byte.
+	for name, size := range map[string]string{"no-size": "", "too-big": "2147483648"} {
+		if err := k8s.Create(ctx, uploadClaim(ns, name, size)); err != nil {
+			t.Fatal(err)
+		}
+		waitEvent(t, ns, name, "UploadFailed")
+		if err := k8s.Get(ctx, types.NamespacedName{Namespace: ns, Name: "podvirt-upload-" + name}, &corev1.Pod{}); client.IgnoreNotFound(err) != nil || err == nil {
+			t.Errorf("claim %s (size %q) got an upload pod (%v)", name, size, err)
+		}
 	}
 }
