@@ -189,7 +189,7 @@ func (r *UploadReconciler) uploadPod(claim *corev1.PersistentVolumeClaim) (*core
 				Ports:   []corev1.ContainerPort{{Name: "upload", ContainerPort: upload.Port}},
 				ReadinessProbe: &corev1.Probe{
 					ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: upload.HealthPath, Port: intstr.FromInt32(upload.Port)}},
-					PeriodSeconds: 2,
+					PeriodSeconds: 1,
 				},
 				Resources: corev1.ResourceRequirements{
 					Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("10m"), corev1.ResourceMemory: resource.MustParse("16Mi")},

@@ -25,6 +25,10 @@ import (
 	"github.com/podvirt/podvirt/internal/bytesize"
 )
 
+// uploadPoll is how often the upload pod's readiness and the import's end
+// are looked at: each is one GET, and the user waits on them.
+const uploadPoll = 200 * time.Millisecond
+
 // uploadAttempts bounds how often one run resumes an upload whose
 // connection broke before it gives up (running the command again resumes).
 const uploadAttempts = 5
@@ -262,7 +266,7 @@ func (s *session) waitUploadPod(ctx context.Context, claim string, timeout time.
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
-		case <-time.After(500 * time.Millisecond):
+		case <-time.After(uploadPoll):
 		}
 	}
 }
@@ -384,7 +388,7 @@ func (s *session) waitImported(ctx context.Context, claim, file, digest string, 
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(500 * time.Millisecond):
+		case <-time.After(uploadPoll):
 		}
 	}
 }
