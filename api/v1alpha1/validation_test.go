@@ -346,7 +346,7 @@ func TestInvalidVMIIsRejected(t *testing.T) {
 func TestCRDNames(t *testing.T) {
 	c := needServer(t)
 	for _, tc := range []struct{ crd, short, columns string }{
-		{"virtualmachines.podvirt.io", "vm", "Age,Status,Ready,Node,IP,RestartRequired"},
+		{"virtualmachines.podvirt.io", "vm", "Age,Status,Ready,Node,IP,RestartRequired,Display Name"},
 		{"virtualmachineinstances.podvirt.io", "vmi", "Age,Status,Ready,Node,IP"},
 	} {
 		crd := &apiextensionsv1.CustomResourceDefinition{}
