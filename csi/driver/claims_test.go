@@ -39,25 +39,10 @@ import (
 // ConfigMap; progress and failures are events on the claim, and the
 // import's phase, progress and error are its annotations.
 func TestClaimSourcesAndEvents(t *testing.T) {
-	srv, err := apiserver.Start(apiserver.Options{})
-	if err != nil {
-		t.Fatalf("API server: %v (run 'make deps')", err)
-	}
-	t.Cleanup(func() { srv.Stop() })
-	cs := kubernetes.NewForConfigOrDie(srv.Config)
-	kube, err := cluster.New(srv.Config, Name, "node-a")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(kube.Close)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-
 	const ns = "vm-disks"
-	mustCreate(t, func() error {
-		_, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
-		return err
-	})
+	cs, kube := apiWithNamespace(ctx, t, ns)
 
 	// A private registry: TLS with its own CA, basic auth, a slow link
 	// (2 MiB of incompressible data at 1 MiB/s).
@@ -381,6 +366,28 @@ func waitForEvents(t *testing.T, cs kubernetes.Interface, ns, claim string, reas
 		return true
 	})
 	return events
+}
+
+// apiWithNamespace starts a real API server for the test, with namespace
+// ns, and returns a client of it and the driver's view of it (node-a).
+func apiWithNamespace(ctx context.Context, t *testing.T, ns string) (kubernetes.Interface, *cluster.Client) {
+	t.Helper()
+	srv, err := apiserver.Start(apiserver.Options{})
+	if err != nil {
+		t.Fatalf("API server: %v (run 'make deps')", err)
+	}
+	t.Cleanup(func() { srv.Stop() })
+	cs := kubernetes.NewForConfigOrDie(srv.Config)
+	kube, err := cluster.New(srv.Config, Name, "node-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(kube.Close)
+	mustCreate(t, func() error {
+		_, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
+		return err
+	})
+	return cs, kube
 }
 
 func mustCreate(t *testing.T, create func() error) {

@@ -16,12 +16,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/contracts/upload"
-	"github.com/podvirt/podvirt/csi/cluster"
-	"github.com/podvirt/podvirt/test/harness/apiserver"
 )
 
 // TestUploadClaim plays the upload pod and external-provisioner against a
@@ -30,24 +27,10 @@ import (
 // to it, checks them against the claim's checksum, and removes them. An
 // upload whose claim is deleted half-way is swept away.
 func TestUploadClaim(t *testing.T) {
-	srv, err := apiserver.Start(apiserver.Options{})
-	if err != nil {
-		t.Fatalf("API server: %v (run 'make deps')", err)
-	}
-	t.Cleanup(func() { srv.Stop() })
-	cs := kubernetes.NewForConfigOrDie(srv.Config)
-	kube, err := cluster.New(srv.Config, Name, "node-a")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(kube.Close)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	const ns = "uploads"
-	mustCreate(t, func() error {
-		_, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
-		return err
-	})
+	cs, kube := apiWithNamespace(ctx, t, ns)
 	data, err := os.ReadFile(makeQCOW2(t, 16<<20))
 	if err != nil {
 		t.Fatal(err)
