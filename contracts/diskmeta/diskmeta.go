@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 )
 
 // Disk formats.
@@ -33,6 +34,18 @@ type Meta struct {
 	Source string `json:"source,omitempty"`
 	// Digest of the source image in the node cache.
 	Digest string `json:"digest,omitempty"`
+	// Layers are the read-only qcow2 images between disk.img and base.img,
+	// nearest first, each named relatively in the one above: a snapshot
+	// froze the disk there. Their names start with "layer-" and end in
+	// ".img".
+	Layers []string `json:"layers,omitempty"`
+}
+
+// ValidLayerName reports whether name can name a layer: a plain file name
+// in the volume directory, never a path out of it.
+func ValidLayerName(name string) bool {
+	return strings.HasPrefix(name, "layer-") && strings.HasSuffix(name, ".img") && len(name) > len("layer-.img") &&
+		!strings.ContainsAny(name, "/\\") && !strings.Contains(name, "..")
 }
 
 // HasBase reports whether the disk is an overlay on base.img.
@@ -56,6 +69,11 @@ func Read(dir string) (Meta, error) {
 	}
 	if !ValidFormat(m.Format) {
 		return Meta{}, fmt.Errorf("disk metadata %s: format %q: must be %q or %q", Path(dir), m.Format, FormatQCOW2, FormatRaw)
+	}
+	for _, l := range m.Layers {
+		if !ValidLayerName(l) {
+			return Meta{}, fmt.Errorf("disk metadata %s: layer %q: must be a file name layer-….img", Path(dir), l)
+		}
 	}
 	if m.BaseFormat != "" && !ValidFormat(m.BaseFormat) {
 		return Meta{}, fmt.Errorf("disk metadata %s: base format %q: must be %q or %q", Path(dir), m.BaseFormat, FormatQCOW2, FormatRaw)

@@ -2,13 +2,14 @@ package diskmeta
 
 import (
 	"os"
+	"reflect"
 	"strings"
 	"testing"
 )
 
 func TestEncodeRead(t *testing.T) {
 	dir := t.TempDir()
-	want := Meta{Format: FormatQCOW2, BaseFormat: FormatRaw, Source: "docker://os/fedora:40", Digest: "sha256:ab"}
+	want := Meta{Format: FormatQCOW2, BaseFormat: FormatRaw, Source: "docker://os/fedora:40", Digest: "sha256:ab", Layers: []string{"layer-b.img", "layer-a.img"}}
 	b, err := Encode(want)
 	if err != nil {
 		t.Fatal(err)
@@ -17,7 +18,7 @@ func TestEncodeRead(t *testing.T) {
 		t.Fatal(err)
 	}
 	got, err := Read(dir)
-	if err != nil || got != want || !got.HasBase() {
+	if err != nil || !reflect.DeepEqual(got, want) || !got.HasBase() {
 		t.Fatalf("Read = %+v, %v; want %+v", got, err, want)
 	}
 }
@@ -27,6 +28,7 @@ func TestReadRejects(t *testing.T) {
 		"format":      `{"format":"vmdk"}`,
 		"base format": `{"format":"qcow2","baseFormat":"vmdk"}`,
 		"decode":      `{`,
+		"layer":       `{"format":"qcow2","layers":["../../etc/x.img"]}`,
 	} {
 		dir := t.TempDir()
 		if err := os.WriteFile(Path(dir), []byte(content), 0o644); err != nil {

@@ -173,7 +173,7 @@ func (d *Driver) create(ctx context.Context, p plan) (state.Volume, error) {
 	var err error
 	switch {
 	case p.fromSnapshot != "":
-		err = d.copyFrom(ctx, snapshotKey(p.fromSnapshot), d.SnapshotDir(p.fromSnapshot), tmp, dir, &v, p)
+		err = d.restore(ctx, tmp, dir, &v, p)
 	case p.fromVolume != "":
 		err = d.copyFrom(ctx, volumeKey(p.fromVolume), d.VolumeDir(p.fromVolume), tmp, dir, &v, p)
 	case p.image != nil:
@@ -191,6 +191,45 @@ func (d *Driver) create(ctx context.Context, p plan) (state.Volume, error) {
 		return v, status.Errorf(codes.Internal, "record volume %q: %v", p.name, err)
 	}
 	return v, nil
+}
+
+// restore fills a new volume from a snapshot: an overlay on a layered
+// snapshot's frozen disk in O(1) where the new volume can be a qcow2
+// overlay, a copy otherwise.
+func (d *Driver) restore(ctx context.Context, tmp, dir string, v *state.Volume, p plan) error {
+	key, src := snapshotKey(p.fromSnapshot), d.SnapshotDir(p.fromSnapshot)
+	s, err := d.store.Snapshot(p.fromSnapshot)
+	if err != nil {
+		return status.Errorf(codes.NotFound, "CreateVolume %q: snapshot %s does not exist on node %s", p.name, p.fromSnapshot, d.opts.NodeID)
+	}
+	overlay := s.Layered && !p.block && p.params.cloneStrategy != CloneCopy && (!p.params.formatWasExplicit || v.Format == diskmeta.FormatQCOW2)
+	if !overlay {
+		return d.copyFrom(ctx, key, src, tmp, dir, v, p)
+	}
+	if !d.lock(key) {
+		return status.Errorf(codes.Aborted, "CreateVolume %q: %s is busy; retry", p.name, key)
+	}
+	defer d.unlock(key)
+	m, err := diskmeta.Read(src)
+	if err != nil {
+		return status.Errorf(codes.Internal, "CreateVolume %q from %s: %v", p.name, key, err)
+	}
+	if s.Size > v.Size {
+		if p.limit > 0 && s.Size > p.limit {
+			return status.Errorf(codes.OutOfRange, "CreateVolume %q: %s holds %d bytes, more than the limit of %d", p.name, key, s.Size, p.limit)
+		}
+		v.Size = s.Size
+	}
+	v.Format, v.Source = diskmeta.FormatQCOW2, m.Source
+	if err := build(tmp, dir, func() error {
+		return volume.Restore(ctx, src, tmp, volume.LayerName(s.ID), v.Size)
+	}); err != nil {
+		return status.Errorf(codes.Internal, "CreateVolume %q from %s: %v", p.name, key, err)
+	}
+	if m.HasBase() {
+		v.Digest, v.Overlay = m.Digest, true
+	}
+	return nil
 }
 
 // copyFrom fills a new volume from a snapshot or volume directory src,

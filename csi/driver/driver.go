@@ -30,6 +30,7 @@ import (
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/csi/importer"
 	"github.com/podvirt/podvirt/csi/state"
+	"github.com/podvirt/podvirt/csi/volume"
 )
 
 // Name is the driver's name.
@@ -136,6 +137,11 @@ func New(opts Options) (*Driver, error) {
 		return nil, err
 	}
 	d.store = store
+	for _, v := range store.Volumes() {
+		if err := volume.Recover(d.VolumeDir(v.ID)); err != nil {
+			return nil, fmt.Errorf("CSI driver: finish the snapshot a crash interrupted on volume %s: %w", v.ID, err)
+		}
+	}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	if opts.Cluster != nil {
 		d.annotations = newClaimAnnotator(opts.Cluster, d.log)

@@ -313,8 +313,8 @@ func TestImportOverlayCopyAndBlock(t *testing.T) {
 	}
 	gets := reg.blobGets.Load()
 
-	// A snapshot of the overlay, restored: still overlays on the same base,
-	// holding only what the guest wrote.
+	// A snapshot of the overlay, restored: nothing copied; the volume and
+	// the restored one are overlays on the frozen layer, on the same base.
 	snap, err := td.controller().CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "snap-overlay", SourceVolumeId: ov.Volume.VolumeId})
 	if err != nil {
 		t.Fatal(err)
@@ -331,8 +331,21 @@ func TestImportOverlayCopyAndBlock(t *testing.T) {
 		t.Errorf("restored volume's context %v; want the overlay's digest (%v) and overlay", rc, oc)
 	}
 	rdir := td.VolumeDir(restored.Volume.VolumeId)
-	if i := diskInfo(t, rdir, "qcow2"); i.BackingFilename != volume.BaseName || i.VirtualSize != 64<<20 {
-		t.Errorf("restored disk %+v: want an overlay on %s", i, volume.BaseName)
+	layer := volume.LayerName(snap.Snapshot.SnapshotId)
+	for _, d := range []string{dir, rdir} {
+		if i := diskInfo(t, d, "qcow2"); i.BackingFilename != layer || i.VirtualSize != 64<<20 {
+			t.Errorf("disk in %s after the snapshot %+v: want an overlay on %s", d, i, layer)
+		}
+	}
+	var lst, rlst syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(dir, layer), &lst); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Stat(filepath.Join(rdir, layer), &rlst); err != nil {
+		t.Fatal(err)
+	}
+	if lst.Ino != rlst.Ino || lst.Nlink != 3 {
+		t.Errorf("layer inodes %d, %d with %d links: the snapshot was copied, not shared by the volume, snapshot and restored volume", lst.Ino, rlst.Ino, lst.Nlink)
 	}
 	var rst syscall.Stat_t
 	if err := syscall.Stat(filepath.Join(rdir, volume.BaseName), &rst); err != nil {

@@ -57,6 +57,10 @@ type Snapshot struct {
 	SourceVolume string    `json:"sourceVolume"`
 	Size         int64     `json:"size"`
 	Created      time.Time `json:"created"`
+	// Layered is set when the snapshot is a frozen layer of its volume
+	// shared by hard links (volume.Keep), not a copy: a volume restored
+	// from it is an overlay on that layer.
+	Layered bool `json:"layered,omitempty"`
 }
 
 // Failure is an import that cannot succeed by retrying: CreateVolume with

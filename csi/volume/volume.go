@@ -7,6 +7,10 @@
 //	base.img          only for overlays: the read-only base disk.img is
 //	                  backed by, named relatively so the chain resolves
 //	                  wherever the directory is mounted (the launcher pod)
+//	layer-ID.img      read-only qcow2 layers between disk.img and base.img,
+//	                  where snapshots froze the disk (Freeze); snapshots and
+//	                  volumes restored from them share these files by hard
+//	                  links, so any of them can be deleted first
 //	podvirt-disk.json the formats, so nothing is ever probed
 //	                  (contracts/diskmeta: the launcher reads it)
 //
@@ -46,11 +50,15 @@ func WriteMeta(dir string, m diskmeta.Meta) error {
 func DiskPath(dir string) string { return filepath.Join(dir, DiskName) }
 
 // Usage is how much a volume directory holds on the host: the blocks its
-// files occupy (a base shared with the cache is counted, since it is
-// linked).
+// images occupy (a base or layer shared with the cache or a snapshot is
+// counted, since it is linked).
 func Usage(dir string) (int64, error) {
+	m, err := diskmeta.Read(dir)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return 0, err
+	}
 	var total int64
-	for _, name := range []string{DiskName, BaseName} {
+	for _, name := range append([]string{DiskName, BaseName}, m.Layers...) {
 		fi, err := os.Stat(filepath.Join(dir, name))
 		if errors.Is(err, os.ErrNotExist) {
 			continue

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"syscall"
 	"testing"
@@ -86,7 +87,7 @@ func TestOverlayResolvesInsideTheVolume(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := (diskmeta.Meta{Format: diskmeta.FormatQCOW2, BaseFormat: diskmeta.FormatQCOW2, Source: "docker://r/x:1", Digest: "sha256:aa"}); m != want {
+	if want := (diskmeta.Meta{Format: diskmeta.FormatQCOW2, BaseFormat: diskmeta.FormatQCOW2, Source: "docker://r/x:1", Digest: "sha256:aa"}); !reflect.DeepEqual(m, want) {
 		t.Errorf("meta = %+v, want %+v", m, want)
 	}
 	i := info(t, DiskPath(vol), diskmeta.FormatQCOW2)
