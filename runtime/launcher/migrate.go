@@ -90,6 +90,9 @@ func (l *Launcher) MigrateTo(ctx context.Context, socks MigrationSockets, o Migr
 		}
 	}
 	if len(o.Disks) > 0 {
+		if err := l.pullLayers(ctx, d, o.Disks); err != nil {
+			return MigrationStats{}, fmt.Errorf("domain %s: %w", l.name, err)
+		}
 		flags |= libvirt.MIGRATE_NON_SHARED_INC
 		params.MigrateDisksSet, params.MigrateDisks = true, o.Disks
 	}

@@ -24,7 +24,8 @@ import (
 // TestLiveMigrationCopiesOnlyTheOverlay moves a booted guest between two
 // launchers' libvirtds through the migration proxy, as between two pods:
 // the root disk is an overlay on a base both sides hold, so only the
-// overlay's data crosses; a standalone data disk crosses whole. The guest
+// overlay's data crosses; a data disk frozen under a snapshot layer
+// crosses whole. The guest
 // keeps running on the target with the data.
 func TestLiveMigrationCopiesOnlyTheOverlay(t *testing.T) {
 	src, dst := startDaemon(t), startDaemon(t)
@@ -33,11 +34,15 @@ func TestLiveMigrationCopiesOnlyTheOverlay(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// A data disk the guest leaves alone, 24 MiB written.
+	// A data disk the guest leaves alone, 24 MiB written, then frozen by
+	// a snapshot (csi/volume.Freeze): the data is in a layer under an
+	// empty overlay, and must cross all the same.
 	srcDir := filepath.Dir(vm.console)
+	layer := filepath.Join(srcDir, "layer-s.img")
+	qemuImg(t, "create", "-q", "-f", "qcow2", layer, "64M")
+	qemuIO(t, "-f", "qcow2", "-c", "write -P 0x5a 0 24M", layer)
 	data := filepath.Join(srcDir, "data.qcow2")
-	qemuImg(t, "create", "-q", "-f", "qcow2", data, "64M")
-	qemuIO(t, "-f", "qcow2", "-c", "write -P 0x5a 0 24M", data)
+	qemuImg(t, "create", "-q", "-f", "qcow2", "-b", "layer-s.img", "-F", "qcow2", data, "64M")
 	withData(vm.vmi)
 	vm.xml = render(t, vm.vmi, srcDir, filepath.Join(srcDir, "root.qcow2"), data)
 	l := startVM(t, src, vm)
@@ -71,7 +76,7 @@ func TestLiveMigrationCopiesOnlyTheOverlay(t *testing.T) {
 	}
 	defer in.Close()
 
-	written := allocated(t, filepath.Join(srcDir, "root.qcow2")) + allocated(t, data)
+	written := allocated(t, filepath.Join(srcDir, "root.qcow2")) + allocated(t, data) + allocated(t, layer)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	var calls int
