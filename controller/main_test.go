@@ -27,6 +27,7 @@ import (
 	"github.com/podvirt/podvirt/api/scheme"
 	"github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/internal/polltest"
+	"github.com/podvirt/podvirt/test/env/chart"
 	"github.com/podvirt/podvirt/test/harness/apiserver"
 )
 
@@ -63,8 +64,14 @@ func runTests(m *testing.M) int {
 		// density benchmark should not share the CPU with it.
 		return m.Run()
 	}
+	// VM snapshots take VolumeSnapshots.
+	snapshotCRDs, err := chart.SnapshotCRDDir()
+	if err != nil {
+		startErr = err
+		return m.Run()
+	}
 	srv, err := apiserver.Start(apiserver.Options{
-		CRDDirs: []string{"../charts/podvirt/crds"},
+		CRDDirs: []string{"../charts/podvirt/crds", snapshotCRDs},
 		// VMs' L2 addresses come from their NetworkAttachmentDefinitions.
 		CRDs: []*apiextensionsv1.CustomResourceDefinition{apiserver.NetworkAttachmentDefinitionCRD()},
 	})

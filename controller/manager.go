@@ -32,8 +32,8 @@ func CacheOptions() cache.Options {
 	}
 }
 
-// Setup registers the VM, VMI and L2 Service reconcilers and the metrics
-// with mgr.
+// Setup registers the VM, VMI, migration, upload, snapshot, restore and
+// L2 Service reconcilers and the metrics with mgr.
 func Setup(mgr ctrl.Manager, cfg Config) error {
 	if err := cfg.validate(); err != nil {
 		return err
@@ -88,6 +88,14 @@ func Setup(mgr ctrl.Manager, cfg Config) error {
 	up := &UploadReconciler{Client: mgr.GetClient(), Cache: uploads, Recorder: mgr.GetEventRecorder("podvirt-controller"), Config: &cfg}
 	if err := up.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up upload controller: %w", err)
+	}
+	snapshots := &SnapshotReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder("podvirt-controller")}
+	if err := snapshots.SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("set up snapshot controller: %w", err)
+	}
+	restores := &RestoreReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder("podvirt-controller")}
+	if err := restores.SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("set up restore controller: %w", err)
 	}
 	l2 := &L2ServiceReconciler{
 		Client:    mgr.GetClient(),

@@ -115,6 +115,11 @@ func (r *VMReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Re
 	if res, handled, err := r.rename(ctx, orig, vm, vmi); handled {
 		return res, err
 	}
+	if heldBySnapshot(vm) && vmi == nil {
+		// A snapshot or restore has the stopped VM: no start, and no
+		// disk-template claim made again while a restore replaces it.
+		return r.updateStatus(ctx, orig, vm, nil)
+	}
 
 	changed, err := r.assignIdentity(ctx, vm)
 	if rf, ok := asRefusal(err); ok {

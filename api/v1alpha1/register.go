@@ -30,6 +30,9 @@ func addKnownTypes(scheme *runtime.Scheme) error {
 		&VirtualMachine{}, &VirtualMachineList{},
 		&VirtualMachineInstance{}, &VirtualMachineInstanceList{},
 		&VirtualMachineInstanceMigration{}, &VirtualMachineInstanceMigrationList{},
+		&VirtualMachineSnapshot{}, &VirtualMachineSnapshotList{},
+		&VirtualMachineSnapshotContent{}, &VirtualMachineSnapshotContentList{},
+		&VirtualMachineRestore{}, &VirtualMachineRestoreList{},
 	)
 	metav1.AddToGroupVersion(scheme, GroupVersion)
 	return nil

@@ -95,6 +95,15 @@ const (
 	// RenamedFromAnnotation on a VM a rename made is the old name; the VM
 	// stays inert (Renaming) until the old VM is gone.
 	RenamedFromAnnotation = "podvirt.io/renamed-from"
+	// SnapshotInProgressAnnotation and RestoreInProgressAnnotation on a VM
+	// name the VirtualMachineSnapshot or VirtualMachineRestore that holds
+	// it: the VM does not start, and makes no disk-template claims, until
+	// the controller removes them.
+	SnapshotInProgressAnnotation = "podvirt.io/snapshot-in-progress"
+	RestoreInProgressAnnotation  = "podvirt.io/restore-in-progress"
+	// RestoredByAnnotation on a PVC or VM a restore made is the UID of
+	// that VirtualMachineRestore.
+	RestoredByAnnotation = "podvirt.io/restored-by"
 	// PausedAnnotation on a VMI, set to "true", asks the node daemon to
 	// pause the guest; removing it resumes the guest. podvirtctl
 	// pause/unpause set it: there is no aggregated API server to carry a

@@ -1,0 +1,464 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+
+	"github.com/podvirt/podvirt/api/v1alpha1"
+)
+
+// VM snapshots: the VM is held (it does not start) while a
+// VirtualMachineSnapshotContent records its spec and one CSI VolumeSnapshot
+// per PVC disk is taken; on podvirt's volumes each is O(1) (csi/volume
+// Freeze). Snapshots of running VMs are refused for now: the launcher does
+// not yet switch a running disk to a new overlay.
+const (
+	// SnapshotFinalizer holds a snapshot or restore until the VM it held
+	// is let go.
+	SnapshotFinalizer = "podvirt.io/snapshot"
+
+	ReasonSnapshotSucceeded = "SnapshotSucceeded"
+	ReasonSnapshotFailed    = "SnapshotFailed"
+
+	// defaultSnapshotDeadline is a snapshot's failure deadline when its
+	// spec gives none.
+	defaultSnapshotDeadline = 5 * time.Minute
+	// snapshotPoll is how often a snapshot in progress looks at its
+	// VolumeSnapshots (whose CRDs the cluster may lack, so they are not
+	// watched).
+	snapshotPoll = time.Second
+	// defaultClassAnnotation marks the default VolumeSnapshotClass.
+	defaultClassAnnotation = "snapshot.storage.kubernetes.io/is-default-class"
+)
+
+var (
+	volumeSnapshotGVK      = schema.GroupVersionKind{Group: "snapshot.storage.k8s.io", Version: "v1", Kind: "VolumeSnapshot"}
+	volumeSnapshotClassGVK = schema.GroupVersionKind{Group: "snapshot.storage.k8s.io", Version: "v1", Kind: "VolumeSnapshotClassList"}
+)
+
+// SnapshotReconciler drives VirtualMachineSnapshots.
+type SnapshotReconciler struct {
+	Client    client.Client
+	APIReader client.Reader
+	Recorder  eventRecorder
+	now       func() time.Time
+}
+
+// SetupWithManager watches snapshots and their contents.
+func (r *SnapshotReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	if r.now == nil {
+		r.now = time.Now
+	}
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("snapshot").
+		For(&v1alpha1.VirtualMachineSnapshot{}).
+		Owns(&v1alpha1.VirtualMachineSnapshotContent{}).
+		Complete(r)
+}
+
+// Reconcile moves one snapshot a step.
+func (r *SnapshotReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	s := &v1alpha1.VirtualMachineSnapshot{}
+	if err := r.Client.Get(ctx, req.NamespacedName, s); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	vmName := s.Spec.Source.Name
+	if s.DeletionTimestamp != nil || final(s.Status.Phase) {
+		if err := releaseVM(ctx, r.Client, s.Namespace, vmName, v1alpha1.SnapshotInProgressAnnotation, s.Name); err != nil {
+			return ctrl.Result{}, err
+		}
+		return ctrl.Result{}, removeFinalizer(ctx, r.Client, s)
+	}
+	if err := addFinalizer(ctx, r.Client, s); err != nil {
+		return ctrl.Result{}, err
+	}
+	orig := s.DeepCopy()
+	res, err := r.step(ctx, s)
+	if uerr := r.Client.Status().Patch(ctx, s, client.MergeFrom(orig)); uerr != nil && !apierrors.IsNotFound(uerr) {
+		return ctrl.Result{}, fmt.Errorf("update status of snapshot %s: %w", req, uerr)
+	}
+	if err != nil || !final(s.Status.Phase) {
+		return res, err
+	}
+	// Over: let the VM go and drop the finalizer on the next pass.
+	return ctrl.Result{Requeue: true}, nil
+}
+
+// step takes the snapshot as far as it can go now.
+func (r *SnapshotReconciler) step(ctx context.Context, s *v1alpha1.VirtualMachineSnapshot) (ctrl.Result, error) {
+	deadline := defaultSnapshotDeadline
+	if s.Spec.FailureDeadline != nil {
+		deadline = s.Spec.FailureDeadline.Duration
+	}
+	if s.Status.Phase == "" {
+		s.Status.Phase = v1alpha1.SnapshotInProgress
+	}
+	if r.now().After(s.CreationTimestamp.Add(deadline)) {
+		msg := fmt.Sprintf("not done within its failure deadline of %s", deadline)
+		if s.Status.Error != nil && s.Status.Error.Message != "" {
+			msg += ": " + s.Status.Error.Message
+		}
+		r.fail(s, msg)
+		return ctrl.Result{}, nil
+	}
+	src := s.Spec.Source
+	if src.Kind != "VirtualMachine" || (src.APIGroup != nil && *src.APIGroup != v1alpha1.GroupName) {
+		r.fail(s, fmt.Sprintf("source %s %s: only a VirtualMachine (podvirt.io) can be snapshotted", src.Kind, src.Name))
+		return ctrl.Result{}, nil
+	}
+	content := &v1alpha1.VirtualMachineSnapshotContent{}
+	err := r.Client.Get(ctx, types.NamespacedName{Namespace: s.Namespace, Name: contentName(s)}, content)
+	if apierrors.IsNotFound(err) {
+		return r.capture(ctx, s)
+	}
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	return r.follow(ctx, s, content)
+}
+
+// capture holds the stopped VM and records it, with the VolumeSnapshots to
+// take, in the snapshot's content.
+func (r *SnapshotReconciler) capture(ctx context.Context, s *v1alpha1.VirtualMachineSnapshot) (ctrl.Result, error) {
+	vm := &v1alpha1.VirtualMachine{}
+	key := types.NamespacedName{Namespace: s.Namespace, Name: s.Spec.Source.Name}
+	if err := r.APIReader.Get(ctx, key, vm); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.fail(s, fmt.Sprintf("VM %s does not exist", key.Name))
+			return ctrl.Result{}, nil
+		}
+		return ctrl.Result{}, err
+	}
+	if running, err := hasVMI(ctx, r.APIReader, vm); err != nil || running {
+		if err == nil {
+			r.fail(s, fmt.Sprintf("VM %s is running: podvirt snapshots only stopped VMs so far; stop it (podvirtctl stop %s), snapshot it, and start it again", vm.Name, vm.Name))
+		}
+		return ctrl.Result{}, err
+	}
+	if held, err := holdVM(ctx, r.Client, vm, v1alpha1.SnapshotInProgressAnnotation, s.Name); err != nil || held != "" {
+		if held != "" {
+			s.Status.Error = &v1alpha1.SnapshotError{Time: ptr.To(metav1.NewTime(r.now())), Message: "waiting for " + held + " to finish with the VM"}
+			return ctrl.Result{RequeueAfter: snapshotPoll}, nil
+		}
+		return ctrl.Result{}, err
+	}
+	// A start that raced the hold would show now.
+	if running, err := hasVMI(ctx, r.APIReader, vm); err != nil || running {
+		if err == nil {
+			r.fail(s, fmt.Sprintf("VM %s started while it was being snapshotted; stop it and snapshot again", vm.Name))
+		}
+		return ctrl.Result{}, err
+	}
+	backups, err := r.volumeBackups(ctx, s, vm)
+	if err != nil {
+		if msg, ok := asRefusal(err); ok {
+			r.fail(s, msg.msg)
+			return ctrl.Result{}, nil
+		}
+		return ctrl.Result{}, err
+	}
+	content := &v1alpha1.VirtualMachineSnapshotContent{
+		ObjectMeta: metav1.ObjectMeta{Name: contentName(s), Namespace: s.Namespace},
+		Spec: v1alpha1.VirtualMachineSnapshotContentSpec{
+			VirtualMachineSnapshotName: s.Name,
+			Source: v1alpha1.SnapshotSourceVM{
+				Name: vm.Name, Labels: vm.Labels, Annotations: withoutHolds(vm.Annotations), Spec: vm.Spec,
+			},
+			VolumeBackups: backups,
+		},
+	}
+	if err := controllerutil.SetControllerReference(s, content, r.Client.Scheme()); err != nil {
+		return ctrl.Result{}, err
+	}
+	if err := r.Client.Create(ctx, content); err != nil && !apierrors.IsAlreadyExists(err) {
+		return ctrl.Result{}, fmt.Errorf("snapshot %s/%s: create its content: %w", s.Namespace, s.Name, err)
+	}
+	uid := vm.UID
+	now := metav1.NewTime(r.now())
+	s.Status.SourceUID, s.Status.CreationTime = &uid, &now
+	s.Status.VirtualMachineSnapshotContentName = content.Name
+	s.Status.Indications = []v1alpha1.Indication{v1alpha1.IndicationOffline}
+	s.Status.ReadyToUse = ptr.To(false)
+	s.Status.Error = nil
+	return ctrl.Result{RequeueAfter: snapshotPoll}, nil
+}
+
+// volumeBackups lists the VM's PVC disks with the VolumeSnapshot each gets.
+func (r *SnapshotReconciler) volumeBackups(ctx context.Context, s *v1alpha1.VirtualMachineSnapshot, vm *v1alpha1.VirtualMachine) ([]v1alpha1.VolumeBackup, error) {
+	var out []v1alpha1.VolumeBackup
+	for _, v := range vm.Spec.Template.Spec.Volumes {
+		if v.PersistentVolumeClaim == nil {
+			continue
+		}
+		pvc := &corev1.PersistentVolumeClaim{}
+		if err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: vm.Namespace, Name: v.PersistentVolumeClaim.ClaimName}, pvc); err != nil {
+			if apierrors.IsNotFound(err) {
+				return nil, &refusal{ReasonSnapshotFailed, fmt.Sprintf("volume %s: PVC %s does not exist", v.Name, v.PersistentVolumeClaim.ClaimName)}
+			}
+			return nil, err
+		}
+		if pvc.Status.Phase != corev1.ClaimBound {
+			return nil, &refusal{ReasonSnapshotFailed, fmt.Sprintf("volume %s: PVC %s is %s, not Bound: its disk is made when the VM first starts; start it once, then snapshot", v.Name, pvc.Name, pvc.Status.Phase)}
+		}
+		out = append(out, v1alpha1.VolumeBackup{
+			VolumeName: v.Name,
+			PersistentVolumeClaim: v1alpha1.PersistentVolumeClaimBackup{
+				Name: pvc.Name, Labels: pvc.Labels, Annotations: pvc.Annotations, Spec: pvc.Spec,
+			},
+			VolumeSnapshotName: fmt.Sprintf("vmsnapshot-%s-volume-%s", s.UID, v.Name),
+			Node:               pvc.Annotations[selectedNodeAnnotation],
+		})
+	}
+	return out, nil
+}
+
+// follow takes the content's VolumeSnapshots and waits for them.
+func (r *SnapshotReconciler) follow(ctx context.Context, s *v1alpha1.VirtualMachineSnapshot, content *v1alpha1.VirtualMachineSnapshotContent) (ctrl.Result, error) {
+	corig := content.DeepCopy()
+	ready := true
+	var statuses []v1alpha1.VolumeSnapshotStatus
+	for _, b := range content.Spec.VolumeBackups {
+		vs, err := r.ensureVolumeSnapshot(ctx, content, b)
+		if err != nil {
+			if rf, ok := asRefusal(err); ok {
+				r.fail(s, rf.msg)
+				return ctrl.Result{}, nil
+			}
+			return ctrl.Result{}, err
+		}
+		st := volumeSnapshotState(vs)
+		statuses = append(statuses, st)
+		if st.Error != nil && st.Error.Message != "" {
+			r.fail(s, fmt.Sprintf("volume %s: VolumeSnapshot %s: %s", b.VolumeName, b.VolumeSnapshotName, st.Error.Message))
+			return ctrl.Result{}, nil
+		}
+		ready = ready && st.ReadyToUse != nil && *st.ReadyToUse
+	}
+	content.Status.VolumeSnapshotStatus = statuses
+	content.Status.ReadyToUse = ptr.To(ready)
+	if content.Status.CreationTime == nil {
+		content.Status.CreationTime = s.Status.CreationTime
+	}
+	if err := r.Client.Status().Patch(ctx, content, client.MergeFrom(corig)); err != nil {
+		return ctrl.Result{}, fmt.Errorf("update status of snapshot content %s: %w", content.Name, err)
+	}
+	if !ready {
+		return ctrl.Result{RequeueAfter: snapshotPoll}, nil
+	}
+	s.Status.Phase, s.Status.ReadyToUse, s.Status.Error = v1alpha1.SnapshotSucceeded, ptr.To(true), nil
+	r.Recorder.Eventf(s, nil, corev1.EventTypeNormal, ReasonSnapshotSucceeded, "Snapshot", "VM %s: %d disks kept", s.Spec.Source.Name, len(content.Spec.VolumeBackups))
+	return ctrl.Result{}, nil
+}
+
+// ensureVolumeSnapshot creates (once) the VolumeSnapshot of backup b and
+// returns it.
+func (r *SnapshotReconciler) ensureVolumeSnapshot(ctx context.Context, content *v1alpha1.VirtualMachineSnapshotContent, b v1alpha1.VolumeBackup) (*unstructured.Unstructured, error) {
+	vs := &unstructured.Unstructured{}
+	vs.SetGroupVersionKind(volumeSnapshotGVK)
+	err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: content.Namespace, Name: b.VolumeSnapshotName}, vs)
+	if err == nil || !apierrors.IsNotFound(err) {
+		return vs, err
+	}
+	class, err := r.snapshotClass(ctx, content.Namespace, b.PersistentVolumeClaim.Name)
+	if err != nil {
+		return nil, err
+	}
+	vs = &unstructured.Unstructured{Object: map[string]any{
+		"spec": map[string]any{
+			"volumeSnapshotClassName": class,
+			"source":                  map[string]any{"persistentVolumeClaimName": b.PersistentVolumeClaim.Name},
+		},
+	}}
+	vs.SetGroupVersionKind(volumeSnapshotGVK)
+	vs.SetNamespace(content.Namespace)
+	vs.SetName(b.VolumeSnapshotName)
+	vs.SetLabels(map[string]string{v1alpha1.VMNameLabel: content.Spec.Source.Name})
+	if err := controllerutil.SetControllerReference(content, vs, r.Client.Scheme()); err != nil {
+		return nil, err
+	}
+	if err := r.Client.Create(ctx, vs); err != nil && !apierrors.IsAlreadyExists(err) {
+		if apierrors.IsNotFound(err) || meta.IsNoMatchError(err) {
+			return nil, &refusal{ReasonSnapshotFailed, "the cluster has no VolumeSnapshot API (snapshot.storage.k8s.io/v1): install the external-snapshotter CRDs and snapshot controller (the podvirt chart installs the controller)"}
+		}
+		return nil, fmt.Errorf("create VolumeSnapshot %s: %w", b.VolumeSnapshotName, err)
+	}
+	return vs, nil
+}
+
+// snapshotClass picks the VolumeSnapshotClass for the claim's CSI driver:
+// the default one of that driver, or its only one.
+func (r *SnapshotReconciler) snapshotClass(ctx context.Context, ns, claim string) (string, error) {
+	pvc := &corev1.PersistentVolumeClaim{}
+	if err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: ns, Name: claim}, pvc); err != nil {
+		if apierrors.IsNotFound(err) {
+			return "", &refusal{ReasonSnapshotFailed, fmt.Sprintf("PVC %s was deleted before its snapshot was taken", claim)}
+		}
+		return "", err
+	}
+	pv := &corev1.PersistentVolume{}
+	if err := r.APIReader.Get(ctx, types.NamespacedName{Name: pvc.Spec.VolumeName}, pv); err != nil {
+		return "", fmt.Errorf("PVC %s: get its PV %s: %w", claim, pvc.Spec.VolumeName, err)
+	}
+	if pv.Spec.CSI == nil {
+		return "", &refusal{ReasonSnapshotFailed, fmt.Sprintf("PVC %s is not a CSI volume: it cannot be snapshotted", claim)}
+	}
+	classes := &unstructured.UnstructuredList{}
+	classes.SetGroupVersionKind(volumeSnapshotClassGVK)
+	if err := r.APIReader.List(ctx, classes); err != nil {
+		if apierrors.IsNotFound(err) || meta.IsNoMatchError(err) {
+			return "", &refusal{ReasonSnapshotFailed, "the cluster has no VolumeSnapshotClass API (snapshot.storage.k8s.io/v1): install the external-snapshotter CRDs"}
+		}
+		return "", fmt.Errorf("list VolumeSnapshotClasses: %w", err)
+	}
+	var found []string
+	for _, c := range classes.Items {
+		if driver, _, _ := unstructured.NestedString(c.Object, "driver"); driver != pv.Spec.CSI.Driver {
+			continue
+		}
+		if c.GetAnnotations()[defaultClassAnnotation] == "true" {
+			return c.GetName(), nil
+		}
+		found = append(found, c.GetName())
+	}
+	switch len(found) {
+	case 0:
+		return "", &refusal{ReasonSnapshotFailed, fmt.Sprintf("no VolumeSnapshotClass has driver %s (PVC %s): create one (the podvirt chart does with volumeSnapshotClass.create=true)", pv.Spec.CSI.Driver, claim)}
+	case 1:
+		return found[0], nil
+	}
+	return "", &refusal{ReasonSnapshotFailed, fmt.Sprintf("VolumeSnapshotClasses %v all have driver %s and none is the default: annotate one %s=true", found, pv.Spec.CSI.Driver, defaultClassAnnotation)}
+}
+
+// volumeSnapshotState reads a VolumeSnapshot's status.
+func volumeSnapshotState(vs *unstructured.Unstructured) v1alpha1.VolumeSnapshotStatus {
+	st := v1alpha1.VolumeSnapshotStatus{VolumeSnapshotName: vs.GetName()}
+	if ready, ok, _ := unstructured.NestedBool(vs.Object, "status", "readyToUse"); ok {
+		st.ReadyToUse = ptr.To(ready)
+	}
+	if t, ok, _ := unstructured.NestedString(vs.Object, "status", "creationTime"); ok {
+		if parsed, err := time.Parse(time.RFC3339, t); err == nil {
+			st.CreationTime = ptr.To(metav1.NewTime(parsed))
+		}
+	}
+	if msg, ok, _ := unstructured.NestedString(vs.Object, "status", "error", "message"); ok && msg != "" {
+		st.Error = &v1alpha1.SnapshotError{Message: msg}
+	}
+	return st
+}
+
+func (r *SnapshotReconciler) fail(s *v1alpha1.VirtualMachineSnapshot, msg string) {
+	now := metav1.NewTime(r.now())
+	s.Status.Phase, s.Status.ReadyToUse = v1alpha1.SnapshotFailed, ptr.To(false)
+	s.Status.Error = &v1alpha1.SnapshotError{Time: &now, Message: msg}
+	r.Recorder.Eventf(s, nil, corev1.EventTypeWarning, ReasonSnapshotFailed, "Snapshot", "%s", msg)
+}
+
+func contentName(s *v1alpha1.VirtualMachineSnapshot) string {
+	return "vmsnapshot-content-" + string(s.UID)
+}
+
+func final(p v1alpha1.SnapshotPhase) bool {
+	return p == v1alpha1.SnapshotSucceeded || p == v1alpha1.SnapshotFailed
+}
+
+// hasVMI reports whether the VM has a VMI (running, starting or stopping).
+func hasVMI(ctx context.Context, c client.Reader, vm *v1alpha1.VirtualMachine) (bool, error) {
+	err := c.Get(ctx, types.NamespacedName{Namespace: vm.Namespace, Name: vm.Name}, &v1alpha1.VirtualMachineInstance{})
+	if apierrors.IsNotFound(err) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// holdVM marks vm held by owner (annotation key, value owner's name) so it
+// does not start; it returns who else holds it, if anyone does.
+func holdVM(ctx context.Context, c client.Client, vm *v1alpha1.VirtualMachine, key, owner string) (string, error) {
+	for _, k := range []string{v1alpha1.SnapshotInProgressAnnotation, v1alpha1.RestoreInProgressAnnotation} {
+		if h := vm.Annotations[k]; h != "" && (k != key || h != owner) {
+			return fmt.Sprintf("%s %s", map[string]string{v1alpha1.SnapshotInProgressAnnotation: "snapshot", v1alpha1.RestoreInProgressAnnotation: "restore"}[k], h), nil
+		}
+	}
+	if vm.Annotations[key] == owner {
+		return "", nil
+	}
+	patch := client.MergeFromWithOptions(vm.DeepCopy(), client.MergeFromWithOptimisticLock{})
+	if vm.Annotations == nil {
+		vm.Annotations = map[string]string{}
+	}
+	vm.Annotations[key] = owner
+	if err := c.Patch(ctx, vm, patch); err != nil {
+		return "", fmt.Errorf("hold VM %s/%s: %w", vm.Namespace, vm.Name, err)
+	}
+	return "", nil
+}
+
+// heldBySnapshot reports whether a snapshot or restore holds vm.
+func heldBySnapshot(vm *v1alpha1.VirtualMachine) bool {
+	return vm.Annotations[v1alpha1.SnapshotInProgressAnnotation] != "" || vm.Annotations[v1alpha1.RestoreInProgressAnnotation] != ""
+}
+
+// releaseVM removes owner's hold on VM name, if it still has it.
+func releaseVM(ctx context.Context, c client.Client, ns, name, key, owner string) error {
+	vm := &v1alpha1.VirtualMachine{}
+	if err := c.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, vm); err != nil {
+		return client.IgnoreNotFound(err)
+	}
+	if vm.Annotations[key] != owner {
+		return nil
+	}
+	patch := client.MergeFromWithOptions(vm.DeepCopy(), client.MergeFromWithOptimisticLock{})
+	delete(vm.Annotations, key)
+	if err := c.Patch(ctx, vm, patch); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("let VM %s/%s go: %w", ns, name, err)
+	}
+	return nil
+}
+
+// withoutHolds is a VM's annotations without the holds of snapshots and
+// restores.
+func withoutHolds(a map[string]string) map[string]string {
+	out := maps.Clone(a)
+	delete(out, v1alpha1.SnapshotInProgressAnnotation)
+	delete(out, v1alpha1.RestoreInProgressAnnotation)
+	return out
+}
+
+func addFinalizer(ctx context.Context, c client.Client, o client.Object) error {
+	if controllerutil.ContainsFinalizer(o, SnapshotFinalizer) {
+		return nil
+	}
+	patch := client.MergeFrom(o.DeepCopyObject().(client.Object))
+	controllerutil.AddFinalizer(o, SnapshotFinalizer)
+	if err := c.Patch(ctx, o, patch); err != nil {
+		return fmt.Errorf("add finalizer to %s: %w", o.GetName(), err)
+	}
+	return nil
+}
+
+func removeFinalizer(ctx context.Context, c client.Client, o client.Object) error {
+	if !controllerutil.ContainsFinalizer(o, SnapshotFinalizer) {
+		return nil
+	}
+	patch := client.MergeFrom(o.DeepCopyObject().(client.Object))
+	controllerutil.RemoveFinalizer(o, SnapshotFinalizer)
+	if err := c.Patch(ctx, o, patch); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("remove finalizer of %s: %w", o.GetName(), err)
+	}
+	return nil
+}
+
+func ptrTo[T any](v T) *T { return &v }
