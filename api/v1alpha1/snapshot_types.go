@@ -170,7 +170,7 @@ type SnapshotSourceVM struct {
 	// +optional
 	Labels map[string]string `json:"labels,omitempty"`
 	// +optional
-	Annotations map[string]string `json:"annotations,omitempty"`
+	Annotations map[string]string  `json:"annotations,omitempty"`
 	Spec        VirtualMachineSpec `json:"spec"`
 }
 
@@ -196,7 +196,7 @@ type PersistentVolumeClaimBackup struct {
 	// +optional
 	Labels map[string]string `json:"labels,omitempty"`
 	// +optional
-	Annotations map[string]string `json:"annotations,omitempty"`
+	Annotations map[string]string                `json:"annotations,omitempty"`
 	Spec        corev1.PersistentVolumeClaimSpec `json:"spec"`
 }
 
