@@ -39,6 +39,19 @@ type Meta struct {
 	// froze the disk there. Their names start with "layer-" and end in
 	// ".img".
 	Layers []string `json:"layers,omitempty"`
+	// Top is the writable image when it is not disk.img: an online
+	// snapshot switched the running VM to a new overlay (top-….img) and
+	// disk.img names the frozen layer too. The CSI driver renames Top back
+	// to disk.img before the volume is next published.
+	Top string `json:"top,omitempty"`
+}
+
+// TopName is the writable image of the volume.
+func (m Meta) TopName() string {
+	if m.Top != "" {
+		return m.Top
+	}
+	return "disk.img"
 }
 
 // ValidLayerName reports whether name can name a layer: a plain file name
@@ -74,6 +87,9 @@ func Read(dir string) (Meta, error) {
 		if !ValidLayerName(l) {
 			return Meta{}, fmt.Errorf("disk metadata %s: layer %q: must be a file name layer-….img", Path(dir), l)
 		}
+	}
+	if m.Top != "" && (!strings.HasPrefix(m.Top, "top-") || !strings.HasSuffix(m.Top, ".img") || strings.ContainsAny(m.Top, "/\\") || strings.Contains(m.Top, "..")) {
+		return Meta{}, fmt.Errorf("disk metadata %s: top %q: must be a file name top-….img", Path(dir), m.Top)
 	}
 	if m.BaseFormat != "" && !ValidFormat(m.BaseFormat) {
 		return Meta{}, fmt.Errorf("disk metadata %s: base format %q: must be %q or %q", Path(dir), m.BaseFormat, FormatQCOW2, FormatRaw)

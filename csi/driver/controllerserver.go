@@ -291,8 +291,9 @@ func (d *Driver) ControllerExpandVolume(ctx context.Context, req *csi.Controller
 }
 
 // CreateSnapshot keeps a volume's disk as it is now in a snapshot
-// directory: in O(1) by freezing a qcow2 disk no one has open, otherwise
-// by a copy (an overlay stays an overlay on the same base, so only what the
+// directory: in O(1) by freezing a qcow2 disk no one has open, or by
+// keeping the layer the launcher froze a running disk at for this
+// VolumeSnapshot (contracts/diskmeta Layers), otherwise by a copy (an overlay stays an overlay on the same base, so only what the
 // guest wrote is copied).
 func (d *Driver) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest) (*csi.CreateSnapshotResponse, error) {
 	name, src := req.GetName(), req.GetSourceVolumeId()
@@ -334,15 +335,29 @@ func (d *Driver) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "CreateSnapshot %q of volume %s: %v", name, src, err)
 	}
-	layered := canFreeze && !v.Block && len(v.TargetPaths) == 0
+	// A running VM's disk the launcher already froze for this
+	// VolumeSnapshot (a VM snapshot switched it to a new overlay) is kept
+	// as frozen.
+	layer, online := volume.LayerName(id), false
+	if vs := req.GetParameters()[paramSnapshotName]; vs != "" && canFreeze {
+		if online, err = volume.Frozen(vdir, volume.LayerName(vs)); err != nil {
+			return nil, status.Errorf(codes.Internal, "CreateSnapshot %q of volume %s: %v", name, src, err)
+		}
+		if online {
+			layer = volume.LayerName(vs)
+		}
+	}
+	layered := online || (canFreeze && !v.Block && len(v.TargetPaths) == 0)
 	if err := build(tmp, dir, func() error {
 		if !layered {
 			return volume.Copy(ctx, vdir, tmp, v.Format, v.Size, "", false)
 		}
-		if err := volume.Freeze(ctx, vdir, volume.LayerName(id)); err != nil {
-			return err
+		if !online {
+			if err := volume.Freeze(ctx, vdir, layer); err != nil {
+				return err
+			}
 		}
-		return volume.Keep(vdir, volume.LayerName(id), tmp)
+		return volume.Keep(vdir, layer, tmp)
 	}); err != nil {
 		return nil, status.Errorf(codes.Internal, "CreateSnapshot %q of volume %s: %v", name, src, err)
 	}

@@ -181,6 +181,13 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	} else if err := os.MkdirAll(target, 0o750); err != nil {
 		return nil, status.Errorf(codes.Internal, "NodePublishVolume %s: create %s: %v", v.ID, target, err)
 	}
+	if !v.Block && len(v.TargetPaths) == 0 {
+		// No pod has the disk open: a top an online snapshot switched
+		// to becomes disk.img again, where the launcher looks.
+		if err := volume.Settle(d.VolumeDir(v.ID)); err != nil {
+			return nil, status.Errorf(codes.Internal, "NodePublishVolume %s: %v", v.ID, err)
+		}
+	}
 	mounted, err := mounter.IsMountPoint(target)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "NodePublishVolume %s: check %s: %v", v.ID, target, err)

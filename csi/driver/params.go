@@ -59,10 +59,12 @@ const (
 	ParamAllowPrivateSources = "allowPrivateSources"
 )
 
-// Keys external-provisioner adds with --extra-create-metadata.
+// Keys external-provisioner and csi-snapshotter add with
+// --extra-create-metadata.
 const (
 	paramPVCName      = "csi.storage.k8s.io/pvc/name"
 	paramPVCNamespace = "csi.storage.k8s.io/pvc/namespace"
+	paramSnapshotName = "csi.storage.k8s.io/volumesnapshot/name"
 	paramPrefixCSI    = "csi.storage.k8s.io/"
 )
 

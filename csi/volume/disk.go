@@ -92,8 +92,9 @@ func Copy(ctx context.Context, src, dir, format string, size int64, prealloc str
 	if err != nil {
 		return err
 	}
+	top := topPath(src, m)
 	if !m.HasBase() || flatten || format != diskmeta.FormatQCOW2 {
-		return Convert(ctx, dir, DiskPath(src), m.Format, format, size, prealloc, diskmeta.Meta{Source: m.Source, Digest: m.Digest})
+		return Convert(ctx, dir, top, m.Format, format, size, prealloc, diskmeta.Meta{Source: m.Source, Digest: m.Digest})
 	}
 	if err := linkOrCopy(filepath.Join(src, BaseName), filepath.Join(dir, BaseName)); err != nil {
 		return err
@@ -101,12 +102,14 @@ func Copy(ctx context.Context, src, dir, format string, size int64, prealloc str
 	// -B writes only the clusters src holds above its base; the new
 	// overlay names base.img relatively, and both chains resolve in their
 	// own directory.
-	if err := qemuImgIn(ctx, dir, "convert", "-U", "-f", m.Format, "-O", diskmeta.FormatQCOW2, "-B", BaseName, "-F", m.BaseFormat, DiskPath(src), DiskName); err != nil {
+	if err := qemuImgIn(ctx, dir, "convert", "-U", "-f", m.Format, "-O", diskmeta.FormatQCOW2, "-B", BaseName, "-F", m.BaseFormat, top, DiskName); err != nil {
 		return err
 	}
 	if err := grow(ctx, DiskPath(dir), diskmeta.FormatQCOW2, size, ""); err != nil {
 		return err
 	}
+	// The copy holds src's layers in its one overlay.
+	m.Layers, m.Top = nil, ""
 	return finish(dir, m)
 }
 
@@ -117,7 +120,7 @@ func Resize(ctx context.Context, dir string, size int64, prealloc string) error 
 	if err != nil {
 		return err
 	}
-	return grow(ctx, DiskPath(dir), m.Format, size, prealloc)
+	return grow(ctx, topPath(dir, m), m.Format, size, prealloc)
 }
 
 // VirtualSize is the size of the disk of dir as the guest sees it.
@@ -126,8 +129,11 @@ func VirtualSize(ctx context.Context, dir string) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	return imageSize(ctx, DiskPath(dir), m.Format)
+	return imageSize(ctx, topPath(dir, m), m.Format)
 }
+
+// topPath is the writable image of the volume directory dir.
+func topPath(dir string, m diskmeta.Meta) string { return filepath.Join(dir, m.TopName()) }
 
 func grow(ctx context.Context, path, format string, size int64, prealloc string) error {
 	cur, err := imageSize(ctx, path, format)

@@ -44,6 +44,14 @@ func Freeze(ctx context.Context, dir, layer string) error {
 	if slices.Contains(m.Layers, layer) {
 		return nil
 	}
+	if m.Top != "" {
+		if err := Settle(dir); err != nil {
+			return err
+		}
+		if m, err = diskmeta.Read(dir); err != nil {
+			return err
+		}
+	}
 	if m.Format != diskmeta.FormatQCOW2 {
 		return fmt.Errorf("volume %s holds a %s disk: only qcow2 disks can be frozen under an overlay", dir, m.Format)
 	}
@@ -106,23 +114,33 @@ func Recover(dir string) error {
 	return os.Remove(next)
 }
 
+// Frozen reports whether the disk of dir was frozen at layer (by Freeze,
+// or by the launcher switching a running disk to a new overlay).
+func Frozen(dir, layer string) (bool, error) {
+	m, err := diskmeta.Read(dir)
+	if err != nil {
+		return false, err
+	}
+	return slices.Contains(m.Layers, layer), nil
+}
+
 // Keep makes the new directory snap hold the disk of dir as it was frozen
-// at layer (which must be dir's newest layer) by hard links: snap's
-// disk.img is the layer, and the layers and base beneath it keep their
-// names. O(1) in the disk's size; deleting either directory later leaves
-// the other whole.
+// at layer by hard links: snap's disk.img is the layer, and the layers and
+// base beneath it keep their names. O(1) in the disk's size; deleting
+// either directory later leaves the other whole.
 func Keep(dir, layer, snap string) error {
 	m, err := diskmeta.Read(dir)
 	if err != nil {
 		return err
 	}
-	if len(m.Layers) == 0 || m.Layers[0] != layer {
+	i := slices.Index(m.Layers, layer)
+	if i < 0 {
 		return fmt.Errorf("volume %s is not frozen at %s", dir, layer)
 	}
 	if err := os.Link(filepath.Join(dir, layer), DiskPath(snap)); err != nil {
 		return fmt.Errorf("keep layer %s of %s: %w", layer, dir, err)
 	}
-	m.Layers = m.Layers[1:]
+	m.Layers, m.Top = m.Layers[i+1:], ""
 	if err := linkChain(dir, snap, m); err != nil {
 		return err
 	}
@@ -154,6 +172,42 @@ func Restore(ctx context.Context, snap, dir, layer string, size int64) error {
 	}
 	m.Layers = append([]string{layer}, m.Layers...)
 	return finish(dir, m)
+}
+
+// Settle makes disk.img the writable image again after online snapshots
+// switched a running VM to top-….img (diskmeta Top), and drops the names
+// earlier switches left; nothing may hold the volume open. A Settle a
+// crash interrupted is finished by the next one.
+func Settle(dir string) error {
+	m, err := diskmeta.Read(dir)
+	if err != nil {
+		return err
+	}
+	if m.Top != "" {
+		top := filepath.Join(dir, m.Top)
+		if _, err := os.Stat(top); err == nil {
+			if err := os.Rename(top, DiskPath(dir)); err != nil {
+				return err
+			}
+		} else if !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		m.Top = ""
+		if err := WriteMeta(dir, m); err != nil {
+			return err
+		}
+	}
+	// Other top-….img are names of layers now: no header refers to them.
+	stale, err := filepath.Glob(filepath.Join(dir, "top-*.img"))
+	if err != nil {
+		return err
+	}
+	for _, f := range stale {
+		if err := os.Remove(f); err != nil {
+			return err
+		}
+	}
+	return syncFile(dir)
 }
 
 // linkChain links the layers and base m names from directory from into to.

@@ -161,3 +161,63 @@ func TestRecover(t *testing.T) {
 		})
 	}
 }
+
+// TestKeepAndSettleAfterOnlineSwitch: the launcher froze a running disk
+// (disk.img linked as a layer, a new top-….img over it, written to); the
+// snapshot keeps the layer, and Settle makes the top disk.img again.
+func TestKeepAndSettleAfterOnlineSwitch(t *testing.T) {
+	requireQemuImg(t)
+	ctx := context.Background()
+	vol, snap := t.TempDir(), t.TempDir()
+	if err := Create(ctx, vol, diskmeta.FormatQCOW2, 16<<20, ""); err != nil {
+		t.Fatal(err)
+	}
+	write(t, DiskPath(vol), 0, 0x01)
+	// As the launcher does it.
+	layer, top := LayerName("online"), "top-online.img"
+	if err := os.Link(DiskPath(vol), filepath.Join(vol, layer)); err != nil {
+		t.Fatal(err)
+	}
+	run(t, QemuImg, "create", "-q", "-u", "-f", "qcow2", "-b", layer, "-F", "qcow2", filepath.Join(vol, top), "16M")
+	if err := WriteMeta(vol, diskmeta.Meta{Format: diskmeta.FormatQCOW2, Layers: []string{layer}, Top: top}); err != nil {
+		t.Fatal(err)
+	}
+	write(t, filepath.Join(vol, top), 0, 0x02)
+	if size, err := VirtualSize(ctx, vol); err != nil || size != 16<<20 {
+		t.Errorf("VirtualSize = %d, %v", size, err)
+	}
+
+	if ok, err := Frozen(vol, layer); !ok || err != nil {
+		t.Fatalf("Frozen = %v, %v", ok, err)
+	}
+	if err := Keep(vol, layer, snap); err != nil {
+		t.Fatal(err)
+	}
+	if !hasPattern(t, DiskPath(snap), 0, 64<<10, 0x01) {
+		t.Error("the snapshot does not hold the disk as it was frozen")
+	}
+	if err := Settle(vol); err != nil {
+		t.Fatal(err)
+	}
+	m, err := diskmeta.Read(vol)
+	if err != nil || m.Top != "" || len(m.Layers) != 1 {
+		t.Fatalf("meta after Settle %+v, %v", m, err)
+	}
+	if _, err := os.Stat(filepath.Join(vol, top)); !os.IsNotExist(err) {
+		t.Errorf("%s is left after Settle: %v", top, err)
+	}
+	if !hasPattern(t, DiskPath(vol), 0, 64<<10, 0x02) {
+		t.Error("disk.img after Settle does not read what was written to the top")
+	}
+	if err := Settle(vol); err != nil { // nothing left to do
+		t.Fatal(err)
+	}
+	// A copy flattens the layers into one standalone disk.
+	cp := t.TempDir()
+	if err := Copy(ctx, vol, cp, diskmeta.FormatQCOW2, 16<<20, "", false); err != nil {
+		t.Fatal(err)
+	}
+	if cm, err := diskmeta.Read(cp); err != nil || len(cm.Layers) != 0 || !hasPattern(t, DiskPath(cp), 0, 64<<10, 0x02) {
+		t.Errorf("copy of a layered volume: meta %+v, %v", cm, err)
+	}
+}

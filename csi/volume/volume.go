@@ -58,7 +58,11 @@ func Usage(dir string) (int64, error) {
 		return 0, err
 	}
 	var total int64
-	for _, name := range append([]string{DiskName, BaseName}, m.Layers...) {
+	names := append([]string{DiskName, BaseName}, m.Layers...)
+	if m.Top != "" {
+		names = append(names, m.Top)
+	}
+	for _, name := range names {
 		fi, err := os.Stat(filepath.Join(dir, name))
 		if errors.Is(err, os.ErrNotExist) {
 			continue
