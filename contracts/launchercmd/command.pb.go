@@ -34,6 +34,137 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type SnapshotDisksRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// layers maps VMI volume names to layer file names (layer-….img).
+	Layers          map[string]string `protobuf:"bytes,1,rep,name=layers,proto3" json:"layers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	FreezeTimeoutMs int64             `protobuf:"varint,2,opt,name=freeze_timeout_ms,json=freezeTimeoutMs,proto3" json:"freeze_timeout_ms,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *SnapshotDisksRequest) Reset() {
+	*x = SnapshotDisksRequest{}
+	mi := &file_command_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotDisksRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotDisksRequest) ProtoMessage() {}
+
+func (x *SnapshotDisksRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotDisksRequest.ProtoReflect.Descriptor instead.
+func (*SnapshotDisksRequest) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *SnapshotDisksRequest) GetLayers() map[string]string {
+	if x != nil {
+		return x.Layers
+	}
+	return nil
+}
+
+func (x *SnapshotDisksRequest) GetFreezeTimeoutMs() int64 {
+	if x != nil {
+		return x.FreezeTimeoutMs
+	}
+	return 0
+}
+
+type SnapshotDisksResponse struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	GuestAgent bool                   `protobuf:"varint,1,opt,name=guest_agent,json=guestAgent,proto3" json:"guest_agent,omitempty"`
+	Quiesced   bool                   `protobuf:"varint,2,opt,name=quiesced,proto3" json:"quiesced,omitempty"`
+	Paused     bool                   `protobuf:"varint,3,opt,name=paused,proto3" json:"paused,omitempty"`
+	// agent_error says why the agent did not freeze the filesystems.
+	AgentError string `protobuf:"bytes,4,opt,name=agent_error,json=agentError,proto3" json:"agent_error,omitempty"`
+	// frozen_ms is how long the guest was frozen or paused.
+	FrozenMs      int64 `protobuf:"varint,5,opt,name=frozen_ms,json=frozenMs,proto3" json:"frozen_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotDisksResponse) Reset() {
+	*x = SnapshotDisksResponse{}
+	mi := &file_command_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotDisksResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotDisksResponse) ProtoMessage() {}
+
+func (x *SnapshotDisksResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotDisksResponse.ProtoReflect.Descriptor instead.
+func (*SnapshotDisksResponse) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *SnapshotDisksResponse) GetGuestAgent() bool {
+	if x != nil {
+		return x.GuestAgent
+	}
+	return false
+}
+
+func (x *SnapshotDisksResponse) GetQuiesced() bool {
+	if x != nil {
+		return x.Quiesced
+	}
+	return false
+}
+
+func (x *SnapshotDisksResponse) GetPaused() bool {
+	if x != nil {
+		return x.Paused
+	}
+	return false
+}
+
+func (x *SnapshotDisksResponse) GetAgentError() string {
+	if x != nil {
+		return x.AgentError
+	}
+	return ""
+}
+
+func (x *SnapshotDisksResponse) GetFrozenMs() int64 {
+	if x != nil {
+		return x.FrozenMs
+	}
+	return 0
+}
+
 type PrepareMigrationRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// vmi and networks are as in StartRequest.
@@ -48,7 +179,7 @@ type PrepareMigrationRequest struct {
 
 func (x *PrepareMigrationRequest) Reset() {
 	*x = PrepareMigrationRequest{}
-	mi := &file_command_proto_msgTypes[0]
+	mi := &file_command_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -60,7 +191,7 @@ func (x *PrepareMigrationRequest) String() string {
 func (*PrepareMigrationRequest) ProtoMessage() {}
 
 func (x *PrepareMigrationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[0]
+	mi := &file_command_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -73,7 +204,7 @@ func (x *PrepareMigrationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareMigrationRequest.ProtoReflect.Descriptor instead.
 func (*PrepareMigrationRequest) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{0}
+	return file_command_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *PrepareMigrationRequest) GetVmi() []byte {
@@ -110,7 +241,7 @@ type PrepareMigrationResponse struct {
 
 func (x *PrepareMigrationResponse) Reset() {
 	*x = PrepareMigrationResponse{}
-	mi := &file_command_proto_msgTypes[1]
+	mi := &file_command_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -122,7 +253,7 @@ func (x *PrepareMigrationResponse) String() string {
 func (*PrepareMigrationResponse) ProtoMessage() {}
 
 func (x *PrepareMigrationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[1]
+	mi := &file_command_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -135,7 +266,7 @@ func (x *PrepareMigrationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareMigrationResponse.ProtoReflect.Descriptor instead.
 func (*PrepareMigrationResponse) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{1}
+	return file_command_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *PrepareMigrationResponse) GetAddress() string {
@@ -177,7 +308,7 @@ type MigrateRequest struct {
 
 func (x *MigrateRequest) Reset() {
 	*x = MigrateRequest{}
-	mi := &file_command_proto_msgTypes[2]
+	mi := &file_command_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -189,7 +320,7 @@ func (x *MigrateRequest) String() string {
 func (*MigrateRequest) ProtoMessage() {}
 
 func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[2]
+	mi := &file_command_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -202,7 +333,7 @@ func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateRequest.ProtoReflect.Descriptor instead.
 func (*MigrateRequest) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{2}
+	return file_command_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *MigrateRequest) GetTargetAddress() string {
@@ -271,7 +402,7 @@ type MigrationProgress struct {
 
 func (x *MigrationProgress) Reset() {
 	*x = MigrationProgress{}
-	mi := &file_command_proto_msgTypes[3]
+	mi := &file_command_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -283,7 +414,7 @@ func (x *MigrationProgress) String() string {
 func (*MigrationProgress) ProtoMessage() {}
 
 func (x *MigrationProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[3]
+	mi := &file_command_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -296,7 +427,7 @@ func (x *MigrationProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationProgress.ProtoReflect.Descriptor instead.
 func (*MigrationProgress) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{3}
+	return file_command_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *MigrationProgress) GetMemoryProcessed() uint64 {
@@ -369,7 +500,7 @@ type StartRequest struct {
 
 func (x *StartRequest) Reset() {
 	*x = StartRequest{}
-	mi := &file_command_proto_msgTypes[4]
+	mi := &file_command_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -381,7 +512,7 @@ func (x *StartRequest) String() string {
 func (*StartRequest) ProtoMessage() {}
 
 func (x *StartRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[4]
+	mi := &file_command_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -394,7 +525,7 @@ func (x *StartRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartRequest.ProtoReflect.Descriptor instead.
 func (*StartRequest) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{4}
+	return file_command_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *StartRequest) GetVmi() []byte {
@@ -419,7 +550,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_command_proto_msgTypes[5]
+	mi := &file_command_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -431,7 +562,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[5]
+	mi := &file_command_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -444,7 +575,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{5}
+	return file_command_proto_rawDescGZIP(), []int{7}
 }
 
 type WatchRequest struct {
@@ -455,7 +586,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_command_proto_msgTypes[6]
+	mi := &file_command_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -467,7 +598,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[6]
+	mi := &file_command_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -480,7 +611,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{6}
+	return file_command_proto_rawDescGZIP(), []int{8}
 }
 
 type StatusResponse struct {
@@ -512,7 +643,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_command_proto_msgTypes[7]
+	mi := &file_command_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -524,7 +655,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[7]
+	mi := &file_command_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -537,7 +668,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{7}
+	return file_command_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *StatusResponse) GetVmi() string {
@@ -627,7 +758,7 @@ type Interface struct {
 
 func (x *Interface) Reset() {
 	*x = Interface{}
-	mi := &file_command_proto_msgTypes[8]
+	mi := &file_command_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -639,7 +770,7 @@ func (x *Interface) String() string {
 func (*Interface) ProtoMessage() {}
 
 func (x *Interface) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[8]
+	mi := &file_command_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -652,7 +783,7 @@ func (x *Interface) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Interface.ProtoReflect.Descriptor instead.
 func (*Interface) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{8}
+	return file_command_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Interface) GetNetwork() string {
@@ -691,7 +822,7 @@ type ShutdownRequest struct {
 
 func (x *ShutdownRequest) Reset() {
 	*x = ShutdownRequest{}
-	mi := &file_command_proto_msgTypes[9]
+	mi := &file_command_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -703,7 +834,7 @@ func (x *ShutdownRequest) String() string {
 func (*ShutdownRequest) ProtoMessage() {}
 
 func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[9]
+	mi := &file_command_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -716,7 +847,7 @@ func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownRequest.ProtoReflect.Descriptor instead.
 func (*ShutdownRequest) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{9}
+	return file_command_proto_rawDescGZIP(), []int{11}
 }
 
 type ShutdownResponse struct {
@@ -732,7 +863,7 @@ type ShutdownResponse struct {
 
 func (x *ShutdownResponse) Reset() {
 	*x = ShutdownResponse{}
-	mi := &file_command_proto_msgTypes[10]
+	mi := &file_command_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -744,7 +875,7 @@ func (x *ShutdownResponse) String() string {
 func (*ShutdownResponse) ProtoMessage() {}
 
 func (x *ShutdownResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[10]
+	mi := &file_command_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -757,7 +888,7 @@ func (x *ShutdownResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownResponse.ProtoReflect.Descriptor instead.
 func (*ShutdownResponse) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{10}
+	return file_command_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ShutdownResponse) GetGraceful() bool {
@@ -782,7 +913,7 @@ type PauseRequest struct {
 
 func (x *PauseRequest) Reset() {
 	*x = PauseRequest{}
-	mi := &file_command_proto_msgTypes[11]
+	mi := &file_command_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -794,7 +925,7 @@ func (x *PauseRequest) String() string {
 func (*PauseRequest) ProtoMessage() {}
 
 func (x *PauseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[11]
+	mi := &file_command_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -807,7 +938,7 @@ func (x *PauseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseRequest.ProtoReflect.Descriptor instead.
 func (*PauseRequest) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{11}
+	return file_command_proto_rawDescGZIP(), []int{13}
 }
 
 type PauseResponse struct {
@@ -818,7 +949,7 @@ type PauseResponse struct {
 
 func (x *PauseResponse) Reset() {
 	*x = PauseResponse{}
-	mi := &file_command_proto_msgTypes[12]
+	mi := &file_command_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -830,7 +961,7 @@ func (x *PauseResponse) String() string {
 func (*PauseResponse) ProtoMessage() {}
 
 func (x *PauseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[12]
+	mi := &file_command_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -843,7 +974,7 @@ func (x *PauseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseResponse.ProtoReflect.Descriptor instead.
 func (*PauseResponse) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{12}
+	return file_command_proto_rawDescGZIP(), []int{14}
 }
 
 type ResumeRequest struct {
@@ -854,7 +985,7 @@ type ResumeRequest struct {
 
 func (x *ResumeRequest) Reset() {
 	*x = ResumeRequest{}
-	mi := &file_command_proto_msgTypes[13]
+	mi := &file_command_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -866,7 +997,7 @@ func (x *ResumeRequest) String() string {
 func (*ResumeRequest) ProtoMessage() {}
 
 func (x *ResumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[13]
+	mi := &file_command_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -879,7 +1010,7 @@ func (x *ResumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeRequest.ProtoReflect.Descriptor instead.
 func (*ResumeRequest) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{13}
+	return file_command_proto_rawDescGZIP(), []int{15}
 }
 
 type ResumeResponse struct {
@@ -890,7 +1021,7 @@ type ResumeResponse struct {
 
 func (x *ResumeResponse) Reset() {
 	*x = ResumeResponse{}
-	mi := &file_command_proto_msgTypes[14]
+	mi := &file_command_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -902,7 +1033,7 @@ func (x *ResumeResponse) String() string {
 func (*ResumeResponse) ProtoMessage() {}
 
 func (x *ResumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[14]
+	mi := &file_command_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -915,7 +1046,7 @@ func (x *ResumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeResponse.ProtoReflect.Descriptor instead.
 func (*ResumeResponse) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{14}
+	return file_command_proto_rawDescGZIP(), []int{16}
 }
 
 type ConsoleData struct {
@@ -927,7 +1058,7 @@ type ConsoleData struct {
 
 func (x *ConsoleData) Reset() {
 	*x = ConsoleData{}
-	mi := &file_command_proto_msgTypes[15]
+	mi := &file_command_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -939,7 +1070,7 @@ func (x *ConsoleData) String() string {
 func (*ConsoleData) ProtoMessage() {}
 
 func (x *ConsoleData) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[15]
+	mi := &file_command_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -952,7 +1083,7 @@ func (x *ConsoleData) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsoleData.ProtoReflect.Descriptor instead.
 func (*ConsoleData) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{15}
+	return file_command_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ConsoleData) GetData() []byte {
@@ -970,7 +1101,7 @@ type DomainStatsRequest struct {
 
 func (x *DomainStatsRequest) Reset() {
 	*x = DomainStatsRequest{}
-	mi := &file_command_proto_msgTypes[16]
+	mi := &file_command_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -982,7 +1113,7 @@ func (x *DomainStatsRequest) String() string {
 func (*DomainStatsRequest) ProtoMessage() {}
 
 func (x *DomainStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[16]
+	mi := &file_command_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -995,7 +1126,7 @@ func (x *DomainStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DomainStatsRequest.ProtoReflect.Descriptor instead.
 func (*DomainStatsRequest) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{16}
+	return file_command_proto_rawDescGZIP(), []int{18}
 }
 
 // DomainStatsResponse is a snapshot of the domain's counters as libvirt
@@ -1019,7 +1150,7 @@ type DomainStatsResponse struct {
 
 func (x *DomainStatsResponse) Reset() {
 	*x = DomainStatsResponse{}
-	mi := &file_command_proto_msgTypes[17]
+	mi := &file_command_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1031,7 +1162,7 @@ func (x *DomainStatsResponse) String() string {
 func (*DomainStatsResponse) ProtoMessage() {}
 
 func (x *DomainStatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[17]
+	mi := &file_command_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1044,7 +1175,7 @@ func (x *DomainStatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DomainStatsResponse.ProtoReflect.Descriptor instead.
 func (*DomainStatsResponse) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{17}
+	return file_command_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *DomainStatsResponse) GetCpuTimeNs() uint64 {
@@ -1107,7 +1238,7 @@ type VCPUStats struct {
 
 func (x *VCPUStats) Reset() {
 	*x = VCPUStats{}
-	mi := &file_command_proto_msgTypes[18]
+	mi := &file_command_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1119,7 +1250,7 @@ func (x *VCPUStats) String() string {
 func (*VCPUStats) ProtoMessage() {}
 
 func (x *VCPUStats) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[18]
+	mi := &file_command_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1132,7 +1263,7 @@ func (x *VCPUStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VCPUStats.ProtoReflect.Descriptor instead.
 func (*VCPUStats) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{18}
+	return file_command_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *VCPUStats) GetId() uint32 {
@@ -1165,7 +1296,7 @@ type MemoryStats struct {
 
 func (x *MemoryStats) Reset() {
 	*x = MemoryStats{}
-	mi := &file_command_proto_msgTypes[19]
+	mi := &file_command_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1177,7 +1308,7 @@ func (x *MemoryStats) String() string {
 func (*MemoryStats) ProtoMessage() {}
 
 func (x *MemoryStats) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[19]
+	mi := &file_command_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1190,7 +1321,7 @@ func (x *MemoryStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemoryStats.ProtoReflect.Descriptor instead.
 func (*MemoryStats) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{19}
+	return file_command_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *MemoryStats) GetActualBalloonBytes() uint64 {
@@ -1241,7 +1372,7 @@ type DiskStats struct {
 
 func (x *DiskStats) Reset() {
 	*x = DiskStats{}
-	mi := &file_command_proto_msgTypes[20]
+	mi := &file_command_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1253,7 +1384,7 @@ func (x *DiskStats) String() string {
 func (*DiskStats) ProtoMessage() {}
 
 func (x *DiskStats) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[20]
+	mi := &file_command_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1266,7 +1397,7 @@ func (x *DiskStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiskStats.ProtoReflect.Descriptor instead.
 func (*DiskStats) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{20}
+	return file_command_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *DiskStats) GetName() string {
@@ -1360,7 +1491,7 @@ type InterfaceStats struct {
 
 func (x *InterfaceStats) Reset() {
 	*x = InterfaceStats{}
-	mi := &file_command_proto_msgTypes[21]
+	mi := &file_command_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1372,7 +1503,7 @@ func (x *InterfaceStats) String() string {
 func (*InterfaceStats) ProtoMessage() {}
 
 func (x *InterfaceStats) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[21]
+	mi := &file_command_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1385,7 +1516,7 @@ func (x *InterfaceStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InterfaceStats.ProtoReflect.Descriptor instead.
 func (*InterfaceStats) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{21}
+	return file_command_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *InterfaceStats) GetName() string {
@@ -1462,7 +1593,21 @@ var File_command_proto protoreflect.FileDescriptor
 
 const file_command_proto_rawDesc = "" +
 	"\n" +
-	"\rcommand.proto\x12\x19podvirt.launcher.v1alpha1\"n\n" +
+	"\rcommand.proto\x12\x19podvirt.launcher.v1alpha1\"\xd2\x01\n" +
+	"\x14SnapshotDisksRequest\x12S\n" +
+	"\x06layers\x18\x01 \x03(\v2;.podvirt.launcher.v1alpha1.SnapshotDisksRequest.LayersEntryR\x06layers\x12*\n" +
+	"\x11freeze_timeout_ms\x18\x02 \x01(\x03R\x0ffreezeTimeoutMs\x1a9\n" +
+	"\vLayersEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xaa\x01\n" +
+	"\x15SnapshotDisksResponse\x12\x1f\n" +
+	"\vguest_agent\x18\x01 \x01(\bR\n" +
+	"guestAgent\x12\x1a\n" +
+	"\bquiesced\x18\x02 \x01(\bR\bquiesced\x12\x16\n" +
+	"\x06paused\x18\x03 \x01(\bR\x06paused\x12\x1f\n" +
+	"\vagent_error\x18\x04 \x01(\tR\n" +
+	"agentError\x12\x1b\n" +
+	"\tfrozen_ms\x18\x05 \x01(\x03R\bfrozenMs\"n\n" +
 	"\x17PrepareMigrationRequest\x12\x10\n" +
 	"\x03vmi\x18\x01 \x01(\fR\x03vmi\x12\x1a\n" +
 	"\bnetworks\x18\x02 \x01(\fR\bnetworks\x12%\n" +
@@ -1606,7 +1751,7 @@ const file_command_proto_rawDesc = "" +
 	"\v_tx_packetsB\f\n" +
 	"\n" +
 	"_tx_errorsB\r\n" +
-	"\v_tx_dropped2\xf4\a\n" +
+	"\v_tx_dropped2\xe8\b\n" +
 	"\aCommand\x12[\n" +
 	"\x05Start\x12'.podvirt.launcher.v1alpha1.StartRequest\x1a).podvirt.launcher.v1alpha1.StatusResponse\x12]\n" +
 	"\x06Status\x12(.podvirt.launcher.v1alpha1.StatusRequest\x1a).podvirt.launcher.v1alpha1.StatusResponse\x12]\n" +
@@ -1617,7 +1762,8 @@ const file_command_proto_rawDesc = "" +
 	"\aConsole\x12&.podvirt.launcher.v1alpha1.ConsoleData\x1a&.podvirt.launcher.v1alpha1.ConsoleData(\x010\x01\x12l\n" +
 	"\vDomainStats\x12-.podvirt.launcher.v1alpha1.DomainStatsRequest\x1a..podvirt.launcher.v1alpha1.DomainStatsResponse\x12{\n" +
 	"\x10PrepareMigration\x122.podvirt.launcher.v1alpha1.PrepareMigrationRequest\x1a3.podvirt.launcher.v1alpha1.PrepareMigrationResponse\x12d\n" +
-	"\aMigrate\x12).podvirt.launcher.v1alpha1.MigrateRequest\x1a,.podvirt.launcher.v1alpha1.MigrationProgress0\x01B2Z0github.com/podvirt/podvirt/contracts/launchercmdb\x06proto3"
+	"\aMigrate\x12).podvirt.launcher.v1alpha1.MigrateRequest\x1a,.podvirt.launcher.v1alpha1.MigrationProgress0\x01\x12r\n" +
+	"\rSnapshotDisks\x12/.podvirt.launcher.v1alpha1.SnapshotDisksRequest\x1a0.podvirt.launcher.v1alpha1.SnapshotDisksResponseB2Z0github.com/podvirt/podvirt/contracts/launchercmdb\x06proto3"
 
 var (
 	file_command_proto_rawDescOnce sync.Once
@@ -1631,62 +1777,68 @@ func file_command_proto_rawDescGZIP() []byte {
 	return file_command_proto_rawDescData
 }
 
-var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_command_proto_goTypes = []any{
-	(*PrepareMigrationRequest)(nil),  // 0: podvirt.launcher.v1alpha1.PrepareMigrationRequest
-	(*PrepareMigrationResponse)(nil), // 1: podvirt.launcher.v1alpha1.PrepareMigrationResponse
-	(*MigrateRequest)(nil),           // 2: podvirt.launcher.v1alpha1.MigrateRequest
-	(*MigrationProgress)(nil),        // 3: podvirt.launcher.v1alpha1.MigrationProgress
-	(*StartRequest)(nil),             // 4: podvirt.launcher.v1alpha1.StartRequest
-	(*StatusRequest)(nil),            // 5: podvirt.launcher.v1alpha1.StatusRequest
-	(*WatchRequest)(nil),             // 6: podvirt.launcher.v1alpha1.WatchRequest
-	(*StatusResponse)(nil),           // 7: podvirt.launcher.v1alpha1.StatusResponse
-	(*Interface)(nil),                // 8: podvirt.launcher.v1alpha1.Interface
-	(*ShutdownRequest)(nil),          // 9: podvirt.launcher.v1alpha1.ShutdownRequest
-	(*ShutdownResponse)(nil),         // 10: podvirt.launcher.v1alpha1.ShutdownResponse
-	(*PauseRequest)(nil),             // 11: podvirt.launcher.v1alpha1.PauseRequest
-	(*PauseResponse)(nil),            // 12: podvirt.launcher.v1alpha1.PauseResponse
-	(*ResumeRequest)(nil),            // 13: podvirt.launcher.v1alpha1.ResumeRequest
-	(*ResumeResponse)(nil),           // 14: podvirt.launcher.v1alpha1.ResumeResponse
-	(*ConsoleData)(nil),              // 15: podvirt.launcher.v1alpha1.ConsoleData
-	(*DomainStatsRequest)(nil),       // 16: podvirt.launcher.v1alpha1.DomainStatsRequest
-	(*DomainStatsResponse)(nil),      // 17: podvirt.launcher.v1alpha1.DomainStatsResponse
-	(*VCPUStats)(nil),                // 18: podvirt.launcher.v1alpha1.VCPUStats
-	(*MemoryStats)(nil),              // 19: podvirt.launcher.v1alpha1.MemoryStats
-	(*DiskStats)(nil),                // 20: podvirt.launcher.v1alpha1.DiskStats
-	(*InterfaceStats)(nil),           // 21: podvirt.launcher.v1alpha1.InterfaceStats
+	(*SnapshotDisksRequest)(nil),     // 0: podvirt.launcher.v1alpha1.SnapshotDisksRequest
+	(*SnapshotDisksResponse)(nil),    // 1: podvirt.launcher.v1alpha1.SnapshotDisksResponse
+	(*PrepareMigrationRequest)(nil),  // 2: podvirt.launcher.v1alpha1.PrepareMigrationRequest
+	(*PrepareMigrationResponse)(nil), // 3: podvirt.launcher.v1alpha1.PrepareMigrationResponse
+	(*MigrateRequest)(nil),           // 4: podvirt.launcher.v1alpha1.MigrateRequest
+	(*MigrationProgress)(nil),        // 5: podvirt.launcher.v1alpha1.MigrationProgress
+	(*StartRequest)(nil),             // 6: podvirt.launcher.v1alpha1.StartRequest
+	(*StatusRequest)(nil),            // 7: podvirt.launcher.v1alpha1.StatusRequest
+	(*WatchRequest)(nil),             // 8: podvirt.launcher.v1alpha1.WatchRequest
+	(*StatusResponse)(nil),           // 9: podvirt.launcher.v1alpha1.StatusResponse
+	(*Interface)(nil),                // 10: podvirt.launcher.v1alpha1.Interface
+	(*ShutdownRequest)(nil),          // 11: podvirt.launcher.v1alpha1.ShutdownRequest
+	(*ShutdownResponse)(nil),         // 12: podvirt.launcher.v1alpha1.ShutdownResponse
+	(*PauseRequest)(nil),             // 13: podvirt.launcher.v1alpha1.PauseRequest
+	(*PauseResponse)(nil),            // 14: podvirt.launcher.v1alpha1.PauseResponse
+	(*ResumeRequest)(nil),            // 15: podvirt.launcher.v1alpha1.ResumeRequest
+	(*ResumeResponse)(nil),           // 16: podvirt.launcher.v1alpha1.ResumeResponse
+	(*ConsoleData)(nil),              // 17: podvirt.launcher.v1alpha1.ConsoleData
+	(*DomainStatsRequest)(nil),       // 18: podvirt.launcher.v1alpha1.DomainStatsRequest
+	(*DomainStatsResponse)(nil),      // 19: podvirt.launcher.v1alpha1.DomainStatsResponse
+	(*VCPUStats)(nil),                // 20: podvirt.launcher.v1alpha1.VCPUStats
+	(*MemoryStats)(nil),              // 21: podvirt.launcher.v1alpha1.MemoryStats
+	(*DiskStats)(nil),                // 22: podvirt.launcher.v1alpha1.DiskStats
+	(*InterfaceStats)(nil),           // 23: podvirt.launcher.v1alpha1.InterfaceStats
+	nil,                              // 24: podvirt.launcher.v1alpha1.SnapshotDisksRequest.LayersEntry
 }
 var file_command_proto_depIdxs = []int32{
-	8,  // 0: podvirt.launcher.v1alpha1.StatusResponse.interfaces:type_name -> podvirt.launcher.v1alpha1.Interface
-	18, // 1: podvirt.launcher.v1alpha1.DomainStatsResponse.vcpus:type_name -> podvirt.launcher.v1alpha1.VCPUStats
-	19, // 2: podvirt.launcher.v1alpha1.DomainStatsResponse.memory:type_name -> podvirt.launcher.v1alpha1.MemoryStats
-	20, // 3: podvirt.launcher.v1alpha1.DomainStatsResponse.disks:type_name -> podvirt.launcher.v1alpha1.DiskStats
-	21, // 4: podvirt.launcher.v1alpha1.DomainStatsResponse.interfaces:type_name -> podvirt.launcher.v1alpha1.InterfaceStats
-	4,  // 5: podvirt.launcher.v1alpha1.Command.Start:input_type -> podvirt.launcher.v1alpha1.StartRequest
-	5,  // 6: podvirt.launcher.v1alpha1.Command.Status:input_type -> podvirt.launcher.v1alpha1.StatusRequest
-	6,  // 7: podvirt.launcher.v1alpha1.Command.Watch:input_type -> podvirt.launcher.v1alpha1.WatchRequest
-	9,  // 8: podvirt.launcher.v1alpha1.Command.Shutdown:input_type -> podvirt.launcher.v1alpha1.ShutdownRequest
-	11, // 9: podvirt.launcher.v1alpha1.Command.Pause:input_type -> podvirt.launcher.v1alpha1.PauseRequest
-	13, // 10: podvirt.launcher.v1alpha1.Command.Resume:input_type -> podvirt.launcher.v1alpha1.ResumeRequest
-	15, // 11: podvirt.launcher.v1alpha1.Command.Console:input_type -> podvirt.launcher.v1alpha1.ConsoleData
-	16, // 12: podvirt.launcher.v1alpha1.Command.DomainStats:input_type -> podvirt.launcher.v1alpha1.DomainStatsRequest
-	0,  // 13: podvirt.launcher.v1alpha1.Command.PrepareMigration:input_type -> podvirt.launcher.v1alpha1.PrepareMigrationRequest
-	2,  // 14: podvirt.launcher.v1alpha1.Command.Migrate:input_type -> podvirt.launcher.v1alpha1.MigrateRequest
-	7,  // 15: podvirt.launcher.v1alpha1.Command.Start:output_type -> podvirt.launcher.v1alpha1.StatusResponse
-	7,  // 16: podvirt.launcher.v1alpha1.Command.Status:output_type -> podvirt.launcher.v1alpha1.StatusResponse
-	7,  // 17: podvirt.launcher.v1alpha1.Command.Watch:output_type -> podvirt.launcher.v1alpha1.StatusResponse
-	10, // 18: podvirt.launcher.v1alpha1.Command.Shutdown:output_type -> podvirt.launcher.v1alpha1.ShutdownResponse
-	12, // 19: podvirt.launcher.v1alpha1.Command.Pause:output_type -> podvirt.launcher.v1alpha1.PauseResponse
-	14, // 20: podvirt.launcher.v1alpha1.Command.Resume:output_type -> podvirt.launcher.v1alpha1.ResumeResponse
-	15, // 21: podvirt.launcher.v1alpha1.Command.Console:output_type -> podvirt.launcher.v1alpha1.ConsoleData
-	17, // 22: podvirt.launcher.v1alpha1.Command.DomainStats:output_type -> podvirt.launcher.v1alpha1.DomainStatsResponse
-	1,  // 23: podvirt.launcher.v1alpha1.Command.PrepareMigration:output_type -> podvirt.launcher.v1alpha1.PrepareMigrationResponse
-	3,  // 24: podvirt.launcher.v1alpha1.Command.Migrate:output_type -> podvirt.launcher.v1alpha1.MigrationProgress
-	15, // [15:25] is the sub-list for method output_type
-	5,  // [5:15] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	24, // 0: podvirt.launcher.v1alpha1.SnapshotDisksRequest.layers:type_name -> podvirt.launcher.v1alpha1.SnapshotDisksRequest.LayersEntry
+	10, // 1: podvirt.launcher.v1alpha1.StatusResponse.interfaces:type_name -> podvirt.launcher.v1alpha1.Interface
+	20, // 2: podvirt.launcher.v1alpha1.DomainStatsResponse.vcpus:type_name -> podvirt.launcher.v1alpha1.VCPUStats
+	21, // 3: podvirt.launcher.v1alpha1.DomainStatsResponse.memory:type_name -> podvirt.launcher.v1alpha1.MemoryStats
+	22, // 4: podvirt.launcher.v1alpha1.DomainStatsResponse.disks:type_name -> podvirt.launcher.v1alpha1.DiskStats
+	23, // 5: podvirt.launcher.v1alpha1.DomainStatsResponse.interfaces:type_name -> podvirt.launcher.v1alpha1.InterfaceStats
+	6,  // 6: podvirt.launcher.v1alpha1.Command.Start:input_type -> podvirt.launcher.v1alpha1.StartRequest
+	7,  // 7: podvirt.launcher.v1alpha1.Command.Status:input_type -> podvirt.launcher.v1alpha1.StatusRequest
+	8,  // 8: podvirt.launcher.v1alpha1.Command.Watch:input_type -> podvirt.launcher.v1alpha1.WatchRequest
+	11, // 9: podvirt.launcher.v1alpha1.Command.Shutdown:input_type -> podvirt.launcher.v1alpha1.ShutdownRequest
+	13, // 10: podvirt.launcher.v1alpha1.Command.Pause:input_type -> podvirt.launcher.v1alpha1.PauseRequest
+	15, // 11: podvirt.launcher.v1alpha1.Command.Resume:input_type -> podvirt.launcher.v1alpha1.ResumeRequest
+	17, // 12: podvirt.launcher.v1alpha1.Command.Console:input_type -> podvirt.launcher.v1alpha1.ConsoleData
+	18, // 13: podvirt.launcher.v1alpha1.Command.DomainStats:input_type -> podvirt.launcher.v1alpha1.DomainStatsRequest
+	2,  // 14: podvirt.launcher.v1alpha1.Command.PrepareMigration:input_type -> podvirt.launcher.v1alpha1.PrepareMigrationRequest
+	4,  // 15: podvirt.launcher.v1alpha1.Command.Migrate:input_type -> podvirt.launcher.v1alpha1.MigrateRequest
+	0,  // 16: podvirt.launcher.v1alpha1.Command.SnapshotDisks:input_type -> podvirt.launcher.v1alpha1.SnapshotDisksRequest
+	9,  // 17: podvirt.launcher.v1alpha1.Command.Start:output_type -> podvirt.launcher.v1alpha1.StatusResponse
+	9,  // 18: podvirt.launcher.v1alpha1.Command.Status:output_type -> podvirt.launcher.v1alpha1.StatusResponse
+	9,  // 19: podvirt.launcher.v1alpha1.Command.Watch:output_type -> podvirt.launcher.v1alpha1.StatusResponse
+	12, // 20: podvirt.launcher.v1alpha1.Command.Shutdown:output_type -> podvirt.launcher.v1alpha1.ShutdownResponse
+	14, // 21: podvirt.launcher.v1alpha1.Command.Pause:output_type -> podvirt.launcher.v1alpha1.PauseResponse
+	16, // 22: podvirt.launcher.v1alpha1.Command.Resume:output_type -> podvirt.launcher.v1alpha1.ResumeResponse
+	17, // 23: podvirt.launcher.v1alpha1.Command.Console:output_type -> podvirt.launcher.v1alpha1.ConsoleData
+	19, // 24: podvirt.launcher.v1alpha1.Command.DomainStats:output_type -> podvirt.launcher.v1alpha1.DomainStatsResponse
+	3,  // 25: podvirt.launcher.v1alpha1.Command.PrepareMigration:output_type -> podvirt.launcher.v1alpha1.PrepareMigrationResponse
+	5,  // 26: podvirt.launcher.v1alpha1.Command.Migrate:output_type -> podvirt.launcher.v1alpha1.MigrationProgress
+	1,  // 27: podvirt.launcher.v1alpha1.Command.SnapshotDisks:output_type -> podvirt.launcher.v1alpha1.SnapshotDisksResponse
+	17, // [17:28] is the sub-list for method output_type
+	6,  // [6:17] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_command_proto_init() }
@@ -1694,18 +1846,18 @@ func file_command_proto_init() {
 	if File_command_proto != nil {
 		return
 	}
-	file_command_proto_msgTypes[17].OneofWrappers = []any{}
-	file_command_proto_msgTypes[18].OneofWrappers = []any{}
 	file_command_proto_msgTypes[19].OneofWrappers = []any{}
 	file_command_proto_msgTypes[20].OneofWrappers = []any{}
 	file_command_proto_msgTypes[21].OneofWrappers = []any{}
+	file_command_proto_msgTypes[22].OneofWrappers = []any{}
+	file_command_proto_msgTypes[23].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_command_proto_rawDesc), len(file_command_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   22,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -42,6 +42,7 @@ const (
 	Command_DomainStats_FullMethodName      = "/podvirt.launcher.v1alpha1.Command/DomainStats"
 	Command_PrepareMigration_FullMethodName = "/podvirt.launcher.v1alpha1.Command/PrepareMigration"
 	Command_Migrate_FullMethodName          = "/podvirt.launcher.v1alpha1.Command/Migrate"
+	Command_SnapshotDisks_FullMethodName    = "/podvirt.launcher.v1alpha1.Command/SnapshotDisks"
 )
 
 // CommandClient is the client API for Command service.
@@ -91,6 +92,14 @@ type CommandClient interface {
 	// message has done set. Hanging up aborts the migration: the domain
 	// keeps running here. After success the domain is gone here.
 	Migrate(ctx context.Context, in *MigrateRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[MigrationProgress], error)
+	// SnapshotDisks switches the named disks of the running domain to new
+	// overlays at once, each current image becoming the named read-only
+	// layer (an online snapshot, contracts/diskmeta Layers), with the
+	// guest's filesystems frozen through its agent, or the guest paused
+	// when the agent does not freeze them within freeze_timeout_ms. The
+	// guest is thawed or resumed before it returns, whatever happened.
+	// Disks already frozen at their layer are left alone.
+	SnapshotDisks(ctx context.Context, in *SnapshotDisksRequest, opts ...grpc.CallOption) (*SnapshotDisksResponse, error)
 }
 
 type commandClient struct {
@@ -222,6 +231,16 @@ func (c *commandClient) Migrate(ctx context.Context, in *MigrateRequest, opts ..
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Command_MigrateClient = grpc.ServerStreamingClient[MigrationProgress]
 
+func (c *commandClient) SnapshotDisks(ctx context.Context, in *SnapshotDisksRequest, opts ...grpc.CallOption) (*SnapshotDisksResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SnapshotDisksResponse)
+	err := c.cc.Invoke(ctx, Command_SnapshotDisks_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // CommandServer is the server API for Command service.
 // All implementations must embed UnimplementedCommandServer
 // for forward compatibility.
@@ -269,6 +288,14 @@ type CommandServer interface {
 	// message has done set. Hanging up aborts the migration: the domain
 	// keeps running here. After success the domain is gone here.
 	Migrate(*MigrateRequest, grpc.ServerStreamingServer[MigrationProgress]) error
+	// SnapshotDisks switches the named disks of the running domain to new
+	// overlays at once, each current image becoming the named read-only
+	// layer (an online snapshot, contracts/diskmeta Layers), with the
+	// guest's filesystems frozen through its agent, or the guest paused
+	// when the agent does not freeze them within freeze_timeout_ms. The
+	// guest is thawed or resumed before it returns, whatever happened.
+	// Disks already frozen at their layer are left alone.
+	SnapshotDisks(context.Context, *SnapshotDisksRequest) (*SnapshotDisksResponse, error)
 	mustEmbedUnimplementedCommandServer()
 }
 
@@ -308,6 +335,9 @@ func (UnimplementedCommandServer) PrepareMigration(context.Context, *PrepareMigr
 }
 func (UnimplementedCommandServer) Migrate(*MigrateRequest, grpc.ServerStreamingServer[MigrationProgress]) error {
 	return status.Error(codes.Unimplemented, "method Migrate not implemented")
+}
+func (UnimplementedCommandServer) SnapshotDisks(context.Context, *SnapshotDisksRequest) (*SnapshotDisksResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SnapshotDisks not implemented")
 }
 func (UnimplementedCommandServer) mustEmbedUnimplementedCommandServer() {}
 func (UnimplementedCommandServer) testEmbeddedByValue()                 {}
@@ -485,6 +515,24 @@ func _Command_Migrate_Handler(srv interface{}, stream grpc.ServerStream) error {
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Command_MigrateServer = grpc.ServerStreamingServer[MigrationProgress]
 
+func _Command_SnapshotDisks_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SnapshotDisksRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CommandServer).SnapshotDisks(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Command_SnapshotDisks_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CommandServer).SnapshotDisks(ctx, req.(*SnapshotDisksRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Command_ServiceDesc is the grpc.ServiceDesc for Command service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -519,6 +567,10 @@ var Command_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "PrepareMigration",
 			Handler:    _Command_PrepareMigration_Handler,
+		},
+		{
+			MethodName: "SnapshotDisks",
+			Handler:    _Command_SnapshotDisks_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

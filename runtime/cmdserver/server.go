@@ -45,6 +45,9 @@ type Domain interface {
 	// Migrate moves the running domain live to a prepared target,
 	// reporting progress; cancelling ctx aborts it.
 	Migrate(ctx context.Context, req *launchercmd.MigrateRequest, progress func(*launchercmd.MigrationProgress)) (*launchercmd.MigrationProgress, error)
+	// SnapshotDisks switches disks to new overlays for an online
+	// snapshot, with the guest frozen or paused meanwhile.
+	SnapshotDisks(ctx context.Context, req *launchercmd.SnapshotDisksRequest) (*launchercmd.SnapshotDisksResponse, error)
 	Done() <-chan struct{}
 }
 
@@ -491,6 +494,23 @@ func (s *Server) DomainStats(context.Context, *launchercmd.DomainStatsRequest) (
 		return nil, s.errorf(codes.Internal, "domain stats", "%v", err)
 	}
 	return stats, nil
+}
+
+// SnapshotDisks switches the running domain's disks to new overlays for
+// an online snapshot.
+func (s *Server) SnapshotDisks(ctx context.Context, req *launchercmd.SnapshotDisksRequest) (*launchercmd.SnapshotDisksResponse, error) {
+	d, err := s.startedDomain("snapshot disks")
+	if err != nil {
+		return nil, err
+	}
+	if st, _ := d.State(); st != v1.DomainRunning && st != v1.DomainPaused {
+		return nil, s.errorf(codes.FailedPrecondition, "snapshot disks", "domain is %s", stateName(st))
+	}
+	resp, err := d.SnapshotDisks(ctx, req)
+	if err != nil {
+		return nil, s.errorf(codes.Internal, "snapshot disks", "%v", err)
+	}
+	return resp, nil
 }
 
 // Shutdown shuts the guest down (ACPI, then destroy after the grace

@@ -140,6 +140,10 @@ func (f *fakeDomain) Migrate(context.Context, *launchercmd.MigrateRequest, func(
 	return nil, errors.New("the fake domain does not migrate")
 }
 
+func (f *fakeDomain) SnapshotDisks(context.Context, *launchercmd.SnapshotDisksRequest) (*launchercmd.SnapshotDisksResponse, error) {
+	return nil, errors.New("the fake domain has no disks")
+}
+
 // serve runs a server for d on a socket in a temp dir and returns a
 // client of it.
 func serve(t *testing.T, d Domain) (launchercmd.CommandClient, string) {

@@ -307,9 +307,13 @@ func guestOverlay(t testing.TB) (dir, overlay string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The base named relatively as base.img, as in a CSI volume.
 	dir = t.TempDir()
+	if err := os.Symlink(art.Disk, filepath.Join(dir, "base.img")); err != nil {
+		t.Fatal(err)
+	}
 	overlay = filepath.Join(dir, "root.qcow2")
-	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-b", art.Disk, "-F", "qcow2", overlay).CombinedOutput(); err != nil {
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.img", "-F", "qcow2", overlay).CombinedOutput(); err != nil {
 		t.Fatalf("overlay: %v: %s", err, out)
 	}
 	return dir, overlay

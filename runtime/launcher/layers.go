@@ -10,9 +10,10 @@ import (
 
 	"libvirt.org/go/libvirt"
 	"libvirt.org/go/libvirtxml"
-
-	"github.com/podvirt/podvirt/contracts/diskmeta"
 )
+
+// baseImage is the base of a volume's chain (csi/volume).
+const baseImage = "base.img"
 
 // pullLayers merges the snapshot layers (contracts/diskmeta Layers) of the
 // listed disks into the top of their chains, while the guest runs: a live
@@ -57,21 +58,20 @@ func (l *Launcher) pullLayers(ctx context.Context, d *libvirt.Domain, devs []str
 	return nil
 }
 
-// layersBase walks a disk's backing chain: layered when it holds a
-// snapshot layer; base is the path of the image below the last layer (""
-// when there is none).
+// layersBase walks a disk's backing chain: layered when it holds an image
+// other than the base (base.img, the image the volume was made from, which
+// the target has too: csi/volume); base is the base's path ("" when the
+// disk has none).
 func layersBase(bs *libvirtxml.DomainDiskBackingStore) (base string, layered bool) {
 	for ; bs != nil; bs = bs.BackingStore {
 		if bs.Source == nil || bs.Source.File == nil {
 			continue
 		}
-		if diskmeta.ValidLayerName(filepath.Base(bs.Source.File.File)) {
-			layered, base = true, ""
+		if filepath.Base(bs.Source.File.File) == baseImage {
+			base = bs.Source.File.File
 			continue
 		}
-		if layered && base == "" {
-			base = bs.Source.File.File
-		}
+		layered = true
 	}
 	return base, layered
 }

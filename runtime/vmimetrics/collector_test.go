@@ -42,6 +42,10 @@ func (d statsDomain) Migrate(context.Context, *launchercmd.MigrateRequest, func(
 	return nil, errors.New("not in this test")
 }
 
+func (d statsDomain) SnapshotDisks(context.Context, *launchercmd.SnapshotDisksRequest) (*launchercmd.SnapshotDisksResponse, error) {
+	return nil, errors.New("not in this test")
+}
+
 // serve runs a real command server for d on a socket and returns its client.
 func serve(t *testing.T, d cmdserver.Domain) launchercmd.CommandClient {
 	t.Helper()

@@ -1,0 +1,154 @@
+package launcher
+
+import (
+	"context"
+	"encoding/json"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"libvirt.org/go/libvirtxml"
+
+	v1 "github.com/podvirt/podvirt/api/v1alpha1"
+	"github.com/podvirt/podvirt/contracts/diskmeta"
+	"github.com/podvirt/podvirt/test/images/guest"
+)
+
+// TestOnlineSnapshot switches a running guest's disk to new overlays
+// twice: with its agent freezing the filesystems, then with the agent
+// hung (stopped in the guest), when the guest is paused instead and runs
+// on after. The volume's metadata and the chain follow each switch, and a
+// live migration's merge leaves the top on the base alone.
+func TestOnlineSnapshot(t *testing.T) {
+	d := startDaemon(t)
+	vm := newTestVM(t, "snapshot")
+	dir := filepath.Dir(vm.console)
+	if err := writeMeta(dir, diskmeta.Meta{Format: diskmeta.FormatQCOW2, BaseFormat: diskmeta.FormatQCOW2}); err != nil {
+		t.Fatal(err)
+	}
+	l := startVM(t, d, vm)
+	waitConsole(t, vm.console, 0, guest.CloudInitMarker, bootLimit)
+	waitAgent(t, l)
+	run := func(cmd string) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := l.guestExec(ctx, []string{"/bin/sh", "-c", cmd}); err != nil {
+			t.Fatalf("guest-exec %q: %v", cmd, err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	run("echo one > /marker && sync")
+	res, err := l.snapshotDisks(ctx, map[string]string{"root": "layer-s1.img"}, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("with the agent: %+v", res)
+	if !res.GuestAgent || !res.Quiesced || res.Paused || res.Frozen <= 0 || res.Frozen > 10*time.Second {
+		t.Errorf("with a working agent: %+v; want quiesced, not paused", res)
+	}
+	checkSwitched(t, l, dir, "top-s1.img", "layer-s1.img")
+	// Again for the same layer: nothing to do.
+	if again, err := l.snapshotDisks(ctx, map[string]string{"root": "layer-s1.img"}, time.Second); err != nil || again.Frozen != 0 {
+		t.Errorf("a repeated switch: %+v, %v; want nothing done", again, err)
+	}
+	run("echo two > /marker && sync")
+
+	// The agent hangs: the guest is paused for the switch and resumed.
+	run("(sleep 1; kill -STOP $(pidof qemu-ga)) >/dev/null 2>&1 &")
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		pctx, pcancel := context.WithTimeout(ctx, 2*time.Second)
+		_, err := l.agentCommand(pctx, map[string]any{"execute": "guest-ping"})
+		pcancel()
+		if err != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the guest agent still answers after it was stopped")
+		}
+	}
+	start := time.Now()
+	res, err = l.snapshotDisks(ctx, map[string]string{"root": "layer-s2.img"}, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("with a hung agent: %+v in %s", res, time.Since(start))
+	if res.Quiesced || !res.Paused || res.AgentError == "" {
+		t.Errorf("with a hung agent: %+v; want paused, saying why", res)
+	}
+	if st, _ := l.State(); st != v1.DomainRunning {
+		t.Errorf("after the paused snapshot the domain is %s, want Running", st)
+	}
+	checkSwitched(t, l, dir, "top-s2.img", "layer-s2.img", "layer-s1.img")
+
+	// A live migration first merges the layers into the top, keeping the
+	// base.
+	dom, err := l.domain()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.pullLayers(ctx, dom, []string{"vda"}); err != nil {
+		t.Fatal(err)
+	}
+	chain := liveChain(t, l)
+	if len(chain) != 2 || filepath.Base(chain[0]) != "top-s2.img" || filepath.Base(chain[1]) != baseImage {
+		t.Errorf("chain after merging the layers %v; want top-s2.img on %s", chain, baseImage)
+	}
+	out, err := exec.Command("qemu-img", "info", "-U", "--output=json", "-f", "qcow2", filepath.Join(dir, "top-s2.img")).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info struct {
+		Backing string `json:"backing-filename"`
+	}
+	if err := json.Unmarshal(out, &info); err != nil || info.Backing != baseImage {
+		t.Errorf("top-s2.img names %q as its backing file (%v), want %s, relatively", info.Backing, err, baseImage)
+	}
+}
+
+// checkSwitched checks the volume's metadata and the domain's chain after
+// a switch to top over layers (newest first).
+func checkSwitched(t *testing.T, l *Launcher, dir, top string, layers ...string) {
+	t.Helper()
+	m, err := diskmeta.Read(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Top != top || !slices.Equal(m.Layers, layers) {
+		t.Errorf("volume metadata %+v; want top %s over %v", m, top, layers)
+	}
+	if chain := liveChain(t, l); len(chain) != len(layers)+2 || filepath.Base(chain[0]) != top {
+		t.Errorf("the domain's chain %v; want %s over %d layers and the base", chain, top, len(layers))
+	}
+}
+
+// liveChain is the root disk's backing chain as libvirt has it, top first.
+func liveChain(t *testing.T, l *Launcher) []string {
+	t.Helper()
+	d, err := l.domain()
+	if err != nil {
+		t.Fatal(err)
+	}
+	x, err := d.GetXMLDesc(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dom libvirtxml.Domain
+	if err := dom.Unmarshal(x); err != nil {
+		t.Fatal(err)
+	}
+	disk := volumeDisk(&dom, "root")
+	if disk == nil {
+		t.Fatal("no root disk")
+	}
+	chain := []string{disk.Source.File.File}
+	for bs := disk.BackingStore; bs != nil && bs.Source != nil && bs.Source.File != nil; bs = bs.BackingStore {
+		chain = append(chain, bs.Source.File.File)
+	}
+	return chain
+}
