@@ -80,6 +80,16 @@ const (
 	IndicationOnline Indication = "Online"
 	// IndicationOffline: the VM was stopped; the disks were at rest.
 	IndicationOffline Indication = "Offline"
+	// IndicationGuestAgent / IndicationNoGuestAgent: the guest agent
+	// answered, or did not.
+	IndicationGuestAgent   Indication = "GuestAgent"
+	IndicationNoGuestAgent Indication = "NoGuestAgent"
+	// IndicationQuiesced: the guest's filesystems were frozen for the
+	// snapshot (application-consistent as far as they go).
+	IndicationQuiesced Indication = "Quiesced"
+	// IndicationPaused: the guest was paused for the snapshot instead
+	// (crash-consistent across its disks).
+	IndicationPaused Indication = "Paused"
 )
 
 // VirtualMachineSnapshotStatus tells the snapshot's story.
@@ -296,4 +306,49 @@ type VolumeRestore struct {
 	VolumeName                string `json:"volumeName"`
 	PersistentVolumeClaimName string `json:"persistentVolumeClaimName"`
 	VolumeSnapshotName        string `json:"volumeSnapshotName"`
+}
+
+// SnapshotState is an online snapshot of a running VMI's disks: each named
+// disk switches to a new overlay, and its current image becomes the named
+// layer (contracts/diskmeta Layers), which the disk's VolumeSnapshot then
+// keeps. The guest's filesystems are frozen through its agent for the
+// switch, or the guest is paused when the agent does not answer in time.
+//
+// Who writes what: the controller writes SnapshotUID, Layers and
+// FreezeTimeoutMilliseconds; the node daemon the rest, once it is done.
+type SnapshotState struct {
+	SnapshotUID types.UID `json:"snapshotUID"`
+	// Layers maps each VMI volume to snapshot to the layer its disk
+	// becomes.
+	Layers map[string]string `json:"layers"`
+	// FreezeTimeoutMilliseconds bounds the wait for the guest agent to
+	// freeze the filesystems before the guest is paused instead.
+	//
+	// +optional
+	FreezeTimeoutMilliseconds int64 `json:"freezeTimeoutMilliseconds,omitempty"`
+
+	// Completed is set when the disks are switched, Error when they could
+	// not be (the guest then runs on as before).
+	//
+	// +optional
+	Completed bool `json:"completed,omitempty"`
+	// +optional
+	Error string `json:"error,omitempty"`
+	// GuestAgent says the guest agent answered; Quiesced that it froze the
+	// filesystems; Paused that the guest was paused instead.
+	//
+	// +optional
+	GuestAgent bool `json:"guestAgent,omitempty"`
+	// +optional
+	Quiesced bool `json:"quiesced,omitempty"`
+	// +optional
+	Paused bool `json:"paused,omitempty"`
+	// AgentError says why the agent did not freeze the filesystems.
+	//
+	// +optional
+	AgentError string `json:"agentError,omitempty"`
+	// FrozenMilliseconds is how long the guest was frozen or paused.
+	//
+	// +optional
+	FrozenMilliseconds int64 `json:"frozenMilliseconds,omitempty"`
 }

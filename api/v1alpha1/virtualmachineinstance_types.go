@@ -779,7 +779,8 @@ const DomainReasonUnknown = "Unknown"
 // observe.
 //
 // Who writes what: the node daemon (podvirt-handler) writes Domain,
-// Interfaces and GuestOSInfo, with a merge patch of just those fields;
+// Interfaces, GuestOSInfo and its part of SnapshotState, with a merge
+// patch of just those fields;
 // everything else is written by the controller, which derives Phase from the
 // launcher pod together with Domain.State.
 type VirtualMachineInstanceStatus struct {
@@ -844,6 +845,12 @@ type VirtualMachineInstanceStatus struct {
 	//
 	// +optional
 	MigrationState *MigrationState `json:"migrationState,omitempty"`
+
+	// SnapshotState is the online snapshot of the VMI's disks in flight,
+	// or its last one.
+	//
+	// +optional
+	SnapshotState *SnapshotState `json:"snapshotState,omitempty"`
 
 	// Domain is the domain's state, written by the node daemon.
 	//
