@@ -31,6 +31,8 @@ const (
 // is deleted and made again, of the same name, from its snapshot. As a new
 // VM: claims NEW-VOLUME, and the VM made last, so it finds its disks; it
 // gets new MACs and addresses while the snapshot's VM still exists.
+// Neither starts the VM: it keeps its run strategy, or a new one is Halted
+// (Manual stays Manual).
 type RestoreReconciler struct {
 	Client    client.Client
 	APIReader client.Reader
@@ -157,9 +159,11 @@ func (r *RestoreReconciler) inPlace(ctx context.Context, rs *v1alpha1.VirtualMac
 		restores = append(restores, v1alpha1.VolumeRestore{VolumeName: b.VolumeName, PersistentVolumeClaimName: name, VolumeSnapshotName: b.VolumeSnapshotName})
 	}
 	rs.Status.Restores = restores
-	// The spec as it was, keeping the MACs and addresses the VM holds now.
+	// The spec as it was, keeping the MACs and addresses the VM holds now,
+	// and its run strategy: a restore does not start the VM.
 	spec := content.Spec.Source.Spec.DeepCopy()
 	keepIdentity(spec, &vm.Spec)
+	spec.RunStrategy = vm.Spec.RunStrategy
 	patch := client.MergeFromWithOptions(vm.DeepCopy(), client.MergeFromWithOptimisticLock{})
 	vm.Spec = *spec
 	if err := r.Client.Patch(ctx, vm, patch); err != nil {
@@ -234,6 +238,11 @@ func (r *RestoreReconciler) toNewVM(ctx context.Context, rs *v1alpha1.VirtualMac
 		if n := claims[spec.DiskTemplates[i].ObjectMeta.Name]; n != "" {
 			spec.DiskTemplates[i].ObjectMeta.Name = n
 		}
+	}
+	// A restore does not start the VM (a snapshot of a running VM says
+	// Always): it is Halted, or Manual if it was.
+	if spec.RunStrategy != v1alpha1.RunStrategyManual {
+		spec.RunStrategy = v1alpha1.RunStrategyHalted
 	}
 	// The MACs and addresses are the source VM's: they stay with it while
 	// it exists.

@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"time"
@@ -19,13 +20,15 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
 	"github.com/podvirt/podvirt/api/v1alpha1"
+	"github.com/podvirt/podvirt/contracts/diskmeta"
 )
 
 // VM snapshots: the VM is held (it does not start) while a
 // VirtualMachineSnapshotContent records its spec and one CSI VolumeSnapshot
 // per PVC disk is taken; on podvirt's volumes each is O(1) (csi/volume
-// Freeze). Snapshots of running VMs are refused for now: the launcher does
-// not yet switch a running disk to a new overlay.
+// Freeze). A running VM is not held: the node daemon switches its disks to
+// new overlays with the guest frozen or paused (status.snapshotState), and
+// the VolumeSnapshots keep the layers it froze.
 const (
 	// SnapshotFinalizer holds a snapshot or restore until the VM it held
 	// is let go.
@@ -143,10 +146,10 @@ func (r *SnapshotReconciler) capture(ctx context.Context, s *v1alpha1.VirtualMac
 		}
 		return ctrl.Result{}, err
 	}
-	if running, err := hasVMI(ctx, r.APIReader, vm); err != nil || running {
-		if err == nil {
-			r.fail(s, fmt.Sprintf("VM %s is running: podvirt snapshots only stopped VMs so far; stop it (podvirtctl stop %s), snapshot it, and start it again", vm.Name, vm.Name))
-		}
+	vmi := &v1alpha1.VirtualMachineInstance{}
+	if err := r.APIReader.Get(ctx, key, vmi); err == nil {
+		return r.captureOnline(ctx, s, vm, vmi)
+	} else if !apierrors.IsNotFound(err) {
 		return ctrl.Result{}, err
 	}
 	if held, err := holdVM(ctx, r.Client, vm, v1alpha1.SnapshotInProgressAnnotation, s.Name); err != nil || held != "" {
@@ -159,18 +162,126 @@ func (r *SnapshotReconciler) capture(ctx context.Context, s *v1alpha1.VirtualMac
 	// A start that raced the hold would show now.
 	if running, err := hasVMI(ctx, r.APIReader, vm); err != nil || running {
 		if err == nil {
-			r.fail(s, fmt.Sprintf("VM %s started while it was being snapshotted; stop it and snapshot again", vm.Name))
+			r.fail(s, fmt.Sprintf("VM %s started while it was being snapshotted; snapshot it again", vm.Name))
 		}
 		return ctrl.Result{}, err
 	}
-	backups, err := r.volumeBackups(ctx, s, vm)
+	backups, err := r.volumeBackups(ctx, s, vm.Namespace, vm.Spec.Template.Spec.Volumes)
 	if err != nil {
-		if msg, ok := asRefusal(err); ok {
-			r.fail(s, msg.msg)
-			return ctrl.Result{}, nil
+		return r.refused(s, err)
+	}
+	return r.record(ctx, s, vm, backups, []v1alpha1.Indication{v1alpha1.IndicationOffline})
+}
+
+// captureOnline asks the node daemon to switch the running VMI's disks to
+// new overlays (status.snapshotState), each current image becoming the
+// layer its VolumeSnapshot then keeps, and records the VM once it has.
+func (r *SnapshotReconciler) captureOnline(ctx context.Context, s *v1alpha1.VirtualMachineSnapshot, vm *v1alpha1.VirtualMachine, vmi *v1alpha1.VirtualMachineInstance) (ctrl.Result, error) {
+	waiting := func(msg string) (ctrl.Result, error) {
+		s.Status.Error = &v1alpha1.SnapshotError{Time: ptr.To(metav1.NewTime(r.now())), Message: msg}
+		return ctrl.Result{RequeueAfter: snapshotPoll}, nil
+	}
+	if vmi.Status.Phase != v1alpha1.Running {
+		return waiting(fmt.Sprintf("VMI %s is %s: waiting for it to run or to be gone", vmi.Name, vmi.Status.Phase))
+	}
+	if vmi.MigrationInFlight() != nil {
+		return waiting(fmt.Sprintf("VMI %s is migrating: waiting for the migration to end", vmi.Name))
+	}
+	backups, err := r.volumeBackups(ctx, s, vmi.Namespace, vmi.Spec.Volumes)
+	if err != nil {
+		return r.refused(s, err)
+	}
+	if len(backups) == 0 {
+		return r.record(ctx, s, vm, nil, []v1alpha1.Indication{v1alpha1.IndicationOnline}) // no disk to freeze
+	}
+	ss := vmi.Status.SnapshotState
+	switch {
+	case ss != nil && ss.SnapshotUID == s.UID && ss.Error != "":
+		r.fail(s, fmt.Sprintf("VMI %s could not switch its disks to new overlays: %s", vmi.Name, ss.Error))
+		return ctrl.Result{}, nil
+	case ss != nil && ss.SnapshotUID == s.UID && ss.Completed:
+		return r.record(ctx, s, vm, backups, onlineIndications(ss))
+	case ss != nil && ss.SnapshotUID == s.UID:
+		return waiting(fmt.Sprintf("waiting for the node daemon to switch VMI %s's disks to new overlays", vmi.Name))
+	case ss != nil && !ss.Completed && ss.Error == "":
+		return waiting(fmt.Sprintf("waiting for another snapshot (%s) of VMI %s", ss.SnapshotUID, vmi.Name))
+	}
+	for _, b := range backups {
+		if err := r.checkOnlineDisk(ctx, vmi.Namespace, b); err != nil {
+			return r.refused(s, err)
 		}
+	}
+	layers := map[string]string{}
+	for _, b := range backups {
+		// The CSI driver finds the layer by the VolumeSnapshot's name.
+		layers[b.VolumeName] = diskmeta.LayerName(b.VolumeSnapshotName)
+	}
+	// A JSON patch replaces the whole field: nothing of an earlier
+	// snapshot's outcome stays.
+	state := v1alpha1.SnapshotState{SnapshotUID: s.UID, Layers: layers, FreezeTimeoutMilliseconds: freezeTimeout.Milliseconds()}
+	patch, err := json.Marshal([]map[string]any{
+		{"op": "test", "path": "/metadata/uid", "value": vmi.UID},
+		{"op": "add", "path": "/status/snapshotState", "value": state},
+	})
+	if err != nil {
 		return ctrl.Result{}, err
 	}
+	if err := r.Client.Status().Patch(ctx, vmi, client.RawPatch(types.JSONPatchType, patch)); err != nil {
+		return ctrl.Result{}, fmt.Errorf("ask VMI %s/%s for an online snapshot: %w", vmi.Namespace, vmi.Name, err)
+	}
+	return waiting(fmt.Sprintf("waiting for the node daemon to switch VMI %s's disks to new overlays", vmi.Name))
+}
+
+// checkOnlineDisk refuses a disk that cannot switch to an overlay while
+// the VM runs: only podvirt's own disks can.
+func (r *SnapshotReconciler) checkOnlineDisk(ctx context.Context, ns string, b v1alpha1.VolumeBackup) error {
+	pvc := &corev1.PersistentVolumeClaim{}
+	if err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: ns, Name: b.PersistentVolumeClaim.Name}, pvc); err != nil {
+		return err
+	}
+	pv := &corev1.PersistentVolume{}
+	if err := r.APIReader.Get(ctx, types.NamespacedName{Name: pvc.Spec.VolumeName}, pv); err != nil {
+		return fmt.Errorf("PVC %s: get its PV %s: %w", pvc.Name, pvc.Spec.VolumeName, err)
+	}
+	block := pvc.Spec.VolumeMode != nil && *pvc.Spec.VolumeMode == corev1.PersistentVolumeBlock
+	if pv.Spec.CSI == nil || pv.Spec.CSI.Driver != v1alpha1.CSIDriverName || block {
+		return &refusal{ReasonSnapshotFailed, fmt.Sprintf("volume %s (PVC %s) is not a podvirt Filesystem disk: a running VM's snapshot needs every disk to be one; stop the VM to snapshot it", b.VolumeName, pvc.Name)}
+	}
+	return nil
+}
+
+// freezeTimeout bounds the guest agent's freeze before the guest is paused
+// instead.
+const freezeTimeout = 5 * time.Second
+
+func onlineIndications(ss *v1alpha1.SnapshotState) []v1alpha1.Indication {
+	out := []v1alpha1.Indication{v1alpha1.IndicationOnline}
+	if ss.GuestAgent {
+		out = append(out, v1alpha1.IndicationGuestAgent)
+	} else {
+		out = append(out, v1alpha1.IndicationNoGuestAgent)
+	}
+	if ss.Quiesced {
+		out = append(out, v1alpha1.IndicationQuiesced)
+	}
+	if ss.Paused {
+		out = append(out, v1alpha1.IndicationPaused)
+	}
+	return out
+}
+
+// refused fails the snapshot for a refusal, or returns another error.
+func (r *SnapshotReconciler) refused(s *v1alpha1.VirtualMachineSnapshot, err error) (ctrl.Result, error) {
+	if rf, ok := asRefusal(err); ok {
+		r.fail(s, rf.msg)
+		return ctrl.Result{}, nil
+	}
+	return ctrl.Result{}, err
+}
+
+// record keeps the VM's spec and its disks' VolumeSnapshots to take in the
+// snapshot's content.
+func (r *SnapshotReconciler) record(ctx context.Context, s *v1alpha1.VirtualMachineSnapshot, vm *v1alpha1.VirtualMachine, backups []v1alpha1.VolumeBackup, indications []v1alpha1.Indication) (ctrl.Result, error) {
 	content := &v1alpha1.VirtualMachineSnapshotContent{
 		ObjectMeta: metav1.ObjectMeta{Name: contentName(s), Namespace: s.Namespace},
 		Spec: v1alpha1.VirtualMachineSnapshotContentSpec{
@@ -191,21 +302,22 @@ func (r *SnapshotReconciler) capture(ctx context.Context, s *v1alpha1.VirtualMac
 	now := metav1.NewTime(r.now())
 	s.Status.SourceUID, s.Status.CreationTime = &uid, &now
 	s.Status.VirtualMachineSnapshotContentName = content.Name
-	s.Status.Indications = []v1alpha1.Indication{v1alpha1.IndicationOffline}
+	s.Status.Indications = indications
 	s.Status.ReadyToUse = ptr.To(false)
 	s.Status.Error = nil
 	return ctrl.Result{RequeueAfter: snapshotPoll}, nil
 }
 
-// volumeBackups lists the VM's PVC disks with the VolumeSnapshot each gets.
-func (r *SnapshotReconciler) volumeBackups(ctx context.Context, s *v1alpha1.VirtualMachineSnapshot, vm *v1alpha1.VirtualMachine) ([]v1alpha1.VolumeBackup, error) {
+// volumeBackups lists the PVC disks of volumes with the VolumeSnapshot
+// each gets.
+func (r *SnapshotReconciler) volumeBackups(ctx context.Context, s *v1alpha1.VirtualMachineSnapshot, ns string, volumes []v1alpha1.Volume) ([]v1alpha1.VolumeBackup, error) {
 	var out []v1alpha1.VolumeBackup
-	for _, v := range vm.Spec.Template.Spec.Volumes {
+	for _, v := range volumes {
 		if v.PersistentVolumeClaim == nil {
 			continue
 		}
 		pvc := &corev1.PersistentVolumeClaim{}
-		if err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: vm.Namespace, Name: v.PersistentVolumeClaim.ClaimName}, pvc); err != nil {
+		if err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: ns, Name: v.PersistentVolumeClaim.ClaimName}, pvc); err != nil {
 			if apierrors.IsNotFound(err) {
 				return nil, &refusal{ReasonSnapshotFailed, fmt.Sprintf("volume %s: PVC %s does not exist", v.Name, v.PersistentVolumeClaim.ClaimName)}
 			}

@@ -186,6 +186,14 @@ func TestSnapshotAndRestore(t *testing.T) {
 		t.Errorf("restored VM's MAC %q: want a new one beside the source's %s", m, mac)
 	}
 
+	// Not into a VM the snapshot was not taken of.
+	if err := k8s.Create(ctx, vmRestore(ns, "onto-copy", "copy", "snap")); err != nil {
+		t.Fatal(err)
+	}
+	if rs := waitRestore(t, ns, "onto-copy", false); !strings.Contains(rs.Status.Error.Message, "is not the VM snapshot snap was taken of") {
+		t.Errorf("restore onto another VM: %+v", rs.Status.Error)
+	}
+
 	// Into the source itself: its claim is made again from the snapshot
 	// and its spec set back.
 	src := getVM(t, ns, "src")
@@ -234,25 +242,106 @@ func TestSnapshotAndRestore(t *testing.T) {
 	}
 }
 
-// TestSnapshotRefusals: a running VM, a missing VM, a restore onto another
-// VM's name each fail with a reason, and leave the VM free.
+// TestSnapshotOnline snapshots a running VM, playing the node daemon: the
+// controller asks for the disks' switch in the VMI's status, records how
+// the guest was held, and takes the VolumeSnapshots of the frozen layers.
+// A switch the node daemon could not make fails the snapshot.
+func TestSnapshotOnline(t *testing.T) {
+	ns := namespace(t)
+	ctx := context.Background()
+	snapshotClass(t, "podvirt-"+ns)
+	if err := k8s.Create(ctx, vmWithDisk(ns, "live", "live-root", v1alpha1.DiskRetain)); err != nil {
+		t.Fatal(err)
+	}
+	polltest.Eventually(t, wait, "the disk-template claim exists", func() (bool, string) { return getPVC(t, ns, "live-root") != nil, "" })
+	bindClaim(t, ns, "live-root", "node-a")
+	vmi := waitVMI(t, ns, "live", "", v1alpha1.Scheduling)
+	runVMI(t, vmi)
+
+	node := func(snapshot string, state v1alpha1.SnapshotState) *v1alpha1.SnapshotState {
+		t.Helper()
+		var asked *v1alpha1.SnapshotState
+		polltest.Eventually(t, wait, "the controller asks VMI live for snapshot "+snapshot, func() (bool, string) {
+			s := &v1alpha1.VirtualMachineSnapshot{}
+			if err := k8s.Get(ctx, types.NamespacedName{Namespace: ns, Name: snapshot}, s); err != nil {
+				return false, err.Error()
+			}
+			asked = getVMI(t, ns, "live").Status.SnapshotState
+			return asked != nil && asked.SnapshotUID == s.UID, fmt.Sprintf("%+v", asked)
+		})
+		cur := getVMI(t, ns, "live")
+		patch := client.MergeFrom(cur.DeepCopy())
+		state.SnapshotUID, state.Layers = asked.SnapshotUID, asked.Layers
+		cur.Status.SnapshotState = &state
+		if err := k8s.Status().Patch(ctx, cur, patch); err != nil {
+			t.Fatal(err)
+		}
+		return asked
+	}
+
+	if err := k8s.Create(ctx, vmSnapshot(ns, "hot", "live")); err != nil {
+		t.Fatal(err)
+	}
+	asked := node("hot", v1alpha1.SnapshotState{Completed: true, GuestAgent: true, Quiesced: true, FrozenMilliseconds: 40})
+	if len(asked.Layers) != 1 || !strings.HasPrefix(asked.Layers["root"], "layer-vmsnapshot-") || asked.FreezeTimeoutMilliseconds <= 0 {
+		t.Errorf("the controller asked %+v; want the root disk frozen at its VolumeSnapshot's layer", asked)
+	}
+	vs := &unstructured.Unstructured{}
+	vs.SetGroupVersionKind(volumeSnapshotGVK)
+	polltest.Eventually(t, wait, "the VolumeSnapshot of the frozen layer exists", func() (bool, string) {
+		list := &unstructured.UnstructuredList{}
+		list.SetGroupVersionKind(volumeSnapshotGVK.GroupVersion().WithKind("VolumeSnapshotList"))
+		if err := k8s.List(ctx, list, client.InNamespace(ns)); err != nil || len(list.Items) != 1 {
+			return false, fmt.Sprint(err)
+		}
+		*vs = list.Items[0]
+		return true, ""
+	})
+	if want := "layer-" + vs.GetName() + ".img"; asked.Layers["root"] != want {
+		t.Errorf("layer %s, want %s: the CSI driver finds it by the VolumeSnapshot's name", asked.Layers["root"], want)
+	}
+	if err := unstructured.SetNestedField(vs.Object, true, "status", "readyToUse"); err != nil {
+		t.Fatal(err)
+	}
+	if err := k8s.Status().Update(ctx, vs); err != nil {
+		t.Fatal(err)
+	}
+	s := waitSnapshot(t, ns, "hot", v1alpha1.SnapshotSucceeded)
+	want := []v1alpha1.Indication{v1alpha1.IndicationOnline, v1alpha1.IndicationGuestAgent, v1alpha1.IndicationQuiesced}
+	if fmt.Sprint(s.Status.Indications) != fmt.Sprint(want) {
+		t.Errorf("indications %v, want %v", s.Status.Indications, want)
+	}
+	if heldBySnapshot(getVM(t, ns, "live")) {
+		t.Error("an online snapshot held the running VM")
+	}
+
+	// Restored as a new VM, it does not start by itself.
+	if err := k8s.Create(ctx, vmRestore(ns, "hot-copy", "cold", "hot")); err != nil {
+		t.Fatal(err)
+	}
+	waitRestore(t, ns, "hot-copy", true)
+	if rs := getVM(t, ns, "cold").Spec.RunStrategy; rs != v1alpha1.RunStrategyHalted {
+		t.Errorf("a VM restored from a running VM's snapshot has run strategy %s, want Halted", rs)
+	}
+
+	// The node daemon could not switch: the snapshot fails saying why.
+	if err := k8s.Create(ctx, vmSnapshot(ns, "broken", "live")); err != nil {
+		t.Fatal(err)
+	}
+	node("broken", v1alpha1.SnapshotState{Error: "disk vda: no space left"})
+	if s := waitSnapshot(t, ns, "broken", v1alpha1.SnapshotFailed); !strings.Contains(s.Status.Error.Message, "no space left") {
+		t.Errorf("failed switch: %+v", s.Status.Error)
+	}
+}
+
+// TestSnapshotRefusals: a missing VM, a restore of a failed snapshot and a
+// restore onto another VM's name each fail with a reason, and leave the
+// VM free.
 func TestSnapshotRefusals(t *testing.T) {
 	ns := namespace(t)
 	ctx := context.Background()
-	running := testVM(ns, "running", v1alpha1.RunStrategyAlways)
-	if err := k8s.Create(ctx, running); err != nil {
+	if err := k8s.Create(ctx, testVM(ns, "other", v1alpha1.RunStrategyHalted)); err != nil {
 		t.Fatal(err)
-	}
-	polltest.Eventually(t, wait, "the VM has a VMI", func() (bool, string) {
-		err := k8s.Get(ctx, types.NamespacedName{Namespace: ns, Name: "running"}, &v1alpha1.VirtualMachineInstance{})
-		return err == nil, fmt.Sprint(err)
-	})
-	if err := k8s.Create(ctx, vmSnapshot(ns, "of-running", "running")); err != nil {
-		t.Fatal(err)
-	}
-	s := waitSnapshot(t, ns, "of-running", v1alpha1.SnapshotFailed)
-	if s.Status.Error == nil || !strings.Contains(s.Status.Error.Message, "is running") {
-		t.Errorf("snapshot of a running VM: %+v", s.Status.Error)
 	}
 	if err := k8s.Create(ctx, vmSnapshot(ns, "of-nothing", "nothing")); err != nil {
 		t.Fatal(err)
@@ -261,16 +350,12 @@ func TestSnapshotRefusals(t *testing.T) {
 		t.Errorf("snapshot of a missing VM: %+v", s.Status.Error)
 	}
 	// A failed snapshot cannot be restored; nor can one onto another VM.
-	if err := k8s.Create(ctx, vmRestore(ns, "from-failed", "other", "of-running")); err != nil {
+	if err := k8s.Create(ctx, vmRestore(ns, "from-failed", "new", "of-nothing")); err != nil {
 		t.Fatal(err)
 	}
 	if rs := waitRestore(t, ns, "from-failed", false); !strings.Contains(rs.Status.Error.Message, "failed") {
 		t.Errorf("restore of a failed snapshot: %+v", rs.Status.Error)
 	}
-	if err := k8s.Create(ctx, vmRestore(ns, "onto-other", "running", "of-nothing")); err != nil {
-		t.Fatal(err)
-	}
-	waitRestore(t, ns, "onto-other", false)
 	// The finalizers are gone: deleting them is immediate.
 	for _, o := range []client.Object{&v1alpha1.VirtualMachineSnapshot{}, &v1alpha1.VirtualMachineRestore{}} {
 		if err := k8s.DeleteAllOf(ctx, o, client.InNamespace(ns)); err != nil {
@@ -278,10 +363,10 @@ func TestSnapshotRefusals(t *testing.T) {
 		}
 	}
 	polltest.Eventually(t, wait, "snapshots and restores are gone", func() (bool, string) {
-		err := k8s.Get(ctx, types.NamespacedName{Namespace: ns, Name: "of-running"}, &v1alpha1.VirtualMachineSnapshot{})
+		err := k8s.Get(ctx, types.NamespacedName{Namespace: ns, Name: "of-nothing"}, &v1alpha1.VirtualMachineSnapshot{})
 		return apierrors.IsNotFound(err), fmt.Sprint(err)
 	})
-	if heldBySnapshot(getVM(t, ns, "running")) {
-		t.Error("a refused snapshot left the VM held")
+	if heldBySnapshot(getVM(t, ns, "other")) {
+		t.Error("a refused snapshot left a VM held")
 	}
 }

@@ -54,6 +54,17 @@ func (m Meta) TopName() string {
 	return "disk.img"
 }
 
+// LayerName is the layer a disk is frozen at for the snapshot id (the
+// CSI snapshot's ID, or the VolumeSnapshot's name for a running disk the
+// launcher froze).
+func LayerName(id string) string { return "layer-" + id + ".img" }
+
+// TopFor is the overlay a running disk switches to when it is frozen at
+// layer.
+func TopFor(layer string) string {
+	return "top-" + strings.TrimSuffix(strings.TrimPrefix(layer, "layer-"), ".img") + ".img"
+}
+
 // ValidLayerName reports whether name can name a layer: a plain file name
 // in the volume directory, never a path out of it.
 func ValidLayerName(name string) bool {

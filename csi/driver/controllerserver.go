@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
+	"github.com/podvirt/podvirt/contracts/diskmeta"
 	"github.com/podvirt/podvirt/csi/state"
 	"github.com/podvirt/podvirt/csi/volume"
 )
@@ -338,13 +339,13 @@ func (d *Driver) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 	// A running VM's disk the launcher already froze for this
 	// VolumeSnapshot (a VM snapshot switched it to a new overlay) is kept
 	// as frozen.
-	layer, online := volume.LayerName(id), false
+	layer, online := diskmeta.LayerName(id), false
 	if vs := req.GetParameters()[paramSnapshotName]; vs != "" && canFreeze {
-		if online, err = volume.Frozen(vdir, volume.LayerName(vs)); err != nil {
+		if online, err = volume.Frozen(vdir, diskmeta.LayerName(vs)); err != nil {
 			return nil, status.Errorf(codes.Internal, "CreateSnapshot %q of volume %s: %v", name, src, err)
 		}
 		if online {
-			layer = volume.LayerName(vs)
+			layer = diskmeta.LayerName(vs)
 		}
 	}
 	layered := online || (canFreeze && !v.Block && len(v.TargetPaths) == 0)

@@ -222,7 +222,7 @@ func (d *Driver) restore(ctx context.Context, tmp, dir string, v *state.Volume, 
 	}
 	v.Format, v.Source = diskmeta.FormatQCOW2, m.Source
 	if err := build(tmp, dir, func() error {
-		return volume.Restore(ctx, src, tmp, volume.LayerName(s.ID), v.Size)
+		return volume.Restore(ctx, src, tmp, diskmeta.LayerName(s.ID), v.Size)
 	}); err != nil {
 		return status.Errorf(codes.Internal, "CreateVolume %q from %s: %v", p.name, key, err)
 	}

@@ -331,7 +331,7 @@ func TestImportOverlayCopyAndBlock(t *testing.T) {
 		t.Errorf("restored volume's context %v; want the overlay's digest (%v) and overlay", rc, oc)
 	}
 	rdir := td.VolumeDir(restored.Volume.VolumeId)
-	layer := volume.LayerName(snap.Snapshot.SnapshotId)
+	layer := diskmeta.LayerName(snap.Snapshot.SnapshotId)
 	for _, d := range []string{dir, rdir} {
 		if i := diskInfo(t, d, "qcow2"); i.BackingFilename != layer || i.VirtualSize != 64<<20 {
 			t.Errorf("disk in %s after the snapshot %+v: want an overlay on %s", d, i, layer)

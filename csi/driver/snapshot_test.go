@@ -46,7 +46,7 @@ func TestSnapshotOfPublishedVolume(t *testing.T) {
 
 	// The launcher's switch (runtime/launcher): disk.img linked as the
 	// VolumeSnapshot's layer, a new top over it.
-	layer, top := volume.LayerName("vm-snap"), "top-vm-snap.img"
+	layer, top := diskmeta.LayerName("vm-snap"), "top-vm-snap.img"
 	if err := os.Link(volume.DiskPath(dir), filepath.Join(dir, layer)); err != nil {
 		t.Fatal(err)
 	}

@@ -15,9 +15,6 @@ import (
 // nextName is the overlay Freeze builds before it becomes disk.img.
 const nextName = DiskName + ".next"
 
-// LayerName is the file a snapshot with ID id freezes a disk into.
-func LayerName(id string) string { return "layer-" + id + ".img" }
-
 // CanFreeze reports whether the disk of dir can be frozen in O(1): only a
 // qcow2 disk can carry an overlay.
 func CanFreeze(dir string) (bool, error) {
@@ -100,7 +97,7 @@ func Recover(dir string) error {
 	}
 	// The metadata was not written: disk.img is still the disk. Drop the
 	// overlay and any link made to the disk.
-	links, err := filepath.Glob(filepath.Join(dir, LayerName("*")))
+	links, err := filepath.Glob(filepath.Join(dir, diskmeta.LayerName("*")))
 	if err != nil {
 		return err
 	}

@@ -32,30 +32,30 @@ func TestFreezeKeepRestore(t *testing.T) {
 		t.Fatal(err)
 	}
 	write(t, DiskPath(vol), 2<<20, 0x11)
-	if err := Freeze(ctx, vol, LayerName("s1")); err != nil {
+	if err := Freeze(ctx, vol, diskmeta.LayerName("s1")); err != nil {
 		t.Fatal(err)
 	}
-	if err := Freeze(ctx, vol, LayerName("s1")); err != nil { // a retry
+	if err := Freeze(ctx, vol, diskmeta.LayerName("s1")); err != nil { // a retry
 		t.Fatal(err)
 	}
-	if err := Keep(vol, LayerName("s1"), snap1); err != nil {
+	if err := Keep(vol, diskmeta.LayerName("s1"), snap1); err != nil {
 		t.Fatal(err)
 	}
 	write(t, DiskPath(vol), 2<<20, 0x22)
-	if err := Freeze(ctx, vol, LayerName("s2")); err != nil {
+	if err := Freeze(ctx, vol, diskmeta.LayerName("s2")); err != nil {
 		t.Fatal(err)
 	}
-	if err := Keep(vol, LayerName("s2"), snap2); err != nil {
+	if err := Keep(vol, diskmeta.LayerName("s2"), snap2); err != nil {
 		t.Fatal(err)
 	}
 	write(t, DiskPath(vol), 2<<20, 0x33)
 
 	m, err := diskmeta.Read(vol)
-	if err != nil || len(m.Layers) != 2 || m.Layers[0] != LayerName("s2") || m.Digest != "sha256:aa" {
+	if err != nil || len(m.Layers) != 2 || m.Layers[0] != diskmeta.LayerName("s2") || m.Digest != "sha256:aa" {
 		t.Fatalf("volume meta = %+v, %v; want layers s2, s1 on the base", m, err)
 	}
-	if i := info(t, DiskPath(vol), diskmeta.FormatQCOW2); i.BackingFilename != LayerName("s2") || i.VirtualSize != 64<<20 {
-		t.Errorf("disk after freezing = %+v, want a 64 MiB overlay on %s", i, LayerName("s2"))
+	if i := info(t, DiskPath(vol), diskmeta.FormatQCOW2); i.BackingFilename != diskmeta.LayerName("s2") || i.VirtualSize != 64<<20 {
+		t.Errorf("disk after freezing = %+v, want a 64 MiB overlay on %s", i, diskmeta.LayerName("s2"))
 	}
 	if !hasPattern(t, DiskPath(snap1), 2<<20, 64<<10, 0x11) || !hasPattern(t, DiskPath(snap2), 2<<20, 64<<10, 0x22) || !hasPattern(t, DiskPath(vol), 2<<20, 64<<10, 0x33) {
 		t.Fatal("a snapshot or the volume does not read what was written when it was taken")
@@ -64,11 +64,11 @@ func TestFreezeKeepRestore(t *testing.T) {
 		t.Error("snapshot 1 does not read the base through its chain")
 	}
 	// Each snapshot's disk is the frozen layer itself: nothing was copied.
-	if !sameFile(DiskPath(snap1), filepath.Join(vol, LayerName("s1"))) || !sameFile(filepath.Join(snap2, LayerName("s1")), filepath.Join(vol, LayerName("s1"))) {
+	if !sameFile(DiskPath(snap1), filepath.Join(vol, diskmeta.LayerName("s1"))) || !sameFile(filepath.Join(snap2, diskmeta.LayerName("s1")), filepath.Join(vol, diskmeta.LayerName("s1"))) {
 		t.Error("the snapshots do not share the volume's layers")
 	}
 
-	if err := Restore(ctx, snap1, restored, LayerName("s1"), 128<<20); err != nil {
+	if err := Restore(ctx, snap1, restored, diskmeta.LayerName("s1"), 128<<20); err != nil {
 		t.Fatal(err)
 	}
 	write(t, DiskPath(restored), 4<<20, 0x44)
@@ -105,7 +105,7 @@ func TestFreezeRefusesRaw(t *testing.T) {
 	if ok, err := CanFreeze(dir); ok || err != nil {
 		t.Errorf("CanFreeze of a raw disk = %v, %v", ok, err)
 	}
-	if err := Freeze(context.Background(), dir, LayerName("x")); err == nil {
+	if err := Freeze(context.Background(), dir, diskmeta.LayerName("x")); err == nil {
 		t.Error("Freeze of a raw disk succeeded")
 	}
 }
@@ -116,7 +116,7 @@ func TestFreezeRefusesRaw(t *testing.T) {
 func TestRecover(t *testing.T) {
 	requireQemuImg(t)
 	ctx := context.Background()
-	layer := LayerName("c")
+	layer := diskmeta.LayerName("c")
 	for _, step := range []string{"overlay built", "linked", "meta written"} {
 		t.Run(step, func(t *testing.T) {
 			dir := t.TempDir()
@@ -174,7 +174,7 @@ func TestKeepAndSettleAfterOnlineSwitch(t *testing.T) {
 	}
 	write(t, DiskPath(vol), 0, 0x01)
 	// As the launcher does it.
-	layer, top := LayerName("online"), "top-online.img"
+	layer, top := diskmeta.LayerName("online"), "top-online.img"
 	if err := os.Link(DiskPath(vol), filepath.Join(vol, layer)); err != nil {
 		t.Fatal(err)
 	}

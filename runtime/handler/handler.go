@@ -290,6 +290,9 @@ func (r *Reconciler) syncPod(ctx context.Context, req ctrl.Request, vmi *v1.Virt
 		if err := r.syncPause(ctx, sess, vmi, last); err != nil {
 			return ctrl.Result{}, err
 		}
+		if err := r.syncSnapshot(ctx, sess, vmi, last); err != nil {
+			return ctrl.Result{}, err
+		}
 	}
 	return ctrl.Result{}, r.writeStatus(ctx, vmi, observe(last, lost, vmi.Status.Domain, metav1.Now()))
 }

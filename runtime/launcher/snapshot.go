@@ -36,7 +36,7 @@ type SnapshotResult struct {
 // switchedDisk is one disk an online snapshot switches to a new overlay.
 type switchedDisk struct {
 	dev, dir, layer, top string
-	meta, before       diskmeta.Meta
+	meta, before         diskmeta.Meta
 }
 
 // snapshotDisks switches the disks of the volumes in layers (VMI volume →
@@ -137,7 +137,7 @@ func (l *Launcher) prepareSwitch(ctx context.Context, d *libvirt.Domain, layers 
 			return nil, nil, fmt.Errorf("volume %s: size of disk %s: %w", volume, disk.Target.Dev, err)
 		}
 		s := switchedDisk{dev: disk.Target.Dev, dir: dir, layer: layer, before: m,
-			top: "top-" + strings.TrimSuffix(strings.TrimPrefix(layer, "layer-"), ".img") + ".img"}
+			top: diskmeta.TopFor(layer)}
 		if err := os.Link(cur, filepath.Join(dir, layer)); err != nil && !errors.Is(err, os.ErrExist) {
 			return nil, nil, fmt.Errorf("volume %s: link %s as %s: %w", volume, filepath.Base(cur), layer, err)
 		}

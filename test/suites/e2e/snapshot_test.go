@@ -14,14 +14,16 @@ import (
 	"github.com/podvirt/podvirt/test/env/stack"
 )
 
-// TestSnapshotRestore writes a marker in a guest, snapshots the stopped VM
-// with podvirtctl, writes a second marker, and restores the snapshot as a
-// new VM and into the VM itself: both boot seeing the first marker only.
-// The snapshot outlives the VMs and is deleted last.
+// TestSnapshotRestore snapshots a running VM twice with podvirtctl: with
+// the guest agent freezing its filesystems, then with the agent hung (the
+// guest is paused instead and runs on). Markers written between the
+// snapshots tell them apart: the first restored as a new VM sees only the
+// first marker, the second restored into the stopped VM itself sees the
+// first two. The snapshots outlive the VMs' restarts and are deleted last.
 func TestSnapshotRestore(t *testing.T) {
 	useStack(t)
 	ctx := testContext(t, 20*time.Minute)
-	const name, copyName, snap = "snap-src", "snap-copy", "before"
+	const name, copyName = "snap-src", "snap-copy"
 	createVM(ctx, t, stack.VM(name, v1.RunStrategyAlways))
 	t.Cleanup(func() {
 		deleteVM(t, name)
@@ -29,12 +31,13 @@ func TestSnapshotRestore(t *testing.T) {
 		ctx := context.Background()
 		in := client.InNamespace(stack.Namespace)
 		_ = st.Client.DeleteAllOf(ctx, &v1.VirtualMachineRestore{}, in)
-		_ = st.Client.Delete(ctx, &v1.VirtualMachineSnapshot{ObjectMeta: metav1.ObjectMeta{Namespace: stack.Namespace, Name: snap}})
+		_ = st.Client.DeleteAllOf(ctx, &v1.VirtualMachineSnapshot{}, in)
 		for _, claim := range []string{name + "-root", copyName + "-root"} {
 			_ = st.Client.Delete(ctx, &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Namespace: stack.Namespace, Name: claim}})
 		}
 	})
-	if _, err := st.WaitRunning(ctx, name, 10*time.Minute); err != nil {
+	old, err := st.WaitRunning(ctx, name, 10*time.Minute)
+	if err != nil {
 		t.Fatal(err)
 	}
 	inGuest := func(vm, cmd, want string) string {
@@ -45,37 +48,39 @@ func TestSnapshotRestore(t *testing.T) {
 		}
 		return out
 	}
-	inGuest(name, "echo first-marker > /marker1 && sync && cat /marker1", "first-marker")
-	podvirtctl(ctx, t, "stop", name)
-	waitNoVMI(ctx, t, name)
-
-	start := time.Now()
-	if out := podvirtctl(ctx, t, "snapshot", name, snap); !strings.Contains(out, "snapshotted as "+snap) || !strings.Contains(out, "Offline") {
-		t.Errorf("podvirtctl snapshot said:\n%s", out)
+	snapshot := func(snap string, indications ...string) {
+		t.Helper()
+		start := time.Now()
+		out := podvirtctl(ctx, t, "snapshot", name, snap)
+		for _, want := range append([]string{"snapshotted as " + snap}, indications...) {
+			if !strings.Contains(out, want) {
+				t.Errorf("podvirtctl snapshot %s said %q; want %q in it", snap, out, want)
+			}
+		}
+		t.Logf("snapshot %s of a running VM ready in %s: %s", snap, time.Since(start).Round(time.Millisecond), strings.TrimSpace(out))
 	}
-	t.Logf("snapshot of a stopped VM ready in %s", time.Since(start).Round(time.Millisecond))
-
-	podvirtctl(ctx, t, "start", name)
-	old := waitVMIRunning(ctx, t, name)
-	inGuest(name, "echo second-marker > /marker2 && sync && cat /marker2", "second-marker")
+	inGuest(name, "echo first-marker > /marker1 && sync && cat /marker1", "first-marker")
+	snapshot("frozen", "Online", "GuestAgent", "Quiesced")
+	inGuest(name, "echo second-marker > /marker2 && sync && kill -STOP $(pidof qemu-ga) && echo agent-stopped", "agent-stopped")
+	snapshot("paused", "Online", "NoGuestAgent", "Paused")
+	inGuest(name, "kill -CONT $(pidof qemu-ga); echo third-marker > /marker3 && sync && cat /marker3", "third-marker")
 	podvirtctl(ctx, t, "stop", name)
 	waitNoVMI(ctx, t, name)
 
-	// Both restores, then both VMs boot at once.
-	if out := podvirtctl(ctx, t, "restore", name, snap, "--to", copyName); !strings.Contains(out, "restored as vm "+copyName) {
+	if out := podvirtctl(ctx, t, "restore", name, "frozen", "--to", copyName); !strings.Contains(out, "restored as vm "+copyName) {
 		t.Errorf("podvirtctl restore --to said:\n%s", out)
 	}
-	if out := podvirtctl(ctx, t, "restore", name, snap); !strings.Contains(out, "restored from snapshot "+snap) {
+	if out := podvirtctl(ctx, t, "restore", name, "paused"); !strings.Contains(out, "restored from snapshot paused") {
 		t.Errorf("podvirtctl restore said:\n%s", out)
 	}
 	podvirtctl(ctx, t, "start", name)
 	podvirtctl(ctx, t, "start", copyName)
 	waitNewVMI(ctx, t, name, old.UID)
 	waitVMIRunning(ctx, t, copyName)
-	for _, vm := range []string{name, copyName} {
-		out := inGuest(vm, "cat /marker1; ls /marker2 2>&1", "first-marker")
-		if !strings.Contains(out, "No such file") {
-			t.Errorf("vm %s restored from the snapshot has the marker written after it:\n%s", vm, out)
+	for vm, want := range map[string]string{copyName: "first-marker", name: "first-marker second-marker"} {
+		out := inGuest(vm, "echo $(cat /marker1 /marker2 /marker3 2>/dev/null)", "-marker")
+		if !strings.Contains(out, want) || strings.Contains(out, "third-marker") || (vm == copyName && strings.Contains(out, "second-marker")) {
+			t.Errorf("vm %s restored from its snapshot reads %q; want %q and nothing written after", vm, out, want)
 		}
 	}
 	copyVMI, err := getVMI(ctx, copyName)

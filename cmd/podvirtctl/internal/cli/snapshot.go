@@ -27,12 +27,14 @@ func (o *options) snapshotCommand() *cobra.Command {
 	var timeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "snapshot VM NAME",
-		Short: "Snapshot a stopped VM: its spec and every disk, in O(1) on podvirt's disks",
+		Short: "Snapshot a VM, running or stopped: its spec and every disk, in O(1) on podvirt's disks",
 		Long: `snapshot creates the VirtualMachineSnapshot NAME of VM and waits until it is
-ready. The VM must be stopped; it does not start until the snapshot is taken.
-Each disk becomes a CSI VolumeSnapshot: on podvirt's disks the disk is frozen
-where it is and the VM goes on in a new overlay, so nothing is copied. The
-snapshot outlives the VM; restore it with '%[1]s restore'.`,
+ready. Each disk becomes a CSI VolumeSnapshot: on podvirt's disks the disk is
+frozen where it is and the VM goes on in a new overlay, so nothing is copied.
+A running VM's filesystems are frozen through its guest agent for that
+instant, or the VM is paused when the agent does not answer; a stopped VM does
+not start until the snapshot is taken. The snapshot outlives the VM; restore
+it with '%[1]s restore'.`,
 		Example:           "  %[1]s snapshot web-1 before-upgrade",
 		Args:              cobra.ExactArgs(2),
 		ValidArgsFunction: o.completeVMs,
@@ -50,13 +52,6 @@ func (s *session) snapshot(ctx context.Context, vmName, name string, timeout tim
 	vm, err := s.getVM(ctx, vmName)
 	if err != nil {
 		return "", err
-	}
-	vmi, err := s.getVMI(ctx, vmName)
-	if err != nil {
-		return "", err
-	}
-	if vmi != nil {
-		return "", fmt.Errorf("vm %s runs (vmi %s is %s): podvirt snapshots only stopped VMs so far; stop it first (%s stop %s)", vmName, vmi.Name, vmi.Status.Phase, s.o.name, vmName)
 	}
 	group := v1.GroupName
 	snap := &v1.VirtualMachineSnapshot{
@@ -100,9 +95,10 @@ func (o *options) restoreCommand() *cobra.Command {
 		Short: "Restore a snapshot into its stopped VM, or as a new VM (--to)",
 		Long: `restore brings SNAPSHOT of VM back, in O(1) on podvirt's disks: each disk is a
 new overlay on the snapshot's frozen layer. Without --to, VM must be stopped;
-its disks are replaced by the snapshot's and its spec set back (its MACs and
-addresses kept). With --to NEWVM, a new VM is made with its own disks; it gets
-new MACs and addresses while VM exists. The snapshot stays, to restore again.`,
+its disks are replaced by the snapshot's and its spec set back (its MACs,
+addresses and run strategy kept). With --to NEWVM, a new VM is made with its
+own disks, Halted; it gets new MACs and addresses while VM exists. A restore
+starts nothing: start the VM after it. The snapshot stays, to restore again.`,
 		Example:           "  %[1]s restore web-1 before-upgrade\n  %[1]s restore web-1 before-upgrade --to web-1-copy",
 		Args:              cobra.ExactArgs(2),
 		ValidArgsFunction: o.completeVMs,

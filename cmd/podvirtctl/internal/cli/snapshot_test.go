@@ -12,7 +12,7 @@ import (
 )
 
 // TestSnapshotRefuses: podvirtctl refuses, before it creates anything, a
-// snapshot of a running VM, a restore into a running VM, a restore of a
+// snapshot of a missing VM, a restore into a running VM, a restore of a
 // snapshot of another VM and one onto a VM that exists; each error says
 // what to do.
 func TestSnapshotRefuses(t *testing.T) {
@@ -30,7 +30,6 @@ func TestSnapshotRefuses(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"snapshot", "running", "s"}, "stop it first (podvirtctl stop running)"},
 		{[]string{"snapshot", "missing", "s"}, "missing"},
 		{[]string{"restore", "running", "of-running"}, "or restore as a new VM with --to"},
 		{[]string{"restore", "other", "of-running"}, "snapshot of-running is of vm running, not other"},
