@@ -17,6 +17,10 @@ const (
 	ConditionPaused       = "Paused"
 	ConditionPodScheduled = "PodScheduled"
 	ConditionSynchronized = "Synchronized"
+	// ConditionAgentConnected is True while the guest agent is connected;
+	// absent otherwise, as in KubeVirt.
+	ConditionAgentConnected = v1alpha1.VMIConditionAgentConnected
+	ReasonAgentConnected    = "GuestAgentConnected"
 
 	ReasonPodCreated         = "LauncherPodCreated"
 	ReasonPodCreateFailed    = "FailedCreate"
@@ -140,13 +144,16 @@ func podCondition(pod *corev1.Pod, t corev1.PodConditionType) *corev1.PodConditi
 	return nil
 }
 
-// setConditions writes vmi's Ready, Paused and PodScheduled conditions
-// (vmiConditions) into its status, and removes Paused once the guest runs
-// again: absent, as in KubeVirt, rather than False.
+// setConditions writes vmi's Ready, Paused, AgentConnected and
+// PodScheduled conditions (vmiConditions) into its status, and removes
+// Paused once the guest runs again and AgentConnected once the agent is
+// gone: absent, as in KubeVirt, rather than False.
 func setConditions(vmi *v1alpha1.VirtualMachineInstance, pod *corev1.Pod) {
 	conds := vmiConditions(vmi, pod)
-	if meta.FindStatusCondition(conds, ConditionPaused) == nil {
-		meta.RemoveStatusCondition(&vmi.Status.Conditions, ConditionPaused)
+	for _, t := range []string{ConditionPaused, ConditionAgentConnected} {
+		if meta.FindStatusCondition(conds, t) == nil {
+			meta.RemoveStatusCondition(&vmi.Status.Conditions, t)
+		}
 	}
 	for _, c := range conds {
 		// Keeps the transition time of a condition whose status stayed.
@@ -177,6 +184,12 @@ func vmiConditions(vmi *v1alpha1.VirtualMachineInstance, pod *corev1.Pod) []meta
 		out = append(out, metav1.Condition{
 			Type: ConditionPaused, Status: metav1.ConditionTrue,
 			Reason: why, Message: pausedMessage(vmi, why), ObservedGeneration: generation,
+		})
+	}
+	if phase == v1alpha1.Running && vmi.Status.Domain != nil && vmi.Status.Domain.GuestAgentConnected {
+		out = append(out, metav1.Condition{
+			Type: ConditionAgentConnected, Status: metav1.ConditionTrue, Reason: ReasonAgentConnected,
+			Message: "the guest agent (qemu-guest-agent) answers", ObservedGeneration: generation,
 		})
 	}
 	ready := metav1.Condition{Type: ConditionReady, Status: metav1.ConditionFalse, ObservedGeneration: generation}

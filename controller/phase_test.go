@@ -125,3 +125,20 @@ func TestPausedConditions(t *testing.T) {
 		})
 	}
 }
+
+// TestAgentConnectedCondition: AgentConnected is True while the node
+// daemon says the guest agent is connected, and absent otherwise.
+func TestAgentConnectedCondition(t *testing.T) {
+	vmi := &v1alpha1.VirtualMachineInstance{}
+	vmi.Status.Phase = v1alpha1.Running
+	vmi.Status.Domain = &v1alpha1.DomainStatus{State: v1alpha1.DomainRunning, GuestAgentConnected: true}
+	setConditions(vmi, nil)
+	if c := meta.FindStatusCondition(vmi.Status.Conditions, ConditionAgentConnected); c == nil || c.Status != metav1.ConditionTrue {
+		t.Errorf("with the agent connected: %+v, want AgentConnected True", c)
+	}
+	vmi.Status.Domain.GuestAgentConnected = false
+	setConditions(vmi, nil)
+	if c := meta.FindStatusCondition(vmi.Status.Conditions, ConditionAgentConnected); c != nil {
+		t.Errorf("with the agent gone: %+v, want no AgentConnected condition", c)
+	}
+}

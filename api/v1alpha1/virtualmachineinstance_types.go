@@ -916,6 +916,11 @@ type DomainStatus struct {
 	//
 	// +optional
 	LastTransitionTime metav1.Time `json:"lastTransitionTime,omitempty"`
+	// GuestAgentConnected says the guest's agent (qemu-guest-agent) is
+	// connected; the controller shows it as the AgentConnected condition.
+	//
+	// +optional
+	GuestAgentConnected bool `json:"guestAgentConnected,omitempty"`
 }
 
 // VirtualMachineInstanceNetworkInterface is a guest NIC as observed.

@@ -95,6 +95,9 @@ const (
 	// RenamedFromAnnotation on a VM a rename made is the old name; the VM
 	// stays inert (Renaming) until the old VM is gone.
 	RenamedFromAnnotation = "podvirt.io/renamed-from"
+	// VMIConditionAgentConnected is the VMI condition that is True while
+	// the guest agent is connected (absent otherwise, as in KubeVirt).
+	VMIConditionAgentConnected = "AgentConnected"
 	// SnapshotInProgressAnnotation and RestoreInProgressAnnotation on a VM
 	// name the VirtualMachineSnapshot or VirtualMachineRestore that holds
 	// it: the VM does not start, and makes no disk-template claims, until

@@ -636,9 +636,13 @@ type StatusResponse struct {
 	ReadinessMessage string `protobuf:"bytes,9,opt,name=readiness_message,json=readinessMessage,proto3" json:"readiness_message,omitempty"`
 	// warnings say how the domain runs worse than its VMI asked (a pod
 	// network without passt forwards no port); set once it started.
-	Warnings      []string `protobuf:"bytes,10,rep,name=warnings,proto3" json:"warnings,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Warnings []string `protobuf:"bytes,10,rep,name=warnings,proto3" json:"warnings,omitempty"`
+	// guest_agent_connected: the guest's agent is connected (libvirt's agent
+	// lifecycle event); guest_os_info is what it said of the guest's OS.
+	GuestAgentConnected bool         `protobuf:"varint,11,opt,name=guest_agent_connected,json=guestAgentConnected,proto3" json:"guest_agent_connected,omitempty"`
+	GuestOsInfo         *GuestOSInfo `protobuf:"bytes,12,opt,name=guest_os_info,json=guestOsInfo,proto3" json:"guest_os_info,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -741,6 +745,97 @@ func (x *StatusResponse) GetWarnings() []string {
 	return nil
 }
 
+func (x *StatusResponse) GetGuestAgentConnected() bool {
+	if x != nil {
+		return x.GuestAgentConnected
+	}
+	return false
+}
+
+func (x *StatusResponse) GetGuestOsInfo() *GuestOSInfo {
+	if x != nil {
+		return x.GuestOsInfo
+	}
+	return nil
+}
+
+// GuestOSInfo is the guest agent's guest-get-osinfo.
+type GuestOSInfo struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	Version       string                 `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
+	KernelRelease string                 `protobuf:"bytes,4,opt,name=kernel_release,json=kernelRelease,proto3" json:"kernel_release,omitempty"`
+	PrettyName    string                 `protobuf:"bytes,5,opt,name=pretty_name,json=prettyName,proto3" json:"pretty_name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GuestOSInfo) Reset() {
+	*x = GuestOSInfo{}
+	mi := &file_command_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GuestOSInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GuestOSInfo) ProtoMessage() {}
+
+func (x *GuestOSInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GuestOSInfo.ProtoReflect.Descriptor instead.
+func (*GuestOSInfo) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *GuestOSInfo) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *GuestOSInfo) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *GuestOSInfo) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *GuestOSInfo) GetKernelRelease() string {
+	if x != nil {
+		return x.KernelRelease
+	}
+	return ""
+}
+
+func (x *GuestOSInfo) GetPrettyName() string {
+	if x != nil {
+		return x.PrettyName
+	}
+	return ""
+}
+
 // Interface is a guest NIC as the launcher's DHCP server knows it.
 type Interface struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -758,7 +853,7 @@ type Interface struct {
 
 func (x *Interface) Reset() {
 	*x = Interface{}
-	mi := &file_command_proto_msgTypes[10]
+	mi := &file_command_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -770,7 +865,7 @@ func (x *Interface) String() string {
 func (*Interface) ProtoMessage() {}
 
 func (x *Interface) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[10]
+	mi := &file_command_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -783,7 +878,7 @@ func (x *Interface) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Interface.ProtoReflect.Descriptor instead.
 func (*Interface) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{10}
+	return file_command_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Interface) GetNetwork() string {
@@ -822,7 +917,7 @@ type ShutdownRequest struct {
 
 func (x *ShutdownRequest) Reset() {
 	*x = ShutdownRequest{}
-	mi := &file_command_proto_msgTypes[11]
+	mi := &file_command_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -834,7 +929,7 @@ func (x *ShutdownRequest) String() string {
 func (*ShutdownRequest) ProtoMessage() {}
 
 func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[11]
+	mi := &file_command_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -847,7 +942,7 @@ func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownRequest.ProtoReflect.Descriptor instead.
 func (*ShutdownRequest) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{11}
+	return file_command_proto_rawDescGZIP(), []int{12}
 }
 
 type ShutdownResponse struct {
@@ -863,7 +958,7 @@ type ShutdownResponse struct {
 
 func (x *ShutdownResponse) Reset() {
 	*x = ShutdownResponse{}
-	mi := &file_command_proto_msgTypes[12]
+	mi := &file_command_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -875,7 +970,7 @@ func (x *ShutdownResponse) String() string {
 func (*ShutdownResponse) ProtoMessage() {}
 
 func (x *ShutdownResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[12]
+	mi := &file_command_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -888,7 +983,7 @@ func (x *ShutdownResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownResponse.ProtoReflect.Descriptor instead.
 func (*ShutdownResponse) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{12}
+	return file_command_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ShutdownResponse) GetGraceful() bool {
@@ -913,7 +1008,7 @@ type PauseRequest struct {
 
 func (x *PauseRequest) Reset() {
 	*x = PauseRequest{}
-	mi := &file_command_proto_msgTypes[13]
+	mi := &file_command_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -925,7 +1020,7 @@ func (x *PauseRequest) String() string {
 func (*PauseRequest) ProtoMessage() {}
 
 func (x *PauseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[13]
+	mi := &file_command_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -938,7 +1033,7 @@ func (x *PauseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseRequest.ProtoReflect.Descriptor instead.
 func (*PauseRequest) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{13}
+	return file_command_proto_rawDescGZIP(), []int{14}
 }
 
 type PauseResponse struct {
@@ -949,7 +1044,7 @@ type PauseResponse struct {
 
 func (x *PauseResponse) Reset() {
 	*x = PauseResponse{}
-	mi := &file_command_proto_msgTypes[14]
+	mi := &file_command_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -961,7 +1056,7 @@ func (x *PauseResponse) String() string {
 func (*PauseResponse) ProtoMessage() {}
 
 func (x *PauseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[14]
+	mi := &file_command_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -974,7 +1069,7 @@ func (x *PauseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseResponse.ProtoReflect.Descriptor instead.
 func (*PauseResponse) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{14}
+	return file_command_proto_rawDescGZIP(), []int{15}
 }
 
 type ResumeRequest struct {
@@ -985,7 +1080,7 @@ type ResumeRequest struct {
 
 func (x *ResumeRequest) Reset() {
 	*x = ResumeRequest{}
-	mi := &file_command_proto_msgTypes[15]
+	mi := &file_command_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -997,7 +1092,7 @@ func (x *ResumeRequest) String() string {
 func (*ResumeRequest) ProtoMessage() {}
 
 func (x *ResumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[15]
+	mi := &file_command_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1010,7 +1105,7 @@ func (x *ResumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeRequest.ProtoReflect.Descriptor instead.
 func (*ResumeRequest) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{15}
+	return file_command_proto_rawDescGZIP(), []int{16}
 }
 
 type ResumeResponse struct {
@@ -1021,7 +1116,7 @@ type ResumeResponse struct {
 
 func (x *ResumeResponse) Reset() {
 	*x = ResumeResponse{}
-	mi := &file_command_proto_msgTypes[16]
+	mi := &file_command_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1033,7 +1128,7 @@ func (x *ResumeResponse) String() string {
 func (*ResumeResponse) ProtoMessage() {}
 
 func (x *ResumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[16]
+	mi := &file_command_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1046,7 +1141,7 @@ func (x *ResumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeResponse.ProtoReflect.Descriptor instead.
 func (*ResumeResponse) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{16}
+	return file_command_proto_rawDescGZIP(), []int{17}
 }
 
 type ConsoleData struct {
@@ -1058,7 +1153,7 @@ type ConsoleData struct {
 
 func (x *ConsoleData) Reset() {
 	*x = ConsoleData{}
-	mi := &file_command_proto_msgTypes[17]
+	mi := &file_command_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1070,7 +1165,7 @@ func (x *ConsoleData) String() string {
 func (*ConsoleData) ProtoMessage() {}
 
 func (x *ConsoleData) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[17]
+	mi := &file_command_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1083,7 +1178,7 @@ func (x *ConsoleData) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsoleData.ProtoReflect.Descriptor instead.
 func (*ConsoleData) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{17}
+	return file_command_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ConsoleData) GetData() []byte {
@@ -1101,7 +1196,7 @@ type DomainStatsRequest struct {
 
 func (x *DomainStatsRequest) Reset() {
 	*x = DomainStatsRequest{}
-	mi := &file_command_proto_msgTypes[18]
+	mi := &file_command_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1113,7 +1208,7 @@ func (x *DomainStatsRequest) String() string {
 func (*DomainStatsRequest) ProtoMessage() {}
 
 func (x *DomainStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[18]
+	mi := &file_command_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1126,7 +1221,7 @@ func (x *DomainStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DomainStatsRequest.ProtoReflect.Descriptor instead.
 func (*DomainStatsRequest) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{18}
+	return file_command_proto_rawDescGZIP(), []int{19}
 }
 
 // DomainStatsResponse is a snapshot of the domain's counters as libvirt
@@ -1150,7 +1245,7 @@ type DomainStatsResponse struct {
 
 func (x *DomainStatsResponse) Reset() {
 	*x = DomainStatsResponse{}
-	mi := &file_command_proto_msgTypes[19]
+	mi := &file_command_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1162,7 +1257,7 @@ func (x *DomainStatsResponse) String() string {
 func (*DomainStatsResponse) ProtoMessage() {}
 
 func (x *DomainStatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[19]
+	mi := &file_command_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1175,7 +1270,7 @@ func (x *DomainStatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DomainStatsResponse.ProtoReflect.Descriptor instead.
 func (*DomainStatsResponse) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{19}
+	return file_command_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *DomainStatsResponse) GetCpuTimeNs() uint64 {
@@ -1238,7 +1333,7 @@ type VCPUStats struct {
 
 func (x *VCPUStats) Reset() {
 	*x = VCPUStats{}
-	mi := &file_command_proto_msgTypes[20]
+	mi := &file_command_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1250,7 +1345,7 @@ func (x *VCPUStats) String() string {
 func (*VCPUStats) ProtoMessage() {}
 
 func (x *VCPUStats) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[20]
+	mi := &file_command_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1263,7 +1358,7 @@ func (x *VCPUStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VCPUStats.ProtoReflect.Descriptor instead.
 func (*VCPUStats) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{20}
+	return file_command_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *VCPUStats) GetId() uint32 {
@@ -1296,7 +1391,7 @@ type MemoryStats struct {
 
 func (x *MemoryStats) Reset() {
 	*x = MemoryStats{}
-	mi := &file_command_proto_msgTypes[21]
+	mi := &file_command_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1308,7 +1403,7 @@ func (x *MemoryStats) String() string {
 func (*MemoryStats) ProtoMessage() {}
 
 func (x *MemoryStats) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[21]
+	mi := &file_command_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1321,7 +1416,7 @@ func (x *MemoryStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemoryStats.ProtoReflect.Descriptor instead.
 func (*MemoryStats) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{21}
+	return file_command_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *MemoryStats) GetActualBalloonBytes() uint64 {
@@ -1372,7 +1467,7 @@ type DiskStats struct {
 
 func (x *DiskStats) Reset() {
 	*x = DiskStats{}
-	mi := &file_command_proto_msgTypes[22]
+	mi := &file_command_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1384,7 +1479,7 @@ func (x *DiskStats) String() string {
 func (*DiskStats) ProtoMessage() {}
 
 func (x *DiskStats) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[22]
+	mi := &file_command_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1397,7 +1492,7 @@ func (x *DiskStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiskStats.ProtoReflect.Descriptor instead.
 func (*DiskStats) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{22}
+	return file_command_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *DiskStats) GetName() string {
@@ -1491,7 +1586,7 @@ type InterfaceStats struct {
 
 func (x *InterfaceStats) Reset() {
 	*x = InterfaceStats{}
-	mi := &file_command_proto_msgTypes[23]
+	mi := &file_command_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1503,7 +1598,7 @@ func (x *InterfaceStats) String() string {
 func (*InterfaceStats) ProtoMessage() {}
 
 func (x *InterfaceStats) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[23]
+	mi := &file_command_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1516,7 +1611,7 @@ func (x *InterfaceStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InterfaceStats.ProtoReflect.Descriptor instead.
 func (*InterfaceStats) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{23}
+	return file_command_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *InterfaceStats) GetName() string {
@@ -1642,7 +1737,7 @@ const file_command_proto_rawDesc = "" +
 	"\x03vmi\x18\x01 \x01(\fR\x03vmi\x12\x1a\n" +
 	"\bnetworks\x18\x02 \x01(\fR\bnetworks\"\x0f\n" +
 	"\rStatusRequest\"\x0e\n" +
-	"\fWatchRequest\"\xc1\x02\n" +
+	"\fWatchRequest\"\xc1\x03\n" +
 	"\x0eStatusResponse\x12\x10\n" +
 	"\x03vmi\x18\x01 \x01(\tR\x03vmi\x12\x10\n" +
 	"\x03uid\x18\x02 \x01(\tR\x03uid\x12\x16\n" +
@@ -1656,7 +1751,16 @@ const file_command_proto_rawDesc = "" +
 	"\treadiness\x18\b \x01(\tR\treadiness\x12+\n" +
 	"\x11readiness_message\x18\t \x01(\tR\x10readinessMessage\x12\x1a\n" +
 	"\bwarnings\x18\n" +
-	" \x03(\tR\bwarnings\"]\n" +
+	" \x03(\tR\bwarnings\x122\n" +
+	"\x15guest_agent_connected\x18\v \x01(\bR\x13guestAgentConnected\x12J\n" +
+	"\rguest_os_info\x18\f \x01(\v2&.podvirt.launcher.v1alpha1.GuestOSInfoR\vguestOsInfo\"\x93\x01\n" +
+	"\vGuestOSInfo\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\tR\aversion\x12%\n" +
+	"\x0ekernel_release\x18\x04 \x01(\tR\rkernelRelease\x12\x1f\n" +
+	"\vpretty_name\x18\x05 \x01(\tR\n" +
+	"prettyName\"]\n" +
 	"\tInterface\x12\x18\n" +
 	"\anetwork\x18\x01 \x01(\tR\anetwork\x12\x10\n" +
 	"\x03mac\x18\x02 \x01(\tR\x03mac\x12\x0e\n" +
@@ -1777,7 +1881,7 @@ func file_command_proto_rawDescGZIP() []byte {
 	return file_command_proto_rawDescData
 }
 
-var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_command_proto_goTypes = []any{
 	(*SnapshotDisksRequest)(nil),     // 0: podvirt.launcher.v1alpha1.SnapshotDisksRequest
 	(*SnapshotDisksResponse)(nil),    // 1: podvirt.launcher.v1alpha1.SnapshotDisksResponse
@@ -1789,56 +1893,58 @@ var file_command_proto_goTypes = []any{
 	(*StatusRequest)(nil),            // 7: podvirt.launcher.v1alpha1.StatusRequest
 	(*WatchRequest)(nil),             // 8: podvirt.launcher.v1alpha1.WatchRequest
 	(*StatusResponse)(nil),           // 9: podvirt.launcher.v1alpha1.StatusResponse
-	(*Interface)(nil),                // 10: podvirt.launcher.v1alpha1.Interface
-	(*ShutdownRequest)(nil),          // 11: podvirt.launcher.v1alpha1.ShutdownRequest
-	(*ShutdownResponse)(nil),         // 12: podvirt.launcher.v1alpha1.ShutdownResponse
-	(*PauseRequest)(nil),             // 13: podvirt.launcher.v1alpha1.PauseRequest
-	(*PauseResponse)(nil),            // 14: podvirt.launcher.v1alpha1.PauseResponse
-	(*ResumeRequest)(nil),            // 15: podvirt.launcher.v1alpha1.ResumeRequest
-	(*ResumeResponse)(nil),           // 16: podvirt.launcher.v1alpha1.ResumeResponse
-	(*ConsoleData)(nil),              // 17: podvirt.launcher.v1alpha1.ConsoleData
-	(*DomainStatsRequest)(nil),       // 18: podvirt.launcher.v1alpha1.DomainStatsRequest
-	(*DomainStatsResponse)(nil),      // 19: podvirt.launcher.v1alpha1.DomainStatsResponse
-	(*VCPUStats)(nil),                // 20: podvirt.launcher.v1alpha1.VCPUStats
-	(*MemoryStats)(nil),              // 21: podvirt.launcher.v1alpha1.MemoryStats
-	(*DiskStats)(nil),                // 22: podvirt.launcher.v1alpha1.DiskStats
-	(*InterfaceStats)(nil),           // 23: podvirt.launcher.v1alpha1.InterfaceStats
-	nil,                              // 24: podvirt.launcher.v1alpha1.SnapshotDisksRequest.LayersEntry
+	(*GuestOSInfo)(nil),              // 10: podvirt.launcher.v1alpha1.GuestOSInfo
+	(*Interface)(nil),                // 11: podvirt.launcher.v1alpha1.Interface
+	(*ShutdownRequest)(nil),          // 12: podvirt.launcher.v1alpha1.ShutdownRequest
+	(*ShutdownResponse)(nil),         // 13: podvirt.launcher.v1alpha1.ShutdownResponse
+	(*PauseRequest)(nil),             // 14: podvirt.launcher.v1alpha1.PauseRequest
+	(*PauseResponse)(nil),            // 15: podvirt.launcher.v1alpha1.PauseResponse
+	(*ResumeRequest)(nil),            // 16: podvirt.launcher.v1alpha1.ResumeRequest
+	(*ResumeResponse)(nil),           // 17: podvirt.launcher.v1alpha1.ResumeResponse
+	(*ConsoleData)(nil),              // 18: podvirt.launcher.v1alpha1.ConsoleData
+	(*DomainStatsRequest)(nil),       // 19: podvirt.launcher.v1alpha1.DomainStatsRequest
+	(*DomainStatsResponse)(nil),      // 20: podvirt.launcher.v1alpha1.DomainStatsResponse
+	(*VCPUStats)(nil),                // 21: podvirt.launcher.v1alpha1.VCPUStats
+	(*MemoryStats)(nil),              // 22: podvirt.launcher.v1alpha1.MemoryStats
+	(*DiskStats)(nil),                // 23: podvirt.launcher.v1alpha1.DiskStats
+	(*InterfaceStats)(nil),           // 24: podvirt.launcher.v1alpha1.InterfaceStats
+	nil,                              // 25: podvirt.launcher.v1alpha1.SnapshotDisksRequest.LayersEntry
 }
 var file_command_proto_depIdxs = []int32{
-	24, // 0: podvirt.launcher.v1alpha1.SnapshotDisksRequest.layers:type_name -> podvirt.launcher.v1alpha1.SnapshotDisksRequest.LayersEntry
-	10, // 1: podvirt.launcher.v1alpha1.StatusResponse.interfaces:type_name -> podvirt.launcher.v1alpha1.Interface
-	20, // 2: podvirt.launcher.v1alpha1.DomainStatsResponse.vcpus:type_name -> podvirt.launcher.v1alpha1.VCPUStats
-	21, // 3: podvirt.launcher.v1alpha1.DomainStatsResponse.memory:type_name -> podvirt.launcher.v1alpha1.MemoryStats
-	22, // 4: podvirt.launcher.v1alpha1.DomainStatsResponse.disks:type_name -> podvirt.launcher.v1alpha1.DiskStats
-	23, // 5: podvirt.launcher.v1alpha1.DomainStatsResponse.interfaces:type_name -> podvirt.launcher.v1alpha1.InterfaceStats
-	6,  // 6: podvirt.launcher.v1alpha1.Command.Start:input_type -> podvirt.launcher.v1alpha1.StartRequest
-	7,  // 7: podvirt.launcher.v1alpha1.Command.Status:input_type -> podvirt.launcher.v1alpha1.StatusRequest
-	8,  // 8: podvirt.launcher.v1alpha1.Command.Watch:input_type -> podvirt.launcher.v1alpha1.WatchRequest
-	11, // 9: podvirt.launcher.v1alpha1.Command.Shutdown:input_type -> podvirt.launcher.v1alpha1.ShutdownRequest
-	13, // 10: podvirt.launcher.v1alpha1.Command.Pause:input_type -> podvirt.launcher.v1alpha1.PauseRequest
-	15, // 11: podvirt.launcher.v1alpha1.Command.Resume:input_type -> podvirt.launcher.v1alpha1.ResumeRequest
-	17, // 12: podvirt.launcher.v1alpha1.Command.Console:input_type -> podvirt.launcher.v1alpha1.ConsoleData
-	18, // 13: podvirt.launcher.v1alpha1.Command.DomainStats:input_type -> podvirt.launcher.v1alpha1.DomainStatsRequest
-	2,  // 14: podvirt.launcher.v1alpha1.Command.PrepareMigration:input_type -> podvirt.launcher.v1alpha1.PrepareMigrationRequest
-	4,  // 15: podvirt.launcher.v1alpha1.Command.Migrate:input_type -> podvirt.launcher.v1alpha1.MigrateRequest
-	0,  // 16: podvirt.launcher.v1alpha1.Command.SnapshotDisks:input_type -> podvirt.launcher.v1alpha1.SnapshotDisksRequest
-	9,  // 17: podvirt.launcher.v1alpha1.Command.Start:output_type -> podvirt.launcher.v1alpha1.StatusResponse
-	9,  // 18: podvirt.launcher.v1alpha1.Command.Status:output_type -> podvirt.launcher.v1alpha1.StatusResponse
-	9,  // 19: podvirt.launcher.v1alpha1.Command.Watch:output_type -> podvirt.launcher.v1alpha1.StatusResponse
-	12, // 20: podvirt.launcher.v1alpha1.Command.Shutdown:output_type -> podvirt.launcher.v1alpha1.ShutdownResponse
-	14, // 21: podvirt.launcher.v1alpha1.Command.Pause:output_type -> podvirt.launcher.v1alpha1.PauseResponse
-	16, // 22: podvirt.launcher.v1alpha1.Command.Resume:output_type -> podvirt.launcher.v1alpha1.ResumeResponse
-	17, // 23: podvirt.launcher.v1alpha1.Command.Console:output_type -> podvirt.launcher.v1alpha1.ConsoleData
-	19, // 24: podvirt.launcher.v1alpha1.Command.DomainStats:output_type -> podvirt.launcher.v1alpha1.DomainStatsResponse
-	3,  // 25: podvirt.launcher.v1alpha1.Command.PrepareMigration:output_type -> podvirt.launcher.v1alpha1.PrepareMigrationResponse
-	5,  // 26: podvirt.launcher.v1alpha1.Command.Migrate:output_type -> podvirt.launcher.v1alpha1.MigrationProgress
-	1,  // 27: podvirt.launcher.v1alpha1.Command.SnapshotDisks:output_type -> podvirt.launcher.v1alpha1.SnapshotDisksResponse
-	17, // [17:28] is the sub-list for method output_type
-	6,  // [6:17] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	25, // 0: podvirt.launcher.v1alpha1.SnapshotDisksRequest.layers:type_name -> podvirt.launcher.v1alpha1.SnapshotDisksRequest.LayersEntry
+	11, // 1: podvirt.launcher.v1alpha1.StatusResponse.interfaces:type_name -> podvirt.launcher.v1alpha1.Interface
+	10, // 2: podvirt.launcher.v1alpha1.StatusResponse.guest_os_info:type_name -> podvirt.launcher.v1alpha1.GuestOSInfo
+	21, // 3: podvirt.launcher.v1alpha1.DomainStatsResponse.vcpus:type_name -> podvirt.launcher.v1alpha1.VCPUStats
+	22, // 4: podvirt.launcher.v1alpha1.DomainStatsResponse.memory:type_name -> podvirt.launcher.v1alpha1.MemoryStats
+	23, // 5: podvirt.launcher.v1alpha1.DomainStatsResponse.disks:type_name -> podvirt.launcher.v1alpha1.DiskStats
+	24, // 6: podvirt.launcher.v1alpha1.DomainStatsResponse.interfaces:type_name -> podvirt.launcher.v1alpha1.InterfaceStats
+	6,  // 7: podvirt.launcher.v1alpha1.Command.Start:input_type -> podvirt.launcher.v1alpha1.StartRequest
+	7,  // 8: podvirt.launcher.v1alpha1.Command.Status:input_type -> podvirt.launcher.v1alpha1.StatusRequest
+	8,  // 9: podvirt.launcher.v1alpha1.Command.Watch:input_type -> podvirt.launcher.v1alpha1.WatchRequest
+	12, // 10: podvirt.launcher.v1alpha1.Command.Shutdown:input_type -> podvirt.launcher.v1alpha1.ShutdownRequest
+	14, // 11: podvirt.launcher.v1alpha1.Command.Pause:input_type -> podvirt.launcher.v1alpha1.PauseRequest
+	16, // 12: podvirt.launcher.v1alpha1.Command.Resume:input_type -> podvirt.launcher.v1alpha1.ResumeRequest
+	18, // 13: podvirt.launcher.v1alpha1.Command.Console:input_type -> podvirt.launcher.v1alpha1.ConsoleData
+	19, // 14: podvirt.launcher.v1alpha1.Command.DomainStats:input_type -> podvirt.launcher.v1alpha1.DomainStatsRequest
+	2,  // 15: podvirt.launcher.v1alpha1.Command.PrepareMigration:input_type -> podvirt.launcher.v1alpha1.PrepareMigrationRequest
+	4,  // 16: podvirt.launcher.v1alpha1.Command.Migrate:input_type -> podvirt.launcher.v1alpha1.MigrateRequest
+	0,  // 17: podvirt.launcher.v1alpha1.Command.SnapshotDisks:input_type -> podvirt.launcher.v1alpha1.SnapshotDisksRequest
+	9,  // 18: podvirt.launcher.v1alpha1.Command.Start:output_type -> podvirt.launcher.v1alpha1.StatusResponse
+	9,  // 19: podvirt.launcher.v1alpha1.Command.Status:output_type -> podvirt.launcher.v1alpha1.StatusResponse
+	9,  // 20: podvirt.launcher.v1alpha1.Command.Watch:output_type -> podvirt.launcher.v1alpha1.StatusResponse
+	13, // 21: podvirt.launcher.v1alpha1.Command.Shutdown:output_type -> podvirt.launcher.v1alpha1.ShutdownResponse
+	15, // 22: podvirt.launcher.v1alpha1.Command.Pause:output_type -> podvirt.launcher.v1alpha1.PauseResponse
+	17, // 23: podvirt.launcher.v1alpha1.Command.Resume:output_type -> podvirt.launcher.v1alpha1.ResumeResponse
+	18, // 24: podvirt.launcher.v1alpha1.Command.Console:output_type -> podvirt.launcher.v1alpha1.ConsoleData
+	20, // 25: podvirt.launcher.v1alpha1.Command.DomainStats:output_type -> podvirt.launcher.v1alpha1.DomainStatsResponse
+	3,  // 26: podvirt.launcher.v1alpha1.Command.PrepareMigration:output_type -> podvirt.launcher.v1alpha1.PrepareMigrationResponse
+	5,  // 27: podvirt.launcher.v1alpha1.Command.Migrate:output_type -> podvirt.launcher.v1alpha1.MigrationProgress
+	1,  // 28: podvirt.launcher.v1alpha1.Command.SnapshotDisks:output_type -> podvirt.launcher.v1alpha1.SnapshotDisksResponse
+	18, // [18:29] is the sub-list for method output_type
+	7,  // [7:18] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_command_proto_init() }
@@ -1846,18 +1952,18 @@ func file_command_proto_init() {
 	if File_command_proto != nil {
 		return
 	}
-	file_command_proto_msgTypes[19].OneofWrappers = []any{}
 	file_command_proto_msgTypes[20].OneofWrappers = []any{}
 	file_command_proto_msgTypes[21].OneofWrappers = []any{}
 	file_command_proto_msgTypes[22].OneofWrappers = []any{}
 	file_command_proto_msgTypes[23].OneofWrappers = []any{}
+	file_command_proto_msgTypes[24].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_command_proto_rawDesc), len(file_command_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   25,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -82,6 +82,10 @@ type Health struct {
 	Readiness, ReadinessMessage string
 	// Warnings are set once the domain started.
 	Warnings []string
+	// GuestAgent says the guest agent is connected; OSInfo is what it
+	// said of the guest's OS (nil before it answered).
+	GuestAgent bool
+	OSInfo     *launchercmd.GuestOSInfo
 }
 
 // Config says which VMI the server speaks for.
@@ -374,6 +378,7 @@ func (s *Server) status() *launchercmd.StatusResponse {
 	resp.State, resp.Reason = string(st), reason
 	h := d.Health()
 	resp.Message, resp.Readiness, resp.ReadinessMessage, resp.Warnings = h.Message, h.Readiness, h.ReadinessMessage, h.Warnings
+	resp.GuestAgentConnected, resp.GuestOsInfo = h.GuestAgent, h.OSInfo
 	for _, i := range d.Interfaces() {
 		pi := &launchercmd.Interface{Network: i.Network, Mac: i.MAC.String(), Acked: i.Acked}
 		if i.Addr.IsValid() {

@@ -18,9 +18,10 @@ import (
 
 // observed is the part of a VMI's status the handler owns.
 type observed struct {
-	Domain     *v1.DomainStatus                            `json:"domain"`
-	Interfaces []v1.VirtualMachineInstanceNetworkInterface `json:"interfaces"`
-	Readiness  *v1.ProbeStatus                             `json:"readiness"`
+	Domain      *v1.DomainStatus                            `json:"domain"`
+	Interfaces  []v1.VirtualMachineInstanceNetworkInterface `json:"interfaces"`
+	Readiness   *v1.ProbeStatus                             `json:"readiness"`
+	GuestOSInfo *v1.GuestOSInfo                             `json:"guestOSInfo"`
 }
 
 // observe turns the launcher's last status (and why it was lost, if it
@@ -36,13 +37,17 @@ func observe(last *launchercmd.StatusResponse, lost string, cur *v1.DomainStatus
 		state, reason, message = v1.DomainCrashed, ReasonLauncherLost, lost
 	}
 	if state != "" {
-		o.Domain = &v1.DomainStatus{State: state, Reason: reason, Message: message, LastTransitionTime: now}
+		o.Domain = &v1.DomainStatus{State: state, Reason: reason, Message: message, LastTransitionTime: now,
+			GuestAgentConnected: lost == "" && last.GetGuestAgentConnected()}
 		if cur != nil && cur.State == state {
 			o.Domain.LastTransitionTime = cur.LastTransitionTime
 		}
 	}
 	if r := last.GetReadiness(); r != "" && lost == "" {
 		o.Readiness = &v1.ProbeStatus{Ready: r == launchercmd.Ready, Message: last.GetReadinessMessage()}
+	}
+	if i := last.GetGuestOsInfo(); i != nil && lost == "" {
+		o.GuestOSInfo = &v1.GuestOSInfo{Name: i.GetName(), ID: i.GetId(), Version: i.GetVersion(), KernelRelease: i.GetKernelRelease(), PrettyName: i.GetPrettyName()}
 	}
 	for _, i := range last.GetInterfaces() {
 		ni := v1.VirtualMachineInstanceNetworkInterface{Name: i.GetNetwork(), MAC: i.GetMac()}
@@ -63,7 +68,7 @@ func (r *Reconciler) writeStatus(ctx context.Context, vmi *v1.VirtualMachineInst
 		return nil // the launcher waits for Start: nothing to say yet
 	}
 	if equality.Semantic.DeepEqual(o.Domain, vmi.Status.Domain) && equality.Semantic.DeepEqual(o.Interfaces, vmi.Status.Interfaces) &&
-		equality.Semantic.DeepEqual(o.Readiness, vmi.Status.Readiness) {
+		equality.Semantic.DeepEqual(o.Readiness, vmi.Status.Readiness) && equality.Semantic.DeepEqual(o.GuestOSInfo, vmi.Status.GuestOSInfo) {
 		return nil
 	}
 	patch, err := json.Marshal(map[string]observed{"status": o})

@@ -69,6 +69,7 @@ type Launcher struct {
 	done    chan struct{}
 	gone    bool
 	cbID    int
+	agentID int
 	started time.Time
 	health  cmdserver.Health
 	// stopReason, when set, is why the launcher destroyed the guest: its
@@ -95,7 +96,7 @@ func New(uri, name string) (*Launcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect %s: %w", uri, err)
 	}
-	return &Launcher{conn: conn, name: name, watch: make(chan struct{}), done: make(chan struct{}), cbID: -1}, nil
+	return &Launcher{conn: conn, name: name, watch: make(chan struct{}), done: make(chan struct{}), cbID: -1, agentID: -1}, nil
 }
 
 // follow registers for the domain's lifecycle events.
@@ -104,8 +105,13 @@ func (l *Launcher) follow() error {
 	if err != nil {
 		return fmt.Errorf("domain %s: register events: %w", l.name, err)
 	}
+	agentID, err := l.conn.DomainEventAgentLifecycleRegister(nil, l.onAgent)
+	if err != nil {
+		_ = l.conn.DomainEventDeregister(id)
+		return fmt.Errorf("domain %s: register guest agent events: %w", l.name, err)
+	}
 	l.mu.Lock()
-	l.cbID = id
+	l.cbID, l.agentID = id, agentID
 	l.mu.Unlock()
 	return nil
 }
@@ -447,7 +453,7 @@ func (c *console) Close() error {
 func (l *Launcher) Close() error {
 	var errs []error
 	l.mu.Lock()
-	d, id := l.dom, l.cbID
+	d, id, agentID := l.dom, l.cbID, l.agentID
 	l.mu.Unlock()
 	if d != nil {
 		if active, err := d.IsActive(); err == nil && active {
@@ -463,8 +469,10 @@ func (l *Launcher) Close() error {
 		}
 		_ = d.Free()
 	}
-	if id >= 0 {
-		_ = l.conn.DomainEventDeregister(id)
+	for _, cb := range []int{id, agentID} {
+		if cb >= 0 {
+			_ = l.conn.DomainEventDeregister(cb)
+		}
 	}
 	if _, err := l.conn.Close(); err != nil {
 		errs = append(errs, err)

@@ -252,6 +252,8 @@ func (in *Incoming) Wait(ctx context.Context) error {
 				_ = d.Free()
 			}
 			l.mu.Unlock()
+			// The agent came connected: no event says so here.
+			go l.readOSInfo()
 			return nil
 		}
 		select {

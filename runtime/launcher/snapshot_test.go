@@ -16,7 +16,8 @@ import (
 	"github.com/podvirt/podvirt/test/images/guest"
 )
 
-// TestOnlineSnapshot switches a running guest's disk to new overlays
+// TestOnlineSnapshot sees the guest agent connect and say which OS the
+// guest runs, then switches the running guest's disk to new overlays
 // twice: with its agent freezing the filesystems, then with the agent
 // hung (stopped in the guest), when the guest is paused instead and runs
 // on after. The volume's metadata and the chain follow each switch, and a
@@ -31,6 +32,14 @@ func TestOnlineSnapshot(t *testing.T) {
 	l := startVM(t, d, vm)
 	waitConsole(t, vm.console, 0, guest.CloudInitMarker, bootLimit)
 	waitAgent(t, l)
+	// The agent's connection came as an event; it said which OS it runs.
+	deadline := time.Now().Add(time.Minute)
+	for h := l.Health(); !h.GuestAgent || h.OSInfo == nil || h.OSInfo.GetKernelRelease() == ""; h = l.Health() {
+		if time.Now().After(deadline) {
+			t.Fatalf("health %+v: want the agent connected with the guest's kernel release", h)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	run := func(cmd string) {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -60,7 +69,7 @@ func TestOnlineSnapshot(t *testing.T) {
 
 	// The agent hangs: the guest is paused for the switch and resumed.
 	run("(sleep 1; kill -STOP $(pidof qemu-ga)) >/dev/null 2>&1 &")
-	deadline := time.Now().Add(30 * time.Second)
+	deadline = time.Now().Add(30 * time.Second)
 	for {
 		pctx, pcancel := context.WithTimeout(ctx, 2*time.Second)
 		_, err := l.agentCommand(pctx, map[string]any{"execute": "guest-ping"})

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -14,7 +15,8 @@ import (
 	"github.com/podvirt/podvirt/test/env/stack"
 )
 
-// TestSnapshotRestore snapshots a running VM twice with podvirtctl: with
+// TestSnapshotRestore sees the guest agent connected (AgentConnected,
+// guestosinfo), then snapshots the running VM twice with podvirtctl: with
 // the guest agent freezing its filesystems, then with the agent hung (the
 // guest is paused instead and runs on). Markers written between the
 // snapshots tell them apart: the first restored as a new VM sees only the
@@ -58,6 +60,16 @@ func TestSnapshotRestore(t *testing.T) {
 			}
 		}
 		t.Logf("snapshot %s of a running VM ready in %s: %s", snap, time.Since(start).Round(time.Millisecond), strings.TrimSpace(out))
+	}
+	// The guest agent is connected and says which OS the guest runs.
+	if err := stack.Poll(ctx, 2*time.Minute, func() (bool, error) {
+		vmi, err := getVMI(ctx, name)
+		return err == nil && meta.IsStatusConditionTrue(vmi.Status.Conditions, v1.VMIConditionAgentConnected) && vmi.Status.GuestOSInfo != nil, nil
+	}); err != nil {
+		t.Fatalf("vm %s: no AgentConnected condition and guestOSInfo: %v", name, err)
+	}
+	if out := podvirtctl(ctx, t, "guestosinfo", name); !strings.Contains(out, `"kernelRelease": "`) {
+		t.Errorf("podvirtctl guestosinfo said:\n%s", out)
 	}
 	inGuest(name, "echo first-marker > /marker1 && sync && cat /marker1", "first-marker")
 	snapshot("frozen", "Online", "GuestAgent", "Quiesced")

@@ -89,7 +89,7 @@ func NewRootCommand(name string, streams genericiooptions.IOStreams) *cobra.Comm
 		o.migrateCommand(), o.migrateCancelCommand(), o.exposeCommand(), o.portForwardCommand(), o.sshCommand(),
 		o.consoleCommand(), o.vncCommand(), o.versionCommand(),
 		o.createCommand(), o.convertCommand(), o.imageCommand(), o.imageUploadCommand(), o.renameCommand(),
-		o.snapshotCommand(), o.restoreCommand(),
+		o.snapshotCommand(), o.restoreCommand(), o.guestOSInfoCommand(),
 	)
 	return root
 }

@@ -46,3 +46,25 @@ func TestSnapshotRefuses(t *testing.T) {
 		t.Errorf("refused restores left %d VirtualMachineRestores (%v)", len(list.Items), err)
 	}
 }
+
+// TestGuestOSInfo prints the VMI's guestOSInfo, and refuses a VMI whose
+// agent is not connected, saying so.
+func TestGuestOSInfo(t *testing.T) {
+	ns := namespace(t)
+	vm := testVM(ns, "agent", v1.RunStrategyManual)
+	create(t, vm)
+	ownVMI(t, vm, v1.Running)
+	if out, err := podvirtctl(t, ns, "guestosinfo", "agent"); err == nil || !strings.Contains(out+err.Error(), "the guest agent is not connected") {
+		t.Errorf("guestosinfo without an agent: %v\n%s", err, out)
+	}
+	vmi := getVMI(t, ns, "agent")
+	vmi.Status.Conditions = []metav1.Condition{{Type: v1.VMIConditionAgentConnected, Status: metav1.ConditionTrue, Reason: "GuestAgentConnected", LastTransitionTime: metav1.Now()}}
+	vmi.Status.GuestOSInfo = &v1.GuestOSInfo{ID: "debian", KernelRelease: "6.1.0-test"}
+	if err := k8s.Status().Update(t.Context(), vmi); err != nil {
+		t.Fatal(err)
+	}
+	out, err := podvirtctl(t, ns, "guestosinfo", "agent")
+	if err != nil || !strings.Contains(out, `"kernelRelease": "6.1.0-test"`) || !strings.Contains(out, `"id": "debian"`) {
+		t.Errorf("guestosinfo: %v\n%s", err, out)
+	}
+}
