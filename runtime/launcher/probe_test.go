@@ -116,7 +116,7 @@ func TestProbes(t *testing.T) {
 }
 
 // waitAgent waits for the guest agent to answer.
-func waitAgent(t *testing.T, l *Launcher) {
+func waitAgent(t testing.TB, l *Launcher) {
 	t.Helper()
 	deadline := time.Now().Add(bootLimit)
 	for {
