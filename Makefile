@@ -60,6 +60,7 @@ bench: deps
 	go test -run '^$$' -bench CreateFromCache -benchtime 20x ./csi/driver/
 	go test -run '^$$' -bench BootVsVirsh -benchtime 5x -timeout 60m ./runtime/launcher/
 	go test -run '^$$' -bench MigrateVsVirsh -benchtime 3x -timeout 60m ./runtime/launcher/
+	go test -run '^$$' -bench SnapshotOnline -benchtime 5x -timeout 60m ./runtime/launcher/
 	go test -run '^$$' -bench ImagePush -benchtime 3x -timeout 30m ./cmd/podvirtctl/internal/cli/
 	go test -run '^$$' -bench . -benchtime 1x -timeout 90m ./test/suites/e2e/
 

@@ -13,6 +13,7 @@ import (
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	crhandler "sigs.k8s.io/controller-runtime/pkg/handler"
 
 	"github.com/podvirt/podvirt/api/v1alpha1"
 )
@@ -44,7 +45,33 @@ func (r *RestoreReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("restore").
 		For(&v1alpha1.VirtualMachineRestore{}).
+		Watches(&v1alpha1.VirtualMachineSnapshot{}, crhandler.EnqueueRequestsFromMapFunc(r.restoresOf(func(rs *v1alpha1.VirtualMachineRestore, o client.Object) bool {
+			return rs.Spec.VirtualMachineSnapshotName == o.GetName()
+		}))).
+		// A claim replaced in place is deleted first: its deletion moves
+		// the restore on.
+		Watches(&corev1.PersistentVolumeClaim{}, crhandler.EnqueueRequestsFromMapFunc(r.restoresOf(func(rs *v1alpha1.VirtualMachineRestore, o client.Object) bool {
+			return rs.Spec.Target.Name == o.GetLabels()[v1alpha1.VMNameLabel]
+		}))).
 		Complete(r)
+}
+
+// restoresOf maps an object to the unfinished restores in its namespace
+// that match says are about it.
+func (r *RestoreReconciler) restoresOf(match func(*v1alpha1.VirtualMachineRestore, client.Object) bool) crhandler.MapFunc {
+	return func(ctx context.Context, o client.Object) []ctrl.Request {
+		list := &v1alpha1.VirtualMachineRestoreList{}
+		if err := r.Client.List(ctx, list, client.InNamespace(o.GetNamespace())); err != nil {
+			return nil
+		}
+		var reqs []ctrl.Request
+		for i := range list.Items {
+			if rs := &list.Items[i]; !restoreOver(rs) && match(rs, o) {
+				reqs = append(reqs, ctrl.Request{NamespacedName: types.NamespacedName{Namespace: rs.Namespace, Name: rs.Name}})
+			}
+		}
+		return reqs
+	}
 }
 
 // Reconcile moves one restore a step.

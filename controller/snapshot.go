@@ -18,6 +18,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	crhandler "sigs.k8s.io/controller-runtime/pkg/handler"
 
 	"github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/contracts/diskmeta"
@@ -40,10 +41,12 @@ const (
 	// defaultSnapshotDeadline is a snapshot's failure deadline when its
 	// spec gives none.
 	defaultSnapshotDeadline = 5 * time.Minute
-	// snapshotPoll is how often a snapshot in progress looks at its
-	// VolumeSnapshots (whose CRDs the cluster may lack, so they are not
+	// snapshotPoll is how often a snapshot in progress looks again when no
+	// event brings it back sooner (its VMI and VolumeSnapshots are
 	// watched).
-	snapshotPoll = time.Second
+	snapshotPoll = 5 * time.Second
+	// snapshotLabel on a VolumeSnapshot names the VM snapshot it is part of.
+	snapshotLabel = "podvirt.io/vmsnapshot"
 	// defaultClassAnnotation marks the default VolumeSnapshotClass.
 	defaultClassAnnotation = "snapshot.storage.kubernetes.io/is-default-class"
 )
@@ -66,11 +69,46 @@ func (r *SnapshotReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.now == nil {
 		r.now = time.Now
 	}
-	return ctrl.NewControllerManagedBy(mgr).
+	b := ctrl.NewControllerManagedBy(mgr).
 		Named("snapshot").
 		For(&v1alpha1.VirtualMachineSnapshot{}).
 		Owns(&v1alpha1.VirtualMachineSnapshotContent{}).
-		Complete(r)
+		Watches(&v1alpha1.VirtualMachineInstance{}, crhandler.EnqueueRequestsFromMapFunc(r.snapshotOfVMI))
+	// The VolumeSnapshots are watched when the cluster has their API; a
+	// cluster without it only fails the snapshots that need it.
+	if _, err := mgr.GetRESTMapper().RESTMapping(volumeSnapshotGVK.GroupKind(), volumeSnapshotGVK.Version); err == nil {
+		vs := &unstructured.Unstructured{}
+		vs.SetGroupVersionKind(volumeSnapshotGVK)
+		b = b.Watches(vs, crhandler.EnqueueRequestsFromMapFunc(snapshotOfVolumeSnapshot))
+	}
+	return b.Complete(r)
+}
+
+// snapshotOfVMI maps a VMI whose online snapshot the node daemon works on
+// to that snapshot.
+func (r *SnapshotReconciler) snapshotOfVMI(ctx context.Context, o client.Object) []ctrl.Request {
+	ss := o.(*v1alpha1.VirtualMachineInstance).Status.SnapshotState
+	if ss == nil {
+		return nil
+	}
+	list := &v1alpha1.VirtualMachineSnapshotList{}
+	if err := r.Client.List(ctx, list, client.InNamespace(o.GetNamespace())); err != nil {
+		return nil
+	}
+	for _, s := range list.Items {
+		if s.UID == ss.SnapshotUID {
+			return []ctrl.Request{{NamespacedName: types.NamespacedName{Namespace: s.Namespace, Name: s.Name}}}
+		}
+	}
+	return nil
+}
+
+// snapshotOfVolumeSnapshot maps a disk's VolumeSnapshot to its VM snapshot.
+func snapshotOfVolumeSnapshot(_ context.Context, o client.Object) []ctrl.Request {
+	if name := o.GetLabels()[snapshotLabel]; name != "" {
+		return []ctrl.Request{{NamespacedName: types.NamespacedName{Namespace: o.GetNamespace(), Name: name}}}
+	}
+	return nil
 }
 
 // Reconcile moves one snapshot a step.
@@ -398,7 +436,7 @@ func (r *SnapshotReconciler) ensureVolumeSnapshot(ctx context.Context, content *
 	vs.SetGroupVersionKind(volumeSnapshotGVK)
 	vs.SetNamespace(content.Namespace)
 	vs.SetName(b.VolumeSnapshotName)
-	vs.SetLabels(map[string]string{v1alpha1.VMNameLabel: content.Spec.Source.Name})
+	vs.SetLabels(map[string]string{v1alpha1.VMNameLabel: content.Spec.Source.Name, snapshotLabel: content.Spec.VirtualMachineSnapshotName})
 	if err := controllerutil.SetControllerReference(content, vs, r.Client.Scheme()); err != nil {
 		return nil, err
 	}

@@ -34,7 +34,11 @@ func BenchmarkSnapshotOnline(b *testing.B) {
 		dataDir := b.TempDir()
 		data := filepath.Join(dataDir, "disk.img")
 		qemuImg(b, "create", "-q", "-f", "qcow2", data, fmt.Sprintf("%dG", gib+1))
-		qemuIO(b, "-f", "qcow2", "-c", fmt.Sprintf("write -P 0x5a 0 %dG", gib), data)
+		args := []string{"-f", "qcow2"}
+		for g := range gib { // qemu-io writes at most 2 GiB at once
+			args = append(args, "-c", fmt.Sprintf("write -P 0x5a %dG 1G", g))
+		}
+		qemuIO(b, append(args, data)...)
 		if err := writeMeta(dataDir, diskmeta.Meta{Format: diskmeta.FormatQCOW2}); err != nil {
 			b.Fatal(err)
 		}
