@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -98,9 +99,8 @@ func (r *RestoreReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	if uerr := r.Client.Status().Patch(ctx, rs, client.MergeFrom(orig)); uerr != nil && !apierrors.IsNotFound(uerr) {
 		return ctrl.Result{}, fmt.Errorf("update status of restore %s: %w", req, uerr)
 	}
-	if err == nil && restoreOver(rs) {
-		return ctrl.Result{Requeue: true}, nil // let the VM go
-	}
+	// Once over, the status update brings the restore back to let the VM
+	// go and drop the finalizer.
 	return res, err
 }
 
@@ -289,7 +289,7 @@ func (r *RestoreReconciler) toNewVM(ctx context.Context, rs *v1alpha1.VirtualMac
 	}
 	if err := r.Client.Create(ctx, vm); err != nil {
 		if apierrors.IsAlreadyExists(err) {
-			return ctrl.Result{Requeue: true}, nil // ours or another's: the next pass tells
+			return ctrl.Result{RequeueAfter: time.Second}, nil // ours or another's: the next pass tells
 		}
 		return ctrl.Result{}, fmt.Errorf("restore: create VM %s: %w", name, err)
 	}

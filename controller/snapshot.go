@@ -132,11 +132,9 @@ func (r *SnapshotReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	if uerr := r.Client.Status().Patch(ctx, s, client.MergeFrom(orig)); uerr != nil && !apierrors.IsNotFound(uerr) {
 		return ctrl.Result{}, fmt.Errorf("update status of snapshot %s: %w", req, uerr)
 	}
-	if err != nil || !final(s.Status.Phase) {
-		return res, err
-	}
-	// Over: let the VM go and drop the finalizer on the next pass.
-	return ctrl.Result{Requeue: true}, nil
+	// Once over, the status update brings the snapshot back to let the VM
+	// go and drop the finalizer.
+	return res, err
 }
 
 // step takes the snapshot as far as it can go now.
@@ -610,5 +608,3 @@ func removeFinalizer(ctx context.Context, c client.Client, o client.Object) erro
 	}
 	return nil
 }
-
-func ptrTo[T any](v T) *T { return &v }

@@ -31,13 +31,13 @@ func (l *Launcher) onAgent(_ *libvirt.Connect, d *libvirt.Domain, ev *libvirt.Do
 	}
 	l.mu.Unlock()
 	if connected {
-		go l.readOSInfo()
+		go l.readOSInfo(context.Background())
 	}
 }
 
 // readOSInfo asks the agent about the guest's OS and keeps the answer.
-func (l *Launcher) readOSInfo() {
-	ctx, cancel := context.WithTimeout(context.Background(), osInfoTimeout)
+func (l *Launcher) readOSInfo(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, osInfoTimeout)
 	defer cancel()
 	raw, err := l.agentCommand(ctx, map[string]any{"execute": "guest-get-osinfo"})
 	if err != nil {

@@ -253,7 +253,7 @@ func (in *Incoming) Wait(ctx context.Context) error {
 			}
 			l.mu.Unlock()
 			// The agent came connected: no event says so here.
-			go l.readOSInfo()
+			go l.readOSInfo(context.WithoutCancel(ctx))
 			return nil
 		}
 		select {

@@ -189,7 +189,7 @@ func (l *Launcher) quiesce(ctx context.Context, d *libvirt.Domain, timeout time.
 	}()
 	held = time.Now()
 	if err := d.Suspend(); err != nil {
-		return held, nil, fmt.Errorf("the guest agent did not freeze the filesystems (%s) and the guest could not be paused: %w", ferr, err)
+		return held, nil, fmt.Errorf("the guest agent did not freeze the filesystems (%w) and the guest could not be paused: %w", ferr, err)
 	}
 	res.Paused = true
 	return held, func() time.Time {
