@@ -255,6 +255,9 @@ func (r *SnapshotReconciler) captureOnline(ctx context.Context, s *v1alpha1.Virt
 	// A JSON patch replaces the whole field: nothing of an earlier
 	// snapshot's outcome stays.
 	state := v1alpha1.SnapshotState{SnapshotUID: s.UID, Layers: layers, FreezeTimeoutMilliseconds: freezeTimeout.Milliseconds()}
+	if s.Spec.IncludeMemory {
+		state.MemoryVolume = backups[0].VolumeName // beside the first disk
+	}
 	patch, err := json.Marshal([]map[string]any{
 		{"op": "test", "path": "/metadata/uid", "value": vmi.UID},
 		{"op": "add", "path": "/status/snapshotState", "value": state},
@@ -302,6 +305,9 @@ func onlineIndications(ss *v1alpha1.SnapshotState) []v1alpha1.Indication {
 	}
 	if ss.Paused {
 		out = append(out, v1alpha1.IndicationPaused)
+	}
+	if ss.MemorySaved {
+		out = append(out, v1alpha1.IndicationMemoryIncluded)
 	}
 	return out
 }

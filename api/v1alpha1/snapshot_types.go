@@ -57,6 +57,14 @@ type VirtualMachineSnapshotSpec struct {
 	//
 	// +optional
 	FailureDeadline *metav1.Duration `json:"failureDeadline,omitempty"`
+
+	// IncludeMemory saves a running VM's memory and device state with its
+	// disks: restored into its VM (same MACs), the guest resumes where it
+	// was instead of booting. It is kept on the node beside the first
+	// disk, about the size of the guest's memory.
+	//
+	// +optional
+	IncludeMemory bool `json:"includeMemory,omitempty"`
 }
 
 // SnapshotPhase is where a snapshot or restore is.
@@ -90,6 +98,8 @@ const (
 	// IndicationPaused: the guest was paused for the snapshot instead
 	// (crash-consistent across its disks).
 	IndicationPaused Indication = "Paused"
+	// IndicationMemoryIncluded: the guest's memory was saved too.
+	IndicationMemoryIncluded Indication = "MemoryIncluded"
 )
 
 // VirtualMachineSnapshotStatus tells the snapshot's story.
@@ -326,6 +336,11 @@ type SnapshotState struct {
 	//
 	// +optional
 	FreezeTimeoutMilliseconds int64 `json:"freezeTimeoutMilliseconds,omitempty"`
+	// MemoryVolume, when set, is the volume beside whose disk the guest's
+	// memory is saved with the disks (an includeMemory snapshot).
+	//
+	// +optional
+	MemoryVolume string `json:"memoryVolume,omitempty"`
 
 	// Completed is set when the disks are switched, Error when they could
 	// not be (the guest then runs on as before).
@@ -347,6 +362,10 @@ type SnapshotState struct {
 	//
 	// +optional
 	AgentError string `json:"agentError,omitempty"`
+	// MemorySaved says the guest's memory was saved with the disks.
+	//
+	// +optional
+	MemorySaved bool `json:"memorySaved,omitempty"`
 	// FrozenMilliseconds is how long the guest was frozen or paused.
 	//
 	// +optional

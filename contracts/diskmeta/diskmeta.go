@@ -44,7 +44,21 @@ type Meta struct {
 	// disk.img names the frozen layer too. The CSI driver renames Top back
 	// to disk.img before the volume is next published.
 	Top string `json:"top,omitempty"`
+	// Resume is a saved memory state (memory.img) the launcher resumes the
+	// guest from at its next start instead of booting it: the volume was
+	// restored from a snapshot that included the VM's memory. The launcher
+	// clears it once used.
+	Resume string `json:"resume,omitempty"`
 }
+
+// MemoryFor is the memory state an online snapshot that includes memory
+// saves beside the disk frozen at layer.
+func MemoryFor(layer string) string {
+	return "memory-" + strings.TrimSuffix(strings.TrimPrefix(layer, "layer-"), ".img") + ".img"
+}
+
+// MemoryName is a snapshot's, or a restored volume's, memory state.
+const MemoryName = "memory.img"
 
 // TopName is the writable image of the volume.
 func (m Meta) TopName() string {
@@ -101,6 +115,9 @@ func Read(dir string) (Meta, error) {
 	}
 	if m.Top != "" && (!strings.HasPrefix(m.Top, "top-") || !strings.HasSuffix(m.Top, ".img") || strings.ContainsAny(m.Top, "/\\") || strings.Contains(m.Top, "..")) {
 		return Meta{}, fmt.Errorf("disk metadata %s: top %q: must be a file name top-….img", Path(dir), m.Top)
+	}
+	if m.Resume != "" && m.Resume != MemoryName {
+		return Meta{}, fmt.Errorf("disk metadata %s: resume %q: must be %s", Path(dir), m.Resume, MemoryName)
 	}
 	if m.BaseFormat != "" && !ValidFormat(m.BaseFormat) {
 		return Meta{}, fmt.Errorf("disk metadata %s: base format %q: must be %q or %q", Path(dir), m.BaseFormat, FormatQCOW2, FormatRaw)

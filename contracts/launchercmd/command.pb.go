@@ -39,8 +39,12 @@ type SnapshotDisksRequest struct {
 	// layers maps VMI volume names to layer file names (layer-….img).
 	Layers          map[string]string `protobuf:"bytes,1,rep,name=layers,proto3" json:"layers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	FreezeTimeoutMs int64             `protobuf:"varint,2,opt,name=freeze_timeout_ms,json=freezeTimeoutMs,proto3" json:"freeze_timeout_ms,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// memory_volume, when set, is the volume beside whose disk the guest's
+	// memory and device state is saved too (diskmeta.MemoryFor its layer),
+	// in the same instant as the disks; no freeze is needed then.
+	MemoryVolume  string `protobuf:"bytes,3,opt,name=memory_volume,json=memoryVolume,proto3" json:"memory_volume,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SnapshotDisksRequest) Reset() {
@@ -87,6 +91,13 @@ func (x *SnapshotDisksRequest) GetFreezeTimeoutMs() int64 {
 	return 0
 }
 
+func (x *SnapshotDisksRequest) GetMemoryVolume() string {
+	if x != nil {
+		return x.MemoryVolume
+	}
+	return ""
+}
+
 type SnapshotDisksResponse struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	GuestAgent bool                   `protobuf:"varint,1,opt,name=guest_agent,json=guestAgent,proto3" json:"guest_agent,omitempty"`
@@ -96,6 +107,7 @@ type SnapshotDisksResponse struct {
 	AgentError string `protobuf:"bytes,4,opt,name=agent_error,json=agentError,proto3" json:"agent_error,omitempty"`
 	// frozen_ms is how long the guest was frozen or paused.
 	FrozenMs      int64 `protobuf:"varint,5,opt,name=frozen_ms,json=frozenMs,proto3" json:"frozen_ms,omitempty"`
+	MemorySaved   bool  `protobuf:"varint,6,opt,name=memory_saved,json=memorySaved,proto3" json:"memory_saved,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -163,6 +175,13 @@ func (x *SnapshotDisksResponse) GetFrozenMs() int64 {
 		return x.FrozenMs
 	}
 	return 0
+}
+
+func (x *SnapshotDisksResponse) GetMemorySaved() bool {
+	if x != nil {
+		return x.MemorySaved
+	}
+	return false
 }
 
 type PrepareMigrationRequest struct {
@@ -1688,13 +1707,14 @@ var File_command_proto protoreflect.FileDescriptor
 
 const file_command_proto_rawDesc = "" +
 	"\n" +
-	"\rcommand.proto\x12\x19podvirt.launcher.v1alpha1\"\xd2\x01\n" +
+	"\rcommand.proto\x12\x19podvirt.launcher.v1alpha1\"\xf7\x01\n" +
 	"\x14SnapshotDisksRequest\x12S\n" +
 	"\x06layers\x18\x01 \x03(\v2;.podvirt.launcher.v1alpha1.SnapshotDisksRequest.LayersEntryR\x06layers\x12*\n" +
-	"\x11freeze_timeout_ms\x18\x02 \x01(\x03R\x0ffreezeTimeoutMs\x1a9\n" +
+	"\x11freeze_timeout_ms\x18\x02 \x01(\x03R\x0ffreezeTimeoutMs\x12#\n" +
+	"\rmemory_volume\x18\x03 \x01(\tR\fmemoryVolume\x1a9\n" +
 	"\vLayersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xaa\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xcd\x01\n" +
 	"\x15SnapshotDisksResponse\x12\x1f\n" +
 	"\vguest_agent\x18\x01 \x01(\bR\n" +
 	"guestAgent\x12\x1a\n" +
@@ -1702,7 +1722,8 @@ const file_command_proto_rawDesc = "" +
 	"\x06paused\x18\x03 \x01(\bR\x06paused\x12\x1f\n" +
 	"\vagent_error\x18\x04 \x01(\tR\n" +
 	"agentError\x12\x1b\n" +
-	"\tfrozen_ms\x18\x05 \x01(\x03R\bfrozenMs\"n\n" +
+	"\tfrozen_ms\x18\x05 \x01(\x03R\bfrozenMs\x12!\n" +
+	"\fmemory_saved\x18\x06 \x01(\bR\vmemorySaved\"n\n" +
 	"\x17PrepareMigrationRequest\x12\x10\n" +
 	"\x03vmi\x18\x01 \x01(\fR\x03vmi\x12\x1a\n" +
 	"\bnetworks\x18\x02 \x01(\fR\bnetworks\x12%\n" +

@@ -109,7 +109,7 @@ func Copy(ctx context.Context, src, dir, format string, size int64, prealloc str
 		return err
 	}
 	// The copy holds src's layers in its one overlay.
-	m.Layers, m.Top = nil, ""
+	m.Layers, m.Top, m.Resume = nil, "", ""
 	return finish(dir, m)
 }
 

@@ -137,7 +137,11 @@ func Keep(dir, layer, snap string) error {
 	if err := os.Link(filepath.Join(dir, layer), DiskPath(snap)); err != nil {
 		return fmt.Errorf("keep layer %s of %s: %w", layer, dir, err)
 	}
-	m.Layers, m.Top = m.Layers[i+1:], ""
+	// The guest's memory, when the launcher saved it with the layer.
+	if err := os.Link(filepath.Join(dir, diskmeta.MemoryFor(layer)), filepath.Join(snap, diskmeta.MemoryName)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("keep the memory saved with layer %s of %s: %w", layer, dir, err)
+	}
+	m.Layers, m.Top, m.Resume = m.Layers[i+1:], "", ""
 	if err := linkChain(dir, snap, m); err != nil {
 		return err
 	}
@@ -168,6 +172,12 @@ func Restore(ctx context.Context, snap, dir, layer string, size int64) error {
 		return err
 	}
 	m.Layers = append([]string{layer}, m.Layers...)
+	// A snapshot with the guest's memory: the guest resumes from it.
+	if err := os.Link(filepath.Join(snap, diskmeta.MemoryName), filepath.Join(dir, diskmeta.MemoryName)); err == nil {
+		m.Resume = diskmeta.MemoryName
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("link the memory of snapshot %s: %w", snap, err)
+	}
 	return finish(dir, m)
 }
 
@@ -195,12 +205,22 @@ func Settle(dir string) error {
 		}
 	}
 	// Other top-….img are names of layers now: no header refers to them.
+	// Memory states saved with layers are the snapshots' by now (they
+	// link them), and a resume already used is done with.
 	stale, err := filepath.Glob(filepath.Join(dir, "top-*.img"))
 	if err != nil {
 		return err
 	}
+	memories, err := filepath.Glob(filepath.Join(dir, diskmeta.MemoryFor("layer-*.img")))
+	if err != nil {
+		return err
+	}
+	stale = append(stale, memories...)
+	if m.Resume == "" {
+		stale = append(stale, filepath.Join(dir, diskmeta.MemoryName))
+	}
 	for _, f := range stale {
-		if err := os.Remove(f); err != nil {
+		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
 		}
 	}

@@ -163,8 +163,10 @@ func TestRecover(t *testing.T) {
 }
 
 // TestKeepAndSettleAfterOnlineSwitch: the launcher froze a running disk
-// (disk.img linked as a layer, a new top-….img over it, written to); the
-// snapshot keeps the layer, and Settle makes the top disk.img again.
+// (disk.img linked as a layer, a new top-….img over it, written to) and
+// saved the guest's memory with it; the snapshot keeps the layer and the
+// memory, a volume restored from it resumes from that memory, and Settle
+// makes the top disk.img again and drops what the snapshot now holds.
 func TestKeepAndSettleAfterOnlineSwitch(t *testing.T) {
 	requireQemuImg(t)
 	ctx := context.Background()
@@ -187,6 +189,10 @@ func TestKeepAndSettleAfterOnlineSwitch(t *testing.T) {
 		t.Errorf("VirtualSize = %d, %v", size, err)
 	}
 
+	// The guest's memory saved with the layer (an includeMemory snapshot).
+	if err := os.WriteFile(filepath.Join(vol, diskmeta.MemoryFor(layer)), []byte("memory state"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if ok, err := Frozen(vol, layer); !ok || err != nil {
 		t.Fatalf("Frozen = %v, %v", ok, err)
 	}
@@ -196,6 +202,17 @@ func TestKeepAndSettleAfterOnlineSwitch(t *testing.T) {
 	if !hasPattern(t, DiskPath(snap), 0, 64<<10, 0x01) {
 		t.Error("the snapshot does not hold the disk as it was frozen")
 	}
+	if !sameFile(filepath.Join(snap, diskmeta.MemoryName), filepath.Join(vol, diskmeta.MemoryFor(layer))) {
+		t.Error("the snapshot does not keep the memory saved with its layer")
+	}
+	// Restored, the volume resumes from that memory.
+	restored := t.TempDir()
+	if err := Restore(ctx, snap, restored, diskmeta.LayerName("r"), 16<<20); err != nil {
+		t.Fatal(err)
+	}
+	if rm, err := diskmeta.Read(restored); err != nil || rm.Resume != diskmeta.MemoryName || !sameFile(filepath.Join(restored, diskmeta.MemoryName), filepath.Join(snap, diskmeta.MemoryName)) {
+		t.Errorf("restored volume %+v, %v: want it to resume from the snapshot's memory", rm, err)
+	}
 	if err := Settle(vol); err != nil {
 		t.Fatal(err)
 	}
@@ -203,8 +220,10 @@ func TestKeepAndSettleAfterOnlineSwitch(t *testing.T) {
 	if err != nil || m.Top != "" || len(m.Layers) != 1 {
 		t.Fatalf("meta after Settle %+v, %v", m, err)
 	}
-	if _, err := os.Stat(filepath.Join(vol, top)); !os.IsNotExist(err) {
-		t.Errorf("%s is left after Settle: %v", top, err)
+	for _, f := range []string{top, diskmeta.MemoryFor(layer)} {
+		if _, err := os.Stat(filepath.Join(vol, f)); !os.IsNotExist(err) {
+			t.Errorf("%s is left after Settle: %v", f, err)
+		}
 	}
 	if !hasPattern(t, DiskPath(vol), 0, 64<<10, 0x02) {
 		t.Error("disk.img after Settle does not read what was written to the top")

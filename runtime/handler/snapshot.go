@@ -40,16 +40,19 @@ func (r *Reconciler) syncSnapshot(ctx context.Context, sess *session, vmi *v1.Vi
 	}
 	ctx, cancel := context.WithTimeout(ctx, time.Duration(freeze)*time.Millisecond+snapshotSwitchGrace)
 	defer cancel()
-	resp, err := sess.client.SnapshotDisks(ctx, &launchercmd.SnapshotDisksRequest{Layers: ss.Layers, FreezeTimeoutMs: freeze})
+	resp, err := sess.client.SnapshotDisks(ctx, &launchercmd.SnapshotDisksRequest{Layers: ss.Layers, FreezeTimeoutMs: freeze, MemoryVolume: ss.MemoryVolume})
 	result := v1.SnapshotState{Completed: err == nil}
 	if err != nil {
 		result.Error = status.Convert(err).Message()
 		r.Recorder.Eventf(vmi, nil, corev1.EventTypeWarning, ReasonDisksSwitchFailed, "Snapshot", "switching the disks for snapshot %s: %s", ss.SnapshotUID, result.Error)
 	} else {
 		result.GuestAgent, result.Quiesced, result.Paused = resp.GetGuestAgent(), resp.GetQuiesced(), resp.GetPaused()
-		result.AgentError, result.FrozenMilliseconds = resp.GetAgentError(), resp.GetFrozenMs()
+		result.AgentError, result.FrozenMilliseconds, result.MemorySaved = resp.GetAgentError(), resp.GetFrozenMs(), resp.GetMemorySaved()
 		how := "filesystems frozen by the guest agent"
-		if result.Paused {
+		switch {
+		case result.MemorySaved:
+			how = "memory saved with them, guest paused"
+		case result.Paused:
 			how = "guest paused (" + result.AgentError + ")"
 		}
 		r.Recorder.Eventf(vmi, nil, corev1.EventTypeNormal, ReasonDisksSwitched, "Snapshot", "%d disks switched to new overlays for a snapshot; %s for %d ms", len(ss.Layers), how, result.FrozenMilliseconds)
@@ -58,7 +61,7 @@ func (r *Reconciler) syncSnapshot(ctx context.Context, sess *session, vmi *v1.Vi
 	// request stays as it wrote it.
 	patch, perr := json.Marshal(map[string]any{"status": map[string]any{"snapshotState": map[string]any{
 		"completed": result.Completed, "error": result.Error, "guestAgent": result.GuestAgent, "quiesced": result.Quiesced,
-		"paused": result.Paused, "agentError": result.AgentError, "frozenMilliseconds": result.FrozenMilliseconds,
+		"paused": result.Paused, "agentError": result.AgentError, "frozenMilliseconds": result.FrozenMilliseconds, "memorySaved": result.MemorySaved,
 	}}})
 	if perr != nil {
 		return perr

@@ -70,6 +70,7 @@ type Launcher struct {
 	gone    bool
 	cbID    int
 	agentID int
+	closed  bool
 	started time.Time
 	health  cmdserver.Health
 	// stopReason, when set, is why the launcher destroyed the guest: its
@@ -118,21 +119,49 @@ func (l *Launcher) follow() error {
 
 // Start defines the domain from xml and starts it.
 func (l *Launcher) Start(xml string) error {
+	_, err := l.StartResumed(xml, "")
+	return err
+}
+
+// StartResumed defines the domain from xml and starts it, resuming the
+// guest from the saved memory state memory when it is set (a restored
+// memory snapshot); resumed is false when the guest booted instead, the
+// state being unusable (a warning says why).
+func (l *Launcher) StartResumed(xml, memory string) (resumed bool, err error) {
 	if err := l.follow(); err != nil {
-		return err
+		return false, err
+	}
+	if memory != "" {
+		// The saved state is the VM's under the UUID of the VMI it was
+		// taken from; libvirt resumes it only under that UUID.
+		if withUUID, err := l.savedUUID(memory, xml); err == nil {
+			xml = withUUID
+		} else {
+			l.warn(fmt.Sprintf("the snapshot's memory cannot be read (%v): the guest boots instead", err))
+			memory = ""
+		}
 	}
 	dom, err := l.conn.DomainDefineXML(xml)
 	if err != nil {
-		return fmt.Errorf("domain %s: define: %w", l.name, err)
+		return false, fmt.Errorf("domain %s: define: %w", l.name, err)
 	}
 	l.mu.Lock()
 	l.dom = dom
 	l.started = time.Now()
 	l.setLocked(v1.DomainStarting, "Defined")
 	l.mu.Unlock()
-	if err := dom.Create(); err != nil {
-		_ = dom.Undefine()
-		return fmt.Errorf("domain %s: start: %w", l.name, err)
+	if memory != "" {
+		if rerr := l.conn.DomainRestoreFlags(memory, xml, libvirt.DOMAIN_SAVE_RUNNING); rerr == nil {
+			resumed = true
+		} else {
+			l.warn(fmt.Sprintf("the guest could not resume from the snapshot's memory (%v): it boots instead", rerr))
+		}
+	}
+	if !resumed {
+		if err := dom.Create(); err != nil {
+			_ = dom.Undefine()
+			return false, fmt.Errorf("domain %s: start: %w", l.name, err)
+		}
 	}
 	// The started event may have come before l.dom was set; read the state.
 	if st, reason, err := dom.GetState(); err == nil {
@@ -142,7 +171,7 @@ func (l *Launcher) Start(xml string) error {
 		}
 		l.mu.Unlock()
 	}
-	return nil
+	return resumed, nil
 }
 
 // stateOf is the podvirt domain state of a libvirt domain state.
@@ -449,10 +478,15 @@ func (c *console) Close() error {
 }
 
 // Close undefines the domain (destroying it if still running), stops the
-// DHCP servers and closes the connection.
+// DHCP servers and closes the connection; closing again does nothing.
 func (l *Launcher) Close() error {
 	var errs []error
 	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return nil
+	}
+	l.closed = true
 	d, id, agentID := l.dom, l.cbID, l.agentID
 	l.mu.Unlock()
 	if d != nil {

@@ -258,9 +258,18 @@ func startDomain(uri string, vmi *v1.VirtualMachineInstance, networks *launcherc
 		_ = l.Close()
 		return nil, err
 	}
-	if err := l.Start(xml); err != nil {
+	memory, memoryDir := resumeState(opts)
+	resumed, err := l.StartResumed(xml, memory)
+	if err != nil {
 		_ = l.Close()
 		return nil, err
+	}
+	if memory != "" {
+		// Used once: the next start boots.
+		if err := clearResume(memoryDir); err != nil {
+			l.warn(fmt.Sprintf("the restored memory state stays marked for the next start: %v", err))
+		}
+		slog.Info("started from a snapshot's memory", "resumed", resumed)
 	}
 	l.startProbes(vmi, opts.PasstSocket != "")
 	return l, nil

@@ -19,6 +19,7 @@ import (
 	"github.com/podvirt/podvirt/contracts/diskmeta"
 	"github.com/podvirt/podvirt/contracts/launchercmd"
 	"github.com/podvirt/podvirt/internal/atomicfile"
+	"github.com/podvirt/podvirt/runtime/converter"
 )
 
 // QemuImg is the qemu-img binary in the launcher's image.
@@ -26,7 +27,7 @@ var QemuImg = "qemu-img"
 
 // SnapshotResult is how an online snapshot went for the guest.
 type SnapshotResult struct {
-	GuestAgent, Quiesced, Paused bool
+	GuestAgent, Quiesced, Paused, MemorySaved bool
 	// AgentError says why the agent did not freeze the filesystems.
 	AgentError string
 	// Frozen is how long the guest was frozen or paused.
@@ -35,8 +36,8 @@ type SnapshotResult struct {
 
 // switchedDisk is one disk an online snapshot switches to a new overlay.
 type switchedDisk struct {
-	dev, dir, layer, top string
-	meta, before         diskmeta.Meta
+	volume, dev, dir, layer, top string
+	meta, before                 diskmeta.Meta
 }
 
 // snapshotDisks switches the disks of the volumes in layers (VMI volume →
@@ -47,7 +48,7 @@ type switchedDisk struct {
 // The guest's filesystems are frozen through its agent for the switch, or
 // the guest is paused when the agent does not freeze them within
 // freezeTimeout; it is thawed or resumed before this returns.
-func (l *Launcher) snapshotDisks(ctx context.Context, layers map[string]string, freezeTimeout time.Duration) (SnapshotResult, error) {
+func (l *Launcher) snapshotDisks(ctx context.Context, layers map[string]string, freezeTimeout time.Duration, memoryVolume string) (SnapshotResult, error) {
 	var res SnapshotResult
 	d, err := l.domain()
 	if err != nil {
@@ -60,11 +61,22 @@ func (l *Launcher) snapshotDisks(ctx context.Context, layers map[string]string, 
 	if len(disks) == 0 {
 		return res, nil // switched already
 	}
+	memory := ""
+	if memoryVolume != "" {
+		i := slices.IndexFunc(disks, func(s switchedDisk) bool { return s.volume == memoryVolume })
+		if i < 0 {
+			return res, fmt.Errorf("volume %s, where the memory is to be saved, is not among the disks switched", memoryVolume)
+		}
+		memory = filepath.Join(disks[i].dir, diskmeta.MemoryFor(disks[i].layer))
+	}
 	undo := func() {
 		for _, s := range disks {
 			_ = writeMeta(s.dir, s.before)
 			_ = os.Remove(filepath.Join(s.dir, s.top))
 			_ = os.Remove(filepath.Join(s.dir, s.layer))
+		}
+		if memory != "" {
+			_ = os.Remove(memory)
 		}
 	}
 	for _, s := range disks {
@@ -74,14 +86,24 @@ func (l *Launcher) snapshotDisks(ctx context.Context, layers map[string]string, 
 		}
 	}
 
-	held, release, err := l.quiesce(ctx, d, freezeTimeout, &res)
-	if err != nil {
-		undo()
-		return res, err
+	flags := libvirt.DOMAIN_SNAPSHOT_CREATE_NO_METADATA | libvirt.DOMAIN_SNAPSHOT_CREATE_REUSE_EXT | libvirt.DOMAIN_SNAPSHOT_CREATE_ATOMIC
+	var held time.Time
+	var release func() time.Time
+	if memory == "" {
+		flags |= libvirt.DOMAIN_SNAPSHOT_CREATE_DISK_ONLY
+		if held, release, err = l.quiesce(ctx, d, freezeTimeout, &res); err != nil {
+			undo()
+			return res, err
+		}
+	} else {
+		// Memory and disks are saved in one instant (libvirt pauses the
+		// guest for the end of a live save): nothing to freeze.
+		flags |= libvirt.DOMAIN_SNAPSHOT_CREATE_LIVE
+		held, release = time.Now(), time.Now
 	}
-	snap, err := d.CreateSnapshotXML(switchXML(disks, devs), libvirt.DOMAIN_SNAPSHOT_CREATE_DISK_ONLY|libvirt.DOMAIN_SNAPSHOT_CREATE_NO_METADATA|
-		libvirt.DOMAIN_SNAPSHOT_CREATE_REUSE_EXT|libvirt.DOMAIN_SNAPSHOT_CREATE_ATOMIC)
+	snap, err := d.CreateSnapshotXML(switchXML(disks, devs, memory), flags)
 	res.Frozen = release().Sub(held)
+	res.MemorySaved = err == nil && memory != ""
 	if snap != nil {
 		_ = snap.Free()
 	}
@@ -136,7 +158,7 @@ func (l *Launcher) prepareSwitch(ctx context.Context, d *libvirt.Domain, layers 
 		if err != nil {
 			return nil, nil, fmt.Errorf("volume %s: size of disk %s: %w", volume, disk.Target.Dev, err)
 		}
-		s := switchedDisk{dev: disk.Target.Dev, dir: dir, layer: layer, before: m,
+		s := switchedDisk{volume: volume, dev: disk.Target.Dev, dir: dir, layer: layer, before: m,
 			top: diskmeta.TopFor(layer)}
 		if err := os.Link(cur, filepath.Join(dir, layer)); err != nil && !errors.Is(err, os.ErrExist) {
 			return nil, nil, fmt.Errorf("volume %s: link %s as %s: %w", volume, filepath.Base(cur), layer, err)
@@ -208,10 +230,14 @@ func (l *Launcher) thaw() error {
 	return err
 }
 
-// switchXML is the external disk-only snapshot onto the prepared
-// overlays; the domain's other disks (devs) are left out of it.
-func switchXML(disks []switchedDisk, devs []string) string {
+// switchXML is the external snapshot onto the prepared overlays, with the
+// memory saved to the file memory when it is set; the domain's other disks
+// (devs) are left out of it.
+func switchXML(disks []switchedDisk, devs []string, memory string) string {
 	snap := libvirtxml.DomainSnapshot{Disks: &libvirtxml.DomainSnapshotDisks{}}
+	if memory != "" {
+		snap.Memory = &libvirtxml.DomainSnapshotMemory{Snapshot: "external", File: memory}
+	}
 	for _, dev := range devs {
 		if !slices.ContainsFunc(disks, func(s switchedDisk) bool { return s.dev == dev }) {
 			snap.Disks.Disks = append(snap.Disks.Disks, libvirtxml.DomainSnapshotDisk{Name: dev, Snapshot: "no"})
@@ -252,12 +278,54 @@ func writeMeta(dir string, m diskmeta.Meta) error {
 // SnapshotDisks switches the requested disks to new overlays for an online
 // snapshot (launchercmd's SnapshotDisks).
 func (l *Launcher) SnapshotDisks(ctx context.Context, req *launchercmd.SnapshotDisksRequest) (*launchercmd.SnapshotDisksResponse, error) {
-	res, err := l.snapshotDisks(ctx, req.GetLayers(), time.Duration(req.GetFreezeTimeoutMs())*time.Millisecond)
+	res, err := l.snapshotDisks(ctx, req.GetLayers(), time.Duration(req.GetFreezeTimeoutMs())*time.Millisecond, req.GetMemoryVolume())
 	if err != nil {
 		return nil, err
 	}
 	return &launchercmd.SnapshotDisksResponse{
 		GuestAgent: res.GuestAgent, Quiesced: res.Quiesced, Paused: res.Paused,
-		AgentError: res.AgentError, FrozenMs: res.Frozen.Milliseconds(),
+		AgentError: res.AgentError, FrozenMs: res.Frozen.Milliseconds(), MemorySaved: res.MemorySaved,
 	}, nil
+}
+
+// resumeState is the saved memory state a disk of opts carries for the
+// guest to resume from (diskmeta Resume), and that disk's directory.
+func resumeState(opts converter.Options) (memory, dir string) {
+	for _, src := range opts.Disks {
+		if src.Block {
+			continue
+		}
+		d := filepath.Dir(src.Path)
+		if m, err := diskmeta.Read(d); err == nil && m.Resume != "" {
+			return filepath.Join(d, m.Resume), d
+		}
+	}
+	return "", ""
+}
+
+// clearResume marks the memory state of the volume directory dir used.
+func clearResume(dir string) error {
+	m, err := diskmeta.Read(dir)
+	if err != nil {
+		return err
+	}
+	m.Resume = ""
+	return writeMeta(dir, m)
+}
+
+// savedUUID is xml with the domain UUID of the saved memory state memory.
+func (l *Launcher) savedUUID(memory, xml string) (string, error) {
+	saved, err := l.conn.DomainSaveImageGetXMLDesc(memory, 0)
+	if err != nil {
+		return "", err
+	}
+	var from, to libvirtxml.Domain
+	if err := from.Unmarshal(saved); err != nil {
+		return "", err
+	}
+	if err := to.Unmarshal(xml); err != nil {
+		return "", err
+	}
+	to.UUID = from.UUID
+	return to.Marshal()
 }

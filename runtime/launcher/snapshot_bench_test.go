@@ -52,7 +52,7 @@ func BenchmarkSnapshotOnline(b *testing.B) {
 		for i := range runs {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			start := time.Now()
-			res, err := l.snapshotDisks(ctx, map[string]string{"data": diskmeta.LayerName(fmt.Sprintf("b%d", i))}, 5*time.Second)
+			res, err := l.snapshotDisks(ctx, map[string]string{"data": diskmeta.LayerName(fmt.Sprintf("b%d", i))}, 5*time.Second, "")
 			took := time.Since(start)
 			cancel()
 			if err != nil {

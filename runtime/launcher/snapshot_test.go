@@ -3,16 +3,19 @@ package launcher
 import (
 	"context"
 	"encoding/json"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"testing"
 	"time"
 
+	"k8s.io/apimachinery/pkg/types"
 	"libvirt.org/go/libvirtxml"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/contracts/diskmeta"
+	"github.com/podvirt/podvirt/runtime/converter"
 	"github.com/podvirt/podvirt/test/images/guest"
 )
 
@@ -52,7 +55,7 @@ func TestOnlineSnapshot(t *testing.T) {
 	defer cancel()
 
 	run("echo one > /marker && sync")
-	res, err := l.snapshotDisks(ctx, map[string]string{"root": "layer-s1.img"}, 10*time.Second)
+	res, err := l.snapshotDisks(ctx, map[string]string{"root": "layer-s1.img"}, 10*time.Second, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,7 +65,7 @@ func TestOnlineSnapshot(t *testing.T) {
 	}
 	checkSwitched(t, l, dir, "top-s1.img", "layer-s1.img")
 	// Again for the same layer: nothing to do.
-	if again, err := l.snapshotDisks(ctx, map[string]string{"root": "layer-s1.img"}, time.Second); err != nil || again.Frozen != 0 {
+	if again, err := l.snapshotDisks(ctx, map[string]string{"root": "layer-s1.img"}, time.Second, ""); err != nil || again.Frozen != 0 {
 		t.Errorf("a repeated switch: %+v, %v; want nothing done", again, err)
 	}
 	run("echo two > /marker && sync")
@@ -82,7 +85,7 @@ func TestOnlineSnapshot(t *testing.T) {
 		}
 	}
 	start := time.Now()
-	res, err = l.snapshotDisks(ctx, map[string]string{"root": "layer-s2.img"}, 2*time.Second)
+	res, err = l.snapshotDisks(ctx, map[string]string{"root": "layer-s2.img"}, 2*time.Second, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,4 +163,78 @@ func liveChain(t *testing.T, l *Launcher) []string {
 		chain = append(chain, bs.Source.File.File)
 	}
 	return chain
+}
+
+// TestMemorySnapshot saves a running guest's memory with its disk, then
+// starts the VM afresh (a new VMI) from a new overlay on the frozen layer
+// and that memory: a counter the guest ran in RAM (/tmp) goes on from where it
+// was instead of being gone, as after a boot.
+func TestMemorySnapshot(t *testing.T) {
+	d := startDaemon(t)
+	vm := newTestVM(t, "memsnap")
+	dir := filepath.Dir(vm.console)
+	if err := writeMeta(dir, diskmeta.Meta{Format: diskmeta.FormatQCOW2, BaseFormat: diskmeta.FormatQCOW2}); err != nil {
+		t.Fatal(err)
+	}
+	l := startVM(t, d, vm)
+	waitConsole(t, vm.console, 0, guest.CloudInitMarker, bootLimit)
+	waitAgent(t, l)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if err := l.guestExec(ctx, []string{"/bin/sh", "-c", "(i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 1; done) >/dev/null 2>&1 &"}); err != nil {
+		t.Fatal(err)
+	}
+	res, err := l.snapshotDisks(ctx, map[string]string{"root": "layer-m.img"}, 5*time.Second, "root")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("with memory: %+v", res)
+	if !res.MemorySaved {
+		t.Fatalf("memory not saved: %+v", res)
+	}
+	memory := filepath.Join(dir, diskmeta.MemoryFor("layer-m.img"))
+	if fi, err := os.Stat(memory); err != nil || fi.Size() < 16<<20 {
+		t.Fatalf("memory state %s: %v", memory, err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// A restored volume, as csi/volume.Restore makes it: an empty overlay
+	// on the layer, the memory linked as memory.img and marked to resume.
+	restored := filepath.Join(dir, "restored.qcow2")
+	qemuImg(t, "create", "-q", "-f", "qcow2", "-b", "layer-m.img", "-F", "qcow2", restored)
+	if err := os.Link(memory, filepath.Join(dir, diskmeta.MemoryName)); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeMeta(dir, diskmeta.Meta{Format: diskmeta.FormatQCOW2, BaseFormat: diskmeta.FormatQCOW2, Layers: []string{"layer-m.img"}, Resume: diskmeta.MemoryName}); err != nil {
+		t.Fatal(err)
+	}
+	// A new VMI of the same VM: another UID, the same MACs.
+	next := vm.vmi.DeepCopy()
+	next.UID = types.UID(newUID(t))
+	again := renderTestVM(t, next, dir, restored, converter.Options{})
+	mem, memDir := resumeState(converter.Options{Disks: map[string]converter.DiskSource{"root": {Path: restored, Format: diskmeta.FormatQCOW2}}})
+	if mem != filepath.Join(dir, diskmeta.MemoryName) || memDir != dir {
+		t.Fatalf("resumeState = %q, %q", mem, memDir)
+	}
+	l2, err := New(d.URI, converter.DomainName(again.vmi))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l2.Close() })
+	resumed, err := l2.StartResumed(again.xml, mem)
+	if err != nil || !resumed {
+		t.Fatalf("StartResumed = %v, %v; health %+v", resumed, err, l2.Health())
+	}
+	if err := clearResume(memDir); err != nil {
+		t.Fatal(err)
+	}
+	// No boot: the agent answers at once and the counter is there.
+	waitAgent(t, l2)
+	out, err := l2.agentCommand(ctx, map[string]any{"execute": "guest-file-open", "arguments": map[string]any{"path": "/tmp/count"}})
+	if err != nil {
+		t.Fatalf("the counter is gone after the resume (a boot, not a resume?): %v", err)
+	}
+	t.Logf("counter file handle after the resume: %s", out)
 }

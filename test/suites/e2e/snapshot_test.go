@@ -21,7 +21,9 @@ import (
 // guest is paused instead and runs on). Markers written between the
 // snapshots tell them apart: the first restored as a new VM sees only the
 // first marker, the second restored into the stopped VM itself sees the
-// first two. The snapshots outlive the VMs' restarts and are deleted last.
+// first two. A third snapshot with the guest's memory, restored into the
+// VM, resumes a counter the guest ran in RAM. The snapshots outlive the
+// VMs' restarts and are deleted last.
 func TestSnapshotRestore(t *testing.T) {
 	useStack(t)
 	ctx := testContext(t, 20*time.Minute)
@@ -105,5 +107,20 @@ func TestSnapshotRestore(t *testing.T) {
 	}
 	if a, b := copyVMI.Status.Interfaces, srcVMI.Status.Interfaces; len(a) == 0 || len(b) == 0 || a[0].MAC == b[0].MAC {
 		t.Errorf("the restored copy's NICs %+v share a MAC with the source's %+v", a, b)
+	}
+
+	// With its memory: a counter running in RAM goes on after the restore,
+	// from where it was, instead of a boot.
+	deleteVM(t, copyName)
+	inGuest(name, "(i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 1; done) >/dev/null 2>&1 & sleep 2; echo counting-$(cat /tmp/count)", "counting-")
+	snapshot("memory", "Online", "MemoryIncluded")
+	podvirtctl(ctx, t, "stop", name)
+	waitNoVMI(ctx, t, name)
+	podvirtctl(ctx, t, "restore", name, "memory")
+	podvirtctl(ctx, t, "start", name)
+	waitNewVMI(ctx, t, name, srcVMI.UID)
+	inGuest(name, "echo resumed-$(cat /tmp/count 2>/dev/null || echo booted)", "resumed-")
+	if out := inGuest(name, "echo resumed-$(cat /tmp/count 2>/dev/null || echo booted)", "resumed-"); strings.Contains(out, "resumed-booted") {
+		t.Errorf("vm %s restored from a snapshot with its memory booted instead of resuming:\n%s", name, out)
 	}
 }

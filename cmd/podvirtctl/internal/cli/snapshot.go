@@ -25,6 +25,7 @@ const snapshotPoll = 250 * time.Millisecond
 // for.
 func (o *options) snapshotCommand() *cobra.Command {
 	var timeout time.Duration
+	var memory bool
 	cmd := &cobra.Command{
 		Use:   "snapshot VM NAME",
 		Short: "Snapshot a VM, running or stopped: its spec and every disk, in O(1) on podvirt's disks",
@@ -33,22 +34,24 @@ ready. Each disk becomes a CSI VolumeSnapshot: on podvirt's disks the disk is
 frozen where it is and the VM goes on in a new overlay, so nothing is copied.
 A running VM's filesystems are frozen through its guest agent for that
 instant, or the VM is paused when the agent does not answer; a stopped VM does
-not start until the snapshot is taken. The snapshot outlives the VM; restore
-it with '%[1]s restore'.`,
+not start until the snapshot is taken. With --include-memory a running VM's
+memory is saved too: restored into the VM, the guest resumes where it was.
+The snapshot outlives the VM; restore it with '%[1]s restore'.`,
 		Example:           "  %[1]s snapshot web-1 before-upgrade",
 		Args:              cobra.ExactArgs(2),
 		ValidArgsFunction: o.completeVMs,
 		RunE: o.report(func(ctx context.Context, s *session, args []string) (string, error) {
-			return s.snapshot(ctx, args[0], args[1], timeout)
+			return s.snapshot(ctx, args[0], args[1], timeout, memory)
 		}),
 	}
 	cmd.Long = fmt.Sprintf(cmd.Long, o.name)
 	cmd.Example = fmt.Sprintf(cmd.Example, o.name)
 	cmd.Flags().DurationVar(&timeout, "timeout", 5*time.Minute, "how long the snapshot may take (its failure deadline)")
+	cmd.Flags().BoolVar(&memory, "include-memory", false, "save a running VM's memory too: restored into the VM, the guest resumes where it was")
 	return cmd
 }
 
-func (s *session) snapshot(ctx context.Context, vmName, name string, timeout time.Duration) (string, error) {
+func (s *session) snapshot(ctx context.Context, vmName, name string, timeout time.Duration, memory bool) (string, error) {
 	vm, err := s.getVM(ctx, vmName)
 	if err != nil {
 		return "", err
@@ -59,6 +62,7 @@ func (s *session) snapshot(ctx context.Context, vmName, name string, timeout tim
 		Spec: v1.VirtualMachineSnapshotSpec{
 			Source:          corev1.TypedLocalObjectReference{APIGroup: &group, Kind: "VirtualMachine", Name: vm.Name},
 			FailureDeadline: &metav1.Duration{Duration: timeout},
+			IncludeMemory:   memory,
 		},
 	}
 	if err := s.c.Create(ctx, snap); err != nil {
