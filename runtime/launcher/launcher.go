@@ -73,6 +73,8 @@ type Launcher struct {
 	closed  bool
 	started time.Time
 	health  cmdserver.Health
+	// snapshots are the online snapshots' outcomes, by their layers.
+	snapshots map[string]SnapshotResult
 	// stopReason, when set, is why the launcher destroyed the guest: its
 	// end is a crash with that reason, not a shutdown.
 	stopReason string

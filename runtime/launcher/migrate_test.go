@@ -165,16 +165,24 @@ func withData(vmi *v1.VirtualMachineInstance) {
 // console under dir.
 func render(t testing.TB, vmi *v1.VirtualMachineInstance, dir, root, data string) string {
 	t.Helper()
+	return renderDisks(t, vmi, dir, map[string]string{"root": root, "data": data})
+}
+
+// renderDisks is the VM's domain with its qcow2 disks (volume → image),
+// cloud-init and console under dir.
+func renderDisks(t testing.TB, vmi *v1.VirtualMachineInstance, dir string, disks map[string]string) string {
+	t.Helper()
 	iso := filepath.Join(dir, "cloud-init.iso")
 	if _, err := os.Stat(iso); err != nil {
 		writeSeed(t, vmi, iso)
 	}
+	sources := map[string]converter.DiskSource{}
+	for vol, path := range disks {
+		sources[vol] = converter.DiskSource{Path: path, Format: diskmeta.FormatQCOW2}
+	}
 	xml, err := converter.ConvertXML(vmi, converter.Options{
-		DomainType: converter.DomainQEMU,
-		Disks: map[string]converter.DiskSource{
-			"root": {Path: root, Format: diskmeta.FormatQCOW2},
-			"data": {Path: data, Format: diskmeta.FormatQCOW2},
-		},
+		DomainType:    converter.DomainQEMU,
+		Disks:         sources,
 		CloudInitDisk: iso,
 		ConsoleLog:    filepath.Join(dir, "console.log"),
 	})

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -58,8 +59,13 @@ func (l *Launcher) snapshotDisks(ctx context.Context, layers map[string]string, 
 	if err != nil {
 		return res, err
 	}
+	key := snapshotKey(layers)
 	if len(disks) == 0 {
-		return res, nil // switched already
+		// Switched already: a caller asking again (its first answer
+		// lost, or read from a stale cache) gets the same answer.
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		return l.snapshots[key], nil
 	}
 	memory := ""
 	if memoryVolume != "" {
@@ -113,6 +119,12 @@ func (l *Launcher) snapshotDisks(ctx context.Context, layers map[string]string, 
 	}
 	slog.Info("disks switched to new overlays for a snapshot", "domain", l.name, "disks", len(disks),
 		"quiesced", res.Quiesced, "paused", res.Paused, "frozen", res.Frozen)
+	l.mu.Lock()
+	if l.snapshots == nil {
+		l.snapshots = map[string]SnapshotResult{}
+	}
+	l.snapshots[key] = res
+	l.mu.Unlock()
 	return res, nil
 }
 
@@ -328,4 +340,13 @@ func (l *Launcher) savedUUID(memory, xml string) (string, error) {
 	}
 	to.UUID = from.UUID
 	return to.Marshal()
+}
+
+// snapshotKey identifies a switch by its layers.
+func snapshotKey(layers map[string]string) string {
+	keys := slices.Sorted(maps.Keys(layers))
+	for i, k := range keys {
+		keys[i] = k + "=" + layers[k]
+	}
+	return strings.Join(keys, ",")
 }

@@ -7,6 +7,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -65,8 +67,8 @@ func TestOnlineSnapshot(t *testing.T) {
 	}
 	checkSwitched(t, l, dir, "top-s1.img", "layer-s1.img")
 	// Again for the same layer: nothing to do.
-	if again, err := l.snapshotDisks(ctx, map[string]string{"root": "layer-s1.img"}, time.Second, ""); err != nil || again.Frozen != 0 {
-		t.Errorf("a repeated switch: %+v, %v; want nothing done", again, err)
+	if again, err := l.snapshotDisks(ctx, map[string]string{"root": "layer-s1.img"}, time.Second, ""); err != nil || again != res {
+		t.Errorf("a repeated switch: %+v, %v; want nothing done and the first answer %+v", again, err, res)
 	}
 	run("echo two > /marker && sync")
 
@@ -237,4 +239,68 @@ func TestMemorySnapshot(t *testing.T) {
 		t.Fatalf("the counter is gone after the resume (a boot, not a resume?): %v", err)
 	}
 	t.Logf("counter file handle after the resume: %s", out)
+}
+
+// TestOnlineSnapshotAcrossDisks: the guest writes a sequence number to two
+// disks in turn, without pause; one switch of both disks keeps numbers
+// that agree or differ by the one write in flight.
+func TestOnlineSnapshotAcrossDisks(t *testing.T) {
+	d := startDaemon(t)
+	vm := newTestVM(t, "lockstep")
+	dir := filepath.Dir(vm.console)
+	disks := map[string]string{"root": filepath.Join(dir, "root.qcow2")}
+	for _, name := range []string{"one", "two"} {
+		vm.vmi.Spec.Domain.Devices.Disks = append(vm.vmi.Spec.Domain.Devices.Disks, v1.Disk{Name: name, Serial: name})
+		vm.vmi.Spec.Volumes = append(vm.vmi.Spec.Volumes, v1.Volume{Name: name,
+			VolumeSource: v1.VolumeSource{PersistentVolumeClaim: &v1.PersistentVolumeClaimVolumeSource{ClaimName: name}}})
+		ddir := t.TempDir()
+		disks[name] = filepath.Join(ddir, "disk.img")
+		qemuImg(t, "create", "-q", "-f", "qcow2", disks[name], "16M")
+		if err := writeMeta(ddir, diskmeta.Meta{Format: diskmeta.FormatQCOW2}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	vm.xml = renderDisks(t, vm.vmi, dir, disks)
+	l := startVM(t, d, vm)
+	waitConsole(t, vm.console, 0, guest.CloudInitMarker, bootLimit)
+	waitAgent(t, l)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	loop := `for b in /sys/block/vd*; do s=$(cat $b/serial 2>/dev/null); [ "$s" = one ] && A=/dev/${b##*/}; [ "$s" = two ] && B=/dev/${b##*/}; done
+(i=0; while :; do i=$((i+1)); printf '%08d' $i | dd of=$A conv=fsync,notrunc 2>/dev/null; printf '%08d' $i | dd of=$B conv=fsync,notrunc 2>/dev/null; done) >/dev/null 2>&1 &`
+	if err := l.guestExec(ctx, []string{"/bin/sh", "-c", loop}); err != nil {
+		t.Fatal(err)
+	}
+	read := func(image string) int {
+		t.Helper()
+		out, err := exec.Command("qemu-io", "-r", "-U", "-f", "qcow2", "-c", "read -v 0 8", image).CombinedOutput()
+		if err != nil {
+			t.Fatalf("qemu-io %s: %v: %s", image, err, out)
+		}
+		// "00000000:  30 30 30 30 30 31 32 33  00000123"
+		fields := strings.Fields(strings.SplitN(string(out), "\n", 2)[0])
+		n, err := strconv.Atoi(fields[len(fields)-1])
+		if err != nil {
+			return -1 // nothing written yet
+		}
+		return n
+	}
+	// Wait until the loop has written a few rounds.
+	deadline := time.Now().Add(time.Minute)
+	for read(disks["two"]) < 3 {
+		if time.Now().After(deadline) {
+			t.Fatal("the guest's loop writes nothing")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	for i, layer := range []string{"layer-x1.img", "layer-x2.img", "layer-x3.img"} {
+		if _, err := l.snapshotDisks(ctx, map[string]string{"one": layer, "two": layer}, 5*time.Second, ""); err != nil {
+			t.Fatal(err)
+		}
+		a, b := read(filepath.Join(filepath.Dir(disks["one"]), layer)), read(filepath.Join(filepath.Dir(disks["two"]), layer))
+		t.Logf("snapshot %d: disk one %d, disk two %d", i+1, a, b)
+		if b < 0 || a < b || a-b > 1 {
+			t.Errorf("snapshot %d: disk one holds %d and disk two %d; want them equal or one apart", i+1, a, b)
+		}
+	}
 }

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -52,10 +53,16 @@ func TestSnapshotRestore(t *testing.T) {
 		}
 		return out
 	}
+	// snapshot takes snapshot snap (with flags after a "--") and checks
+	// its indications.
 	snapshot := func(snap string, indications ...string) {
 		t.Helper()
+		args := []string{"snapshot", name, snap}
+		if i := slices.Index(indications, "--"); i >= 0 {
+			args, indications = append(args, indications[i+1:]...), indications[:i]
+		}
 		start := time.Now()
-		out := podvirtctl(ctx, t, "snapshot", name, snap)
+		out := podvirtctl(ctx, t, args...)
 		for _, want := range append([]string{"snapshotted as " + snap}, indications...) {
 			if !strings.Contains(out, want) {
 				t.Errorf("podvirtctl snapshot %s said %q; want %q in it", snap, out, want)
@@ -113,7 +120,7 @@ func TestSnapshotRestore(t *testing.T) {
 	// from where it was, instead of a boot.
 	deleteVM(t, copyName)
 	inGuest(name, "(i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 1; done) >/dev/null 2>&1 & sleep 2; echo counting-$(cat /tmp/count)", "counting-")
-	snapshot("memory", "Online", "MemoryIncluded")
+	snapshot("memory", "Online", "MemoryIncluded", "--", "--include-memory")
 	podvirtctl(ctx, t, "stop", name)
 	waitNoVMI(ctx, t, name)
 	podvirtctl(ctx, t, "restore", name, "memory")
