@@ -295,9 +295,11 @@ const freezeTimeout = 5 * time.Second
 
 func onlineIndications(ss *v1alpha1.SnapshotState) []v1alpha1.Indication {
 	out := []v1alpha1.Indication{v1alpha1.IndicationOnline}
-	if ss.GuestAgent {
+	switch {
+	case ss.MemorySaved: // the agent is not asked: memory and disks are one instant
+	case ss.GuestAgent:
 		out = append(out, v1alpha1.IndicationGuestAgent)
-	} else {
+	default:
 		out = append(out, v1alpha1.IndicationNoGuestAgent)
 	}
 	if ss.Quiesced {

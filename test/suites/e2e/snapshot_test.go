@@ -8,6 +8,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -120,7 +121,7 @@ func TestSnapshotRestore(t *testing.T) {
 	// from where it was, instead of a boot.
 	deleteVM(t, copyName)
 	inGuest(name, "(i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 1; done) >/dev/null 2>&1 & sleep 2; echo counting-$(cat /tmp/count)", "counting-")
-	snapshot("memory", "Online", "MemoryIncluded", "--", "--include-memory")
+	snapshot("memory", "Online", "MemoryIncluded", "--", "--include-memory", "--delete-with-vm")
 	podvirtctl(ctx, t, "stop", name)
 	waitNoVMI(ctx, t, name)
 	podvirtctl(ctx, t, "restore", name, "memory")
@@ -129,5 +130,20 @@ func TestSnapshotRestore(t *testing.T) {
 	inGuest(name, "echo resumed-$(cat /tmp/count 2>/dev/null || echo booted)", "resumed-")
 	if out := inGuest(name, "echo resumed-$(cat /tmp/count 2>/dev/null || echo booted)", "resumed-"); strings.Contains(out, "resumed-booted") {
 		t.Errorf("vm %s restored from a snapshot with its memory booted instead of resuming:\n%s", name, out)
+	}
+
+	// Deleting the VM deletes the snapshot it owns (--delete-with-vm) and
+	// keeps the others.
+	deleteVM(t, name)
+	if err := stack.Poll(ctx, 2*time.Minute, func() (bool, error) {
+		err := st.Client.Get(ctx, client.ObjectKey{Namespace: stack.Namespace, Name: "memory"}, &v1.VirtualMachineSnapshot{})
+		return apierrors.IsNotFound(err), nil
+	}); err != nil {
+		t.Errorf("the snapshot taken with --delete-with-vm outlived its VM: %v", err)
+	}
+	for _, kept := range []string{"frozen", "paused"} {
+		if err := st.Client.Get(ctx, client.ObjectKey{Namespace: stack.Namespace, Name: kept}, &v1.VirtualMachineSnapshot{}); err != nil {
+			t.Errorf("snapshot %s went with its VM: %v", kept, err)
+		}
 	}
 }

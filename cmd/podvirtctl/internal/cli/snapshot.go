@@ -25,7 +25,7 @@ const snapshotPoll = 250 * time.Millisecond
 // for.
 func (o *options) snapshotCommand() *cobra.Command {
 	var timeout time.Duration
-	var memory bool
+	var memory, withVM bool
 	cmd := &cobra.Command{
 		Use:   "snapshot VM NAME",
 		Short: "Snapshot a VM, running or stopped: its spec and every disk, in O(1) on podvirt's disks",
@@ -36,22 +36,24 @@ A running VM's filesystems are frozen through its guest agent for that
 instant, or the VM is paused when the agent does not answer; a stopped VM does
 not start until the snapshot is taken. With --include-memory a running VM's
 memory is saved too: restored into the VM, the guest resumes where it was.
-The snapshot outlives the VM; restore it with '%[1]s restore'.`,
+The snapshot outlives the VM unless --delete-with-vm makes the VM its owner;
+restore it with '%[1]s restore'.`,
 		Example:           "  %[1]s snapshot web-1 before-upgrade",
 		Args:              cobra.ExactArgs(2),
 		ValidArgsFunction: o.completeVMs,
 		RunE: o.report(func(ctx context.Context, s *session, args []string) (string, error) {
-			return s.snapshot(ctx, args[0], args[1], timeout, memory)
+			return s.snapshot(ctx, args[0], args[1], timeout, memory, withVM)
 		}),
 	}
 	cmd.Long = fmt.Sprintf(cmd.Long, o.name)
 	cmd.Example = fmt.Sprintf(cmd.Example, o.name)
 	cmd.Flags().DurationVar(&timeout, "timeout", 5*time.Minute, "how long the snapshot may take (its failure deadline)")
 	cmd.Flags().BoolVar(&memory, "include-memory", false, "save a running VM's memory too: restored into the VM, the guest resumes where it was")
+	cmd.Flags().BoolVar(&withVM, "delete-with-vm", false, "delete the snapshot when the VM is deleted (it is owned by the VM); by default it outlives the VM")
 	return cmd
 }
 
-func (s *session) snapshot(ctx context.Context, vmName, name string, timeout time.Duration, memory bool) (string, error) {
+func (s *session) snapshot(ctx context.Context, vmName, name string, timeout time.Duration, memory, withVM bool) (string, error) {
 	vm, err := s.getVM(ctx, vmName)
 	if err != nil {
 		return "", err
@@ -64,6 +66,9 @@ func (s *session) snapshot(ctx context.Context, vmName, name string, timeout tim
 			FailureDeadline: &metav1.Duration{Duration: timeout},
 			IncludeMemory:   memory,
 		},
+	}
+	if withVM {
+		snap.OwnerReferences = []metav1.OwnerReference{{APIVersion: v1.GroupVersion.String(), Kind: "VirtualMachine", Name: vm.Name, UID: vm.UID}}
 	}
 	if err := s.c.Create(ctx, snap); err != nil {
 		if apierrors.IsAlreadyExists(err) {
