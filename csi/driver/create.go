@@ -214,11 +214,8 @@ func (d *Driver) restore(ctx context.Context, tmp, dir string, v *state.Volume, 
 	if err != nil {
 		return status.Errorf(codes.Internal, "CreateVolume %q from %s: %v", p.name, key, err)
 	}
-	if s.Size > v.Size {
-		if p.limit > 0 && s.Size > p.limit {
-			return status.Errorf(codes.OutOfRange, "CreateVolume %q: %s holds %d bytes, more than the limit of %d", p.name, key, s.Size, p.limit)
-		}
-		v.Size = s.Size
+	if err := fitSource(v, p, key, s.Size); err != nil {
+		return err
 	}
 	v.Format, v.Source = diskmeta.FormatQCOW2, m.Source
 	if err := build(tmp, dir, func() error {
@@ -229,6 +226,19 @@ func (d *Driver) restore(ctx context.Context, tmp, dir string, v *state.Volume, 
 	if m.HasBase() {
 		v.Digest, v.Overlay = m.Digest, true
 	}
+	return nil
+}
+
+// fitSource grows the new volume v to hold a source (key) of size bytes,
+// within the request's limit.
+func fitSource(v *state.Volume, p plan, key string, size int64) error {
+	if size <= v.Size {
+		return nil
+	}
+	if p.limit > 0 && size > p.limit {
+		return status.Errorf(codes.OutOfRange, "CreateVolume %q: %s holds %d bytes, more than the limit of %d", p.name, key, size, p.limit)
+	}
+	v.Size = size
 	return nil
 }
 
@@ -247,11 +257,8 @@ func (d *Driver) copyFrom(ctx context.Context, key, src, tmp, dir string, v *sta
 	if err != nil {
 		return status.Errorf(codes.Internal, "CreateVolume %q from %s: %v", p.name, key, err)
 	}
-	if srcSize > v.Size {
-		if p.limit > 0 && srcSize > p.limit {
-			return status.Errorf(codes.OutOfRange, "CreateVolume %q: %s holds %d bytes, more than the limit of %d", p.name, key, srcSize, p.limit)
-		}
-		v.Size = srcSize
+	if err := fitSource(v, p, key, srcSize); err != nil {
+		return err
 	}
 	// A Filesystem volume keeps the source's format unless the class
 	// names one; a Block volume is raw.

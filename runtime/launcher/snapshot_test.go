@@ -21,12 +21,17 @@ import (
 	"github.com/podvirt/podvirt/test/images/guest"
 )
 
-// TestOnlineSnapshot sees the guest agent connect and say which OS the
-// guest runs, then switches the running guest's disk to new overlays
-// twice: with its agent freezing the filesystems, then with the agent
-// hung (stopped in the guest), when the guest is paused instead and runs
-// on after. The volume's metadata and the chain follow each switch, and a
-// live migration's merge leaves the top on the base alone.
+// TestOnlineSnapshot runs one guest (one boot, for the suite's time) with
+// a root disk and two data disks it writes a sequence number to in turn,
+// and a counter in RAM. It sees the guest agent connect and say which OS
+// the guest runs; switches all three disks to new overlays with the agent
+// freezing the filesystems, then with the agent hung (stopped in the
+// guest), when the guest is paused instead and runs on; checks that each
+// switch cut the two data disks at most one write apart and that the
+// volume's metadata and the chain follow; merges the layers as a live
+// migration does; and last saves the memory with the disks and starts the
+// VM afresh (a new VMI) from new overlays and that memory: the counter
+// goes on instead of being gone, as after a boot.
 func TestOnlineSnapshot(t *testing.T) {
 	d := startDaemon(t)
 	vm := newTestVM(t, "snapshot")
@@ -34,6 +39,19 @@ func TestOnlineSnapshot(t *testing.T) {
 	if err := writeMeta(dir, diskmeta.Meta{Format: diskmeta.FormatQCOW2, BaseFormat: diskmeta.FormatQCOW2}); err != nil {
 		t.Fatal(err)
 	}
+	disks := map[string]string{"root": filepath.Join(dir, "root.qcow2")}
+	for _, name := range []string{"one", "two"} {
+		vm.vmi.Spec.Domain.Devices.Disks = append(vm.vmi.Spec.Domain.Devices.Disks, v1.Disk{Name: name, Serial: name})
+		vm.vmi.Spec.Volumes = append(vm.vmi.Spec.Volumes, v1.Volume{Name: name,
+			VolumeSource: v1.VolumeSource{PersistentVolumeClaim: &v1.PersistentVolumeClaimVolumeSource{ClaimName: name}}})
+		ddir := t.TempDir()
+		disks[name] = filepath.Join(ddir, "disk.img")
+		qemuImg(t, "create", "-q", "-f", "qcow2", disks[name], "16M")
+		if err := writeMeta(ddir, diskmeta.Meta{Format: diskmeta.FormatQCOW2}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	vm.xml = renderDisks(t, vm.vmi, dir, disks)
 	l := startVM(t, d, vm)
 	waitConsole(t, vm.console, 0, guest.CloudInitMarker, bootLimit)
 	waitAgent(t, l)
@@ -45,19 +63,37 @@ func TestOnlineSnapshot(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
 	run := func(cmd string) {
 		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := l.guestExec(ctx, []string{"/bin/sh", "-c", cmd}); err != nil {
+		rctx, rcancel := context.WithTimeout(ctx, 30*time.Second)
+		defer rcancel()
+		if err := l.guestExec(rctx, []string{"/bin/sh", "-c", cmd}); err != nil {
 			t.Fatalf("guest-exec %q: %v", cmd, err)
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	run(`for b in /sys/block/vd*; do s=$(cat $b/serial 2>/dev/null); [ "$s" = one ] && A=/dev/${b##*/}; [ "$s" = two ] && B=/dev/${b##*/}; done
+(i=0; while :; do i=$((i+1)); printf '%08d' $i | dd of=$A conv=fsync,notrunc 2>/dev/null; printf '%08d' $i | dd of=$B conv=fsync,notrunc 2>/dev/null; done) >/dev/null 2>&1 &
+(i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 1; done) >/dev/null 2>&1 &`)
+	deadline = time.Now().Add(time.Minute)
+	for sequence(t, disks["two"]) < 3 {
+		if time.Now().After(deadline) {
+			t.Fatal("the guest's loop writes nothing")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	all := func(layer string) map[string]string { return map[string]string{"root": layer, "one": layer, "two": layer} }
+	inStep := func(layer string) {
+		t.Helper()
+		a, b := sequence(t, filepath.Join(filepath.Dir(disks["one"]), layer)), sequence(t, filepath.Join(filepath.Dir(disks["two"]), layer))
+		t.Logf("%s: disk one %d, disk two %d", layer, a, b)
+		if b < 0 || a < b || a-b > 1 {
+			t.Errorf("%s: disk one holds %d and disk two %d; want them equal or one apart", layer, a, b)
+		}
+	}
 
-	run("echo one > /marker && sync")
-	res, err := l.snapshotDisks(ctx, map[string]string{"root": "layer-s1.img"}, 10*time.Second, "")
+	res, err := l.snapshotDisks(ctx, all("layer-s1.img"), 10*time.Second, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,14 +102,15 @@ func TestOnlineSnapshot(t *testing.T) {
 		t.Errorf("with a working agent: %+v; want quiesced, not paused", res)
 	}
 	checkSwitched(t, l, dir, "top-s1.img", "layer-s1.img")
-	// Again for the same layer: nothing to do.
-	if again, err := l.snapshotDisks(ctx, map[string]string{"root": "layer-s1.img"}, time.Second, ""); err != nil || again != res {
+	inStep("layer-s1.img")
+	// Again for the same layers: nothing done, the same answer.
+	if again, err := l.snapshotDisks(ctx, all("layer-s1.img"), time.Second, ""); err != nil || again != res {
 		t.Errorf("a repeated switch: %+v, %v; want nothing done and the first answer %+v", again, err, res)
 	}
-	run("echo two > /marker && sync")
 
 	// The agent hangs: the guest is paused for the switch and resumed.
-	run("(sleep 1; kill -STOP $(pidof qemu-ga)) >/dev/null 2>&1 &")
+	// (The guest lets the agent go on again 12 s later.)
+	run("(sleep 1; kill -STOP $(pidof qemu-ga); sleep 12; kill -CONT $(pidof qemu-ga)) >/dev/null 2>&1 &")
 	deadline = time.Now().Add(30 * time.Second)
 	for {
 		pctx, pcancel := context.WithTimeout(ctx, 2*time.Second)
@@ -87,7 +124,7 @@ func TestOnlineSnapshot(t *testing.T) {
 		}
 	}
 	start := time.Now()
-	res, err = l.snapshotDisks(ctx, map[string]string{"root": "layer-s2.img"}, 2*time.Second, "")
+	res, err = l.snapshotDisks(ctx, all("layer-s2.img"), 2*time.Second, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,6 +136,7 @@ func TestOnlineSnapshot(t *testing.T) {
 		t.Errorf("after the paused snapshot the domain is %s, want Running", st)
 	}
 	checkSwitched(t, l, dir, "top-s2.img", "layer-s2.img", "layer-s1.img")
+	inStep("layer-s2.img")
 
 	// A live migration first merges the layers into the top, keeping the
 	// base.
@@ -113,16 +151,105 @@ func TestOnlineSnapshot(t *testing.T) {
 	if len(chain) != 2 || filepath.Base(chain[0]) != "top-s2.img" || filepath.Base(chain[1]) != baseImage {
 		t.Errorf("chain after merging the layers %v; want top-s2.img on %s", chain, baseImage)
 	}
-	out, err := exec.Command("qemu-img", "info", "-U", "--output=json", "-f", "qcow2", filepath.Join(dir, "top-s2.img")).Output()
+	if b := backingFile(t, filepath.Join(dir, "top-s2.img")); b != baseImage {
+		t.Errorf("top-s2.img names %q as its backing file, want %s, relatively", b, baseImage)
+	}
+
+	// With the memory, once the agent is back (to read the counter).
+	waitAgent(t, l)
+	res, err = l.snapshotDisks(ctx, all("layer-m.img"), 5*time.Second, "root")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("with memory: %+v", res)
+	memory := filepath.Join(dir, diskmeta.MemoryFor("layer-m.img"))
+	if fi, err := os.Stat(memory); !res.MemorySaved || err != nil || fi.Size() < 16<<20 {
+		t.Fatalf("memory state %s: %+v, %v", memory, res, err)
+	}
+	inStep("layer-m.img")
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Restored volumes, as csi/volume.Restore makes them: an empty
+	// overlay on each layer, the memory linked as memory.img and marked
+	// to resume; a new VMI of the same VM (another UID, the same MACs).
+	restored := map[string]string{}
+	for vol, path := range disks {
+		restored[vol] = filepath.Join(filepath.Dir(path), "restored.qcow2")
+		qemuImg(t, "create", "-q", "-f", "qcow2", "-b", "layer-m.img", "-F", "qcow2", restored[vol])
+	}
+	if err := os.Link(memory, filepath.Join(dir, diskmeta.MemoryName)); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeMeta(dir, diskmeta.Meta{Format: diskmeta.FormatQCOW2, BaseFormat: diskmeta.FormatQCOW2, Layers: []string{"layer-m.img"}, Resume: diskmeta.MemoryName}); err != nil {
+		t.Fatal(err)
+	}
+	next := vm.vmi.DeepCopy()
+	next.UID = types.UID(newUID(t))
+	xml := renderDisks(t, next, dir, restored)
+	sources := map[string]converter.DiskSource{}
+	for vol, path := range restored {
+		sources[vol] = converter.DiskSource{Path: path, Format: diskmeta.FormatQCOW2}
+	}
+	mem, memDir := resumeState(converter.Options{Disks: sources})
+	if mem != filepath.Join(dir, diskmeta.MemoryName) || memDir != dir {
+		t.Fatalf("resumeState = %q, %q", mem, memDir)
+	}
+	l2, err := New(d.URI, converter.DomainName(next))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l2.Close() })
+	resumed, err := l2.StartResumed(xml, mem)
+	if err != nil || !resumed {
+		t.Fatalf("StartResumed = %v, %v; health %+v", resumed, err, l2.Health())
+	}
+	if err := clearResume(memDir); err != nil {
+		t.Fatal(err)
+	}
+	// No boot: the counter in /tmp is there.
+	waitAgent(t, l2)
+	if _, err := l2.agentCommand(ctx, map[string]any{"execute": "guest-file-open", "arguments": map[string]any{"path": "/tmp/count"}}); err != nil {
+		t.Errorf("the counter is gone after the resume (a boot, not a resume?): %v", err)
+	}
+	if m, err := diskmeta.Read(dir); err != nil || m.Resume != "" {
+		t.Errorf("meta after the resume %+v, %v: want the resume mark cleared", m, err)
+	}
+	if st, _ := l2.State(); st != v1.DomainRunning {
+		t.Errorf("the resumed domain is %s, want Running", st)
+	}
+}
+
+// sequence is the 8-digit number at the start of a disk image (through
+// its chain), -1 when none was written there.
+func sequence(t *testing.T, image string) int {
+	t.Helper()
+	out, err := exec.Command("qemu-io", "-r", "-U", "-f", "qcow2", "-c", "read -v 0 8", image).CombinedOutput()
+	if err != nil {
+		t.Fatalf("qemu-io %s: %v: %s", image, err, out)
+	}
+	// "00000000:  30 30 30 30 30 31 32 33  00000123"
+	fields := strings.Fields(strings.SplitN(string(out), "\n", 2)[0])
+	n, err := strconv.Atoi(fields[len(fields)-1])
+	if err != nil {
+		return -1
+	}
+	return n
+}
+
+func backingFile(t *testing.T, image string) string {
+	t.Helper()
+	out, err := exec.Command("qemu-img", "info", "-U", "--output=json", "-f", "qcow2", image).Output()
 	if err != nil {
 		t.Fatal(err)
 	}
 	var info struct {
 		Backing string `json:"backing-filename"`
 	}
-	if err := json.Unmarshal(out, &info); err != nil || info.Backing != baseImage {
-		t.Errorf("top-s2.img names %q as its backing file (%v), want %s, relatively", info.Backing, err, baseImage)
+	if err := json.Unmarshal(out, &info); err != nil {
+		t.Fatal(err)
 	}
+	return info.Backing
 }
 
 // checkSwitched checks the volume's metadata and the domain's chain after
@@ -165,142 +292,4 @@ func liveChain(t *testing.T, l *Launcher) []string {
 		chain = append(chain, bs.Source.File.File)
 	}
 	return chain
-}
-
-// TestMemorySnapshot saves a running guest's memory with its disk, then
-// starts the VM afresh (a new VMI) from a new overlay on the frozen layer
-// and that memory: a counter the guest ran in RAM (/tmp) goes on from where it
-// was instead of being gone, as after a boot.
-func TestMemorySnapshot(t *testing.T) {
-	d := startDaemon(t)
-	vm := newTestVM(t, "memsnap")
-	dir := filepath.Dir(vm.console)
-	if err := writeMeta(dir, diskmeta.Meta{Format: diskmeta.FormatQCOW2, BaseFormat: diskmeta.FormatQCOW2}); err != nil {
-		t.Fatal(err)
-	}
-	l := startVM(t, d, vm)
-	waitConsole(t, vm.console, 0, guest.CloudInitMarker, bootLimit)
-	waitAgent(t, l)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	if err := l.guestExec(ctx, []string{"/bin/sh", "-c", "(i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 1; done) >/dev/null 2>&1 &"}); err != nil {
-		t.Fatal(err)
-	}
-	res, err := l.snapshotDisks(ctx, map[string]string{"root": "layer-m.img"}, 5*time.Second, "root")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("with memory: %+v", res)
-	if !res.MemorySaved {
-		t.Fatalf("memory not saved: %+v", res)
-	}
-	memory := filepath.Join(dir, diskmeta.MemoryFor("layer-m.img"))
-	if fi, err := os.Stat(memory); err != nil || fi.Size() < 16<<20 {
-		t.Fatalf("memory state %s: %v", memory, err)
-	}
-	if err := l.Close(); err != nil {
-		t.Fatal(err)
-	}
-
-	// A restored volume, as csi/volume.Restore makes it: an empty overlay
-	// on the layer, the memory linked as memory.img and marked to resume.
-	restored := filepath.Join(dir, "restored.qcow2")
-	qemuImg(t, "create", "-q", "-f", "qcow2", "-b", "layer-m.img", "-F", "qcow2", restored)
-	if err := os.Link(memory, filepath.Join(dir, diskmeta.MemoryName)); err != nil {
-		t.Fatal(err)
-	}
-	if err := writeMeta(dir, diskmeta.Meta{Format: diskmeta.FormatQCOW2, BaseFormat: diskmeta.FormatQCOW2, Layers: []string{"layer-m.img"}, Resume: diskmeta.MemoryName}); err != nil {
-		t.Fatal(err)
-	}
-	// A new VMI of the same VM: another UID, the same MACs.
-	next := vm.vmi.DeepCopy()
-	next.UID = types.UID(newUID(t))
-	again := renderTestVM(t, next, dir, restored, converter.Options{})
-	mem, memDir := resumeState(converter.Options{Disks: map[string]converter.DiskSource{"root": {Path: restored, Format: diskmeta.FormatQCOW2}}})
-	if mem != filepath.Join(dir, diskmeta.MemoryName) || memDir != dir {
-		t.Fatalf("resumeState = %q, %q", mem, memDir)
-	}
-	l2, err := New(d.URI, converter.DomainName(again.vmi))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = l2.Close() })
-	resumed, err := l2.StartResumed(again.xml, mem)
-	if err != nil || !resumed {
-		t.Fatalf("StartResumed = %v, %v; health %+v", resumed, err, l2.Health())
-	}
-	if err := clearResume(memDir); err != nil {
-		t.Fatal(err)
-	}
-	// No boot: the agent answers at once and the counter is there.
-	waitAgent(t, l2)
-	out, err := l2.agentCommand(ctx, map[string]any{"execute": "guest-file-open", "arguments": map[string]any{"path": "/tmp/count"}})
-	if err != nil {
-		t.Fatalf("the counter is gone after the resume (a boot, not a resume?): %v", err)
-	}
-	t.Logf("counter file handle after the resume: %s", out)
-}
-
-// TestOnlineSnapshotAcrossDisks: the guest writes a sequence number to two
-// disks in turn, without pause; one switch of both disks keeps numbers
-// that agree or differ by the one write in flight.
-func TestOnlineSnapshotAcrossDisks(t *testing.T) {
-	d := startDaemon(t)
-	vm := newTestVM(t, "lockstep")
-	dir := filepath.Dir(vm.console)
-	disks := map[string]string{"root": filepath.Join(dir, "root.qcow2")}
-	for _, name := range []string{"one", "two"} {
-		vm.vmi.Spec.Domain.Devices.Disks = append(vm.vmi.Spec.Domain.Devices.Disks, v1.Disk{Name: name, Serial: name})
-		vm.vmi.Spec.Volumes = append(vm.vmi.Spec.Volumes, v1.Volume{Name: name,
-			VolumeSource: v1.VolumeSource{PersistentVolumeClaim: &v1.PersistentVolumeClaimVolumeSource{ClaimName: name}}})
-		ddir := t.TempDir()
-		disks[name] = filepath.Join(ddir, "disk.img")
-		qemuImg(t, "create", "-q", "-f", "qcow2", disks[name], "16M")
-		if err := writeMeta(ddir, diskmeta.Meta{Format: diskmeta.FormatQCOW2}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	vm.xml = renderDisks(t, vm.vmi, dir, disks)
-	l := startVM(t, d, vm)
-	waitConsole(t, vm.console, 0, guest.CloudInitMarker, bootLimit)
-	waitAgent(t, l)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	loop := `for b in /sys/block/vd*; do s=$(cat $b/serial 2>/dev/null); [ "$s" = one ] && A=/dev/${b##*/}; [ "$s" = two ] && B=/dev/${b##*/}; done
-(i=0; while :; do i=$((i+1)); printf '%08d' $i | dd of=$A conv=fsync,notrunc 2>/dev/null; printf '%08d' $i | dd of=$B conv=fsync,notrunc 2>/dev/null; done) >/dev/null 2>&1 &`
-	if err := l.guestExec(ctx, []string{"/bin/sh", "-c", loop}); err != nil {
-		t.Fatal(err)
-	}
-	read := func(image string) int {
-		t.Helper()
-		out, err := exec.Command("qemu-io", "-r", "-U", "-f", "qcow2", "-c", "read -v 0 8", image).CombinedOutput()
-		if err != nil {
-			t.Fatalf("qemu-io %s: %v: %s", image, err, out)
-		}
-		// "00000000:  30 30 30 30 30 31 32 33  00000123"
-		fields := strings.Fields(strings.SplitN(string(out), "\n", 2)[0])
-		n, err := strconv.Atoi(fields[len(fields)-1])
-		if err != nil {
-			return -1 // nothing written yet
-		}
-		return n
-	}
-	// Wait until the loop has written a few rounds.
-	deadline := time.Now().Add(time.Minute)
-	for read(disks["two"]) < 3 {
-		if time.Now().After(deadline) {
-			t.Fatal("the guest's loop writes nothing")
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	for i, layer := range []string{"layer-x1.img", "layer-x2.img", "layer-x3.img"} {
-		if _, err := l.snapshotDisks(ctx, map[string]string{"one": layer, "two": layer}, 5*time.Second, ""); err != nil {
-			t.Fatal(err)
-		}
-		a, b := read(filepath.Join(filepath.Dir(disks["one"]), layer)), read(filepath.Join(filepath.Dir(disks["two"]), layer))
-		t.Logf("snapshot %d: disk one %d, disk two %d", i+1, a, b)
-		if b < 0 || a < b || a-b > 1 {
-			t.Errorf("snapshot %d: disk one holds %d and disk two %d; want them equal or one apart", i+1, a, b)
-		}
-	}
 }
