@@ -209,18 +209,11 @@ func (l *Launcher) quiesce(ctx context.Context, d *libvirt.Domain, timeout time.
 	}
 	res.AgentError = ferr.Error()
 	res.GuestAgent = !strings.Contains(ferr.Error(), "does not answer")
-	// An agent that timed out may still freeze late: it is thawed in the
-	// background until it answers, so the guest is not left frozen.
-	defer func() {
-		go func() {
-			for range 6 {
-				if l.thaw() == nil || l.isGone() {
-					return
-				}
-			}
-			slog.Error("the guest agent never answered a thaw after a snapshot", "domain", l.name)
-		}()
-	}()
+	// An agent that timed out still has the freeze queued: once it wakes
+	// it freezes late. libvirt sends nothing more to it until then, so a
+	// thaw is tried every few seconds until one is answered (after the
+	// late freeze), however long the agent sleeps, while the domain runs.
+	defer func() { go l.thawLate() }()
 	held = time.Now()
 	if err := d.Suspend(); err != nil {
 		return held, nil, fmt.Errorf("the guest agent did not freeze the filesystems (%w) and the guest could not be paused: %w", ferr, err)
@@ -232,6 +225,27 @@ func (l *Launcher) quiesce(ctx context.Context, d *libvirt.Domain, timeout time.
 		}
 		return time.Now()
 	}, nil
+}
+
+// lateThawPeriod is how often a thaw is tried after an agent that did not
+// answer a freeze.
+const lateThawPeriod = 2 * time.Second
+
+// thawLate thaws the guest's filesystems once its agent answers again.
+func (l *Launcher) thawLate() {
+	tick := time.NewTicker(lateThawPeriod)
+	defer tick.Stop()
+	for {
+		if err := l.thaw(); err == nil {
+			slog.Info("the guest agent answered a thaw after it missed a freeze", "domain", l.name)
+			return
+		}
+		select {
+		case <-l.Done():
+			return
+		case <-tick.C:
+		}
+	}
 }
 
 // thaw thaws the guest's filesystems through its agent.

@@ -155,8 +155,22 @@ func TestOnlineSnapshot(t *testing.T) {
 		t.Errorf("top-s2.img names %q as its backing file, want %s, relatively", b, baseImage)
 	}
 
-	// With the memory, once the agent is back (to read the counter).
+	// The agent wakes and runs the freeze it missed; the launcher's late
+	// thaw follows, so the guest is not left frozen.
 	waitAgent(t, l)
+	deadline = time.Now().Add(time.Minute)
+	for {
+		out, err := l.agentCommand(ctx, map[string]any{"execute": "guest-fsfreeze-status"})
+		if err == nil && string(out) == `"thawed"` {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the guest's filesystems are %s (%v) a minute after its agent woke: the late freeze was not thawed", out, err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+
+	// With the memory, once the agent is back (to read the counter).
 	res, err = l.snapshotDisks(ctx, all("layer-m.img"), 5*time.Second, "root")
 	if err != nil {
 		t.Fatal(err)

@@ -81,11 +81,15 @@ func TestSnapshotRestore(t *testing.T) {
 	if out := podvirtctl(ctx, t, "guestosinfo", name); !strings.Contains(out, `"kernelRelease": "`) {
 		t.Errorf("podvirtctl guestosinfo said:\n%s", out)
 	}
-	inGuest(name, "echo first-marker > /marker1 && sync && cat /marker1", "first-marker")
+	// Console commands stay short: a line the serial terminal wraps can
+	// reach the shell broken.
+	inGuest(name, "echo first-marker >/marker1; sync", "")
 	snapshot("frozen", "Online", "GuestAgent", "Quiesced")
-	inGuest(name, "echo second-marker > /marker2 && sync && kill -STOP $(pidof qemu-ga) && echo agent-stopped", "agent-stopped")
+	inGuest(name, "echo second-marker >/marker2; sync", "")
+	inGuest(name, "kill -STOP $(pidof qemu-ga)", "")
 	snapshot("paused", "Online", "NoGuestAgent", "Paused")
-	inGuest(name, "kill -CONT $(pidof qemu-ga); echo third-marker > /marker3 && sync && cat /marker3", "third-marker")
+	inGuest(name, "kill -CONT $(pidof qemu-ga)", "")
+	inGuest(name, "echo third-marker >/marker3; sync", "")
 	podvirtctl(ctx, t, "stop", name)
 	waitNoVMI(ctx, t, name)
 
@@ -99,10 +103,11 @@ func TestSnapshotRestore(t *testing.T) {
 	podvirtctl(ctx, t, "start", copyName)
 	waitNewVMI(ctx, t, name, old.UID)
 	waitVMIRunning(ctx, t, copyName)
-	for vm, want := range map[string]string{copyName: "first-marker", name: "first-marker second-marker"} {
-		out := inGuest(vm, "echo $(cat /marker1 /marker2 /marker3 2>/dev/null)", "-marker")
-		if !strings.Contains(out, want) || strings.Contains(out, "third-marker") || (vm == copyName && strings.Contains(out, "second-marker")) {
-			t.Errorf("vm %s restored from its snapshot reads %q; want %q and nothing written after", vm, out, want)
+	// The copy has the first marker only, the VM the first two.
+	for vm, second := range map[string]bool{copyName: false, name: true} {
+		out := inGuest(vm, "cat /marker*", "first-marker")
+		if strings.Contains(out, "second-marker") != second || strings.Contains(out, "third-marker") {
+			t.Errorf("vm %s restored from its snapshot reads %q; want the second marker: %v, and nothing written after", vm, out, second)
 		}
 	}
 	copyVMI, err := getVMI(ctx, copyName)
@@ -120,15 +125,14 @@ func TestSnapshotRestore(t *testing.T) {
 	// With its memory: a counter running in RAM goes on after the restore,
 	// from where it was, instead of a boot.
 	deleteVM(t, copyName)
-	inGuest(name, "(i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 1; done) >/dev/null 2>&1 & sleep 2; echo counting-$(cat /tmp/count)", "counting-")
+	inGuest(name, "while :;do date>/tmp/c;sleep 1;done &", "")
 	snapshot("memory", "Online", "MemoryIncluded", "--", "--include-memory", "--delete-with-vm")
 	podvirtctl(ctx, t, "stop", name)
 	waitNoVMI(ctx, t, name)
 	podvirtctl(ctx, t, "restore", name, "memory")
 	podvirtctl(ctx, t, "start", name)
 	waitNewVMI(ctx, t, name, srcVMI.UID)
-	inGuest(name, "echo resumed-$(cat /tmp/count 2>/dev/null || echo booted)", "resumed-")
-	if out := inGuest(name, "echo resumed-$(cat /tmp/count 2>/dev/null || echo booted)", "resumed-"); strings.Contains(out, "resumed-booted") {
+	if out := inGuest(name, "cat /tmp/c || echo no-$((1+1))", ""); strings.Contains(out, "no-2") {
 		t.Errorf("vm %s restored from a snapshot with its memory booted instead of resuming:\n%s", name, out)
 	}
 
