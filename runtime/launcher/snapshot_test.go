@@ -83,7 +83,9 @@ func TestOnlineSnapshot(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	all := func(layer string) map[string]string { return map[string]string{"root": layer, "one": layer, "two": layer} }
+	all := func(layer string) map[string]string {
+		return map[string]string{"root": layer, "one": layer, "two": layer}
+	}
 	inStep := func(layer string) {
 		t.Helper()
 		a, b := sequence(t, filepath.Join(filepath.Dir(disks["one"]), layer)), sequence(t, filepath.Join(filepath.Dir(disks["two"]), layer))
