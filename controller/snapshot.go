@@ -190,8 +190,7 @@ func (r *SnapshotReconciler) capture(ctx context.Context, s *v1alpha1.VirtualMac
 	}
 	if held, err := holdVM(ctx, r.Client, vm, v1alpha1.SnapshotInProgressAnnotation, s.Name); err != nil || held != "" {
 		if held != "" {
-			s.Status.Error = &v1alpha1.SnapshotError{Time: ptr.To(metav1.NewTime(r.now())), Message: "waiting for " + held + " to finish with the VM"}
-			return ctrl.Result{RequeueAfter: snapshotPoll}, nil
+			return r.waiting(s, "waiting for "+held+" to finish with the VM")
 		}
 		return ctrl.Result{}, err
 	}
@@ -213,10 +212,7 @@ func (r *SnapshotReconciler) capture(ctx context.Context, s *v1alpha1.VirtualMac
 // new overlays (status.snapshotState), each current image becoming the
 // layer its VolumeSnapshot then keeps, and records the VM once it has.
 func (r *SnapshotReconciler) captureOnline(ctx context.Context, s *v1alpha1.VirtualMachineSnapshot, vm *v1alpha1.VirtualMachine, vmi *v1alpha1.VirtualMachineInstance) (ctrl.Result, error) {
-	waiting := func(msg string) (ctrl.Result, error) {
-		s.Status.Error = &v1alpha1.SnapshotError{Time: ptr.To(metav1.NewTime(r.now())), Message: msg}
-		return ctrl.Result{RequeueAfter: snapshotPoll}, nil
-	}
+	waiting := func(msg string) (ctrl.Result, error) { return r.waiting(s, msg) }
 	if vmi.Status.Phase != v1alpha1.Running {
 		return waiting(fmt.Sprintf("VMI %s is %s: waiting for it to run or to be gone", vmi.Name, vmi.Status.Phase))
 	}
@@ -312,6 +308,16 @@ func onlineIndications(ss *v1alpha1.SnapshotState) []v1alpha1.Indication {
 		out = append(out, v1alpha1.IndicationMemoryIncluded)
 	}
 	return out
+}
+
+// waiting says what the snapshot waits for, and looks again later. The
+// message keeps its time while it stays the same: a status that changed on
+// every pass would bring the snapshot straight back.
+func (r *SnapshotReconciler) waiting(s *v1alpha1.VirtualMachineSnapshot, msg string) (ctrl.Result, error) {
+	if s.Status.Error == nil || s.Status.Error.Message != msg {
+		s.Status.Error = &v1alpha1.SnapshotError{Time: ptr.To(metav1.NewTime(r.now())), Message: msg}
+	}
+	return ctrl.Result{RequeueAfter: snapshotPoll}, nil
 }
 
 // refused fails the snapshot for a refusal, or returns another error.
