@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"libvirt.org/go/libvirt"
+	"libvirt.org/go/libvirtxml"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/runtime/cmdserver"
@@ -477,6 +478,20 @@ func (c *console) Close() error {
 		_ = c.st.Free()
 	})
 	return err
+}
+
+// liveDefinition is the running domain's definition as libvirt has it now
+// (disks' backing chains included).
+func liveDefinition(d *libvirt.Domain) (*libvirtxml.Domain, error) {
+	x, err := d.GetXMLDesc(0)
+	if err != nil {
+		return nil, fmt.Errorf("read the domain's XML: %w", err)
+	}
+	dom := &libvirtxml.Domain{}
+	if err := dom.Unmarshal(x); err != nil {
+		return nil, fmt.Errorf("parse the domain's XML: %w", err)
+	}
+	return dom, nil
 }
 
 // Close undefines the domain (destroying it if still running), stops the

@@ -22,13 +22,9 @@ const baseImage = "base.img"
 // base is pulled whole. Disks without layers are left alone. The layers
 // themselves stay where they are, for the snapshots that share them.
 func (l *Launcher) pullLayers(ctx context.Context, d *libvirt.Domain, devs []string) error {
-	x, err := d.GetXMLDesc(0)
+	dom, err := liveDefinition(d)
 	if err != nil {
-		return fmt.Errorf("read the domain's XML: %w", err)
-	}
-	var dom libvirtxml.Domain
-	if err := dom.Unmarshal(x); err != nil {
-		return fmt.Errorf("parse the domain's XML: %w", err)
+		return err
 	}
 	if dom.Devices == nil {
 		return nil

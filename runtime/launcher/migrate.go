@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"libvirt.org/go/libvirt"
-	"libvirt.org/go/libvirtxml"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/contracts/launchercmd"
@@ -179,13 +178,9 @@ func (st MigrationStats) progress() *launchercmd.MigrationProgress {
 
 // writableDisks lists the target devices of the domain's writable disks.
 func writableDisks(d *libvirt.Domain) ([]string, error) {
-	x, err := d.GetXMLDesc(0)
+	dom, err := liveDefinition(d)
 	if err != nil {
-		return nil, fmt.Errorf("read the domain's XML: %w", err)
-	}
-	var dom libvirtxml.Domain
-	if err := dom.Unmarshal(x); err != nil {
-		return nil, fmt.Errorf("parse the domain's XML: %w", err)
+		return nil, err
 	}
 	devs := []string{}
 	if dom.Devices == nil {

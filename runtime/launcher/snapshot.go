@@ -131,13 +131,9 @@ func (l *Launcher) snapshotDisks(ctx context.Context, layers map[string]string, 
 // prepareSwitch links each disk's current image as its layer and makes the
 // new overlay over it, outside the freeze; devs are all the domain's disks.
 func (l *Launcher) prepareSwitch(ctx context.Context, d *libvirt.Domain, layers map[string]string) (out []switchedDisk, devs []string, err error) {
-	x, err := d.GetXMLDesc(0)
+	dom, err := liveDefinition(d)
 	if err != nil {
-		return nil, nil, fmt.Errorf("read the domain's XML: %w", err)
-	}
-	var dom libvirtxml.Domain
-	if err := dom.Unmarshal(x); err != nil {
-		return nil, nil, fmt.Errorf("parse the domain's XML: %w", err)
+		return nil, nil, err
 	}
 	if dom.Devices != nil {
 		for _, disk := range dom.Devices.Disks {
@@ -150,7 +146,7 @@ func (l *Launcher) prepareSwitch(ctx context.Context, d *libvirt.Domain, layers 
 		if !diskmeta.ValidLayerName(layer) {
 			return nil, nil, fmt.Errorf("volume %s: %q is not a layer name (layer-….img)", volume, layer)
 		}
-		disk := volumeDisk(&dom, volume)
+		disk := volumeDisk(dom, volume)
 		if disk == nil || disk.Source == nil || disk.Source.File == nil || disk.Target == nil {
 			return nil, nil, fmt.Errorf("volume %s: the domain has no file disk for it", volume)
 		}

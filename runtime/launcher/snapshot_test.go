@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/types"
-	"libvirt.org/go/libvirtxml"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/contracts/diskmeta"
@@ -291,15 +290,11 @@ func liveChain(t *testing.T, l *Launcher) []string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	x, err := d.GetXMLDesc(0)
+	dom, err := liveDefinition(d)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var dom libvirtxml.Domain
-	if err := dom.Unmarshal(x); err != nil {
-		t.Fatal(err)
-	}
-	disk := volumeDisk(&dom, "root")
+	disk := volumeDisk(dom, "root")
 	if disk == nil {
 		t.Fatal("no root disk")
 	}

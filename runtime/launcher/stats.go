@@ -39,13 +39,9 @@ func (l *Launcher) Stats() (*launchercmd.DomainStatsResponse, error) {
 	if len(all) != 1 {
 		return nil, fmt.Errorf("domain %s: stats: libvirt returned %d records", l.name, len(all))
 	}
-	x, err := d.GetXMLDesc(0)
+	def, err := liveDefinition(d)
 	if err != nil {
 		return nil, fmt.Errorf("domain %s: stats: %w", l.name, err)
-	}
-	def := &libvirtxml.Domain{}
-	if err := def.Unmarshal(x); err != nil {
-		return nil, fmt.Errorf("domain %s: stats: parsing the domain XML: %w", l.name, err)
 	}
 	return statsResponse(&all[0], deviceNames(def)), nil
 }
