@@ -206,14 +206,11 @@ func (d *Driver) restore(ctx context.Context, tmp, dir string, v *state.Volume, 
 	if !overlay {
 		return d.copyFrom(ctx, key, src, tmp, dir, v, p)
 	}
-	if !d.lock(key) {
-		return status.Errorf(codes.Aborted, "CreateVolume %q: %s is busy; retry", p.name, key)
+	m, err := d.lockSource(key, src, p)
+	if err != nil {
+		return err
 	}
 	defer d.unlock(key)
-	m, err := diskmeta.Read(src)
-	if err != nil {
-		return status.Errorf(codes.Internal, "CreateVolume %q from %s: %v", p.name, key, err)
-	}
 	if err := fitSource(v, p, key, s.Size); err != nil {
 		return err
 	}
@@ -242,17 +239,29 @@ func fitSource(v *state.Volume, p plan, key string, size int64) error {
 	return nil
 }
 
-// copyFrom fills a new volume from a snapshot or volume directory src,
-// holding src's lock so it is not deleted meanwhile.
-func (d *Driver) copyFrom(ctx context.Context, key, src, tmp, dir string, v *state.Volume, p plan) error {
+// lockSource takes the lock of the snapshot or volume key, whose
+// directory is src, so it is not deleted while a new volume is filled from
+// it, and reads its metadata; the caller unlocks key.
+func (d *Driver) lockSource(key, src string, p plan) (diskmeta.Meta, error) {
 	if !d.lock(key) {
-		return status.Errorf(codes.Aborted, "CreateVolume %q: %s is busy; retry", p.name, key)
+		return diskmeta.Meta{}, status.Errorf(codes.Aborted, "CreateVolume %q: %s is busy; retry", p.name, key)
 	}
-	defer d.unlock(key)
 	m, err := diskmeta.Read(src)
 	if err != nil {
-		return status.Errorf(codes.Internal, "CreateVolume %q from %s: %v", p.name, key, err)
+		d.unlock(key)
+		return diskmeta.Meta{}, status.Errorf(codes.Internal, "CreateVolume %q from %s: %v", p.name, key, err)
 	}
+	return m, nil
+}
+
+// copyFrom fills a new volume from a snapshot or volume directory src,
+// holding src's lock.
+func (d *Driver) copyFrom(ctx context.Context, key, src, tmp, dir string, v *state.Volume, p plan) error {
+	m, err := d.lockSource(key, src, p)
+	if err != nil {
+		return err
+	}
+	defer d.unlock(key)
 	srcSize, err := volume.VirtualSize(ctx, src)
 	if err != nil {
 		return status.Errorf(codes.Internal, "CreateVolume %q from %s: %v", p.name, key, err)
