@@ -239,7 +239,7 @@ func (r *SnapshotReconciler) captureOnline(ctx context.Context, s *v1alpha1.Virt
 		return waiting(fmt.Sprintf("waiting for another snapshot (%s) of VMI %s", ss.SnapshotUID, vmi.Name))
 	}
 	for _, b := range backups {
-		if err := r.checkOnlineDisk(ctx, vmi.Namespace, b); err != nil {
+		if err := r.checkOnlineDisk(ctx, b); err != nil {
 			return r.refused(s, err)
 		}
 	}
@@ -269,18 +269,15 @@ func (r *SnapshotReconciler) captureOnline(ctx context.Context, s *v1alpha1.Virt
 
 // checkOnlineDisk refuses a disk that cannot switch to an overlay while
 // the VM runs: only podvirt's own disks can.
-func (r *SnapshotReconciler) checkOnlineDisk(ctx context.Context, ns string, b v1alpha1.VolumeBackup) error {
-	pvc := &corev1.PersistentVolumeClaim{}
-	if err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: ns, Name: b.PersistentVolumeClaim.Name}, pvc); err != nil {
-		return err
-	}
+func (r *SnapshotReconciler) checkOnlineDisk(ctx context.Context, b v1alpha1.VolumeBackup) error {
+	claim := b.PersistentVolumeClaim // as volumeBackups just read it
 	pv := &corev1.PersistentVolume{}
-	if err := r.APIReader.Get(ctx, types.NamespacedName{Name: pvc.Spec.VolumeName}, pv); err != nil {
-		return fmt.Errorf("PVC %s: get its PV %s: %w", pvc.Name, pvc.Spec.VolumeName, err)
+	if err := r.APIReader.Get(ctx, types.NamespacedName{Name: claim.Spec.VolumeName}, pv); err != nil {
+		return fmt.Errorf("PVC %s: get its PV %s: %w", claim.Name, claim.Spec.VolumeName, err)
 	}
-	block := pvc.Spec.VolumeMode != nil && *pvc.Spec.VolumeMode == corev1.PersistentVolumeBlock
+	block := claim.Spec.VolumeMode != nil && *claim.Spec.VolumeMode == corev1.PersistentVolumeBlock
 	if pv.Spec.CSI == nil || pv.Spec.CSI.Driver != v1alpha1.CSIDriverName || block {
-		return &refusal{ReasonSnapshotFailed, fmt.Sprintf("volume %s (PVC %s) is not a podvirt Filesystem disk: a running VM's snapshot needs every disk to be one; stop the VM to snapshot it", b.VolumeName, pvc.Name)}
+		return &refusal{ReasonSnapshotFailed, fmt.Sprintf("volume %s (PVC %s) is not a podvirt Filesystem disk: a running VM's snapshot needs every disk to be one; stop the VM to snapshot it", b.VolumeName, claim.Name)}
 	}
 	return nil
 }
