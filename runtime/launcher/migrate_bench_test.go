@@ -37,6 +37,13 @@ func BenchmarkMigrateVsVirsh(b *testing.B) {
 		b.Fatal("virsh not found (Debian libvirt-clients): run `make deps`")
 	}
 	src, dst := startDaemon(b), startDaemon(b)
+	// A fresh libvirtd probes QEMU's capabilities before its first
+	// domain: seconds under TCG, which only the first run would pay.
+	for _, d := range []*libvirtd.Daemon{src, dst} {
+		if out, err := exec.Command("virsh", "-c", d.URI, "domcapabilities", "--virttype", "qemu").CombinedOutput(); err != nil {
+			b.Fatalf("virsh domcapabilities: %v: %s", err, out)
+		}
+	}
 	runs := max(b.N, 3)
 	var viaLauncher, viaVirsh, downL, downV []time.Duration
 	var copied, written []int64
@@ -94,24 +101,33 @@ func newBenchMigrant(b *testing.B, src, dst *libvirtd.Daemon, name string) *benc
 	}
 	vm := newTestVM(b, name)
 	srcDir, dstDir := filepath.Dir(vm.console), b.TempDir()
-	// The data disk's base, on both "nodes"; 64 MiB written into its overlay.
-	base := filepath.Join(srcDir, "data-base.qcow2")
+	// The data disk's base, on both "nodes"; 64 MiB written into its
+	// overlay. Each disk has its own directory and its base is base.img,
+	// as in a CSI volume: any other name is a snapshot layer, which the
+	// launcher would merge into the top before moving (layers.go).
+	srcData, dstDataDir := filepath.Join(srcDir, "data"), filepath.Join(dstDir, "data")
+	for _, d := range []string{srcData, dstDataDir} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			b.Fatal(err)
+		}
+	}
+	base := filepath.Join(srcData, "base.img")
 	qemuImg(b, "create", "-q", "-f", "qcow2", base, "128M")
 	qemuIO(b, "-f", "qcow2", "-c", "write -P 0x11 0 32M", base)
-	data := filepath.Join(srcDir, "data.qcow2")
-	qemuImg(b, "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", data)
+	data := filepath.Join(srcData, "data.qcow2")
+	qemuImg(b, "create", "-q", "-f", "qcow2", "-b", "base.img", "-F", "qcow2", data)
 	qemuIO(b, "-f", "qcow2", "-c", "write -P 0x5a 64M 64M", data)
 	withData(vm.vmi)
 	vm.xml = render(b, vm.vmi, srcDir, filepath.Join(srcDir, "root.qcow2"), data)
 
-	for _, f := range [][2]string{{art.Disk, "base.qcow2"}, {base, "data-base.qcow2"}} {
-		if err := os.Link(f[0], filepath.Join(dstDir, f[1])); err != nil {
+	for _, f := range [][2]string{{art.Disk, filepath.Join(dstDir, "base.img")}, {base, filepath.Join(dstDataDir, "base.img")}} {
+		if err := os.Link(f[0], f[1]); err != nil {
 			b.Fatal(err)
 		}
 	}
-	root, dstData := filepath.Join(dstDir, "root.qcow2"), filepath.Join(dstDir, "data.qcow2")
-	qemuImg(b, "create", "-q", "-f", "qcow2", "-b", filepath.Join(dstDir, "base.qcow2"), "-F", "qcow2", root)
-	qemuImg(b, "create", "-q", "-f", "qcow2", "-b", filepath.Join(dstDir, "data-base.qcow2"), "-F", "qcow2", dstData)
+	root, dstData := filepath.Join(dstDir, "root.qcow2"), filepath.Join(dstDataDir, "data.qcow2")
+	qemuImg(b, "create", "-q", "-f", "qcow2", "-b", "base.img", "-F", "qcow2", root)
+	qemuImg(b, "create", "-q", "-f", "qcow2", "-b", "base.img", "-F", "qcow2", dstData)
 	destXML := render(b, vm.vmi, dstDir, root, dstData)
 
 	l, err := New(src.URI, converter.DomainName(vm.vmi))
