@@ -3,6 +3,7 @@ package cni
 import (
 	"fmt"
 	"net"
+	"os"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -14,6 +15,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 
+	"github.com/podvirt/podvirt/contracts/cniresults"
 	"github.com/podvirt/podvirt/contracts/podlink"
 )
 
@@ -38,7 +40,20 @@ func cmdCheck(args *skel.CmdArgs) error {
 		return types.NewError(types.ErrDecodingFailure, fmt.Sprintf("prevResult: %v", err), "")
 	}
 
-	if conf.IPAM.Type != "" {
+	// A same-node migration hands the lease and the pod link's MAC from
+	// one attachment to another (cni/handoff): either may have moved.
+	rec := cniresults.Record{ContainerID: args.ContainerID}
+	if conf.podUID != "" && conf.Guest == GuestTap {
+		if r, err := cniresults.Read(conf.ResultsDir, conf.podUID, args.IfName); err == nil {
+			rec = r
+		}
+	}
+	if conf.IPAM.Type != "" && rec.HoldsLease() {
+		if holder := rec.Leaseholder(); holder != args.ContainerID {
+			if err := os.Setenv("CNI_CONTAINERID", holder); err != nil {
+				return err
+			}
+		}
 		if err := ipam.ExecCheck(conf.IPAM.Type, args.StdinData); err != nil {
 			return err
 		}
@@ -53,6 +68,11 @@ func cmdCheck(args *skel.CmdArgs) error {
 	podIf := findInterface(prev, args.IfName, args.Netns)
 	if podIf == nil {
 		return fmt.Errorf("prevResult has no interface %q in sandbox %q", args.IfName, args.Netns)
+	}
+	if rec.HandoffFrom != "" || rec.LeaseMoved {
+		handed := *podIf
+		handed.Mac = "" // a stand-in until the switch, or given away at it
+		podIf = &handed
 	}
 	var tapIf *current.Interface
 	if conf.Guest == GuestTap {

@@ -71,13 +71,19 @@ type NetConf struct {
 	Args struct {
 		CNI struct {
 			MAC string `json:"mac,omitempty"`
+			// HandoffFrom is the UID of a pod on this node whose
+			// attachment of the same interface this one takes over at a
+			// same-node live migration's switch (contracts/cniresults);
+			// the controller passes it as the Multus selection's cni-args.
+			HandoffFrom string `json:"podvirtHandoffFrom,omitempty"`
 		} `json:"cni,omitempty"`
 	} `json:"args,omitempty"`
 
 	// Resolved by loadConf.
-	macvlanMode netlink.MacvlanMode
-	mac         net.HardwareAddr
-	podUID      string // CNI_ARGS K8S_POD_UID, which Multus passes
+	macvlanMode  netlink.MacvlanMode
+	mac          net.HardwareAddr
+	podUID       string // CNI_ARGS K8S_POD_UID, which Multus passes
+	podNamespace string // CNI_ARGS K8S_POD_NAMESPACE
 }
 
 // envArgs are the CNI_ARGS keys podvirt-l2 understands; the K8S_* ones are
@@ -197,6 +203,10 @@ func loadConf(stdin []byte, cniArgs string) (*NetConf, error) {
 			macField, mac = "CNI_ARGS MAC", string(e.MAC)
 		}
 		n.podUID = string(e.K8S_POD_UID)
+		n.podNamespace = string(e.K8S_POD_NAMESPACE)
+	}
+	if n.Args.CNI.HandoffFrom != "" && n.Guest != GuestTap {
+		return nil, configError("args.cni.podvirtHandoffFrom", "only valid with guest %q (a VM's attachment)", GuestTap)
 	}
 	if n.Args.CNI.MAC != "" {
 		macField, mac = "args.cni.mac", n.Args.CNI.MAC

@@ -8,7 +8,6 @@ package cni
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,6 +18,7 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/types/create"
 	"github.com/containernetworking/cni/pkg/version"
 	"github.com/containernetworking/plugins/pkg/ip"
 	"github.com/containernetworking/plugins/pkg/ipam"
@@ -29,6 +29,7 @@ import (
 
 	"github.com/podvirt/podvirt/cni/results"
 	"github.com/podvirt/podvirt/contracts/cniresults"
+	"github.com/podvirt/podvirt/contracts/podlink"
 )
 
 // SupportedVersions are the CNI spec versions podvirt-l2 speaks.
@@ -91,10 +92,18 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	if conf.Guest == GuestTap && conf.Mode == ModeBridge {
 		linkMAC = nil
 		if guestMAC == nil {
-			if guestMAC, err = randomMAC(); err != nil {
+			if guestMAC, err = podlink.RandomMAC(); err != nil {
 				return err
 			}
 		}
+	}
+	var source *current.Result // the attachment this one takes over
+	if conf.Args.CNI.HandoffFrom != "" {
+		if source, err = handoffSource(conf, args.IfName); err != nil {
+			return err
+		}
+		// The source's macvlan holds the guest's MAC until the switch.
+		linkMAC = nil
 	}
 
 	result := &current.Result{CNIVersion: current.ImplementedSpecVersion}
@@ -134,7 +143,15 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 		ipIdx = len(result.Interfaces) - 1
 	}
 
-	if conf.IPAM.Type != "" {
+	if source != nil {
+		// The source's lease and addresses, handed over at the switch.
+		for _, ipc := range source.IPs {
+			c := *ipc
+			c.Interface = current.Int(ipIdx)
+			result.IPs = append(result.IPs, &c)
+		}
+		result.Routes, result.DNS = source.Routes, source.DNS
+	} else if conf.IPAM.Type != "" {
 		r, err := ipam.ExecAdd(conf.IPAM.Type, args.StdinData)
 		if err != nil {
 			return err
@@ -202,7 +219,8 @@ func saveResult(conf *NetConf, args *skel.CmdArgs, result *current.Result) error
 		return err
 	}
 	err = results.Save(conf.ResultsDir, cniresults.Record{
-		PodUID: conf.podUID, IfName: args.IfName, ContainerID: args.ContainerID, Network: conf.Name, Result: b,
+		PodUID: conf.podUID, IfName: args.IfName, ContainerID: args.ContainerID, Network: conf.Name, Namespace: conf.podNamespace,
+		Result: b, HandoffFrom: conf.Args.CNI.HandoffFrom,
 	})
 	if err != nil {
 		return types.NewError(types.ErrIOFailure, fmt.Sprintf("%v (check resultsDir in the network config and that the node path is writable)", err), "")
@@ -210,14 +228,40 @@ func saveResult(conf *NetConf, args *skel.CmdArgs, result *current.Result) error
 	return nil
 }
 
-// randomMAC returns a random locally administered unicast MAC.
-func randomMAC() (net.HardwareAddr, error) {
-	hw := make(net.HardwareAddr, 6)
-	if _, err := rand.Read(hw); err != nil {
-		return nil, fmt.Errorf("generating a MAC: %w", err)
+// handoffSource is the result of the attachment of ifName that a
+// same-node migration target takes over: the source pod's, of the same
+// network, in the same namespace, still holding its lease.
+func handoffSource(conf *NetConf, ifName string) (*current.Result, error) {
+	from := conf.Args.CNI.HandoffFrom
+	fail := func(format string, a ...any) (*current.Result, error) {
+		return nil, types.NewError(types.ErrInvalidNetworkConfig,
+			fmt.Sprintf("args.cni.podvirtHandoffFrom: cannot take over interface %s of pod %s: ", ifName, from)+fmt.Sprintf(format, a...), "")
 	}
-	hw[0] = hw[0]&^1 | 2
-	return hw, nil
+	if conf.podUID == "" {
+		return fail("CNI_ARGS has no K8S_POD_UID to record the handoff under")
+	}
+	rec, err := cniresults.Read(conf.ResultsDir, from, ifName)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return fail("that pod has no such attachment on this node")
+	case err != nil:
+		return fail("%v", err)
+	case rec.Network != conf.Name:
+		return fail("it is on network %q, not %q", rec.Network, conf.Name)
+	case rec.Namespace != conf.podNamespace:
+		return fail("that pod is in another namespace")
+	case !rec.HoldsLease():
+		return fail("its lease was handed over already")
+	}
+	r, err := create.CreateFromBytes(rec.Result)
+	if err != nil {
+		return fail("decoding its result: %v", err)
+	}
+	res, err := current.NewResultFromResult(r)
+	if err != nil {
+		return fail("converting its result: %v", err)
+	}
+	return res, nil
 }
 
 // cmdDel removes the attachment's links and releases its IPAM lease. It is
@@ -245,13 +289,33 @@ func cmdDel(args *skel.CmdArgs) error {
 			return err
 		}
 	}
+	// The lease goes first, by whoever holds it now, then the record
+	// that says so: a DEL retried after a failure still finds it.
+	lease := cniresults.Record{ContainerID: args.ContainerID}
+	if conf.podUID != "" && conf.Guest == GuestTap {
+		rec, err := cniresults.Read(conf.ResultsDir, conf.podUID, args.IfName)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return types.NewError(types.ErrIOFailure, err.Error(), "")
+		}
+		if err == nil {
+			lease = rec
+		}
+	}
+	if conf.IPAM.Type != "" && lease.HoldsLease() {
+		if holder := lease.Leaseholder(); holder != args.ContainerID {
+			// The IPAM plugin reads the container ID from the environment.
+			if err := os.Setenv("CNI_CONTAINERID", holder); err != nil {
+				return err
+			}
+		}
+		if err := ipam.ExecDel(conf.IPAM.Type, args.StdinData); err != nil {
+			return err
+		}
+	}
 	if conf.podUID != "" {
 		if err := results.Remove(conf.ResultsDir, conf.podUID, args.IfName); err != nil {
 			return types.NewError(types.ErrIOFailure, err.Error(), "")
 		}
-	}
-	if conf.IPAM.Type != "" {
-		return ipam.ExecDel(conf.IPAM.Type, args.StdinData)
 	}
 	return nil
 }

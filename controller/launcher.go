@@ -90,6 +90,35 @@ type multusSelection struct {
 	// IPs are the addresses the network's IPAM is asked for (Multus passes
 	// them on as runtimeConfig.ips), in CIDR form.
 	IPs []string `json:"ips,omitempty"`
+	// CNIArgs reach the plugin as args.cni.
+	CNIArgs map[string]string `json:"cni-args,omitempty"`
+}
+
+// handoffArg is podvirt-l2's args.cni key naming the pod whose attachment a
+// same-node migration target takes over (cni/handoff).
+const handoffArg = "podvirtHandoffFrom"
+
+// handOverFrom marks every Multus attachment of a same-node migration's
+// target pod as taking over the source pod's: its lease and MAC are the
+// source's until the switch.
+func handOverFrom(pod *corev1.Pod, source types.UID) error {
+	raw := pod.Annotations[v1alpha1.MultusNetworksAnnotation]
+	if raw == "" {
+		return nil
+	}
+	var selections []multusSelection
+	if err := json.Unmarshal([]byte(raw), &selections); err != nil {
+		return fmt.Errorf("multus networks of pod %s: %w", pod.Name, err)
+	}
+	for i := range selections {
+		selections[i].CNIArgs = map[string]string{handoffArg: string(source)}
+	}
+	out, err := json.Marshal(selections)
+	if err != nil {
+		return err
+	}
+	pod.Annotations[v1alpha1.MultusNetworksAnnotation] = string(out)
+	return nil
 }
 
 // launcherPod builds the launcher pod of vmi. claims holds the volume mode of

@@ -229,11 +229,6 @@ func (r *MigrationReconciler) start(ctx context.Context, m *v1alpha1.VirtualMach
 	switch {
 	case vmi.Status.Phase != v1alpha1.Running || vmi.Status.LauncherPod == "" || vmi.Status.NodeName == "":
 		return reject(fmt.Sprintf("VMI %s is %s, not Running: only a running VMI migrates live", vmi.Name, vmi.Status.Phase))
-	case m.Spec.TargetNode == vmi.Status.NodeName:
-		// host-local IPAM keeps the VM's L2 address leased to the source
-		// pod on that node until it ends, so a target pod there cannot
-		// have it.
-		return reject(fmt.Sprintf("VMI %s runs on %s already: a migration onto the same node is not supported yet; name another node", vmi.Name, m.Spec.TargetNode))
 	}
 	if s := vmi.MigrationInFlight(); s != nil && s.MigrationUID != m.UID {
 		return reject(fmt.Sprintf("VMI %s is being migrated already (migration %s): wait for it to end", vmi.Name, s.MigrationUID))
@@ -445,6 +440,12 @@ func (r *MigrationReconciler) targetPod(ctx context.Context, m *v1alpha1.Virtual
 		node = corev1.NodeSelectorRequirement{Key: corev1.LabelHostname, Operator: corev1.NodeSelectorOpIn, Values: []string{m.Spec.TargetNode}}
 	}
 	requireNode(pod, node)
+	if m.Spec.TargetNode == vmi.Status.NodeName {
+		// Beside the source, whose L2 lease and MAC it takes at the switch.
+		if err := handOverFrom(pod, source.UID); err != nil {
+			return nil, err
+		}
+	}
 	return pod, nil
 }
 

@@ -104,3 +104,20 @@ func TestVMMigratingCondition(t *testing.T) {
 		t.Errorf("printable status %s, want Running", s)
 	}
 }
+
+// TestHandOverFrom: a same-node target pod asks podvirt-l2, through each
+// Multus selection's cni-args, to take over the source pod's attachment;
+// what the selections asked for stays.
+func TestHandOverFrom(t *testing.T) {
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "target", Annotations: map[string]string{
+		v1alpha1.MultusNetworksAnnotation: `[{"name":"l2","interface":"pv1","mac":"02:00:00:00:00:01","ips":["10.0.0.5/24"]},{"name":"l2b","namespace":"net","interface":"pv2"}]`,
+	}}}
+	if err := handOverFrom(pod, "src-uid"); err != nil {
+		t.Fatal(err)
+	}
+	want := `[{"name":"l2","interface":"pv1","mac":"02:00:00:00:00:01","ips":["10.0.0.5/24"],"cni-args":{"podvirtHandoffFrom":"src-uid"}},` +
+		`{"name":"l2b","namespace":"net","interface":"pv2","cni-args":{"podvirtHandoffFrom":"src-uid"}}]`
+	if got := pod.Annotations[v1alpha1.MultusNetworksAnnotation]; got != want {
+		t.Errorf("networks annotation\n got %s\nwant %s", got, want)
+	}
+}

@@ -35,26 +35,73 @@ type Record struct {
 	// attachment for CNI GC.
 	ContainerID string `json:"containerID"`
 	Network     string `json:"network"`
+	// Namespace is the pod's (K8S_POD_NAMESPACE): a handoff is only
+	// between pods of one namespace.
+	Namespace string `json:"namespace,omitempty"`
 	// Result is the plugin's ADD result as it printed it.
 	Result json.RawMessage `json:"result"`
+
+	// A VM migrating onto the node it runs on has two launcher pods there
+	// with one guest MAC and one address, which the node's IPAM lease and
+	// a macvlan MAC can each belong to only once. The target's attachment
+	// is made from the source's (HandoffFrom), without a lease of its own
+	// and, in macvlan mode, with a stand-in MAC on its pod link; at the
+	// switch the node daemon hands both over (cni/handoff).
+
+	// HandoffFrom is the UID of the pod whose attachment of the same
+	// interface this one takes over.
+	HandoffFrom string `json:"handoffFrom,omitempty"`
+	// LeaseID is the container ID the IPAM plugin knows this
+	// attachment's lease by, when it is not ContainerID: set at the
+	// handoff, from the source's.
+	LeaseID string `json:"leaseID,omitempty"`
+	// LeaseMoved: the lease went with a handoff to another pod, so DEL
+	// must not release it.
+	LeaseMoved bool `json:"leaseMoved,omitempty"`
 }
 
-// Load returns the saved results of the pod with UID podUID by interface
-// name (the result JSON as the plugin printed it). A pod with none gives
-// an empty map.
-func Load(dir, podUID string) (map[string][]byte, error) {
+// HoldsLease reports whether DEL of this attachment releases an IPAM lease.
+func (r Record) HoldsLease() bool {
+	return !r.LeaseMoved && (r.HandoffFrom == "" || r.LeaseID != "")
+}
+
+// Leaseholder is the container ID the attachment's lease is held by.
+func (r Record) Leaseholder() string {
+	if r.LeaseID != "" {
+		return r.LeaseID
+	}
+	return r.ContainerID
+}
+
+// Read returns the record of pod podUID's interface ifname; a missing one
+// is an error satisfying errors.Is(err, os.ErrNotExist).
+func Read(dir, podUID, ifname string) (Record, error) {
+	path, err := Path(dir, podUID, ifname)
+	if err != nil {
+		return Record{}, err
+	}
+	rec, err := readRecord(path)
+	if absent(err) {
+		// Under a path that is not a directory: as missing.
+		return Record{}, &os.PathError{Op: "read", Path: path, Err: os.ErrNotExist}
+	}
+	return rec, err
+}
+
+// Records returns every record of pod podUID, by interface name.
+func Records(dir, podUID string) (map[string]Record, error) {
 	if err := validName("pod UID", podUID); err != nil {
 		return nil, err
 	}
 	podDir := filepath.Join(dir, podUID)
 	entries, err := os.ReadDir(podDir)
 	if absent(err) {
-		return map[string][]byte{}, nil
+		return map[string]Record{}, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("loading CNI results of pod %s: %w", podUID, err)
 	}
-	out := map[string][]byte{}
+	out := map[string]Record{}
 	for _, e := range entries {
 		if !isRecord(e.Name()) {
 			continue
@@ -66,7 +113,22 @@ func Load(dir, podUID string) (map[string][]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		out[rec.IfName] = rec.Result
+		out[rec.IfName] = rec
+	}
+	return out, nil
+}
+
+// Load returns the saved results of the pod with UID podUID by interface
+// name (the result JSON as the plugin printed it). A pod with none gives
+// an empty map.
+func Load(dir, podUID string) (map[string][]byte, error) {
+	recs, err := Records(dir, podUID)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string][]byte, len(recs))
+	for ifname, rec := range recs {
+		out[ifname] = rec.Result
 	}
 	return out, nil
 }

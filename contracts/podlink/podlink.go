@@ -6,10 +6,12 @@
 package podlink
 
 import (
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"hash/fnv"
+	"net"
 )
 
 // maxLen is the longest link name Linux takes (IFNAMSIZ-1).
@@ -43,4 +45,16 @@ func derivedName(prefix, ifName string) string {
 	h := fnv.New32a()
 	_, _ = h.Write([]byte(ifName))
 	return fmt.Sprintf("%s%08x", prefix, h.Sum32())
+}
+
+// RandomMAC is a random locally administered unicast MAC: a guest's when
+// none was asked for, or a stand-in for a pod link that must not hold its
+// guest's (a same-node migration's, contracts/cniresults).
+func RandomMAC() (net.HardwareAddr, error) {
+	hw := make(net.HardwareAddr, 6)
+	if _, err := rand.Read(hw); err != nil {
+		return nil, fmt.Errorf("generating a MAC: %w", err)
+	}
+	hw[0] = hw[0]&^1 | 2
+	return hw, nil
 }

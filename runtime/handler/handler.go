@@ -51,6 +51,10 @@ import (
 // podvirt-l2 ADD result of the pod interface podlink.InterfaceName(network).
 type NetworkResults interface {
 	PodNetworks(ctx context.Context, pod *corev1.Pod, vmi *v1.VirtualMachineInstance) (*launchercmd.Networks, error)
+	// HandOver gives pod the guest's L2 identity (lease, MAC) its
+	// attachments took over from a same-node migration's source, once the
+	// VM runs in it; a pod with nothing to take over is left alone.
+	HandOver(pod *corev1.Pod) error
 }
 
 // Config is what the handler needs beyond the API server.
@@ -278,6 +282,9 @@ func (r *Reconciler) syncPod(ctx context.Context, req ctrl.Request, vmi *v1.Virt
 		return ctrl.Result{}, r.syncSource(ctx, sess, vmi, pod, ms)
 	case vmi.Status.MigrationState != nil && vmi.Status.MigrationState.Completed && pod.Name == vmi.Status.MigrationState.SourcePod:
 		return ctrl.Result{}, nil // gone elsewhere; the controller switches the VMI to its new pod
+	}
+	if err := r.handOver(vmi, pod); err != nil {
+		return ctrl.Result{}, err
 	}
 	last, lost := sess.snapshot()
 	if lost == "" && last.GetState() == "" {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"sync"
@@ -200,6 +201,16 @@ func (r *Reconciler) migrate(ctx context.Context, sess *session, vmi *v1.Virtual
 		out["failed"], out["failureReason"] = true, msg
 		r.Recorder.Eventf(vmi, nil, corev1.EventTypeWarning, ReasonMigrationFailed, "Migrate", "%s", msg)
 	} else {
+		if ms := vmi.Status.MigrationState; ms != nil && ms.TargetNode == r.Config.NodeName {
+			// The target is on this node: it gets the guest's L2 identity
+			// from the source now, before the VMI moves to it.
+			target := &corev1.Pod{}
+			if err := r.Client.Get(bg, types.NamespacedName{Namespace: vmi.Namespace, Name: ms.TargetPod}, target); err != nil {
+				logger.Error(err, "target pod not found for the L2 handoff; its reconcile does it")
+			} else if err := r.handOver(vmi, target); err != nil {
+				logger.Error(err, "L2 handoff; its reconcile retries")
+			}
+		}
 		out["completed"], out["downtimeMilliseconds"] = true, last.GetDowntimeMs()
 		r.Recorder.Eventf(vmi, nil, corev1.EventTypeNormal, ReasonMigrated, "Migrate", "migrated from pod %s in %s, downtime %dms",
 			pod, time.Duration(last.GetElapsedMs())*time.Millisecond, last.GetDowntimeMs())
@@ -212,6 +223,22 @@ func (r *Reconciler) migrate(ctx context.Context, sess *session, vmi *v1.Virtual
 			time.Sleep(time.Second)
 		}
 	}
+}
+
+// handOver gives the VMI's launcher pod, after a migration from a pod on
+// this same node, the guest's L2 identity. The source daemon does it at
+// once when the migration ends; a pod whose handoff was cut short (a
+// daemon restart) gets it here.
+func (r *Reconciler) handOver(vmi *v1.VirtualMachineInstance, pod *corev1.Pod) error {
+	if r.Config.Networks == nil || !needsNetworks(vmi) {
+		return nil
+	}
+	if err := r.Config.Networks.HandOver(pod); err != nil {
+		msg := fmt.Sprintf("the L2 address and MAC of pod %s's source on this node could not be handed over to it: %v", pod.Name, err)
+		r.Recorder.Eventf(vmi, pod, corev1.EventTypeWarning, ReasonNetworkFailed, "Migrate", "%s", msg)
+		return errors.New(msg)
+	}
+	return nil
 }
 
 // MigrationConfig is the cluster's migration settings, applied by the

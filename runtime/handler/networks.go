@@ -7,6 +7,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
+	"github.com/podvirt/podvirt/cni/handoff"
 	"github.com/podvirt/podvirt/contracts/cniresults"
 	"github.com/podvirt/podvirt/contracts/launchercmd"
 	"github.com/podvirt/podvirt/contracts/podlink"
@@ -39,4 +40,9 @@ func (d ResultsDir) PodNetworks(_ context.Context, pod *corev1.Pod, vmi *v1.Virt
 		st.Attachments = append(st.Attachments, launchercmd.Attachment{Name: n.Name, Interface: ifname, Result: res})
 	}
 	return st, nil
+}
+
+// HandOver completes the handoff of pod's attachments (cni/handoff).
+func (d ResultsDir) HandOver(pod *corev1.Pod) error {
+	return handoff.Complete(string(d), string(pod.UID))
 }

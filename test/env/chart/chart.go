@@ -101,6 +101,7 @@ func LocalValues(c *cluster.Cluster) ([]string, error) {
 	return []string{
 		"kubeletRootDir=" + c.KubeletRootDir(),
 		"cniBinDir=" + c.CNIBinDir(),
+		"handler.netnsDir=" + c.PodNetNSDir(),
 		"csi.stateDir=" + filepath.Join(c.KubeletRootDir(), "podvirt-csi"),
 		"kubernetesAPI.host=" + u.Hostname(),
 		"kubernetesAPI.port=" + u.Port(),

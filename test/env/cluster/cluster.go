@@ -201,6 +201,11 @@ func (c *Cluster) ContainerdSockets() []string {
 // host sees it.
 func (c *Cluster) CNIBinDir() string { return c.path("cni", "bin") }
 
+// PodNetNSDir holds each node's pod network namespaces (containerd mounts
+// them under its state dir here), as the node sees it: what a node daemon
+// mounts to enter them.
+func (c *Cluster) PodNetNSDir() string { return c.path("containerd", "state") }
+
 // KubeletRootDir is each kubelet's --root-dir (under Dir, not
 // /var/lib/kubelet) as its node sees it: what a DaemonSet mounts to reach
 // pod volumes and plugin sockets (the chart's kubeletRootDir). On the host

@@ -135,6 +135,62 @@ func TestLiveMigration(t *testing.T) {
 	}
 }
 
+// TestLiveMigrationSameNode moves a running VM on the macvlan L2 into a
+// new launcher pod on its own node (as when the launcher image changes):
+// the two pods share one node's IPAM lease and one MAC on the macvlan
+// parent, which the node daemon hands from source to target at the switch.
+// The VM keeps its node, MAC and address, is reached again from a pod on
+// the other node, and its counter has no gap.
+func TestLiveMigrationSameNode(t *testing.T) {
+	useStack(t)
+	twoNodes(t)
+	ctx := testContext(t, 20*time.Minute)
+	const name = "homebody"
+	createVM(ctx, t, stack.VMOn(name, v1.RunStrategyAlways, stack.MacvlanNetwork))
+	t.Cleanup(func() { deleteVM(t, name); deleteClaimsOf(t, name) })
+	vmi, err := st.WaitRunning(ctx, name, 12*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	node, pod, ip, mac := vmi.Status.NodeName, vmi.Status.LauncherPod, stack.GuestIP(vmi), vmi.Status.Interfaces[0].MAC
+	startCounter(ctx, t, name)
+	wait, err := st.WatchFromPod(ctx, "watch-"+name, stack.MacvlanNetwork, st.OtherNode(node), stack.HostPort(ip, stack.VMPort), 10*time.Millisecond, 75*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := lastCount(ctx, t, name)
+
+	t.Logf("%s", podvirtctl(ctx, t, "migrate", name, "--node", node))
+	m := waitMigration(ctx, t, name, 10*time.Minute)
+	t.Logf("migration %s: %s → %s, memory %s, disk %s, downtime %s", m.Name, m.Status.SourceNode, m.Status.TargetNode,
+		m.Status.MemoryTransferred, m.Status.DiskTransferred, m.Status.Downtime)
+	if m.Status.Phase != v1.MigrationSucceeded {
+		t.Fatalf("migration %s: %s: %s", m.Name, m.Status.Phase, m.Status.Message)
+	}
+	vmi, err = getVMI(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vmi.Status.NodeName != node || vmi.Status.LauncherPod == pod || vmi.Status.Phase != v1.Running {
+		t.Fatalf("after the migration the VMI is %s on %s in pod %s; want Running on %s in a new pod (was %s)", vmi.Status.Phase, vmi.Status.NodeName, vmi.Status.LauncherPod, node, pod)
+	}
+	if got := stack.GuestIP(vmi); got != ip || vmi.Status.Interfaces[0].MAC != mac {
+		t.Fatalf("the VM's L2 identity changed: %s %s, was %s %s", vmi.Status.Interfaces[0].MAC, got, mac, ip)
+	}
+	if after := lastCount(ctx, t, name); after <= before {
+		t.Fatalf("the counter stands at %d after the migration, was %d before: the guest stopped writing", after, before)
+	}
+	logs, err := wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("reachability during the migration: %s", strings.TrimSpace(logs))
+	if lastOK := summaryField(t, logs, "last-ok-ago-ms"); lastOK > 1000 {
+		t.Fatalf("the guest was not reachable on the macvlan at the end of the watch (%d ms without a connection): its new pod did not get the MAC", lastOK)
+	}
+	t.Logf("longest time without a connection: %d ms", summaryField(t, logs, "longest-gap-ms"))
+}
+
 // waitMigration waits until vm's newest migration has ended and returns it.
 func waitMigration(ctx context.Context, t *testing.T, vm string, timeout time.Duration) *v1.VirtualMachineInstanceMigration {
 	t.Helper()

@@ -18,16 +18,16 @@ func (o *options) migrateCommand() *cobra.Command {
 	var node string
 	cmd := &cobra.Command{
 		Use:   "migrate VM",
-		Short: "Move a running VM live to another node; its disks follow (only what the VM wrote crosses)",
-		Example: fmt.Sprintf("  %s migrate my-vm\n  %s migrate my-vm --node worker-2\n  kubectl get vmim -w   # follow it\n  %s migrate-cancel my-vm",
-			o.name, o.name, o.name),
+		Short: "Move a running VM live to another node, or into a new launcher pod on its own; its disks follow (only what the VM wrote crosses)",
+		Example: fmt.Sprintf("  %s migrate my-vm\n  %s migrate my-vm --node worker-2\n  %s migrate my-vm --node \"$(kubectl get vmi my-vm -o jsonpath='{.status.nodeName}')\"   # same node: a new launcher pod\n  kubectl get vmim -w   # follow it\n  %s migrate-cancel my-vm",
+			o.name, o.name, o.name, o.name),
 		Args:              exactlyOneName("VM"),
 		ValidArgsFunction: o.completeVMs,
 		RunE: o.report(func(ctx context.Context, s *session, args []string) (string, error) {
 			return s.migrate(ctx, args[0], node)
 		}),
 	}
-	cmd.Flags().StringVar(&node, "node", "", "the node to move to (default: any other node the scheduler picks)")
+	cmd.Flags().StringVar(&node, "node", "", "the node to move to, its own node included (default: any other node the scheduler picks)")
 	return cmd
 }
 
@@ -50,9 +50,6 @@ func (s *session) migrate(ctx context.Context, name, node string) (string, error
 	if err != nil {
 		return "", err
 	}
-	if node != "" && node == vmi.Status.NodeName {
-		return "", fmt.Errorf("vm %s runs on %s already: a migration onto the same node is not supported yet; name another node, or leave --node out", name, node)
-	}
 	if m, err := s.runningMigration(ctx, name); err != nil {
 		return "", err
 	} else if m != nil {
@@ -67,7 +64,11 @@ func (s *session) migrate(ctx context.Context, name, node string) (string, error
 		return "", s.apiError(err, "create", "virtualmachineinstancemigrations", name)
 	}
 	to := "another node"
-	if node != "" {
+	switch node {
+	case "":
+	case vmi.Status.NodeName:
+		to = "a new launcher pod on " + node
+	default:
 		to = node
 	}
 	return fmt.Sprintf("vm %s is being migrated from %s to %s (vmim %s): follow it with `kubectl get vmim %s -w`", name, vmi.Status.NodeName, to, m.Name, m.Name), nil
