@@ -3,7 +3,6 @@ package cni
 import (
 	"fmt"
 	"net"
-	"os"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -15,7 +14,6 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 
-	"github.com/podvirt/podvirt/contracts/cniresults"
 	"github.com/podvirt/podvirt/contracts/podlink"
 )
 
@@ -42,17 +40,13 @@ func cmdCheck(args *skel.CmdArgs) error {
 
 	// A same-node migration hands the lease and the pod link's MAC from
 	// one attachment to another (cni/handoff): either may have moved.
-	rec := cniresults.Record{ContainerID: args.ContainerID}
-	if conf.podUID != "" && conf.Guest == GuestTap {
-		if r, err := cniresults.Read(conf.ResultsDir, conf.podUID, args.IfName); err == nil {
-			rec = r
-		}
+	rec, err := attachmentRecord(conf, args)
+	if err != nil {
+		return err
 	}
 	if conf.IPAM.Type != "" && rec.HoldsLease() {
-		if holder := rec.Leaseholder(); holder != args.ContainerID {
-			if err := os.Setenv("CNI_CONTAINERID", holder); err != nil {
-				return err
-			}
+		if err := asLeaseholder(rec, args); err != nil {
+			return err
 		}
 		if err := ipam.ExecCheck(conf.IPAM.Type, args.StdinData); err != nil {
 			return err

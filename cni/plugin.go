@@ -291,22 +291,13 @@ func cmdDel(args *skel.CmdArgs) error {
 	}
 	// The lease goes first, by whoever holds it now, then the record
 	// that says so: a DEL retried after a failure still finds it.
-	lease := cniresults.Record{ContainerID: args.ContainerID}
-	if conf.podUID != "" && conf.Guest == GuestTap {
-		rec, err := cniresults.Read(conf.ResultsDir, conf.podUID, args.IfName)
-		if err != nil && !errors.Is(err, os.ErrNotExist) {
-			return types.NewError(types.ErrIOFailure, err.Error(), "")
-		}
-		if err == nil {
-			lease = rec
-		}
+	rec, err := attachmentRecord(conf, args)
+	if err != nil {
+		return err
 	}
-	if conf.IPAM.Type != "" && lease.HoldsLease() {
-		if holder := lease.Leaseholder(); holder != args.ContainerID {
-			// The IPAM plugin reads the container ID from the environment.
-			if err := os.Setenv("CNI_CONTAINERID", holder); err != nil {
-				return err
-			}
+	if conf.IPAM.Type != "" && rec.HoldsLease() {
+		if err := asLeaseholder(rec, args); err != nil {
+			return err
 		}
 		if err := ipam.ExecDel(conf.IPAM.Type, args.StdinData); err != nil {
 			return err
@@ -316,6 +307,33 @@ func cmdDel(args *skel.CmdArgs) error {
 		if err := results.Remove(conf.ResultsDir, conf.podUID, args.IfName); err != nil {
 			return types.NewError(types.ErrIOFailure, err.Error(), "")
 		}
+	}
+	return nil
+}
+
+// attachmentRecord is the saved record of a guest "tap" attachment, which
+// says who holds its lease (a same-node migration hands it over:
+// contracts/cniresults); without one, the attachment holds its own.
+func attachmentRecord(conf *NetConf, args *skel.CmdArgs) (cniresults.Record, error) {
+	own := cniresults.Record{ContainerID: args.ContainerID}
+	if conf.podUID == "" || conf.Guest != GuestTap {
+		return own, nil
+	}
+	rec, err := cniresults.Read(conf.ResultsDir, conf.podUID, args.IfName)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return own, nil
+	case err != nil:
+		return own, types.NewError(types.ErrIOFailure, err.Error(), "")
+	}
+	return rec, nil
+}
+
+// asLeaseholder makes the IPAM plugin, which reads the container ID from
+// the environment, see the lease under the ID it is held by.
+func asLeaseholder(rec cniresults.Record, args *skel.CmdArgs) error {
+	if holder := rec.Leaseholder(); holder != args.ContainerID {
+		return os.Setenv("CNI_CONTAINERID", holder)
 	}
 	return nil
 }
