@@ -124,6 +124,7 @@ type Reconciler struct {
 	metrics    *metrics
 	wake       chan event.TypedGenericEvent[*v1.VirtualMachineInstance]
 	stop       chan struct{}
+	sockets    *socketWatch
 }
 
 // Setup registers the handler's reconciler with mgr; sessions close when
@@ -142,7 +143,12 @@ func Setup(mgr manager.Manager, cfg Config) (*Reconciler, error) {
 	if err != nil {
 		return nil, fmt.Errorf("handler metrics: %w", err)
 	}
+	sockets, err := newSocketWatch()
+	if err != nil {
+		return nil, fmt.Errorf("handler: watch launcher sockets: %w", err)
+	}
 	r := &Reconciler{
+		sockets:  sockets,
 		sessions: sessions{gauge: m.openSessions},
 		metrics:  m,
 		Client:   mgr.GetClient(),
@@ -165,6 +171,9 @@ func Setup(mgr manager.Manager, cfg Config) (*Reconciler, error) {
 		Complete(r)
 	if err != nil {
 		return nil, fmt.Errorf("set up handler: %w", err)
+	}
+	if err := mgr.Add(manager.RunnableFunc(sockets.run)); err != nil {
+		return nil, err
 	}
 	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
 		<-ctx.Done()
@@ -258,6 +267,10 @@ func (r *Reconciler) syncPod(ctx context.Context, req ctrl.Request, vmi *v1.Virt
 		}
 		if _, err := os.Stat(sock); err != nil {
 			log.FromContext(ctx).V(1).Info("waiting for the launcher's socket", "socket", sock)
+			// Woken when it appears; the retry is for a watch that failed.
+			if err := r.sockets.await(sock, r.notifier(req.NamespacedName)); err != nil {
+				log.FromContext(ctx).Info("cannot watch for the launcher's socket; looking again later", "socket", sock, "err", err)
+			}
 			return ctrl.Result{RequeueAfter: r.Config.SocketRetry}, nil
 		}
 		var err error
