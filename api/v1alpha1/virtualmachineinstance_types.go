@@ -795,6 +795,14 @@ type VirtualMachineInstanceStatus struct {
 	// +listType=atomic
 	PhaseTransitionTimestamps []VirtualMachineInstancePhaseTransitionTimestamp `json:"phaseTransitionTimestamps,omitempty"`
 
+	// Startup says where the VMI's start went, step by step, written by
+	// the node daemon once the domain started (a VMI that arrived by
+	// migration has none).
+	//
+	// +optional
+	// +listType=atomic
+	Startup []StartupStep `json:"startup,omitempty"`
+
 	// Reason is a CamelCase reason for a Failed phase.
 	//
 	// +optional
@@ -876,6 +884,25 @@ type VirtualMachineInstanceStatus struct {
 type VirtualMachineInstancePhaseTransitionTimestamp struct {
 	Phase                    VirtualMachineInstancePhase `json:"phase"`
 	PhaseTransitionTimestamp metav1.Time                 `json:"phaseTransitionTimestamp"`
+}
+
+// StartupStep is one step of a VMI's start: when it ended, and how long it
+// took from the end of the step before it (the first: from the VMI's
+// creation). Steps timed by the API server (Scheduled, and the VMI's
+// creation) have second precision; the node's, milliseconds.
+type StartupStep struct {
+	// Name is the step: Scheduled (the launcher pod bound to a node,
+	// after its disks were made and bound there), LauncherStarted
+	// (volumes mounted, pod sandbox and networks, the container started),
+	// LibvirtdReady (the launcher's own libvirtd answers),
+	// NodeDaemonConnected (the node daemon found the launcher's socket),
+	// DomainDefined (Start arrived, the domain rendered and defined),
+	// DomainStarted (QEMU runs the guest).
+	Name string `json:"name"`
+	// Time is when the step ended.
+	Time metav1.MicroTime `json:"time"`
+	// Milliseconds is how long the step took.
+	Milliseconds int64 `json:"milliseconds"`
 }
 
 // VolumeStatus says where a volume's disk is in the launcher pod.

@@ -660,8 +660,11 @@ type StatusResponse struct {
 	// lifecycle event); guest_os_info is what it said of the guest's OS.
 	GuestAgentConnected bool         `protobuf:"varint,11,opt,name=guest_agent_connected,json=guestAgentConnected,proto3" json:"guest_agent_connected,omitempty"`
 	GuestOsInfo         *GuestOSInfo `protobuf:"bytes,12,opt,name=guest_os_info,json=guestOsInfo,proto3" json:"guest_os_info,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// startup is when the launcher reached each step of its start, as Unix
+	// times in milliseconds (the node daemon's clock: the same node's).
+	Startup       *StartupTimes `protobuf:"bytes,13,opt,name=startup,proto3" json:"startup,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -778,6 +781,87 @@ func (x *StatusResponse) GetGuestOsInfo() *GuestOSInfo {
 	return nil
 }
 
+func (x *StatusResponse) GetStartup() *StartupTimes {
+	if x != nil {
+		return x.Startup
+	}
+	return nil
+}
+
+// StartupTimes are the launcher's side of a VMI's start; 0: not reached
+// (a domain that arrived by migration was never started here).
+type StartupTimes struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// launcher_started: the launcher process began.
+	LauncherStartedUnixMs int64 `protobuf:"varint,1,opt,name=launcher_started_unix_ms,json=launcherStartedUnixMs,proto3" json:"launcher_started_unix_ms,omitempty"`
+	// libvirtd_ready: its own libvirtd answers.
+	LibvirtdReadyUnixMs int64 `protobuf:"varint,2,opt,name=libvirtd_ready_unix_ms,json=libvirtdReadyUnixMs,proto3" json:"libvirtd_ready_unix_ms,omitempty"`
+	// domain_defined: the domain was defined, after Start arrived.
+	DomainDefinedUnixMs int64 `protobuf:"varint,3,opt,name=domain_defined_unix_ms,json=domainDefinedUnixMs,proto3" json:"domain_defined_unix_ms,omitempty"`
+	// domain_started: libvirt started it (QEMU runs the guest).
+	DomainStartedUnixMs int64 `protobuf:"varint,4,opt,name=domain_started_unix_ms,json=domainStartedUnixMs,proto3" json:"domain_started_unix_ms,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *StartupTimes) Reset() {
+	*x = StartupTimes{}
+	mi := &file_command_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartupTimes) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartupTimes) ProtoMessage() {}
+
+func (x *StartupTimes) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartupTimes.ProtoReflect.Descriptor instead.
+func (*StartupTimes) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *StartupTimes) GetLauncherStartedUnixMs() int64 {
+	if x != nil {
+		return x.LauncherStartedUnixMs
+	}
+	return 0
+}
+
+func (x *StartupTimes) GetLibvirtdReadyUnixMs() int64 {
+	if x != nil {
+		return x.LibvirtdReadyUnixMs
+	}
+	return 0
+}
+
+func (x *StartupTimes) GetDomainDefinedUnixMs() int64 {
+	if x != nil {
+		return x.DomainDefinedUnixMs
+	}
+	return 0
+}
+
+func (x *StartupTimes) GetDomainStartedUnixMs() int64 {
+	if x != nil {
+		return x.DomainStartedUnixMs
+	}
+	return 0
+}
+
 // GuestOSInfo is the guest agent's guest-get-osinfo.
 type GuestOSInfo struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -792,7 +876,7 @@ type GuestOSInfo struct {
 
 func (x *GuestOSInfo) Reset() {
 	*x = GuestOSInfo{}
-	mi := &file_command_proto_msgTypes[10]
+	mi := &file_command_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -804,7 +888,7 @@ func (x *GuestOSInfo) String() string {
 func (*GuestOSInfo) ProtoMessage() {}
 
 func (x *GuestOSInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[10]
+	mi := &file_command_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -817,7 +901,7 @@ func (x *GuestOSInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GuestOSInfo.ProtoReflect.Descriptor instead.
 func (*GuestOSInfo) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{10}
+	return file_command_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GuestOSInfo) GetName() string {
@@ -872,7 +956,7 @@ type Interface struct {
 
 func (x *Interface) Reset() {
 	*x = Interface{}
-	mi := &file_command_proto_msgTypes[11]
+	mi := &file_command_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -884,7 +968,7 @@ func (x *Interface) String() string {
 func (*Interface) ProtoMessage() {}
 
 func (x *Interface) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[11]
+	mi := &file_command_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -897,7 +981,7 @@ func (x *Interface) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Interface.ProtoReflect.Descriptor instead.
 func (*Interface) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{11}
+	return file_command_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Interface) GetNetwork() string {
@@ -936,7 +1020,7 @@ type ShutdownRequest struct {
 
 func (x *ShutdownRequest) Reset() {
 	*x = ShutdownRequest{}
-	mi := &file_command_proto_msgTypes[12]
+	mi := &file_command_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -948,7 +1032,7 @@ func (x *ShutdownRequest) String() string {
 func (*ShutdownRequest) ProtoMessage() {}
 
 func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[12]
+	mi := &file_command_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -961,7 +1045,7 @@ func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownRequest.ProtoReflect.Descriptor instead.
 func (*ShutdownRequest) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{12}
+	return file_command_proto_rawDescGZIP(), []int{13}
 }
 
 type ShutdownResponse struct {
@@ -977,7 +1061,7 @@ type ShutdownResponse struct {
 
 func (x *ShutdownResponse) Reset() {
 	*x = ShutdownResponse{}
-	mi := &file_command_proto_msgTypes[13]
+	mi := &file_command_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -989,7 +1073,7 @@ func (x *ShutdownResponse) String() string {
 func (*ShutdownResponse) ProtoMessage() {}
 
 func (x *ShutdownResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[13]
+	mi := &file_command_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1002,7 +1086,7 @@ func (x *ShutdownResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownResponse.ProtoReflect.Descriptor instead.
 func (*ShutdownResponse) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{13}
+	return file_command_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ShutdownResponse) GetGraceful() bool {
@@ -1027,7 +1111,7 @@ type PauseRequest struct {
 
 func (x *PauseRequest) Reset() {
 	*x = PauseRequest{}
-	mi := &file_command_proto_msgTypes[14]
+	mi := &file_command_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1039,7 +1123,7 @@ func (x *PauseRequest) String() string {
 func (*PauseRequest) ProtoMessage() {}
 
 func (x *PauseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[14]
+	mi := &file_command_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1052,7 +1136,7 @@ func (x *PauseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseRequest.ProtoReflect.Descriptor instead.
 func (*PauseRequest) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{14}
+	return file_command_proto_rawDescGZIP(), []int{15}
 }
 
 type PauseResponse struct {
@@ -1063,7 +1147,7 @@ type PauseResponse struct {
 
 func (x *PauseResponse) Reset() {
 	*x = PauseResponse{}
-	mi := &file_command_proto_msgTypes[15]
+	mi := &file_command_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1075,7 +1159,7 @@ func (x *PauseResponse) String() string {
 func (*PauseResponse) ProtoMessage() {}
 
 func (x *PauseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[15]
+	mi := &file_command_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1088,7 +1172,7 @@ func (x *PauseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseResponse.ProtoReflect.Descriptor instead.
 func (*PauseResponse) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{15}
+	return file_command_proto_rawDescGZIP(), []int{16}
 }
 
 type ResumeRequest struct {
@@ -1099,7 +1183,7 @@ type ResumeRequest struct {
 
 func (x *ResumeRequest) Reset() {
 	*x = ResumeRequest{}
-	mi := &file_command_proto_msgTypes[16]
+	mi := &file_command_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1111,7 +1195,7 @@ func (x *ResumeRequest) String() string {
 func (*ResumeRequest) ProtoMessage() {}
 
 func (x *ResumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[16]
+	mi := &file_command_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1124,7 +1208,7 @@ func (x *ResumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeRequest.ProtoReflect.Descriptor instead.
 func (*ResumeRequest) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{16}
+	return file_command_proto_rawDescGZIP(), []int{17}
 }
 
 type ResumeResponse struct {
@@ -1135,7 +1219,7 @@ type ResumeResponse struct {
 
 func (x *ResumeResponse) Reset() {
 	*x = ResumeResponse{}
-	mi := &file_command_proto_msgTypes[17]
+	mi := &file_command_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1147,7 +1231,7 @@ func (x *ResumeResponse) String() string {
 func (*ResumeResponse) ProtoMessage() {}
 
 func (x *ResumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[17]
+	mi := &file_command_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1160,7 +1244,7 @@ func (x *ResumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeResponse.ProtoReflect.Descriptor instead.
 func (*ResumeResponse) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{17}
+	return file_command_proto_rawDescGZIP(), []int{18}
 }
 
 type ConsoleData struct {
@@ -1172,7 +1256,7 @@ type ConsoleData struct {
 
 func (x *ConsoleData) Reset() {
 	*x = ConsoleData{}
-	mi := &file_command_proto_msgTypes[18]
+	mi := &file_command_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1184,7 +1268,7 @@ func (x *ConsoleData) String() string {
 func (*ConsoleData) ProtoMessage() {}
 
 func (x *ConsoleData) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[18]
+	mi := &file_command_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1197,7 +1281,7 @@ func (x *ConsoleData) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsoleData.ProtoReflect.Descriptor instead.
 func (*ConsoleData) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{18}
+	return file_command_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ConsoleData) GetData() []byte {
@@ -1215,7 +1299,7 @@ type DomainStatsRequest struct {
 
 func (x *DomainStatsRequest) Reset() {
 	*x = DomainStatsRequest{}
-	mi := &file_command_proto_msgTypes[19]
+	mi := &file_command_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1227,7 +1311,7 @@ func (x *DomainStatsRequest) String() string {
 func (*DomainStatsRequest) ProtoMessage() {}
 
 func (x *DomainStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[19]
+	mi := &file_command_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1240,7 +1324,7 @@ func (x *DomainStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DomainStatsRequest.ProtoReflect.Descriptor instead.
 func (*DomainStatsRequest) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{19}
+	return file_command_proto_rawDescGZIP(), []int{20}
 }
 
 // DomainStatsResponse is a snapshot of the domain's counters as libvirt
@@ -1264,7 +1348,7 @@ type DomainStatsResponse struct {
 
 func (x *DomainStatsResponse) Reset() {
 	*x = DomainStatsResponse{}
-	mi := &file_command_proto_msgTypes[20]
+	mi := &file_command_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1276,7 +1360,7 @@ func (x *DomainStatsResponse) String() string {
 func (*DomainStatsResponse) ProtoMessage() {}
 
 func (x *DomainStatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[20]
+	mi := &file_command_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1289,7 +1373,7 @@ func (x *DomainStatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DomainStatsResponse.ProtoReflect.Descriptor instead.
 func (*DomainStatsResponse) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{20}
+	return file_command_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *DomainStatsResponse) GetCpuTimeNs() uint64 {
@@ -1352,7 +1436,7 @@ type VCPUStats struct {
 
 func (x *VCPUStats) Reset() {
 	*x = VCPUStats{}
-	mi := &file_command_proto_msgTypes[21]
+	mi := &file_command_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1364,7 +1448,7 @@ func (x *VCPUStats) String() string {
 func (*VCPUStats) ProtoMessage() {}
 
 func (x *VCPUStats) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[21]
+	mi := &file_command_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1377,7 +1461,7 @@ func (x *VCPUStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VCPUStats.ProtoReflect.Descriptor instead.
 func (*VCPUStats) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{21}
+	return file_command_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *VCPUStats) GetId() uint32 {
@@ -1410,7 +1494,7 @@ type MemoryStats struct {
 
 func (x *MemoryStats) Reset() {
 	*x = MemoryStats{}
-	mi := &file_command_proto_msgTypes[22]
+	mi := &file_command_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1422,7 +1506,7 @@ func (x *MemoryStats) String() string {
 func (*MemoryStats) ProtoMessage() {}
 
 func (x *MemoryStats) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[22]
+	mi := &file_command_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1435,7 +1519,7 @@ func (x *MemoryStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemoryStats.ProtoReflect.Descriptor instead.
 func (*MemoryStats) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{22}
+	return file_command_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *MemoryStats) GetActualBalloonBytes() uint64 {
@@ -1486,7 +1570,7 @@ type DiskStats struct {
 
 func (x *DiskStats) Reset() {
 	*x = DiskStats{}
-	mi := &file_command_proto_msgTypes[23]
+	mi := &file_command_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1498,7 +1582,7 @@ func (x *DiskStats) String() string {
 func (*DiskStats) ProtoMessage() {}
 
 func (x *DiskStats) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[23]
+	mi := &file_command_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1511,7 +1595,7 @@ func (x *DiskStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiskStats.ProtoReflect.Descriptor instead.
 func (*DiskStats) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{23}
+	return file_command_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *DiskStats) GetName() string {
@@ -1605,7 +1689,7 @@ type InterfaceStats struct {
 
 func (x *InterfaceStats) Reset() {
 	*x = InterfaceStats{}
-	mi := &file_command_proto_msgTypes[24]
+	mi := &file_command_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1617,7 +1701,7 @@ func (x *InterfaceStats) String() string {
 func (*InterfaceStats) ProtoMessage() {}
 
 func (x *InterfaceStats) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[24]
+	mi := &file_command_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1630,7 +1714,7 @@ func (x *InterfaceStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InterfaceStats.ProtoReflect.Descriptor instead.
 func (*InterfaceStats) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{24}
+	return file_command_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *InterfaceStats) GetName() string {
@@ -1758,7 +1842,7 @@ const file_command_proto_rawDesc = "" +
 	"\x03vmi\x18\x01 \x01(\fR\x03vmi\x12\x1a\n" +
 	"\bnetworks\x18\x02 \x01(\fR\bnetworks\"\x0f\n" +
 	"\rStatusRequest\"\x0e\n" +
-	"\fWatchRequest\"\xc1\x03\n" +
+	"\fWatchRequest\"\x84\x04\n" +
 	"\x0eStatusResponse\x12\x10\n" +
 	"\x03vmi\x18\x01 \x01(\tR\x03vmi\x12\x10\n" +
 	"\x03uid\x18\x02 \x01(\tR\x03uid\x12\x16\n" +
@@ -1774,7 +1858,13 @@ const file_command_proto_rawDesc = "" +
 	"\bwarnings\x18\n" +
 	" \x03(\tR\bwarnings\x122\n" +
 	"\x15guest_agent_connected\x18\v \x01(\bR\x13guestAgentConnected\x12J\n" +
-	"\rguest_os_info\x18\f \x01(\v2&.podvirt.launcher.v1alpha1.GuestOSInfoR\vguestOsInfo\"\x93\x01\n" +
+	"\rguest_os_info\x18\f \x01(\v2&.podvirt.launcher.v1alpha1.GuestOSInfoR\vguestOsInfo\x12A\n" +
+	"\astartup\x18\r \x01(\v2'.podvirt.launcher.v1alpha1.StartupTimesR\astartup\"\xe6\x01\n" +
+	"\fStartupTimes\x127\n" +
+	"\x18launcher_started_unix_ms\x18\x01 \x01(\x03R\x15launcherStartedUnixMs\x123\n" +
+	"\x16libvirtd_ready_unix_ms\x18\x02 \x01(\x03R\x13libvirtdReadyUnixMs\x123\n" +
+	"\x16domain_defined_unix_ms\x18\x03 \x01(\x03R\x13domainDefinedUnixMs\x123\n" +
+	"\x16domain_started_unix_ms\x18\x04 \x01(\x03R\x13domainStartedUnixMs\"\x93\x01\n" +
 	"\vGuestOSInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x18\n" +
@@ -1902,7 +1992,7 @@ func file_command_proto_rawDescGZIP() []byte {
 	return file_command_proto_rawDescData
 }
 
-var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_command_proto_goTypes = []any{
 	(*SnapshotDisksRequest)(nil),     // 0: podvirt.launcher.v1alpha1.SnapshotDisksRequest
 	(*SnapshotDisksResponse)(nil),    // 1: podvirt.launcher.v1alpha1.SnapshotDisksResponse
@@ -1914,58 +2004,60 @@ var file_command_proto_goTypes = []any{
 	(*StatusRequest)(nil),            // 7: podvirt.launcher.v1alpha1.StatusRequest
 	(*WatchRequest)(nil),             // 8: podvirt.launcher.v1alpha1.WatchRequest
 	(*StatusResponse)(nil),           // 9: podvirt.launcher.v1alpha1.StatusResponse
-	(*GuestOSInfo)(nil),              // 10: podvirt.launcher.v1alpha1.GuestOSInfo
-	(*Interface)(nil),                // 11: podvirt.launcher.v1alpha1.Interface
-	(*ShutdownRequest)(nil),          // 12: podvirt.launcher.v1alpha1.ShutdownRequest
-	(*ShutdownResponse)(nil),         // 13: podvirt.launcher.v1alpha1.ShutdownResponse
-	(*PauseRequest)(nil),             // 14: podvirt.launcher.v1alpha1.PauseRequest
-	(*PauseResponse)(nil),            // 15: podvirt.launcher.v1alpha1.PauseResponse
-	(*ResumeRequest)(nil),            // 16: podvirt.launcher.v1alpha1.ResumeRequest
-	(*ResumeResponse)(nil),           // 17: podvirt.launcher.v1alpha1.ResumeResponse
-	(*ConsoleData)(nil),              // 18: podvirt.launcher.v1alpha1.ConsoleData
-	(*DomainStatsRequest)(nil),       // 19: podvirt.launcher.v1alpha1.DomainStatsRequest
-	(*DomainStatsResponse)(nil),      // 20: podvirt.launcher.v1alpha1.DomainStatsResponse
-	(*VCPUStats)(nil),                // 21: podvirt.launcher.v1alpha1.VCPUStats
-	(*MemoryStats)(nil),              // 22: podvirt.launcher.v1alpha1.MemoryStats
-	(*DiskStats)(nil),                // 23: podvirt.launcher.v1alpha1.DiskStats
-	(*InterfaceStats)(nil),           // 24: podvirt.launcher.v1alpha1.InterfaceStats
-	nil,                              // 25: podvirt.launcher.v1alpha1.SnapshotDisksRequest.LayersEntry
+	(*StartupTimes)(nil),             // 10: podvirt.launcher.v1alpha1.StartupTimes
+	(*GuestOSInfo)(nil),              // 11: podvirt.launcher.v1alpha1.GuestOSInfo
+	(*Interface)(nil),                // 12: podvirt.launcher.v1alpha1.Interface
+	(*ShutdownRequest)(nil),          // 13: podvirt.launcher.v1alpha1.ShutdownRequest
+	(*ShutdownResponse)(nil),         // 14: podvirt.launcher.v1alpha1.ShutdownResponse
+	(*PauseRequest)(nil),             // 15: podvirt.launcher.v1alpha1.PauseRequest
+	(*PauseResponse)(nil),            // 16: podvirt.launcher.v1alpha1.PauseResponse
+	(*ResumeRequest)(nil),            // 17: podvirt.launcher.v1alpha1.ResumeRequest
+	(*ResumeResponse)(nil),           // 18: podvirt.launcher.v1alpha1.ResumeResponse
+	(*ConsoleData)(nil),              // 19: podvirt.launcher.v1alpha1.ConsoleData
+	(*DomainStatsRequest)(nil),       // 20: podvirt.launcher.v1alpha1.DomainStatsRequest
+	(*DomainStatsResponse)(nil),      // 21: podvirt.launcher.v1alpha1.DomainStatsResponse
+	(*VCPUStats)(nil),                // 22: podvirt.launcher.v1alpha1.VCPUStats
+	(*MemoryStats)(nil),              // 23: podvirt.launcher.v1alpha1.MemoryStats
+	(*DiskStats)(nil),                // 24: podvirt.launcher.v1alpha1.DiskStats
+	(*InterfaceStats)(nil),           // 25: podvirt.launcher.v1alpha1.InterfaceStats
+	nil,                              // 26: podvirt.launcher.v1alpha1.SnapshotDisksRequest.LayersEntry
 }
 var file_command_proto_depIdxs = []int32{
-	25, // 0: podvirt.launcher.v1alpha1.SnapshotDisksRequest.layers:type_name -> podvirt.launcher.v1alpha1.SnapshotDisksRequest.LayersEntry
-	11, // 1: podvirt.launcher.v1alpha1.StatusResponse.interfaces:type_name -> podvirt.launcher.v1alpha1.Interface
-	10, // 2: podvirt.launcher.v1alpha1.StatusResponse.guest_os_info:type_name -> podvirt.launcher.v1alpha1.GuestOSInfo
-	21, // 3: podvirt.launcher.v1alpha1.DomainStatsResponse.vcpus:type_name -> podvirt.launcher.v1alpha1.VCPUStats
-	22, // 4: podvirt.launcher.v1alpha1.DomainStatsResponse.memory:type_name -> podvirt.launcher.v1alpha1.MemoryStats
-	23, // 5: podvirt.launcher.v1alpha1.DomainStatsResponse.disks:type_name -> podvirt.launcher.v1alpha1.DiskStats
-	24, // 6: podvirt.launcher.v1alpha1.DomainStatsResponse.interfaces:type_name -> podvirt.launcher.v1alpha1.InterfaceStats
-	6,  // 7: podvirt.launcher.v1alpha1.Command.Start:input_type -> podvirt.launcher.v1alpha1.StartRequest
-	7,  // 8: podvirt.launcher.v1alpha1.Command.Status:input_type -> podvirt.launcher.v1alpha1.StatusRequest
-	8,  // 9: podvirt.launcher.v1alpha1.Command.Watch:input_type -> podvirt.launcher.v1alpha1.WatchRequest
-	12, // 10: podvirt.launcher.v1alpha1.Command.Shutdown:input_type -> podvirt.launcher.v1alpha1.ShutdownRequest
-	14, // 11: podvirt.launcher.v1alpha1.Command.Pause:input_type -> podvirt.launcher.v1alpha1.PauseRequest
-	16, // 12: podvirt.launcher.v1alpha1.Command.Resume:input_type -> podvirt.launcher.v1alpha1.ResumeRequest
-	18, // 13: podvirt.launcher.v1alpha1.Command.Console:input_type -> podvirt.launcher.v1alpha1.ConsoleData
-	19, // 14: podvirt.launcher.v1alpha1.Command.DomainStats:input_type -> podvirt.launcher.v1alpha1.DomainStatsRequest
-	2,  // 15: podvirt.launcher.v1alpha1.Command.PrepareMigration:input_type -> podvirt.launcher.v1alpha1.PrepareMigrationRequest
-	4,  // 16: podvirt.launcher.v1alpha1.Command.Migrate:input_type -> podvirt.launcher.v1alpha1.MigrateRequest
-	0,  // 17: podvirt.launcher.v1alpha1.Command.SnapshotDisks:input_type -> podvirt.launcher.v1alpha1.SnapshotDisksRequest
-	9,  // 18: podvirt.launcher.v1alpha1.Command.Start:output_type -> podvirt.launcher.v1alpha1.StatusResponse
-	9,  // 19: podvirt.launcher.v1alpha1.Command.Status:output_type -> podvirt.launcher.v1alpha1.StatusResponse
-	9,  // 20: podvirt.launcher.v1alpha1.Command.Watch:output_type -> podvirt.launcher.v1alpha1.StatusResponse
-	13, // 21: podvirt.launcher.v1alpha1.Command.Shutdown:output_type -> podvirt.launcher.v1alpha1.ShutdownResponse
-	15, // 22: podvirt.launcher.v1alpha1.Command.Pause:output_type -> podvirt.launcher.v1alpha1.PauseResponse
-	17, // 23: podvirt.launcher.v1alpha1.Command.Resume:output_type -> podvirt.launcher.v1alpha1.ResumeResponse
-	18, // 24: podvirt.launcher.v1alpha1.Command.Console:output_type -> podvirt.launcher.v1alpha1.ConsoleData
-	20, // 25: podvirt.launcher.v1alpha1.Command.DomainStats:output_type -> podvirt.launcher.v1alpha1.DomainStatsResponse
-	3,  // 26: podvirt.launcher.v1alpha1.Command.PrepareMigration:output_type -> podvirt.launcher.v1alpha1.PrepareMigrationResponse
-	5,  // 27: podvirt.launcher.v1alpha1.Command.Migrate:output_type -> podvirt.launcher.v1alpha1.MigrationProgress
-	1,  // 28: podvirt.launcher.v1alpha1.Command.SnapshotDisks:output_type -> podvirt.launcher.v1alpha1.SnapshotDisksResponse
-	18, // [18:29] is the sub-list for method output_type
-	7,  // [7:18] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	26, // 0: podvirt.launcher.v1alpha1.SnapshotDisksRequest.layers:type_name -> podvirt.launcher.v1alpha1.SnapshotDisksRequest.LayersEntry
+	12, // 1: podvirt.launcher.v1alpha1.StatusResponse.interfaces:type_name -> podvirt.launcher.v1alpha1.Interface
+	11, // 2: podvirt.launcher.v1alpha1.StatusResponse.guest_os_info:type_name -> podvirt.launcher.v1alpha1.GuestOSInfo
+	10, // 3: podvirt.launcher.v1alpha1.StatusResponse.startup:type_name -> podvirt.launcher.v1alpha1.StartupTimes
+	22, // 4: podvirt.launcher.v1alpha1.DomainStatsResponse.vcpus:type_name -> podvirt.launcher.v1alpha1.VCPUStats
+	23, // 5: podvirt.launcher.v1alpha1.DomainStatsResponse.memory:type_name -> podvirt.launcher.v1alpha1.MemoryStats
+	24, // 6: podvirt.launcher.v1alpha1.DomainStatsResponse.disks:type_name -> podvirt.launcher.v1alpha1.DiskStats
+	25, // 7: podvirt.launcher.v1alpha1.DomainStatsResponse.interfaces:type_name -> podvirt.launcher.v1alpha1.InterfaceStats
+	6,  // 8: podvirt.launcher.v1alpha1.Command.Start:input_type -> podvirt.launcher.v1alpha1.StartRequest
+	7,  // 9: podvirt.launcher.v1alpha1.Command.Status:input_type -> podvirt.launcher.v1alpha1.StatusRequest
+	8,  // 10: podvirt.launcher.v1alpha1.Command.Watch:input_type -> podvirt.launcher.v1alpha1.WatchRequest
+	13, // 11: podvirt.launcher.v1alpha1.Command.Shutdown:input_type -> podvirt.launcher.v1alpha1.ShutdownRequest
+	15, // 12: podvirt.launcher.v1alpha1.Command.Pause:input_type -> podvirt.launcher.v1alpha1.PauseRequest
+	17, // 13: podvirt.launcher.v1alpha1.Command.Resume:input_type -> podvirt.launcher.v1alpha1.ResumeRequest
+	19, // 14: podvirt.launcher.v1alpha1.Command.Console:input_type -> podvirt.launcher.v1alpha1.ConsoleData
+	20, // 15: podvirt.launcher.v1alpha1.Command.DomainStats:input_type -> podvirt.launcher.v1alpha1.DomainStatsRequest
+	2,  // 16: podvirt.launcher.v1alpha1.Command.PrepareMigration:input_type -> podvirt.launcher.v1alpha1.PrepareMigrationRequest
+	4,  // 17: podvirt.launcher.v1alpha1.Command.Migrate:input_type -> podvirt.launcher.v1alpha1.MigrateRequest
+	0,  // 18: podvirt.launcher.v1alpha1.Command.SnapshotDisks:input_type -> podvirt.launcher.v1alpha1.SnapshotDisksRequest
+	9,  // 19: podvirt.launcher.v1alpha1.Command.Start:output_type -> podvirt.launcher.v1alpha1.StatusResponse
+	9,  // 20: podvirt.launcher.v1alpha1.Command.Status:output_type -> podvirt.launcher.v1alpha1.StatusResponse
+	9,  // 21: podvirt.launcher.v1alpha1.Command.Watch:output_type -> podvirt.launcher.v1alpha1.StatusResponse
+	14, // 22: podvirt.launcher.v1alpha1.Command.Shutdown:output_type -> podvirt.launcher.v1alpha1.ShutdownResponse
+	16, // 23: podvirt.launcher.v1alpha1.Command.Pause:output_type -> podvirt.launcher.v1alpha1.PauseResponse
+	18, // 24: podvirt.launcher.v1alpha1.Command.Resume:output_type -> podvirt.launcher.v1alpha1.ResumeResponse
+	19, // 25: podvirt.launcher.v1alpha1.Command.Console:output_type -> podvirt.launcher.v1alpha1.ConsoleData
+	21, // 26: podvirt.launcher.v1alpha1.Command.DomainStats:output_type -> podvirt.launcher.v1alpha1.DomainStatsResponse
+	3,  // 27: podvirt.launcher.v1alpha1.Command.PrepareMigration:output_type -> podvirt.launcher.v1alpha1.PrepareMigrationResponse
+	5,  // 28: podvirt.launcher.v1alpha1.Command.Migrate:output_type -> podvirt.launcher.v1alpha1.MigrationProgress
+	1,  // 29: podvirt.launcher.v1alpha1.Command.SnapshotDisks:output_type -> podvirt.launcher.v1alpha1.SnapshotDisksResponse
+	19, // [19:30] is the sub-list for method output_type
+	8,  // [8:19] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_command_proto_init() }
@@ -1973,18 +2065,18 @@ func file_command_proto_init() {
 	if File_command_proto != nil {
 		return
 	}
-	file_command_proto_msgTypes[20].OneofWrappers = []any{}
 	file_command_proto_msgTypes[21].OneofWrappers = []any{}
 	file_command_proto_msgTypes[22].OneofWrappers = []any{}
 	file_command_proto_msgTypes[23].OneofWrappers = []any{}
 	file_command_proto_msgTypes[24].OneofWrappers = []any{}
+	file_command_proto_msgTypes[25].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_command_proto_rawDesc), len(file_command_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   26,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

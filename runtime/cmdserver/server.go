@@ -86,6 +86,29 @@ type Health struct {
 	// said of the guest's OS (nil before it answered).
 	GuestAgent bool
 	OSInfo     *launchercmd.GuestOSInfo
+	// Startup is when the launcher reached each step of its start.
+	Startup Startup
+}
+
+// Startup is the launcher's side of a VMI's start; a zero time is a step
+// not reached.
+type Startup struct {
+	LauncherStarted, LibvirtdReady, DomainDefined, DomainStarted time.Time
+}
+
+// proto is s as StartupTimes, nil when no step was reached.
+func (s Startup) proto() *launchercmd.StartupTimes {
+	if s == (Startup{}) {
+		return nil
+	}
+	ms := func(t time.Time) int64 {
+		if t.IsZero() {
+			return 0
+		}
+		return t.UnixMilli()
+	}
+	return &launchercmd.StartupTimes{LauncherStartedUnixMs: ms(s.LauncherStarted), LibvirtdReadyUnixMs: ms(s.LibvirtdReady),
+		DomainDefinedUnixMs: ms(s.DomainDefined), DomainStartedUnixMs: ms(s.DomainStarted)}
 }
 
 // Config says which VMI the server speaks for.
@@ -379,6 +402,7 @@ func (s *Server) status() *launchercmd.StatusResponse {
 	h := d.Health()
 	resp.Message, resp.Readiness, resp.ReadinessMessage, resp.Warnings = h.Message, h.Readiness, h.ReadinessMessage, h.Warnings
 	resp.GuestAgentConnected, resp.GuestOsInfo = h.GuestAgent, h.OSInfo
+	resp.Startup = h.Startup.proto()
 	for _, i := range d.Interfaces() {
 		pi := &launchercmd.Interface{Network: i.Network, Mac: i.MAC.String(), Acked: i.Acked}
 		if i.Addr.IsValid() {

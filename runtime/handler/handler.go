@@ -378,6 +378,9 @@ func (r *Reconciler) start(ctx context.Context, sess *session, vmi *v1.VirtualMa
 	}
 	sess.mu.Unlock()
 	r.Recorder.Eventf(vmi, pod, corev1.EventTypeNormal, ReasonStarted, "Start", "launcher %s started domain %s", pod.Name, resp.GetDomain())
+	if err := r.recordStartup(ctx, vmi, pod, sess.opened, resp.GetStartup()); err != nil {
+		log.FromContext(ctx).Info("startup steps not written", "err", err)
+	}
 	for _, w := range resp.GetWarnings() {
 		r.Recorder.Eventf(vmi, pod, corev1.EventTypeWarning, ReasonDegraded, "Start", "%s", w)
 	}

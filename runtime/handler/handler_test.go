@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -315,6 +316,19 @@ func TestLifecycle(t *testing.T) {
 
 	vmi = waitVMI(t, vmi, bootTimeout, v1.Running, v1.DomainRunning, lp)
 	t.Logf("VMI Running %s after the launcher started", time.Since(start).Round(time.Millisecond))
+	// Where the start went, in order.
+	want := []string{"Scheduled", "LauncherStarted", "LibvirtdReady", "NodeDaemonConnected", "DomainDefined", "DomainStarted"}
+	polltest.Eventually(t, 10*time.Second, "the VMI's startup steps", func() (bool, string) {
+		v := getVMI(t, ns, vmi.Name)
+		var names []string
+		for _, s := range v.Status.Startup {
+			names = append(names, s.Name)
+		}
+		return slices.Equal(names, want), fmt.Sprintf("startup %+v", v.Status.Startup)
+	})
+	for _, s := range getVMI(t, ns, vmi.Name).Status.Startup {
+		t.Logf("startup step %s: %d ms", s.Name, s.Milliseconds)
+	}
 	if !meta.IsStatusConditionTrue(vmi.Status.Conditions, controllerReady) {
 		polltest.Eventually(t, 10*time.Second, "the VMI is Ready", func() (bool, string) {
 			v := getVMI(t, ns, vmi.Name)

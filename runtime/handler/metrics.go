@@ -11,6 +11,7 @@ type metrics struct {
 	startsTotal   prometheus.Counter
 	startFailures prometheus.Counter
 	statusWrites  prometheus.Counter
+	startupSteps  *prometheus.HistogramVec
 }
 
 // newMetrics makes the metrics and registers them with reg; nil reg
@@ -33,11 +34,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "podvirt_handler_status_writes_total",
 			Help: "VMI status patches written.",
 		}),
+		startupSteps: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "podvirt_handler_vmi_startup_step_seconds",
+			Help:    "How long each step of a VMI's start took (the VMI's status.startup).",
+			Buckets: prometheus.ExponentialBuckets(0.01, 2, 14), // 10 ms to 80 s
+		}, []string{"step"}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.openSessions, m.startsTotal, m.startFailures, m.statusWrites} {
+	for _, c := range []prometheus.Collector{m.openSessions, m.startsTotal, m.startFailures, m.statusWrites, m.startupSteps} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

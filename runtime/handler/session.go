@@ -31,6 +31,8 @@ type session struct {
 	conn   *grpc.ClientConn
 	cancel context.CancelFunc
 	done   chan struct{} // closed when the watch has ended
+	// opened is when the launcher first answered.
+	opened time.Time
 
 	mu   sync.Mutex // guards the fields below
 	last *launchercmd.StatusResponse
@@ -56,7 +58,7 @@ func openSession(log logr.Logger, key, uid, socket string, notify func()) (*sess
 		_ = conn.Close()
 		return nil, err
 	}
-	s.last = first
+	s.last, s.opened = first, time.Now()
 	go s.watch(ctx, notify)
 	return s, nil
 }

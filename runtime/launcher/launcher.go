@@ -151,6 +151,7 @@ func (l *Launcher) StartResumed(xml, memory string) (resumed bool, err error) {
 	l.mu.Lock()
 	l.dom = dom
 	l.started = time.Now()
+	l.health.Startup.DomainDefined = l.started
 	l.setLocked(v1.DomainStarting, "Defined")
 	l.mu.Unlock()
 	if memory != "" {
@@ -166,6 +167,9 @@ func (l *Launcher) StartResumed(xml, memory string) (resumed bool, err error) {
 			return false, fmt.Errorf("domain %s: start: %w", l.name, err)
 		}
 	}
+	l.mu.Lock()
+	l.health.Startup.DomainStarted = time.Now()
+	l.mu.Unlock()
 	// The started event may have come before l.dom was set; read the state.
 	if st, reason, err := dom.GetState(); err == nil {
 		l.mu.Lock()

@@ -72,6 +72,7 @@ func DefaultDomainType() string {
 // VMI's grace period). It returns when the domain is gone, an error when
 // it crashed.
 func Run(ctx context.Context, cfg Config) error {
+	began := time.Now()
 	var vmi *v1.VirtualMachineInstance
 	var networks *launchercmd.Networks
 	uid := cfg.UID
@@ -104,6 +105,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	boot := cmdserver.Startup{LauncherStarted: began, LibvirtdReady: time.Now()}
 	defer func() {
 		if err := d.Stop(); err != nil {
 			slog.Error("stop libvirtd", "err", err)
@@ -117,7 +119,7 @@ func Run(ctx context.Context, cfg Config) error {
 	var l *Launcher
 	start := func(ctx context.Context, vmi *v1.VirtualMachineInstance, networks *launchercmd.Networks) (cmdserver.Domain, cmdserver.Config, error) {
 		var err error
-		l, err = startDomain(d.URI, vmi, networks, cfg)
+		l, err = startDomain(d.URI, vmi, networks, cfg, boot)
 		if err != nil {
 			return nil, cmdserver.Config{}, err
 		}
@@ -237,7 +239,7 @@ func serverConfig(vmi *v1.VirtualMachineInstance) cmdserver.Config {
 
 // startDomain renders vmi for this pod and starts its domain, with DHCP
 // on its tap NICs.
-func startDomain(uri string, vmi *v1.VirtualMachineInstance, networks *launchercmd.Networks, cfg Config) (*Launcher, error) {
+func startDomain(uri string, vmi *v1.VirtualMachineInstance, networks *launchercmd.Networks, cfg Config, boot cmdserver.Startup) (*Launcher, error) {
 	opts, nics, warnings, err := domainOptions(vmi, networks, cfg)
 	if err != nil {
 		return nil, err
@@ -250,6 +252,7 @@ func startDomain(uri string, vmi *v1.VirtualMachineInstance, networks *launcherc
 	if err != nil {
 		return nil, err
 	}
+	l.health.Startup = boot
 	for _, w := range warnings {
 		l.warn(w)
 	}
