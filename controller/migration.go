@@ -255,7 +255,7 @@ func (r *MigrationReconciler) start(ctx context.Context, m *v1alpha1.VirtualMach
 	}
 	m.Status.TargetPod = pod.Name
 	state := map[string]any{"sourceNode": vmi.Status.NodeName, "sourcePod": vmi.Status.LauncherPod, "targetPod": pod.Name,
-		"targetNode": m.Spec.TargetNode, "targetAddress": nil, "targetToken": nil, "targetDomain": nil, "startTimestamp": nil,
+		"targetNode": m.Spec.TargetNode, "targetAddress": nil, "targetToken": nil, "targetCertificateSHA256": nil, "targetDomain": nil, "startTimestamp": nil,
 		"endTimestamp": nil, "completed": nil, "failed": nil, "failureReason": nil, "abortRequested": nil,
 		"memoryBytes": nil, "memoryTotal": nil, "diskBytes": nil, "diskTotal": nil, "downtimeMilliseconds": nil}
 	if err := r.patchStateOf(ctx, vmi, m.UID, state); err != nil {

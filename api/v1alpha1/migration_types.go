@@ -154,8 +154,8 @@ func (vmi *VirtualMachineInstance) MigrationInFlight() *MigrationState {
 // controller and the two node daemons coordinate through.
 //
 // Who writes what: the controller writes the identity, nodes and pods and
-// AbortRequested; the target node daemon TargetAddress, TargetToken and
-// TargetDomain once its launcher listens; the source node daemon the rest.
+// AbortRequested; the target node daemon TargetAddress, TargetToken,
+// TargetCertificateSHA256 and TargetDomain once its launcher listens; the source node daemon the rest.
 type MigrationState struct {
 	MigrationUID types.UID `json:"migrationUID"`
 	// +optional
@@ -173,6 +173,12 @@ type MigrationState struct {
 	TargetAddress string `json:"targetAddress,omitempty"`
 	// +optional
 	TargetToken string `json:"targetToken,omitempty"`
+	// TargetCertificateSHA256 (base64) is the digest of the TLS
+	// certificate the target's proxy made for this migration; the source
+	// connects to no other.
+	//
+	// +optional
+	TargetCertificateSHA256 string `json:"targetCertificateSHA256,omitempty"`
 	// TargetDomain is the domain XML the target launcher rendered for its pod.
 	//
 	// +optional

@@ -251,11 +251,14 @@ type PrepareMigrationResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// address is where the proxy listens, token what it checks, and
 	// domain_xml the domain as rendered for this pod.
-	Address       string `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
-	Token         []byte `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
-	DomainXml     string `protobuf:"bytes,3,opt,name=domain_xml,json=domainXml,proto3" json:"domain_xml,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Address   string `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	Token     []byte `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	DomainXml string `protobuf:"bytes,3,opt,name=domain_xml,json=domainXml,proto3" json:"domain_xml,omitempty"`
+	// certificate_sha256 is the digest of the proxy's TLS certificate, made
+	// for this migration: the source accepts no other.
+	CertificateSha256 []byte `protobuf:"bytes,4,opt,name=certificate_sha256,json=certificateSha256,proto3" json:"certificate_sha256,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *PrepareMigrationResponse) Reset() {
@@ -309,6 +312,13 @@ func (x *PrepareMigrationResponse) GetDomainXml() string {
 	return ""
 }
 
+func (x *PrepareMigrationResponse) GetCertificateSha256() []byte {
+	if x != nil {
+		return x.CertificateSha256
+	}
+	return nil
+}
+
 type MigrateRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	TargetAddress string                 `protobuf:"bytes,1,opt,name=target_address,json=targetAddress,proto3" json:"target_address,omitempty"`
@@ -321,8 +331,11 @@ type MigrateRequest struct {
 	// deadline_seconds aborts the migration, or starts post-copy when
 	// allowed, after that long (0: none).
 	DeadlineSeconds int64 `protobuf:"varint,7,opt,name=deadline_seconds,json=deadlineSeconds,proto3" json:"deadline_seconds,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// certificate_sha256 pins the target proxy's TLS certificate
+	// (PrepareMigrationResponse.certificate_sha256).
+	CertificateSha256 []byte `protobuf:"bytes,8,opt,name=certificate_sha256,json=certificateSha256,proto3" json:"certificate_sha256,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *MigrateRequest) Reset() {
@@ -402,6 +415,13 @@ func (x *MigrateRequest) GetDeadlineSeconds() int64 {
 		return x.DeadlineSeconds
 	}
 	return 0
+}
+
+func (x *MigrateRequest) GetCertificateSha256() []byte {
+	if x != nil {
+		return x.CertificateSha256
+	}
+	return nil
 }
 
 type MigrationProgress struct {
@@ -1811,12 +1831,13 @@ const file_command_proto_rawDesc = "" +
 	"\x17PrepareMigrationRequest\x12\x10\n" +
 	"\x03vmi\x18\x01 \x01(\fR\x03vmi\x12\x1a\n" +
 	"\bnetworks\x18\x02 \x01(\fR\bnetworks\x12%\n" +
-	"\x0elisten_address\x18\x03 \x01(\tR\rlistenAddress\"i\n" +
+	"\x0elisten_address\x18\x03 \x01(\tR\rlistenAddress\"\x98\x01\n" +
 	"\x18PrepareMigrationResponse\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\fR\x05token\x12\x1d\n" +
 	"\n" +
-	"domain_xml\x18\x03 \x01(\tR\tdomainXml\"\xfe\x01\n" +
+	"domain_xml\x18\x03 \x01(\tR\tdomainXml\x12-\n" +
+	"\x12certificate_sha256\x18\x04 \x01(\fR\x11certificateSha256\"\xad\x02\n" +
 	"\x0eMigrateRequest\x12%\n" +
 	"\x0etarget_address\x18\x01 \x01(\tR\rtargetAddress\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\fR\x05token\x12\x1d\n" +
@@ -1825,7 +1846,8 @@ const file_command_proto_rawDesc = "" +
 	"\rbandwidth_mib\x18\x04 \x01(\x04R\fbandwidthMib\x12#\n" +
 	"\rauto_converge\x18\x05 \x01(\bR\fautoConverge\x12\x1b\n" +
 	"\tpost_copy\x18\x06 \x01(\bR\bpostCopy\x12)\n" +
-	"\x10deadline_seconds\x18\a \x01(\x03R\x0fdeadlineSeconds\"\x98\x02\n" +
+	"\x10deadline_seconds\x18\a \x01(\x03R\x0fdeadlineSeconds\x12-\n" +
+	"\x12certificate_sha256\x18\b \x01(\fR\x11certificateSha256\"\x98\x02\n" +
 	"\x11MigrationProgress\x12)\n" +
 	"\x10memory_processed\x18\x01 \x01(\x04R\x0fmemoryProcessed\x12!\n" +
 	"\fmemory_total\x18\x02 \x01(\x04R\vmemoryTotal\x12%\n" +

@@ -111,7 +111,8 @@ func (r *Reconciler) prepareTarget(ctx context.Context, sess *session, vmi *v1.V
 	}
 	r.Recorder.Eventf(vmi, pod, corev1.EventTypeNormal, ReasonMigrationTargetReady, "Migrate", "target launcher %s listens on %s", pod.Name, resp.GetAddress())
 	return r.patchMigration(ctx, vmi, ms.MigrationUID, map[string]any{"targetAddress": resp.GetAddress(),
-		"targetToken": base64.StdEncoding.EncodeToString(resp.GetToken()), "targetDomain": resp.GetDomainXml()})
+		"targetToken": base64.StdEncoding.EncodeToString(resp.GetToken()), "targetDomain": resp.GetDomainXml(),
+		"targetCertificateSHA256": base64.StdEncoding.EncodeToString(resp.GetCertificateSha256())})
 }
 
 // syncSource starts, aborts or closes the books on the migration from
@@ -134,6 +135,11 @@ func (r *Reconciler) syncSource(ctx context.Context, sess *session, vmi *v1.Virt
 		if err != nil {
 			return r.patchMigration(ctx, vmi, ms.MigrationUID, map[string]any{"failed": true, "failureReason": "the target's token is not base64", "endTimestamp": metav1.Now()})
 		}
+		certSum, err := base64.StdEncoding.DecodeString(ms.TargetCertificateSHA256)
+		if err != nil || len(certSum) == 0 {
+			return r.patchMigration(ctx, vmi, ms.MigrationUID, map[string]any{"failed": true,
+				"failureReason": "the target announced no TLS certificate digest (a target launcher older than the source's?)", "endTimestamp": metav1.Now()})
+		}
 		if err := r.patchMigration(ctx, vmi, ms.MigrationUID, map[string]any{"startTimestamp": metav1.Now()}); err != nil {
 			return err
 		}
@@ -141,7 +147,7 @@ func (r *Reconciler) syncSource(ctx context.Context, sess *session, vmi *v1.Virt
 		// daemon's end cancels it.
 		mctx, mcancel := context.WithCancel(context.WithoutCancel(ctx))
 		r.migrations.add(ms.MigrationUID, mcancel)
-		req := &launchercmd.MigrateRequest{TargetAddress: ms.TargetAddress, Token: token, DomainXml: ms.TargetDomain,
+		req := &launchercmd.MigrateRequest{TargetAddress: ms.TargetAddress, Token: token, CertificateSha256: certSum, DomainXml: ms.TargetDomain,
 			BandwidthMib: r.Config.Migration.BandwidthMiB, AutoConverge: r.Config.Migration.AutoConverge, PostCopy: r.Config.Migration.AllowPostCopy,
 			DeadlineSeconds: r.Config.Migration.deadline(vmi)}
 		go r.migrate(mctx, sess, vmi.DeepCopy(), pod.Name, ms.MigrationUID, req)

@@ -23,10 +23,12 @@ type MigrationSockets struct {
 
 // MigrateOptions say where and how the domain moves.
 type MigrateOptions struct {
-	// Target is the target launcher's migration proxy (host:port) and
-	// Token the migration's secret it checks.
-	Target string
-	Token  []byte
+	// Target is the target launcher's migration proxy (host:port), Token
+	// the migration's secret it checks, and CertificateSHA256 the digest
+	// of its TLS certificate, the only one accepted.
+	Target            string
+	Token             []byte
+	CertificateSHA256 []byte
 	// DestXML is the domain as the target launcher rendered it for its pod.
 	DestXML string
 	// Disks are the target devices (vda, …) whose data is copied: the top
@@ -70,7 +72,7 @@ func (l *Launcher) MigrateTo(ctx context.Context, socks MigrationSockets, o Migr
 	if err != nil {
 		return MigrationStats{}, err
 	}
-	proxy, err := migrationproxy.ListenSource(socks.Visible, o.Target, o.Token)
+	proxy, err := migrationproxy.ListenSource(socks.Visible, o.Target, o.Token, o.CertificateSHA256)
 	if err != nil {
 		return MigrationStats{}, err
 	}
@@ -162,7 +164,8 @@ func (l *Launcher) MigrateTo(ctx context.Context, socks MigrationSockets, o Migr
 // Migrate is MigrateTo for the command server, through the launcher's
 // migration sockets.
 func (l *Launcher) Migrate(ctx context.Context, req *launchercmd.MigrateRequest, progress func(*launchercmd.MigrationProgress)) (*launchercmd.MigrationProgress, error) {
-	o := MigrateOptions{Target: req.GetTargetAddress(), Token: req.GetToken(), DestXML: req.GetDomainXml(), Bandwidth: req.GetBandwidthMib(),
+	o := MigrateOptions{Target: req.GetTargetAddress(), Token: req.GetToken(), CertificateSHA256: req.GetCertificateSha256(),
+		DestXML: req.GetDomainXml(), Bandwidth: req.GetBandwidthMib(),
 		AutoConverge: req.GetAutoConverge(), PostCopy: req.GetPostCopy(), Deadline: time.Duration(req.GetDeadlineSeconds()) * time.Second}
 	st, err := l.MigrateTo(ctx, l.sockets, o, func(st MigrationStats) { progress(st.progress()) })
 	if err != nil {
@@ -223,6 +226,10 @@ func (l *Launcher) AwaitIncoming(addr string, token []byte, daemonSocket string,
 
 // Addr is where the source connects.
 func (in *Incoming) Addr() string { return in.proxy.Addr() }
+
+// CertificateSHA256 is the digest of the TLS certificate the source must
+// find at Addr.
+func (in *Incoming) CertificateSHA256() []byte { return in.proxy.CertificateSHA256() }
 
 // Wait returns once the domain runs here, or an error when the migration
 // failed (libvirt then removed the incoming domain) or ctx ended.

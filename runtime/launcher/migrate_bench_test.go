@@ -171,7 +171,7 @@ func (m *benchMigrant) viaLauncher(b *testing.B) (time.Duration, time.Duration, 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	start := time.Now()
-	st, err := m.l.MigrateTo(ctx, socks(m.src), MigrateOptions{Target: in.Addr(), Token: token, DestXML: m.destXML}, nil)
+	st, err := m.l.MigrateTo(ctx, socks(m.src), MigrateOptions{Target: in.Addr(), Token: token, CertificateSHA256: in.CertificateSHA256(), DestXML: m.destXML}, nil)
 	if err != nil {
 		b.Fatal(err)
 	}

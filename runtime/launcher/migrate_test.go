@@ -2,6 +2,8 @@ package launcher
 
 import (
 	"context"
+	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -15,6 +17,7 @@ import (
 
 	v1 "github.com/podvirt/podvirt/api/v1alpha1"
 	"github.com/podvirt/podvirt/contracts/diskmeta"
+	"github.com/podvirt/podvirt/internal/polltest"
 	"github.com/podvirt/podvirt/runtime/converter"
 	"github.com/podvirt/podvirt/runtime/libvirtd"
 	"github.com/podvirt/podvirt/runtime/migrationproxy"
@@ -80,7 +83,7 @@ func TestLiveMigrationCopiesOnlyTheOverlay(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	var calls int
-	stats, err := l.MigrateTo(ctx, socketsOf(t, src), MigrateOptions{Target: in.Addr(), Token: token, DestXML: destXML}, func(MigrationStats) { calls++ })
+	stats, err := l.MigrateTo(ctx, socketsOf(t, src), MigrateOptions{Target: in.Addr(), Token: token, CertificateSHA256: in.CertificateSHA256(), DestXML: destXML}, func(MigrationStats) { calls++ })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,11 +123,28 @@ func TestLiveMigrationCopiesOnlyTheOverlay(t *testing.T) {
 	}
 }
 
-// TestLiveMigrationProxyRefusesStrangers: a connection without the token
-// gets nothing.
+// TestLiveMigrationProxyRefusesStrangers: the target's proxy carries only
+// a connection with the token over TLS to its own certificate: a wrong
+// token, a source that does not speak TLS, or a source pinning another
+// certificate gets nothing through.
 func TestLiveMigrationProxyRefusesStrangers(t *testing.T) {
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "real.sock")
+	real, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer real.Close()
+	go func() {
+		for {
+			c, err := real.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = c.Write([]byte("hello"))
+			_ = c.Close()
+		}
+	}()
 	token, _ := migrationproxy.NewToken()
 	tgt, err := migrationproxy.ListenTarget("127.0.0.1:0", token, map[migrationproxy.Channel]string{migrationproxy.Libvirt: sock})
 	if err != nil {
@@ -132,27 +152,56 @@ func TestLiveMigrationProxyRefusesStrangers(t *testing.T) {
 	}
 	defer tgt.Close()
 	other, _ := migrationproxy.NewToken()
-	s, err := migrationproxy.ListenSource(filepath.Join(dir, "src"), tgt.Addr(), other)
+	otherSum := make([]byte, len(tgt.CertificateSHA256()))
+	// through reads what a source socket of the migration's libvirt
+	// channel gets from the target.
+	through := func(t *testing.T, token, sum []byte) string {
+		t.Helper()
+		src := t.TempDir()
+		s, err := migrationproxy.ListenSource(src, tgt.Addr(), token, sum)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		c, err := net.Dial("unix", filepath.Join(src, migrationproxy.Libvirt.SocketName()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		b, _ := io.ReadAll(c)
+		return string(b)
+	}
+	if got := through(t, token, tgt.CertificateSHA256()); got != "hello" {
+		t.Fatalf("the migration's own source read %q, want hello", got)
+	}
+	refused := tgt.Refused()
+	for _, tc := range []struct {
+		name       string
+		token, sum []byte
+	}{
+		{"wrong token", other, tgt.CertificateSHA256()},
+		{"another certificate pinned", token, otherSum},
+	} {
+		if got := through(t, tc.token, tc.sum); got != "" {
+			t.Errorf("%s: read %q through the proxy", tc.name, got)
+		}
+	}
+	// Plain TCP with the right token: no TLS, no way in.
+	c, err := net.Dial("tcp", tgt.Addr())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
-	c, err := net.Dial("unix", filepath.Join(dir, "src", migrationproxy.Libvirt.SocketName()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	_, _ = c.Write(append(append([]byte(nil), token...), byte(migrationproxy.Libvirt)))
 	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if n, err := c.Read(make([]byte, 1)); n != 0 || err == nil {
-		t.Fatalf("read %d bytes, %v: a wrong token got through", n, err)
+	if b, _ := io.ReadAll(c); strings.Contains(string(b), "hello") {
+		t.Errorf("a plain TCP client read %q through the proxy", b)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for tgt.Refused() == 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if tgt.Refused() != 1 {
-		t.Fatalf("refused %d connections, want 1", tgt.Refused())
-	}
+	_ = c.Close()
+	polltest.Eventually(t, 5*time.Second, "the target refused the three", func() (bool, string) {
+		n := tgt.Refused() - refused
+		return n == 3, fmt.Sprintf("refused %d", n)
+	})
 }
 
 func withData(vmi *v1.VirtualMachineInstance) {

@@ -315,7 +315,7 @@ func prepareIncoming(d *libvirtd.Daemon, vmi *v1.VirtualMachineInstance, network
 	}
 	// The probes start once the arrived guest runs here.
 	l.startProbes(vmi, opts.PasstSocket != "")
-	return l, &launchercmd.PrepareMigrationResponse{Address: in.Addr(), Token: token, DomainXml: xml}, in, nil
+	return l, &launchercmd.PrepareMigrationResponse{Address: in.Addr(), Token: token, DomainXml: xml, CertificateSha256: in.CertificateSHA256()}, in, nil
 }
 
 // domainOptions resolves what the converter needs beyond the VMI from the
