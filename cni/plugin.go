@@ -18,7 +18,6 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
-	"github.com/containernetworking/cni/pkg/types/create"
 	"github.com/containernetworking/cni/pkg/version"
 	"github.com/containernetworking/plugins/pkg/ip"
 	"github.com/containernetworking/plugins/pkg/ipam"
@@ -253,13 +252,9 @@ func handoffSource(conf *NetConf, ifName string) (*current.Result, error) {
 	case !rec.HoldsLease():
 		return fail("its lease was handed over already")
 	}
-	r, err := create.CreateFromBytes(rec.Result)
+	res, err := cniresults.Decode(rec.Result)
 	if err != nil {
-		return fail("decoding its result: %v", err)
-	}
-	res, err := current.NewResultFromResult(r)
-	if err != nil {
-		return fail("converting its result: %v", err)
+		return fail("%v", err)
 	}
 	return res, nil
 }

@@ -12,7 +12,6 @@ import (
 	"net"
 
 	current "github.com/containernetworking/cni/pkg/types/100"
-	"github.com/containernetworking/cni/pkg/types/create"
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
@@ -77,7 +76,7 @@ func complete(dir string, rec cniresults.Record) error {
 		}
 	}
 
-	target, err := decode(rec.Result)
+	target, err := cniresults.Decode(rec.Result)
 	if err != nil {
 		return err
 	}
@@ -86,7 +85,7 @@ func complete(dir string, rec cniresults.Record) error {
 		return err
 	}
 	if !srcGone {
-		source, err := decode(src.Result)
+		source, err := cniresults.Decode(src.Result)
 		if err != nil {
 			return err
 		}
@@ -97,14 +96,6 @@ func complete(dir string, rec cniresults.Record) error {
 		}
 	}
 	return claim(targetNS, rec.IfName, guestMAC)
-}
-
-func decode(b []byte) (*current.Result, error) {
-	r, err := create.CreateFromBytes(b)
-	if err != nil {
-		return nil, fmt.Errorf("decoding the CNI result: %w", err)
-	}
-	return current.NewResultFromResult(r)
 }
 
 // guestPath is the guest's MAC (its tap's, in the result) and the netns of

@@ -17,6 +17,9 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/types/create"
 )
 
 // DefaultDir is where podvirt-l2 keeps results unless the network
@@ -209,4 +212,18 @@ func validName(what, s string) error {
 		return fmt.Errorf("CNI results: invalid %s %q", what, s)
 	}
 	return nil
+}
+
+// Decode reads a saved result, of whichever CNI version the plugin printed
+// it in, as the current version's.
+func Decode(result []byte) (*current.Result, error) {
+	r, err := create.CreateFromBytes(result)
+	if err != nil {
+		return nil, fmt.Errorf("decoding CNI result: %w", err)
+	}
+	res, err := current.NewResultFromResult(r)
+	if err != nil {
+		return nil, fmt.Errorf("converting CNI result: %w", err)
+	}
+	return res, nil
 }

@@ -14,8 +14,8 @@ import (
 	"os"
 
 	current "github.com/containernetworking/cni/pkg/types/100"
-	"github.com/containernetworking/cni/pkg/types/create"
 
+	"github.com/podvirt/podvirt/contracts/cniresults"
 	"github.com/podvirt/podvirt/contracts/launchercmd"
 	"github.com/podvirt/podvirt/contracts/podlink"
 	"github.com/podvirt/podvirt/runtime/dhcp"
@@ -74,13 +74,9 @@ func FromAttachment(a launchercmd.Attachment) (GuestNIC, error) {
 	if len(a.Result) == 0 {
 		return fail("no CNI result")
 	}
-	r, err := create.CreateFromBytes(a.Result)
+	res, err := cniresults.Decode(a.Result)
 	if err != nil {
-		return fail("decoding CNI result: %v", err)
-	}
-	res, err := current.NewResultFromResult(r)
-	if err != nil {
-		return fail("converting CNI result: %v", err)
+		return fail("%v", err)
 	}
 	tapName := podlink.TapName(podIf)
 	tapIdx := -1
