@@ -63,10 +63,11 @@ func TestLiveMigration(t *testing.T) {
 	}
 	startCounter(ctx, t, name)
 	target := st.OtherNode(source)
-	wait, err := st.WatchFromPod(ctx, "watch-"+name, stack.VMNetwork, target, stack.HostPort(ip, stack.VMPort), 10*time.Millisecond, 75*time.Second)
+	wait, err := st.WatchFromPod(ctx, "watch-"+name, stack.VMNetwork, target, stack.HostPort(ip, stack.VMPort), 10*time.Millisecond, watchSpan)
 	if err != nil {
 		t.Fatal(err)
 	}
+	watching := time.Now()
 	before := lastCount(ctx, t, name)
 
 	out := podvirtctl(ctx, t, "migrate", name)
@@ -77,6 +78,7 @@ func TestLiveMigration(t *testing.T) {
 	if m.Status.Phase != v1.MigrationSucceeded {
 		t.Fatalf("migration %s: %s: %s", m.Name, m.Status.Phase, m.Status.Message)
 	}
+	watchOutlasts(t, m, watching)
 
 	vmi, err = getVMI(ctx, name)
 	if err != nil {
@@ -154,10 +156,11 @@ func TestLiveMigrationSameNode(t *testing.T) {
 	}
 	node, pod, ip, mac := vmi.Status.NodeName, vmi.Status.LauncherPod, stack.GuestIP(vmi), vmi.Status.Interfaces[0].MAC
 	startCounter(ctx, t, name)
-	wait, err := st.WatchFromPod(ctx, "watch-"+name, stack.MacvlanNetwork, st.OtherNode(node), stack.HostPort(ip, stack.VMPort), 10*time.Millisecond, 75*time.Second)
+	wait, err := st.WatchFromPod(ctx, "watch-"+name, stack.MacvlanNetwork, st.OtherNode(node), stack.HostPort(ip, stack.VMPort), 10*time.Millisecond, watchSpan)
 	if err != nil {
 		t.Fatal(err)
 	}
+	watching := time.Now()
 	before := lastCount(ctx, t, name)
 
 	t.Logf("%s", podvirtctl(ctx, t, "migrate", name, "--node", node))
@@ -167,6 +170,7 @@ func TestLiveMigrationSameNode(t *testing.T) {
 	if m.Status.Phase != v1.MigrationSucceeded {
 		t.Fatalf("migration %s: %s: %s", m.Name, m.Status.Phase, m.Status.Message)
 	}
+	watchOutlasts(t, m, watching)
 	vmi, err = getVMI(ctx, name)
 	if err != nil {
 		t.Fatal(err)
@@ -189,6 +193,28 @@ func TestLiveMigrationSameNode(t *testing.T) {
 		t.Fatalf("the guest was not reachable on the macvlan at the end of the watch (%d ms without a connection): its new pod did not get the MAC", lastOK)
 	}
 	t.Logf("longest time without a connection: %d ms", summaryField(t, logs, "longest-gap-ms"))
+}
+
+// watchSpan is how long a pod on the L2 watches a migrating guest. The
+// migration must end well inside it (watchOutlasts), so that the watch's
+// last connections reach the guest in its new pod.
+const watchSpan = 45 * time.Second
+
+// watchOutlasts fails the test when m succeeded less than 5 s before the
+// end of the watch that started at watching: its end would then prove
+// nothing of the guest's new pod.
+func watchOutlasts(t *testing.T, m *v1.VirtualMachineInstanceMigration, watching time.Time) {
+	t.Helper()
+	var done time.Time
+	for _, p := range m.Status.PhaseTransitionTimestamps {
+		if p.Phase == v1.MigrationSucceeded {
+			done = p.PhaseTransitionTimestamp.Time
+		}
+	}
+	if end := watching.Add(watchSpan); done.IsZero() || done.Add(5*time.Second).After(end) {
+		t.Fatalf("migration %s succeeded at %s, less than 5 s before the L2 watch ends (%s): its last connections would not show the guest reached in its new pod; lengthen watchSpan",
+			m.Name, done.Format(time.TimeOnly), end.Format(time.TimeOnly))
+	}
 }
 
 // waitMigration waits until vm's newest migration has ended and returns it.
