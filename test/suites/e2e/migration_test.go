@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -305,8 +306,9 @@ func deleteClaimsOf(t *testing.T, vm string) {
 }
 
 // TestLiveMigrationOnDrain drains the node of a VM with evictionStrategy
-// LiveMigrate: `kubectl drain` completes, and the VM runs on the other
-// node rather than being stopped.
+// LiveMigrate and a raw Block disk besides its root: `kubectl drain`
+// completes, and the VM runs on the other node rather than being stopped,
+// its Block disk copied whole onto a new Block claim there.
 func TestLiveMigrationOnDrain(t *testing.T) {
 	useStack(t)
 	twoNodes(t)
@@ -315,6 +317,19 @@ func TestLiveMigrationOnDrain(t *testing.T) {
 	vm := stack.VMOn(name, v1.RunStrategyAlways, stack.VMNetwork)
 	live := v1.EvictionStrategyLiveMigrate
 	vm.Spec.Template.Spec.EvictionStrategy = &live
+	// A raw Block disk too: copied whole, onto a Block claim of its size.
+	block := corev1.PersistentVolumeBlock
+	vm.Spec.DiskTemplates = append(vm.Spec.DiskTemplates, v1.DiskTemplate{
+		ObjectMeta: v1.DiskTemplateMeta{Name: name + "-raw"},
+		Spec: corev1.PersistentVolumeClaimSpec{
+			AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+			VolumeMode:  &block,
+			Resources:   corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("16Mi")}},
+		},
+	})
+	vm.Spec.Template.Spec.Domain.Devices.Disks = append(vm.Spec.Template.Spec.Domain.Devices.Disks, v1.Disk{Name: "raw"})
+	vm.Spec.Template.Spec.Volumes = append(vm.Spec.Template.Spec.Volumes,
+		v1.Volume{Name: "raw", VolumeSource: v1.VolumeSource{PersistentVolumeClaim: &v1.PersistentVolumeClaimVolumeSource{ClaimName: name + "-raw"}}})
 	createVM(ctx, t, vm)
 	t.Cleanup(func() { deleteVM(t, name); deleteClaimsOf(t, name) })
 	vmi, err := st.WaitRunning(ctx, name, 12*time.Minute)
@@ -336,6 +351,9 @@ func TestLiveMigrationOnDrain(t *testing.T) {
 	m := waitMigration(ctx, t, name, time.Minute)
 	if m.Labels[v1.EvacuationLabel] != node || m.Status.Phase != v1.MigrationSucceeded {
 		t.Fatalf("migration %s: %s, labels %v", m.Name, m.Status.Phase, m.Labels)
+	}
+	if !slices.ContainsFunc(m.Status.Claims, func(c v1.MigrationClaim) bool { return c.Volume == "raw" }) {
+		t.Errorf("migration %s moved claims %+v, not the Block disk's", m.Name, m.Status.Claims)
 	}
 }
 
