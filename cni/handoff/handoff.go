@@ -36,10 +36,10 @@ func Pending(dir, podUID string) (bool, error) {
 	return false, nil
 }
 
-// Complete hands every attachment of pod podUID that takes over another
-// pod's its lease (the records say who releases it) and, in macvlan mode,
-// the guest's MAC (the source's pod link gets a random one first). It is
-// idempotent, and it works when the source is already gone.
+// Complete gives each attachment of pod podUID that takes over another
+// pod's attachment the lease (the records say who releases it) and, in
+// macvlan mode, the guest's MAC (the source's pod link gets a random one
+// first). It is idempotent, and it works when the source is already gone.
 func Complete(dir, podUID string) error {
 	recs, err := cniresults.Records(dir, podUID)
 	if err != nil {
