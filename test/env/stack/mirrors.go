@@ -71,6 +71,12 @@ const GuestSource = "docker://" + guestRegistry + "/" + GuestRepo + ":latest"
 
 const guestRegistry = "registry.podvirt.local"
 
+// GuestSourceTagged is the PVC source of the guest as GuestRepo:tag (what
+// PushFresh returns), before or after it is pushed.
+func GuestSourceTagged(tag string) string {
+	return "docker://" + guestRegistry + "/" + GuestRepo + ":" + tag
+}
+
 // PushFresh pushes the guest to the mirror that is up as GuestRepo:tag,
 // annotated with tag so its manifest digest is new: a disk from it is
 // imported through the mirrors (the stopped one first), never served from
@@ -83,7 +89,7 @@ func (m *Mirrors) PushFresh(ctx context.Context, tag string) (string, error) {
 	if _, err := m.Up.Push(ctx, GuestRepo+":"+tag, img); err != nil {
 		return "", err
 	}
-	return "docker://" + guestRegistry + "/" + GuestRepo + ":" + tag, nil
+	return GuestSourceTagged(tag), nil
 }
 
 // PushNotADisk pushes, as GuestRepo:tag on the mirror that is up, an image
@@ -93,7 +99,7 @@ func (m *Mirrors) PushNotADisk(ctx context.Context, tag string) (string, error) 
 	if _, err := m.Up.Push(ctx, GuestRepo+":"+tag, empty.Image); err != nil {
 		return "", err
 	}
-	return "docker://" + guestRegistry + "/" + GuestRepo + ":" + tag, nil
+	return GuestSourceTagged(tag), nil
 }
 
 // Stop stops both registries.

@@ -28,17 +28,19 @@ func TestVMShowsDiskImport(t *testing.T) {
 	useStack(t)
 	ctx := testContext(t, 20*time.Minute)
 
-	source, err := st.Mirrors.PushFresh(ctx, fmt.Sprintf("status-%d", time.Now().UnixNano()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The image is pushed only once the VM shows its import waiting: an
+	// import of a few hundred milliseconds could end between two looks.
+	// Until then the tag is on no mirror that is up, and the other is
+	// down, so the import is retried rather than refused.
+	tag := fmt.Sprintf("status-%d", time.Now().UnixNano())
 	const name = "provisioned"
 	vm := stack.VM(name, v1.RunStrategyAlways)
-	vm.Spec.DiskTemplates[0].ObjectMeta.Annotations[v1.DiskSourceAnnotation] = source
+	vm.Spec.DiskTemplates[0].ObjectMeta.Annotations[v1.DiskSourceAnnotation] = stack.GuestSourceTagged(tag)
 	createVM(ctx, t, vm)
 	t.Cleanup(func() { deleteVM(t, name) })
 	var seen []string
 	got := &v1.VirtualMachine{}
+	pushed := false
 	if err := stack.Poll(ctx, 10*time.Minute, func() (bool, error) {
 		if err := st.Client.Get(ctx, types.NamespacedName{Namespace: stack.Namespace, Name: name}, got); err != nil {
 			return false, err
@@ -51,6 +53,12 @@ func TestVMShowsDiskImport(t *testing.T) {
 		}
 		if len(seen) == 0 || seen[len(seen)-1] != status {
 			seen = append(seen, status)
+		}
+		if !pushed && got.Status.PrintableStatus == v1.PrintableStatusProvisioning {
+			if _, err := st.Mirrors.PushFresh(ctx, tag); err != nil {
+				return false, err
+			}
+			pushed = true
 		}
 		return got.Status.PrintableStatus == v1.PrintableStatusRunning, nil
 	}); err != nil {
